@@ -1,0 +1,30 @@
+# Set-up and the two everyday commands. `make demo` and `make test` each create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of torch that lies on this machine's disk; on a CUDA machine run `make TORCH= demo` to keep yours.
+TORCH ?= torch==2.13.0
+STORE ?= store
+PYTEST_ARGS ?=
+
+.PHONY: demo test install clean-store
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(if $(TORCH),$(BIN)/pip install --quiet "$(TORCH)")
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+## Extract EmoDB with the embedded Whisper base (clean + 3 SNR bands), then rank layers and cluster frames.
+demo: $(BIN)/.installed
+	$(BIN)/python jobs/pipeline.py --corpus emodb --model whisper-base --store $(STORE)
+
+## The test suite (what .ci/run calls).
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean-store:
+	rm -rf $(STORE)

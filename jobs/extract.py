@@ -1,0 +1,68 @@
+"""Extract every layer of a speech model into the LanceDB store, clean and at each SNR.
+
+Local:   python jobs/extract.py --corpus emodb --model whisper-base --store store/
+Cluster: ray job submit --working-dir . -- python jobs/extract.py --corpus emodb --data-root /data --store s3://...
+Re-running the same command extracts only what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+import _bootstrap  # noqa: F401  (source checkout on sys.path)
+
+from ray_ser.conditions import DEFAULT_CONDITIONS
+from ray_ser.corpora import ADAPTERS, Manifest, build_manifest
+from ray_ser.extract import ExtractOptions, extract
+from ray_ser.fm.registry import DEFAULT_MODEL
+from ray_ser.settings import data_root
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--corpus", choices=sorted(ADAPTERS), help="build the corpus's manifest from --data-root")
+    src.add_argument("--manifest", help="a manifest Parquet written by jobs/manifest.py")
+    p.add_argument("--data-root", default=None, help="folder holding the corpora (default: $RAY_SER_DATA_ROOT, then ../shared/corpora)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, Hugging Face hub id or local folder")
+    p.add_argument("--store", required=True, help="LanceDB store URI (a local folder or object-store URI)")
+    p.add_argument("--conditions", default=",".join(DEFAULT_CONDITIONS), help="comma-separated, e.g. clean,25dB,15dB,5dB")
+    p.add_argument("--limit", type=int, default=None, help="only the first N utterances (smoke runs)")
+    p.add_argument("--no-frames", action="store_true", help="store pooled vectors only, no frame matrices")
+    p.add_argument("--whisper-mode", default=ExtractOptions.whisper_mode, help="trimmed | padded | window:<seconds>")
+    p.add_argument("--batch-size", type=int, default=ExtractOptions.batch_size)
+    p.add_argument("--max-batch-seconds", type=float, default=ExtractOptions.max_batch_seconds)
+    p.add_argument("--pool-size", type=int, default=None, help="model actors (default: one per GPU, else one)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per CPU actor (default: all cores)")
+    p.add_argument("--model-key", default=None, help="name to file the embeddings under (default: model, plus @mode)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the degraded copies")
+    p.add_argument("--retry-errors", action="store_true", help="try utterances that failed in earlier runs again")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    import ray
+
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.manifest:
+        manifest = Manifest.read(args.manifest)
+    else:
+        manifest = build_manifest(args.corpus, data_root(args.data_root))
+    if args.limit:
+        manifest = manifest.head(args.limit)
+    options = ExtractOptions(
+        model=args.model, conditions=args.conditions.split(","), frames=not args.no_frames,
+        whisper_mode=args.whisper_mode, batch_size=args.batch_size, max_batch_seconds=args.max_batch_seconds,
+        pool_size=args.pool_size, threads=args.threads, seed=args.seed, retry_errors=args.retry_errors,
+        model_key=args.model_key,
+    )
+    ray.init(ignore_reinit_error=True, log_to_driver=False)
+    result = extract(manifest, args.store, options)
+    print(json.dumps(result.__dict__, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Any corpus described by a CSV file: one row per utterance, columns named after the manifest fields.
+
+Columns (header names are case-sensitive, surrounding spaces ignored; a UTF-8 BOM is fine):
+
+* ``path`` (required): the audio file; relative paths are relative to ``audio_root`` when given, else to
+  the CSV's folder. ``audio_root`` itself, if relative, is relative to the CSV's folder.
+* ``speaker`` (required, non-empty).
+* ``utt_id``: defaults to the audio file's stem.
+* ``label``: a category name, or empty for an unlabelled utterance.
+* ``gender`` (``male``/``female``/``m``/``f``, any case, or empty), ``duration`` (seconds; read from the
+  audio header when the column is absent or empty and the file exists), ``split``, ``language``, ``fold``,
+  ``n_raters``, ``agreement``, ``arousal``/``valence``/``dominance`` and their ``*_std``.
+* ``p_<category>``: a probability per category, summing to 1 in each row, or ``votes_<category>``: vote
+  counts per category. A category without a column gets 0. ``pdf`` is the ``p_`` columns when present,
+  else the normalised votes, else one-hot on ``label``. A row may leave all of them empty.
+* any other column is kept as a string in ``extra``.
+
+``categories`` defaults to the sorted union of the labels and the categories named by ``p_``/``votes_``
+columns. utt_ids and speakers are prefixed with the corpus name (``corpus``, default the CSV's stem) unless
+they already are. Every error is a :class:`ManifestError` naming the CSV file, the data row (1-based, the
+header is not counted), its line in the file, and the reason.
+
+A relative ``csv`` is looked up under ``data_root`` first, then in the working directory.
+"""
+
+from __future__ import annotations
+
+import csv as csvlib
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ray_ser import audio
+from ray_ser.corpora.labels import one_hot, votes_to_pdf
+from ray_ser.corpora.manifest import PDF_TOLERANCE, SCHEMA, Manifest, ManifestError, Utterance
+
+NAME = "csv"
+REQUIRED = ("path", "speaker")
+FLOATS = ("duration", "agreement", "arousal", "valence", "dominance", "arousal_std", "valence_std",
+          "dominance_std")
+INTS = ("fold", "n_raters")
+STRINGS = ("split", "language")
+KNOWN = {"utt_id", "path", "speaker", "label", "gender", *FLOATS, *INTS, *STRINGS}
+GENDERS = {"male": "male", "m": "male", "female": "female", "f": "female"}
+
+
+def _resolve_csv(data_root: Path, csv: str | Path) -> Path:
+    p = Path(csv).expanduser()
+    if p.is_absolute():
+        candidates = [p]
+    else:
+        candidates = [Path(data_root) / p, Path.cwd() / p]
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    raise FileNotFoundError(f"CSV manifest {csv} not found (looked at {', '.join(map(str, candidates))})")
+
+
+class _Row:
+    """One CSV row plus the means to fail naming file, row and line."""
+
+    def __init__(self, source: Path, index: int, line: int, cells: dict[str, str]):
+        self.source, self.index, self.line, self.cells = source, index, line, cells
+
+    def fail(self, reason: str) -> None:
+        raise ManifestError(f"{self.source} row {self.index} (line {self.line}): {reason}")
+
+    def text(self, name: str) -> str | None:
+        v = (self.cells.get(name) or "").strip()
+        return v or None
+
+    def number(self, name: str) -> float | None:
+        v = self.text(name)
+        if v is None:
+            return None
+        try:
+            x = float(v)
+        except ValueError:
+            self.fail(f"column {name!r} is not a number: {v!r}")
+        if not math.isfinite(x):
+            self.fail(f"column {name!r} is not finite: {v!r}")
+        return x
+
+    def integer(self, name: str) -> int | None:
+        x = self.number(name)
+        if x is not None and x != int(x):
+            self.fail(f"column {name!r} is not an integer: {self.text(name)!r}")
+        return None if x is None else int(x)
+
+    def vector(self, columns: dict[str, str], categories: list[str], what: str) -> np.ndarray | None:
+        """Values of the ``p_``/``votes_`` columns in category order, None when the row leaves them all empty."""
+        values = {cat: self.number(col) for cat, col in columns.items()}
+        if all(v is None for v in values.values()):
+            return None
+        empty = [columns[c] for c, v in values.items() if v is None]
+        if empty:
+            self.fail(f"{what} columns {empty} are empty while others are filled")
+        negative = [columns[c] for c, v in values.items() if v < 0]
+        if negative:
+            self.fail(f"{what} columns {negative} are negative")
+        return np.array([values.get(c) or 0.0 for c in categories], np.float64)
+
+
+def _prefixed(value: str, corpus: str) -> str:
+    return value if value.startswith(f"{corpus}/") else f"{corpus}/{value}"
+
+
+def build(
+    data_root: Path,
+    csv: str | Path | None = None,
+    categories: list[str] | None = None,
+    audio_root: str | None = None,
+    corpus: str | None = None,
+    **_: Any,
+) -> Manifest:
+    """Manifest of every row of ``csv``; see the module docstring for the columns."""
+    if csv is None:
+        raise ValueError("the csv adapter needs csv=<path to the CSV file>")
+    source = _resolve_csv(Path(data_root), csv)
+    corpus = corpus or source.stem
+    base = source.parent
+    if audio_root is not None:
+        base = Path(audio_root).expanduser()
+        base = base if base.is_absolute() else source.parent / base
+
+    with open(source, newline="", encoding="utf-8-sig") as f:
+        reader = csvlib.DictReader(f)
+        if not reader.fieldnames:
+            raise ManifestError(f"{source}: empty file, expected a header row")
+        header = [h.strip() for h in reader.fieldnames]
+        reader.fieldnames = header
+        missing = [c for c in REQUIRED if c not in header]
+        if missing:
+            raise ManifestError(f"{source} header (line 1): missing required columns {missing}; found {header}")
+        dupes = sorted({h for h in header if header.count(h) > 1})
+        if dupes:
+            raise ManifestError(f"{source} header (line 1): duplicate columns {dupes}")
+        rows = []
+        for i, cells in enumerate(reader, start=1):
+            if None in cells:
+                raise ManifestError(f"{source} row {i} (line {reader.line_num}): more cells than header columns")
+            rows.append(_Row(source, i, reader.line_num, cells))
+
+    p_cols = {h[2:]: h for h in header if h.startswith("p_") and len(h) > 2}
+    v_cols = {h[6:]: h for h in header if h.startswith("votes_") and len(h) > 6}
+    if categories is None:
+        labels = {r.text("label") for r in rows} - {None}
+        categories = sorted(labels | set(p_cols) | set(v_cols))
+    categories = list(categories)
+    if len(set(categories)) != len(categories):
+        raise ValueError(f"duplicate names in categories {categories}")
+    for cols, what in ((p_cols, "p_"), (v_cols, "votes_")):
+        stray = [c for cat, c in cols.items() if cat not in categories]
+        if stray:
+            raise ManifestError(f"{source} header (line 1): {what} columns {stray} name no category in {categories}")
+    extra_cols = [h for h in header if h not in KNOWN and h not in p_cols.values() and h not in v_cols.values()]
+
+    utts: list[Utterance] = []
+    seen: dict[str, int] = {}
+    for r in rows:
+        rel = r.text("path")
+        if rel is None:
+            r.fail("empty path")
+        path = Path(rel).expanduser()
+        path = path if path.is_absolute() else Path(os.path.normpath(base / path))
+        speaker = r.text("speaker")
+        if speaker is None:
+            r.fail("empty speaker")
+        utt_id = _prefixed(r.text("utt_id") or path.stem, corpus)
+        if utt_id in seen:
+            r.fail(f"duplicate utt_id {utt_id!r} (first in row {seen[utt_id]})")
+        seen[utt_id] = r.index
+
+        label = r.text("label")
+        if label is not None and label not in categories:
+            r.fail(f"label {label!r} is not in the categories {categories}")
+        gender = r.text("gender")
+        if gender is not None:
+            if gender.lower() not in GENDERS:
+                r.fail(f"gender must be male/female/m/f or empty, got {gender!r}")
+            gender = GENDERS[gender.lower()]
+
+        pdf = r.vector(p_cols, categories, "p_") if p_cols else None
+        if pdf is not None and abs(pdf.sum() - 1.0) > PDF_TOLERANCE:
+            r.fail(f"p_ columns sum to {pdf.sum():.4f}, not 1")
+        votes = r.vector(v_cols, categories, "votes_") if v_cols else None
+        if votes is not None and votes.sum() <= 0:
+            r.fail("votes_ columns are all zero")
+        if pdf is None and votes is not None:
+            pdf = votes_to_pdf(votes).astype(np.float64)
+        if pdf is None and label is not None:
+            pdf = one_hot(label, categories).astype(np.float64)
+
+        n_raters = r.integer("n_raters")
+        if n_raters is None and votes is not None and float(votes.sum()).is_integer():
+            n_raters = int(votes.sum())
+        agreement = r.number("agreement")
+        if agreement is not None and not 0.0 <= agreement <= 1.0:
+            r.fail(f"agreement must be in [0, 1], got {agreement}")
+        if agreement is None and votes is not None and label is not None:
+            agreement = float(votes[categories.index(label)] / votes.sum())
+
+        duration = r.number("duration")
+        if duration is not None and duration <= 0:
+            r.fail(f"duration must be positive, got {duration}")
+        if duration is None and path.exists():
+            duration = audio.info(str(path)).duration
+
+        utts.append(
+            Utterance(
+                utt_id=utt_id, path=str(path), speaker=_prefixed(speaker, corpus), corpus=corpus,
+                duration=duration, gender=gender, language=r.text("language"), split=r.text("split"),
+                fold=r.integer("fold"), label=label,
+                pdf=None if pdf is None else pdf.tolist(), votes=None if votes is None else votes.tolist(),
+                n_raters=n_raters, agreement=agreement,
+                **{k: r.number(k) for k in ("arousal", "valence", "dominance",
+                                            "arousal_std", "valence_std", "dominance_std")},
+                extra={c: v for c in extra_cols if (v := r.text(c)) is not None},
+            )
+        )
+    table = pa.Table.from_pylist([u.to_dict() for u in utts], schema=SCHEMA) if utts else SCHEMA.empty_table()
+    return Manifest(table, categories, source=str(source))

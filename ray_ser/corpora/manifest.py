@@ -1,0 +1,232 @@
+"""The utterance manifest: one typed record per utterance, a fixed Arrow schema, validated Parquet I/O.
+
+The category list that ``pdf`` and ``votes`` are indexed by travels with the data, as JSON in the Parquet
+schema metadata under ``ray_ser.categories``, so a reader never has to guess the order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+CATEGORIES_KEY = b"ray_ser.categories"
+CORPUS_KEY = b"ray_ser.corpus"
+GENDERS = ("male", "female")
+PDF_TOLERANCE = 1e-3
+
+
+class ManifestError(ValueError):
+    """A manifest that breaks the schema; the message names the file and the offending row."""
+
+
+@dataclass
+class Utterance:
+    """One utterance: where its audio is, who spoke it, and every label the corpus gives it.
+
+    ``pdf`` and ``votes`` are indexed by the manifest's category list. ``votes`` holds per-category
+    vote counts from the graders (``n_raters`` of them) where a corpus publishes them; ``agreement`` is
+    the share of graders who chose ``label``. Dimensional scores are on the corpus's own scale.
+    """
+
+    utt_id: str
+    path: str
+    speaker: str
+    corpus: str
+    duration: float | None = None
+    gender: str | None = None
+    language: str | None = None
+    split: str | None = None
+    fold: int | None = None
+    label: str | None = None
+    pdf: list[float] | None = None
+    votes: list[float] | None = None
+    n_raters: int | None = None
+    agreement: float | None = None
+    arousal: float | None = None
+    valence: float | None = None
+    dominance: float | None = None
+    arousal_std: float | None = None
+    valence_std: float | None = None
+    dominance_std: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["extra"] = json.dumps(self.extra, sort_keys=True) if self.extra else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Utterance":
+        d = {k: d.get(k) for k in (f.name for f in fields(cls))}
+        d["extra"] = json.loads(d["extra"]) if d.get("extra") else {}
+        return cls(**d)
+
+
+SCHEMA = pa.schema(
+    [
+        pa.field("utt_id", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("speaker", pa.string(), nullable=False),
+        pa.field("corpus", pa.string(), nullable=False),
+        pa.field("duration", pa.float64()),
+        pa.field("gender", pa.string()),
+        pa.field("language", pa.string()),
+        pa.field("split", pa.string()),
+        pa.field("fold", pa.int32()),
+        pa.field("label", pa.string()),
+        pa.field("pdf", pa.list_(pa.float32())),
+        pa.field("votes", pa.list_(pa.float32())),
+        pa.field("n_raters", pa.int32()),
+        pa.field("agreement", pa.float32()),
+        pa.field("arousal", pa.float32()),
+        pa.field("valence", pa.float32()),
+        pa.field("dominance", pa.float32()),
+        pa.field("arousal_std", pa.float32()),
+        pa.field("valence_std", pa.float32()),
+        pa.field("dominance_std", pa.float32()),
+        pa.field("extra", pa.string()),
+    ]
+)
+COLUMNS = tuple(SCHEMA.names)
+DIMENSIONS = ("arousal", "valence", "dominance")
+
+
+class Manifest:
+    """An immutable table of utterances plus the category list its ``pdf``/``votes`` columns index."""
+
+    def __init__(self, table: pa.Table, categories: Sequence[str], source: str = "<memory>"):
+        self.categories = list(categories)
+        self.source = source
+        self.table = _conform(table, self.categories)
+        validate(self.table, self.categories, source)
+
+    # construction -------------------------------------------------------------------------------
+    @classmethod
+    def from_utterances(cls, utts: Iterable[Utterance], categories: Sequence[str]) -> "Manifest":
+        rows = [u.to_dict() for u in utts]
+        table = pa.Table.from_pylist(rows, schema=SCHEMA) if rows else SCHEMA.empty_table()
+        return cls(table, categories)
+
+    @classmethod
+    def read(cls, path: str | Path) -> "Manifest":
+        """Read and validate a manifest Parquet file; errors name the file and the row."""
+        path = str(path)
+        try:
+            table = pq.read_table(path)
+        except Exception as e:
+            raise ManifestError(f"{path}: not a readable Parquet manifest ({e})") from e
+        meta = table.schema.metadata or {}
+        if CATEGORIES_KEY not in meta:
+            raise ManifestError(f"{path}: schema metadata lacks {CATEGORIES_KEY.decode()!r}")
+        return cls(table, json.loads(meta[CATEGORIES_KEY]), source=path)
+
+    def write(self, path: str | Path) -> Path:
+        """Write as Parquet, atomically (temp file + rename), so a crash never leaves half a manifest."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        pq.write_table(self.table, tmp)
+        tmp.replace(path)
+        return path
+
+    # views ----------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __iter__(self) -> Iterator[Utterance]:
+        for row in self.table.to_pylist():
+            yield Utterance.from_dict(row)
+
+    @property
+    def corpus(self) -> str:
+        corpora = sorted(set(self.table.column("corpus").to_pylist()))
+        return corpora[0] if len(corpora) == 1 else "+".join(corpora)
+
+    def to_polars(self):
+        import polars as pl
+
+        return pl.from_arrow(self.table)
+
+    def with_table(self, table: pa.Table) -> "Manifest":
+        return Manifest(table, self.categories, self.source)
+
+    def head(self, n: int) -> "Manifest":
+        return self.with_table(self.table.slice(0, n))
+
+    def take(self, indices: Sequence[int]) -> "Manifest":
+        return self.with_table(self.table.take(pa.array(indices, pa.int64())))
+
+    def with_column(self, name: str, values: Sequence[Any]) -> "Manifest":
+        i = self.table.schema.get_field_index(name)
+        arr = pa.array(values, type=SCHEMA.field(name).type)
+        return self.with_table(self.table.set_column(i, SCHEMA.field(name), arr))
+
+    def column(self, name: str) -> list:
+        return self.table.column(name).to_pylist()
+
+
+def _conform(table: pa.Table, categories: Sequence[str]) -> pa.Table:
+    """Add missing optional columns as nulls, order and cast to SCHEMA, attach category metadata."""
+    missing_required = [f.name for f in SCHEMA if not f.nullable and f.name not in table.column_names]
+    if missing_required:
+        raise ManifestError(f"manifest lacks required columns {missing_required}")
+    cols = []
+    for f in SCHEMA:
+        if f.name in table.column_names:
+            col = table.column(f.name)
+            try:
+                col = col.cast(f.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise ManifestError(f"column {f.name!r} cannot be read as {f.type}: {e}") from e
+        else:
+            col = pa.nulls(table.num_rows, f.type)
+        cols.append(col)
+    corpora = sorted({c for c in table.column("corpus").to_pylist() if c}) if table.num_rows else []
+    meta = {CATEGORIES_KEY: json.dumps(list(categories)).encode(), CORPUS_KEY: "+".join(corpora).encode()}
+    return pa.Table.from_arrays(cols, schema=SCHEMA.with_metadata(meta))
+
+
+def validate(table: pa.Table, categories: Sequence[str], source: str = "<memory>") -> None:
+    """Check every row against the contract; raise ManifestError naming file, row and utt_id."""
+    n_cat = len(categories)
+    if len(set(categories)) != n_cat:
+        raise ManifestError(f"{source}: duplicate names in categories {list(categories)}")
+    seen: dict[str, int] = {}
+    for i, row in enumerate(table.to_pylist()):
+        where = f"{source} row {i} (utt_id={row['utt_id']!r})"
+
+        def fail(reason: str) -> None:
+            raise ManifestError(f"{where}: {reason}")
+
+        if not row["utt_id"]:
+            fail("empty utt_id")
+        if row["utt_id"] in seen:
+            fail(f"duplicate utt_id (first at row {seen[row['utt_id']]})")
+        seen[row["utt_id"]] = i
+        if not row["path"]:
+            fail("empty path")
+        if not row["speaker"]:
+            fail("empty speaker")
+        d = row["duration"]
+        if d is not None and not (math.isfinite(d) and d > 0):
+            fail(f"duration must be a positive number of seconds, got {d}")
+        if row["gender"] is not None and row["gender"] not in GENDERS:
+            fail(f"gender must be one of {GENDERS} or null, got {row['gender']!r}")
+        if row["label"] is not None and row["label"] not in categories:
+            fail(f"label {row['label']!r} is not in the categories {list(categories)}")
+        for name in ("pdf", "votes"):
+            vec = row[name]
+            if vec is None:
+                continue
+            if len(vec) != n_cat:
+                fail(f"{name} has {len(vec)} entries for {n_cat} categories")
+            if any(v is None or not math.isfinite(v) or v < 0 for v in vec):
+                fail(f"{name} has a negative, missing or non-finite entry: {vec}")
+        if row["pdf"] is not None and abs(sum(row["pdf"]) - 1.0) > PDF_TOLERANCE:
+            fail(f"pdf sums to {sum(row['pdf']):.4f}, not 1")

@@ -1,0 +1,84 @@
+"""The interface every speech foundation model presents to ray_ser: waveforms in, all hidden states out."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass
+class EncoderOutput:
+    """All hidden states of one batch.
+
+    ``hidden`` is (layers, batch, frames, dim): index 0 is the embedding output (before the first
+    transformer layer), index i the output of layer i. ``lengths[b]`` counts the frames of utterance b
+    that cover real audio; frames past it are padding and must not enter pooling.
+    """
+
+    hidden: torch.Tensor
+    lengths: torch.Tensor
+
+    @property
+    def num_layers(self) -> int:
+        return self.hidden.shape[0]
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given, else the first CUDA device when there is one, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class SpeechEncoder(abc.ABC):
+    """A frozen speech model that returns every layer's hidden states for a padded batch."""
+
+    name: str
+    sample_rate: int = 16000
+    hidden_size: int
+    num_layers: int  # hidden states returned, embedding output included
+    weights_hash: str
+    device: torch.device
+
+    @abc.abstractmethod
+    def num_frames(self, num_samples: int) -> int:
+        """Frames the model emits for ``num_samples`` of audio at ``sample_rate``."""
+
+    @abc.abstractmethod
+    def _forward(self, waves: Sequence[np.ndarray]) -> EncoderOutput:
+        """Run the batch; waves are mono float32 at ``sample_rate``."""
+
+    @torch.inference_mode()
+    def __call__(self, waves: Sequence[np.ndarray]) -> EncoderOutput:
+        if not waves:
+            raise ValueError("empty batch")
+        return self._forward(waves)
+
+    def describe(self) -> dict:
+        """What the store records about the model that made an embedding."""
+        return {
+            "model": self.name,
+            "weights_hash": self.weights_hash,
+            "sample_rate": self.sample_rate,
+            "num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+        }
+
+
+def key_padding_mask(context: Sequence[int], total: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+    """Additive attention mask (batch, 1, total, total) hiding keys at or past each row's ``context``.
+
+    Returns None when no row needs masking, so full-length batches take the fast unmasked path.
+    """
+    ctx = torch.as_tensor(list(context), device=device)
+    if bool((ctx >= total).all()):
+        return None
+    keys = torch.arange(total, device=device)
+    hidden = keys[None, :] >= ctx[:, None]  # (batch, total)
+    mask = torch.zeros(len(context), 1, 1, total, dtype=dtype, device=device)
+    mask.masked_fill_(hidden[:, None, None, :], torch.finfo(dtype).min)
+    return mask.expand(-1, 1, total, total)

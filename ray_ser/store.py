@@ -1,0 +1,270 @@
+"""The LanceDB feature store: layout, atomic appends, resume bookkeeping, and the readers later stages use.
+
+Layout of a store (a LanceDB directory):
+- ``emb__<model>``: one row per (utterance, condition, layer) with ``mean``/``std`` (float32, pooled over
+  real frames only), ``n_frames`` and ``frames`` (float16, real frames only, or null with --no-frames).
+  One table per model keeps each table's vectors one width; ``layer`` and ``condition`` are columns with
+  scalar indexes, so "one layer of one condition, all utterances" is a filtered columnar scan that never
+  touches the frame matrices. The schema metadata records model id, weights hash, sample rate, code
+  version and extraction options.
+- ``errors``: (utt_id, condition, stage, path, message, model, run_id, time), one row per failure.
+- ``manifest__<corpus>``: the manifest the embeddings were made from, so readers can join labels.
+- ``runs``: one row per extraction run, with its options and counts.
+Every write is one Lance commit (atomic): a crash leaves whole commits, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from ray_ser.corpora.manifest import CATEGORIES_KEY, Manifest
+
+META_KEY = b"ray_ser.extraction"
+
+ERRORS_SCHEMA = pa.schema([
+    ("utt_id", pa.string()), ("condition", pa.string()), ("stage", pa.string()), ("path", pa.string()),
+    ("message", pa.string()), ("model", pa.string()), ("run_id", pa.string()), ("time", pa.float64()),
+])
+RUNS_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("model", pa.string()), ("table", pa.string()), ("corpus", pa.string()),
+    ("started", pa.float64()), ("finished", pa.float64()), ("options", pa.string()),
+    ("extracted", pa.int64()), ("errors", pa.int64()), ("skipped", pa.int64()),
+])
+
+
+def table_name(model: str) -> str:
+    """``emb__`` + the model key with every character LanceDB dislikes replaced by ``_``."""
+    return "emb__" + re.sub(r"[^A-Za-z0-9_.\-]", "_", model.strip("/"))
+
+
+def embedding_schema(dim: int, meta: dict[str, Any] | None = None) -> pa.Schema:
+    """Schema of an ``emb__`` table for vectors of width ``dim``."""
+    schema = pa.schema([
+        ("utt_id", pa.string()), ("condition", pa.string()), ("layer", pa.int16()),
+        ("n_frames", pa.int32()), ("duration", pa.float32()), ("snr_db", pa.float32()), ("rt60", pa.float32()),
+        ("mean", pa.list_(pa.float32(), dim)), ("std", pa.list_(pa.float32(), dim)),
+        ("frames", pa.list_(pa.list_(pa.float16(), dim))),
+    ])
+    return schema.with_metadata({META_KEY: json.dumps(meta or {}, sort_keys=True).encode()})
+
+
+@dataclass
+class Store:
+    """A LanceDB directory holding embeddings, errors, manifests and run records."""
+
+    uri: str
+
+    def __post_init__(self):
+        import lancedb
+
+        self.uri = str(self.uri)
+        if "://" not in self.uri:
+            Path(self.uri).mkdir(parents=True, exist_ok=True)
+        self.db = lancedb.connect(self.uri)
+
+    # tables ---------------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        result = self.db.list_tables()
+        return list(getattr(result, "tables", result))
+
+    def has(self, name: str) -> bool:
+        return name in self.names()
+
+    def open(self, name: str):
+        return self.db.open_table(name)
+
+    def _open_or_create(self, name: str, schema: pa.Schema):
+        if self.has(name):
+            return self.open(name)
+        try:
+            return self.db.create_table(name, schema=schema)
+        except ValueError:  # made by a concurrent writer between the check and the create
+            return self.open(name)
+
+    def embeddings(self, model: str, dim: int | None = None, meta: dict[str, Any] | None = None):
+        """Open the model's table; create it when ``dim`` is given. Refuse other weights under the same key."""
+        name = table_name(model)
+        if self.has(name):
+            table = self.open(name)
+            if meta is not None:
+                old = self.extraction_meta(model)
+                for key in ("weights_hash", "sample_rate", "whisper_mode"):
+                    if key in old and key in meta and old[key] != meta[key]:
+                        raise ValueError(
+                            f"store {self.uri} table {name} holds embeddings with {key}={old[key]!r}, "
+                            f"this run has {meta[key]!r}: use another model key or store")
+            return table
+        if dim is None:
+            raise KeyError(f"store {self.uri} has no embeddings of model {model!r} (tables: {self.names()})")
+        return self._open_or_create(name, embedding_schema(dim, meta))
+
+    def extraction_meta(self, model: str) -> dict[str, Any]:
+        schema = self.open(table_name(model)).schema
+        return json.loads((schema.metadata or {}).get(META_KEY, b"{}"))
+
+    def errors(self):
+        return self._open_or_create("errors", ERRORS_SCHEMA)
+
+    def runs(self):
+        return self._open_or_create("runs", RUNS_SCHEMA)
+
+    # manifests -----------------------------------------------------------------------------------
+    def put_manifest(self, manifest: Manifest) -> None:
+        """Add the manifest's utterances not yet stored (keyed by utt_id) to ``manifest__<corpus>``."""
+        name = f"manifest__{manifest.corpus}"
+        table = self._open_or_create(name, manifest.table.schema)
+        table.merge_insert("utt_id").when_not_matched_insert_all().execute(manifest.table)
+
+    def manifest(self, corpus: str) -> Manifest:
+        table = self.open(f"manifest__{corpus}").to_arrow()
+        meta = table.schema.metadata or {}
+        return Manifest(table, json.loads(meta[CATEGORIES_KEY]), source=f"{self.uri}/manifest__{corpus}")
+
+    def manifests(self) -> pa.Table | None:
+        """All stored manifests concatenated (without their category metadata), or None."""
+        tables = [self.open(n).to_arrow() for n in self.names() if n.startswith("manifest__")]
+        if not tables:
+            return None
+        return pa.concat_tables([t.replace_schema_metadata(None) for t in tables], promote_options="default")
+
+    # resume bookkeeping --------------------------------------------------------------------------
+    def keys(self, model: str, num_layers: int) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+        """(complete, partial) sets of (utt_id, condition): complete ones have all ``num_layers`` rows once."""
+        name = table_name(model)
+        if not self.has(name):
+            return set(), set()
+        t = self.open(name).to_lance().to_table(columns=["utt_id", "condition", "layer"])
+        if t.num_rows == 0:
+            return set(), set()
+        grouped = t.group_by(["utt_id", "condition"]).aggregate([("layer", "count"), ("layer", "count_distinct")])
+        complete, partial = set(), set()
+        for u, c, n, nd in zip(*(grouped.column(k).to_pylist() for k in
+                                 ("utt_id", "condition", "layer_count", "layer_count_distinct"))):
+            (complete if n == nd == num_layers else partial).add((u, c))
+        return complete, partial
+
+    def error_keys(self, model: str) -> set[tuple[str, str]]:
+        if not self.has("errors"):
+            return set()
+        t = self.errors().to_arrow()
+        return {(u, c) for u, c, m in zip(*(t.column(k).to_pylist() for k in ("utt_id", "condition", "model"))) if m == model}
+
+    def delete_keys(self, table, keys: Iterable[tuple[str, str]], model: str | None = None) -> int:
+        """Delete every row of the given (utt_id, condition) keys; used to drop partial writes before a re-run."""
+        keys = list(keys)
+        for i in range(0, len(keys), 200):
+            chunk = keys[i:i + 200]
+            where = " OR ".join(f"(utt_id = {_sql(u)} AND condition = {_sql(c)})" for u, c in chunk)
+            if model is not None:
+                where = f"model = {_sql(model)} AND ({where})"
+            table.delete(where)
+        return len(keys)
+
+    def finalize(self, model: str) -> None:
+        """Compact the many small commits of a run and index the columns readers filter on."""
+        table = self.embeddings(model)
+        table.optimize()
+        for column in ("layer", "condition", "utt_id"):
+            table.create_scalar_index(column, index_type="BITMAP" if column != "utt_id" else "BTREE", replace=True)
+
+
+def _sql(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+# readers ------------------------------------------------------------------------------------------
+def _filter(condition: str, layer: int, utt_ids: Sequence[str] | None = None) -> str:
+    where = f"layer = {int(layer)} AND condition = {_sql(condition)}"
+    if utt_ids is not None:
+        where += " AND utt_id IN (" + ", ".join(_sql(u) for u in utt_ids) + ")"
+    return where
+
+
+def _masked(vectors: pa.Array, mask: np.ndarray | None) -> pa.Array:
+    if mask is None:
+        return vectors
+    mask = np.asarray(mask)
+    keep = np.flatnonzero(mask) if mask.dtype == bool else mask.astype(np.int64)
+    dim = vectors.type.list_size
+    flat = vectors.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)[:, keep]
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel(), pa.float32()), len(keep))
+
+
+def _join_manifest(t: pa.Table, manifests: pa.Table) -> pa.Table:
+    """Append the manifest columns of each row's utt_id (nulls where the manifest lacks it)."""
+    where = {u: i for i, u in enumerate(manifests.column("utt_id").to_pylist())}
+    idx = pa.array([where.get(u) for u in t.column("utt_id").to_pylist()], pa.int64())
+    for name in manifests.column_names:
+        if name not in t.column_names:
+            t = t.append_column(name, manifests.column(name).take(idx))
+    return t
+
+
+def read_pooled_arrow(store: str | Store, model: str, condition: str = "clean", layer: int = 0,
+                      mask: np.ndarray | None = None, with_manifest: bool = True,
+                      columns: Sequence[str] = ("utt_id", "condition", "layer", "n_frames", "duration", "snr_db", "mean", "std")) -> pa.Table:
+    """Pooled vectors of one model/condition/layer as Arrow; ``mask`` (bool or indices) keeps dimensions."""
+    store = store if isinstance(store, Store) else Store(store)
+    ds = store.embeddings(model).to_lance()
+    t = ds.to_table(columns=list(columns), filter=_filter(condition, layer))
+    for name in ("mean", "std"):
+        if name in t.column_names:
+            t = t.set_column(t.column_names.index(name), name, _masked(t.column(name).combine_chunks(), mask))
+    if with_manifest:
+        manifests = store.manifests()
+        if manifests is not None:
+            t = _join_manifest(t, manifests)
+    return t.sort_by("utt_id")
+
+
+def read_pooled(store: str | Store, model: str, condition: str = "clean", layer: int = 0,
+                mask: np.ndarray | None = None, with_manifest: bool = True):
+    """Polars DataFrame: ``utt_id``, ``mean``, ``std`` and the rest, joined with the manifest columns."""
+    import polars as pl
+
+    return pl.from_arrow(read_pooled_arrow(store, model, condition, layer, mask, with_manifest))
+
+
+def pooled_matrix(frame, column: str = "mean") -> np.ndarray:
+    """(utterances, dims) float32 matrix from a read_pooled frame's vector column."""
+    return np.asarray(frame[column].to_list(), dtype=np.float32)
+
+
+def pooled_dataset(store: str | Store, model: str, condition: str = "clean", layer: int = 0,
+                   columns: Sequence[str] = ("utt_id", "mean", "std")):
+    """The same rows as a Ray Dataset (read in parallel by lance-ray), for training and batch jobs."""
+    import lance_ray
+
+    store = store if isinstance(store, Store) else Store(store)
+    uri = store.embeddings(model).to_lance().uri
+    return lance_ray.read_lance(uri, columns=list(columns), filter=_filter(condition, layer))
+
+
+def iter_frames(store: str | Store, model: str, condition: str = "clean", layer: int = 0,
+                utt_ids: Sequence[str] | None = None, batch_rows: int = 256) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (utt_id, frames) with frames a (n_frames, dim) float16 matrix, streaming in ``batch_rows``."""
+    store = store if isinstance(store, Store) else Store(store)
+    ds = store.embeddings(model).to_lance()
+    for batch in ds.to_batches(columns=["utt_id", "frames"], filter=_filter(condition, layer, utt_ids),
+                               batch_size=batch_rows):
+        frames = batch.column("frames")
+        ids = batch.column("utt_id").to_pylist()
+        for i, uid in enumerate(ids):
+            cell = frames[i]
+            if not cell.is_valid:
+                raise ValueError(f"{uid}: stored without frames (extracted with --no-frames)")
+            values = cell.values  # FixedSizeListArray of n_frames rows
+            dim = values.type.list_size
+            yield uid, values.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,128 @@
+"""Generic CSV adapter: columns, defaults, soft labels, path resolution, and errors that name file and row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from ray_ser.corpora import build_manifest, generic_csv
+from ray_ser.corpora.manifest import Manifest, ManifestError
+
+SOFT = """utt_id,path,speaker,label,gender,duration,split,language,arousal,valence,arousal_std,p_angry,p_happy,p_neutral,session
+a01,wav/spk1_a01.wav,spk1,happy,F,,train,de,0.7,0.8,0.1,0.0,0.75,0.25,s1
+a02,wav/spk1_a02.wav,spk1,neutral,female,2.5,train,de,0.3,0.5,,0.1,0.2,0.7,s1
+,wav/spk2_b01.wav,spk2,angry,M,,test,de,0.9,0.1,,1.0,0.0,0.0,
+b02,wav/spk2_b02.wav,spk2,,male,,test,de,,,,,,,s2
+"""
+
+VOTES = """path,speaker,label,votes_angry,votes_happy,votes_neutral,votes_sad
+x1.wav,s1,angry,3,1,1,0
+x2.wav,s1,neutral,0,2,2,1
+x3.wav,s2,sad,0,0,0,4
+"""
+
+
+def _wav(path, seconds):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, np.full(int(16000 * seconds), 0.01, np.float32), 16000)
+
+
+@pytest.fixture
+def soft_csv(tmp_path):
+    base = tmp_path / "mycorp"
+    base.mkdir()
+    _wav(base / "wav" / "spk1_a01.wav", 1.5)
+    _wav(base / "wav" / "spk2_b01.wav", 0.75)  # spk1_a02 has a duration column; spk2_b02 is missing
+    (base / "meta.csv").write_text(SOFT)
+    return base / "meta.csv"
+
+
+def by_id(m: Manifest):
+    return {u.utt_id: u for u in m}
+
+
+def test_columns_defaults_and_probabilities(soft_csv):
+    m = generic_csv.build(soft_csv.parent.parent, csv=soft_csv)
+    assert m.categories == ["angry", "happy", "neutral"]  # sorted union of labels and p_ columns
+    u = by_id(m)
+    assert list(u) == ["meta/a01", "meta/a02", "meta/spk2_b01", "meta/b02"]  # empty utt_id -> file stem
+    a01 = u["meta/a01"]
+    assert a01.path == str(soft_csv.parent / "wav" / "spk1_a01.wav")
+    assert a01.speaker == "meta/spk1" and a01.corpus == "meta" and a01.gender == "female"
+    assert a01.duration == pytest.approx(1.5)  # empty cell, read from the audio header
+    assert (a01.split, a01.language, a01.label) == ("train", "de", "happy")
+    assert a01.pdf == pytest.approx([0.0, 0.75, 0.25]) and a01.votes is None
+    assert (a01.arousal, a01.valence, a01.arousal_std) == pytest.approx((0.7, 0.8, 0.1))
+    assert a01.valence_std is None and a01.extra == {"session": "s1"}
+    assert u["meta/a02"].duration == 2.5 and u["meta/a02"].pdf == pytest.approx([0.1, 0.2, 0.7])
+    b01 = u["meta/spk2_b01"]
+    assert b01.gender == "male" and b01.duration == pytest.approx(0.75) and b01.pdf == [1.0, 0.0, 0.0]
+    assert b01.extra == {}
+    b02 = u["meta/b02"]  # unlabelled, no audio, no soft label
+    assert b02.label is None and b02.pdf is None and b02.duration is None and b02.arousal is None
+
+
+def test_votes_columns_and_explicit_categories(tmp_path):
+    (tmp_path / "votes.csv").write_text(VOTES)
+    m = generic_csv.build(tmp_path, csv="votes.csv", corpus="crowd",
+                          categories=["neutral", "happy", "sad", "angry", "fear"])
+    assert m.categories == ["neutral", "happy", "sad", "angry", "fear"]
+    u = by_id(m)
+    x1 = u["crowd/x1"]
+    assert x1.speaker == "crowd/s1" and x1.duration is None
+    assert x1.votes == [1.0, 1.0, 0.0, 3.0, 0.0]  # reordered to the categories, fear has no column -> 0
+    assert x1.pdf == pytest.approx([0.2, 0.2, 0.0, 0.6, 0.0])
+    assert x1.n_raters == 5 and x1.agreement == pytest.approx(0.6)
+    x2 = u["crowd/x2"]  # a tie still keeps the row's label; agreement is that label's share
+    assert x2.pdf == pytest.approx([0.4, 0.4, 0.2, 0.0, 0.0]) and x2.agreement == pytest.approx(0.4)
+    assert u["crowd/x3"].pdf == [0.0, 0.0, 1.0, 0.0, 0.0] and u["crowd/x3"].n_raters == 4
+
+
+def test_audio_root_relative_to_csv_folder(tmp_path):
+    (tmp_path / "lists").mkdir()
+    _wav(tmp_path / "audio" / "x1.wav", 0.5)
+    (tmp_path / "lists" / "votes.csv").write_text(VOTES)
+    m = generic_csv.build(tmp_path, csv=tmp_path / "lists" / "votes.csv", audio_root="../audio")
+    x1 = by_id(m)["votes/x1"]
+    assert x1.path == str(tmp_path / "audio" / "x1.wav") and x1.duration == pytest.approx(0.5)
+
+
+def test_registry_and_round_trip(soft_csv):
+    m = build_manifest("csv", soft_csv.parent, csv="meta.csv")  # relative csv: looked up under data_root
+    back = Manifest.read(m.write(soft_csv.parent / "meta.parquet"))
+    assert back.categories == m.categories and back.table.equals(m.table)
+    assert [u.to_dict() for u in back] == [u.to_dict() for u in m]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.replace("a02,wav/spk1_a02.wav,spk1,neutral", "a02,wav/spk1_a02.wav,spk1,sad"),
+         r"row 2 \(line 3\): label 'sad' is not in the categories"),
+        (lambda t: t.replace("0.1,0.2,0.7", "0.1,0.2,0.9"), r"row 2 \(line 3\): p_ columns sum to 1.2000, not 1"),
+        (lambda t: t.replace("0.1,0.2,0.7", "0.1,,0.7"), r"row 2 \(line 3\): p_ columns \['p_happy'\] are empty"),
+        (lambda t: t.replace("b02,", "a01,"), r"row 4 \(line 5\): duplicate utt_id 'meta/a01' \(first in row 1\)"),
+        (lambda t: t.replace(",M,", ",x,"), r"row 3 \(line 4\): gender must be"),
+        (lambda t: t.replace("0.3,0.5", "high,0.5"), r"row 2 \(line 3\): column 'arousal' is not a number: 'high'"),
+        (lambda t: t.replace("female,2.5", "female,-1"), r"row 2 \(line 3\): duration must be positive"),
+        (lambda t: t.replace(",spk2,angry", ",,angry"), r"row 3 \(line 4\): empty speaker"),
+        (lambda t: t.replace("utt_id,path,", "utt_id,file,"), r"header \(line 1\): missing required columns \['path'\]"),
+    ],
+)
+def test_errors_name_file_row_and_reason(soft_csv, edit, message):
+    soft_csv.write_text(edit(SOFT))
+    categories = ["angry", "happy", "neutral"]
+    with pytest.raises(ManifestError, match=message) as e:
+        generic_csv.build(soft_csv.parent, csv=soft_csv, categories=categories)
+    assert str(soft_csv) in str(e.value)
+
+
+def test_p_column_outside_explicit_categories_is_an_error(soft_csv):
+    with pytest.raises(ManifestError, match=r"meta.csv header \(line 1\): p_ columns \['p_happy'\]"):
+        generic_csv.build(soft_csv.parent, csv=soft_csv, categories=["angry", "neutral"])
+
+
+def test_missing_csv(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.csv"):
+        generic_csv.build(tmp_path, csv="nope.csv")
