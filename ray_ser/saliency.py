@@ -77,6 +77,9 @@ _PACK_ROWS = (1 << _PACK_BITS) - 1
 _BLOCK_BYTES = 128 * 2**20
 """Budget for one block of one-hot indicators (n x block_dims x bins float32) in the MI products."""
 
+_RIGHT_CACHE_BYTES = 512 * 2**20
+"""Up to this size the packed right operand of the MI products is built once instead of per block."""
+
 
 # --------------------------------------------------------------------------------------------------
 # input checks
@@ -160,7 +163,7 @@ def correlations(
         Xc = H[s : s + chunk_rows].astype(cdt, copy=True)
         Xc -= mean_c
         G += Xc.T @ Xc
-        XL += Xc.T.astype(np.float64) @ Lc[s : s + chunk_rows]
+        XL += Xc.T @ Lc[s : s + chunk_rows].astype(cdt)
 
     sd = np.sqrt(np.clip(np.diag(G), 0.0, None))
     sd_ok = (sd > 0) & ~constant
@@ -270,7 +273,7 @@ def _check_codes(codes: np.ndarray, n_bins: int | None, name: str) -> tuple[np.n
         raise ValueError(f"{name} has code {hi} >= n_bins {B}")
     if B > 4096:
         raise ValueError(f"{name}: at most 4096 bins supported, got {B}")
-    return codes.astype(np.int64, copy=False), max(B, 1)
+    return codes, max(B, 1)
 
 
 def _entropies(codes: np.ndarray, B: int) -> np.ndarray:
@@ -301,14 +304,16 @@ def _joint_counts(left_t: np.ndarray, right: np.ndarray, bx: int, Bx: int, by: i
     """Joint histograms ``(bx, Bx, by, By)`` int64 of every (left column, right column) pair."""
     n = left_t.shape[1]
     G = right.shape[1] // by
-    counts = np.zeros((bx * Bx, by * G, 2), np.int64)
+    lo = np.zeros((bx * Bx, by * G), np.int64)
+    hi = np.zeros((bx * Bx, by * G), np.int64)
     mask = np.int32((1 << _PACK_BITS) - 1)
     for s in range(0, n, _PACK_ROWS):
         # Every entry is c(a, 2g) + 4096 * c(a, 2g+1) over <= 4095 rows: an integer < 2**24, so the
         # float32 GEMM (non-negative integer partial sums) is exact and the two counts unpack losslessly.
         M = (left_t[:, s : s + _PACK_ROWS] @ right[s : s + _PACK_ROWS]).astype(np.int32)
-        counts[..., 0] += M & mask
-        counts[..., 1] += M >> _PACK_BITS
+        lo += M & mask
+        hi += M >> _PACK_BITS
+    counts = np.stack([lo, hi], axis=-1)  # (bx*Bx, by*G, 2): bin 2g, then 2g+1
     return counts.reshape(bx, Bx, by, 2 * G)[..., :By]
 
 
@@ -356,12 +361,14 @@ def binned_mutual_info(
         block_dims = _BLOCK_BYTES // (4 * n * max(Bx, G))
     bs = max(1, min(int(block_dims), max(Nx, Ny)))
     log_n = math.log(n)
+    # the packed right side is built once when it fits the cache budget, else per block
+    right_all = _packed(cy, G) if 4 * n * Ny * G <= _RIGHT_CACHE_BYTES else None
     for i0 in range(0, Nx, bs):
         i1 = min(i0 + bs, Nx)
         left_t = _onehot_t(cx[:, i0:i1], Bx)
         for j0 in range(i0 if symmetric else 0, Ny, bs):
             j1 = min(j0 + bs, Ny)
-            right = _packed(cy[:, j0:j1], G)
+            right = _packed(cy[:, j0:j1], G) if right_all is None else right_all[:, j0 * G : j1 * G]
             joint = _joint_counts(left_t, right, i1 - i0, Bx, j1 - j0, By)
             # H(X, Y) = log n - sum c log c / n  (entr(c) = -c log c)
             hxy = log_n + entr(joint.astype(np.float64)).sum(axis=(1, 3)) / n

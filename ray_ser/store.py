@@ -172,8 +172,9 @@ class Store:
         """Compact the many small commits of a run and index the columns readers filter on."""
         table = self.embeddings(model)
         table.optimize()
-        for column in ("layer", "condition", "utt_id"):
-            table.create_scalar_index(column, index_type="BITMAP" if column != "utt_id" else "BTREE", replace=True)
+        ds = table.to_lance()
+        for column, kind in (("layer", "BITMAP"), ("condition", "BITMAP"), ("utt_id", "BTREE")):
+            ds.create_scalar_index(column, index_type=kind, replace=True)
 
 
 def _sql(value: str) -> str:

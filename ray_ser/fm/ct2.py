@@ -78,6 +78,8 @@ def read_model_bin(parts: Iterable[str | Path], keep: str | None = None) -> CT2M
         dims = _read(f, f"{rank}I") if rank else ()
         (dtype_id,) = _read(f, "B")
         (nbytes,) = _read(f, "I")
+        if f.tell() + nbytes > len(buf):
+            raise CT2FormatError(f"model.bin ends inside the data of variable {name}")
         if pattern is not None and not pattern.search(name):
             f.seek(nbytes, io.SEEK_CUR)
             continue

@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from ray_ser.corpora import build_manifest, cremad
+from ray_ser.corpora import build_manifest
 from ray_ser.settings import data_root
 
 ROOT = data_root() / "crema-d-labels"
@@ -78,6 +78,3 @@ def test_gender_from_demographics(by_id):
     assert by_id["cremad/1091_WSI_SAD_XX"].extra["age"] == int(demo["1091"]["Age"])
     assert by_id["cremad/1001_IEO_SAD_LO"].gender == "male"
 
-
-def test_adapter_module_constants():
-    assert list(cremad.CODES) == list("ADFHNS")

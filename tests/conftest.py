@@ -1,0 +1,53 @@
+"""Shared fixtures: the real corpora, a tiny random-init speech model on disk, and a local Ray instance."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ray_ser.settings import data_root
+
+os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def corpora() -> Path:
+    """The real corpora folder (../shared/corpora or $RAY_SER_DATA_ROOT); skips when it is absent."""
+    root = data_root()
+    if not (root / "emodb" / "wav").is_dir():
+        pytest.skip(f"corpora not found at {root}")
+    return root
+
+
+def save_tiny_hubert(path: Path) -> Path:
+    """A 2-layer, 32-wide HuBERT (layer-norm feature extractor, 80x downsampling) saved with save_pretrained."""
+    import torch
+    from transformers import HubertConfig, HubertModel
+
+    torch.manual_seed(0)
+    cfg = HubertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(32, 32, 32), conv_stride=(5, 4, 4), conv_kernel=(10, 4, 4),
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+        feat_extract_norm="layer", do_stable_layer_norm=True,
+    )
+    HubertModel(cfg).eval().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return save_tiny_hubert(tmp_path_factory.mktemp("models") / "tiny-hubert")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A fresh in-process Ray instance (never an existing cluster), shut down after the module."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield ray
+    ray.shutdown()

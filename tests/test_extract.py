@@ -1,0 +1,168 @@
+"""Extraction through Ray Data into LanceDB: completeness, equality with a direct model call, resume, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import soundfile as sf
+
+from ray_ser import audio, conditions
+from ray_ser.corpora import Manifest, Utterance, build_manifest
+from ray_ser.extract import ExtractOptions, extract, pool_frames
+from ray_ser.fm import load_model
+from ray_ser.store import Store, iter_frames, read_pooled, table_name
+
+CONDS = ["clean", "5dB"]
+
+
+def direct_pooled(model_dir, utt_id: str, path: str, condition: str, seed: int = 0) -> np.ndarray:
+    """(layers, dim) mean-pooled vectors computed without Ray, Lance or batching."""
+    model = load_model(str(model_dir), device="cpu")
+    wave = conditions.apply(audio.load(path, model.sample_rate), model.sample_rate, condition, utt_id, seed)
+    out = model([wave])
+    mean, _ = pool_frames(out.hidden[:, 0].numpy(), int(out.lengths[0]))
+    return mean
+
+
+def store_rows(uri: str, model: str) -> pa.Table:
+    return Store(uri).embeddings(model).to_arrow().select(["utt_id", "condition", "layer"])
+
+
+def assert_exactly_once(rows: pa.Table, utt_ids, conds, num_layers: int) -> None:
+    keys = list(zip(*(rows.column(k).to_pylist() for k in ("utt_id", "condition", "layer"))))
+    assert len(keys) == len(set(keys)), "a (utterance, condition, layer) row is duplicated"
+    assert set(keys) == {(u, c, layer) for u in utt_ids for c in conds for layer in range(num_layers)}
+
+
+@pytest.fixture(scope="module")
+def emodb6(corpora) -> Manifest:
+    return build_manifest("emodb", corpora).head(6)
+
+
+@pytest.fixture(scope="module")
+def extracted(local_ray, emodb6, tiny_model_dir, tmp_path_factory):
+    uri = str(tmp_path_factory.mktemp("store"))
+    opts = ExtractOptions(model=str(tiny_model_dir), conditions=CONDS, batch_size=4, model_key="tiny")
+    return uri, opts, extract(emodb6, uri, opts)
+
+
+def test_every_utterance_layer_condition_once(extracted, emodb6):
+    uri, opts, result = extracted
+    assert result.extracted == 12 and result.errors == 0 and result.skipped == 0
+    assert_exactly_once(store_rows(uri, "tiny"), emodb6.column("utt_id"), CONDS, num_layers=3)
+
+
+def test_pooled_vectors_equal_a_direct_model_call(extracted, emodb6, tiny_model_dir):
+    uri, _, _ = extracted
+    for cond in CONDS:
+        for layer in (0, 2):
+            df = read_pooled(uri, "tiny", condition=cond, layer=layer)
+            assert df["utt_id"].to_list() == sorted(emodb6.column("utt_id"))
+            for row in df.head(3).iter_rows(named=True):
+                want = direct_pooled(tiny_model_dir, row["utt_id"], row["path"], cond)[layer]
+                np.testing.assert_allclose(np.asarray(row["mean"]), want, atol=2e-4, rtol=1e-3)
+
+
+def test_read_pooled_joins_manifest_and_masks(extracted):
+    uri, _, _ = extracted
+    df = read_pooled(uri, "tiny", condition="clean", layer=1)
+    assert {"utt_id", "mean", "std", "label", "speaker", "gender", "pdf"} <= set(df.columns)
+    assert df["label"].null_count() == 0 and len(df["mean"][0]) == 32
+    mask = np.zeros(32, bool)
+    mask[[3, 7, 11]] = True
+    masked = read_pooled(uri, "tiny", condition="clean", layer=1, mask=mask)
+    full = np.asarray(df["mean"].to_list())
+    np.testing.assert_array_equal(np.asarray(masked["mean"].to_list()), full[:, mask])
+
+
+def test_frames_are_real_frames_only(extracted, tiny_model_dir):
+    uri, _, _ = extracted
+    model = load_model(str(tiny_model_dir), device="cpu")
+    frames = dict(iter_frames(uri, "tiny", condition="clean", layer=2))
+    assert len(frames) == 6
+    for f in frames.values():
+        assert f.dtype == np.float16 and f.shape == (model.num_frames(32000), 32)  # EmoDB files here are 2.0 s
+    df = read_pooled(uri, "tiny", condition="clean", layer=2)
+    row = df.row(0, named=True)
+    np.testing.assert_allclose(frames[row["utt_id"]].astype(np.float32).mean(0), row["mean"], atol=2e-2)
+
+
+def test_store_records_provenance(extracted, tiny_model_dir):
+    uri, _, _ = extracted
+    meta = Store(uri).extraction_meta("tiny")
+    assert meta["model"] == str(tiny_model_dir) and len(meta["weights_hash"]) == 64
+    assert meta["sample_rate"] == 16000 and meta["code_version"] and meta["options"]["conditions"] == CONDS
+    runs = Store(uri).runs().to_arrow()
+    assert runs.num_rows >= 1 and runs.column("extracted")[0].as_py() == 12
+
+
+def test_rerun_extracts_nothing_and_duplicates_nothing(extracted, emodb6):
+    uri, opts, _ = extracted
+    again = extract(emodb6, uri, opts)
+    assert again.extracted == 0 and again.skipped == 12
+    assert_exactly_once(store_rows(uri, "tiny"), emodb6.column("utt_id"), CONDS, num_layers=3)
+
+
+def test_partial_rows_from_a_crash_are_replaced(local_ray, emodb6, tiny_model_dir, tmp_path):
+    uri = str(tmp_path / "store")
+    opts = ExtractOptions(model=str(tiny_model_dir), conditions=["clean"], batch_size=4, model_key="tiny")
+    extract(emodb6.head(3), uri, opts)
+    victim = emodb6.column("utt_id")[1]
+    Store(uri).embeddings("tiny").delete(f"utt_id = '{victim}' AND layer > 0")  # as if a crash cut its commit
+    result = extract(emodb6.head(3), uri, opts)
+    assert result.dropped_partial == 1 and result.extracted == 1
+    assert_exactly_once(store_rows(uri, "tiny"), emodb6.column("utt_id")[:3], ["clean"], num_layers=3)
+
+
+def _write_bad_files(folder, speech: np.ndarray):
+    """corrupt, empty, NaN, 0.1 s (errors) and stereo 44.1 kHz, 8 kHz (fine after down-mix / resampling)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    (folder / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk")
+    files["corrupt"] = folder / "corrupt.wav"
+    sf.write(folder / "empty.wav", np.zeros(0, np.float32), 16000)
+    files["empty"] = folder / "empty.wav"
+    nan = speech.copy()
+    nan[100] = np.nan
+    sf.write(folder / "nan.wav", nan, 16000, subtype="FLOAT")
+    files["nan"] = folder / "nan.wav"
+    sf.write(folder / "short.wav", speech[:1600], 16000)
+    files["short"] = folder / "short.wav"
+    sf.write(folder / "stereo.wav", np.stack([speech, speech], 1)[:, :], 16000)
+    files["stereo"] = folder / "stereo.wav"
+    sf.write(folder / "rate8k.wav", speech[::2], 8000)
+    files["rate8k"] = folder / "rate8k.wav"
+    return files
+
+
+def test_bad_files_become_error_rows_and_the_job_finishes(local_ray, corpora, tiny_model_dir, tmp_path):
+    speech = audio.load(str(corpora / "emodb" / "wav" / "03a01Fa.wav"), 16000)
+    files = _write_bad_files(tmp_path / "audio", speech)
+    manifest = Manifest.from_utterances(
+        [Utterance(utt_id=f"bad/{k}", path=str(p), speaker="s1", corpus="bad", label="neutral") for k, p in files.items()],
+        ["neutral"],
+    )
+    uri = str(tmp_path / "store")
+    opts = ExtractOptions(model=str(tiny_model_dir), conditions=["clean"], batch_size=3, model_key="tiny")
+    result = extract(manifest, uri, opts)
+    assert result.extracted == 2 and result.errors == 4
+    errors = {r["utt_id"]: r for r in Store(uri).errors().to_arrow().to_pylist()}
+    assert set(errors) == {"bad/corrupt", "bad/empty", "bad/nan", "bad/short"}
+    assert "unreadable" in errors["bad/corrupt"]["message"]
+    assert "empty" in errors["bad/empty"]["message"]
+    assert "NaN" in errors["bad/nan"]["message"]
+    assert "too short" in errors["bad/short"]["message"]
+    assert all(r["stage"] == "decode" and r["path"].endswith(".wav") and r["model"] == "tiny" for r in errors.values())
+    done = read_pooled(uri, "tiny", condition="clean", layer=0)
+    assert sorted(done["utt_id"].to_list()) == ["bad/rate8k", "bad/stereo"]
+    assert done.filter(done["utt_id"] == "bad/stereo")["duration"][0] == pytest.approx(2.0, abs=1e-3)
+    # A re-run skips the known-bad files instead of logging them again; --retry-errors tries them anew.
+    again = extract(manifest, uri, opts)
+    assert again.extracted == 0 and again.errors == 0 and again.skipped == 6
+    retry = extract(manifest, uri, ExtractOptions(**{**opts.__dict__, "retry_errors": True}))
+    assert retry.errors == 4 and Store(uri).errors().count_rows() == 4
+
+
+def test_table_name_is_safe_for_hub_ids():
+    assert table_name("microsoft/wavlm-base-plus") == "emb__microsoft_wavlm-base-plus"
