@@ -64,8 +64,13 @@ __all__ = [
     "SALIENCY_SCHEMA",
 ]
 
-DEFAULT_BINS = 16
-"""Quantile bins per continuous variable for the binned MI estimator."""
+DEFAULT_BINS = 8
+"""Quantile bins per continuous variable for the binned MI estimator.
+
+8 rather than 16: the plug-in MI of a B x B table is biased upwards by about (B-1)**2 / (2 n) nats,
+0.21 nats for B=16 on EmoDB's 535 utterances (as large as a real dimension-emotion MI) but 0.05 for
+B=8; and the pairwise N x N part costs ~B**2, so 8 bins are ~4x faster.  Pass ``n_bins=16`` for finer
+bins on large corpora."""
 
 _CHUNK_ROWS = 8192
 """Rows per chunk when streaming H for the Gram matrix (bounds temporaries to chunk x N)."""
@@ -339,7 +344,7 @@ def binned_mutual_info(
     sum is an exact integer below 2**24 that unpacks into the two counts.  Columns go in blocks of
     ``block_dims`` (default: about 128 MiB of indicators per block) and, in the symmetric case, only
     the upper block triangle is computed.  Cost ~ n * Nx * Ny * Bx * By / 2 flops (halved again when
-    symmetric): N=1024, n=20k, 16 bins is ~2.7 TFLOP.
+    symmetric): N=1024, n=20k is ~0.7 TFLOP with 8 bins, ~2.7 with 16.
     """
     symmetric = codes_y is None
     cx, Bx = _check_codes(codes_x, n_bins_x, "codes_x")
@@ -373,6 +378,10 @@ def binned_mutual_info(
             # H(X, Y) = log n - sum c log c / n  (entr(c) = -c log c)
             hxy = log_n + entr(joint.astype(np.float64)).sum(axis=(1, 3)) / n
             block = np.clip(hx[i0:i1, None] + hy[None, j0:j1] - hxy, 0.0, None)
+            block[hx[i0:i1] == 0, :] = 0.0  # a constant column: exactly 0, not rounding residue
+            block[:, hy[j0:j1] == 0] = 0.0
+            if symmetric and j0 == i0:  # keep the result exactly symmetric
+                block = np.triu(block) + np.triu(block, 1).T
             out[i0:i1, j0:j1] = block
             if symmetric:
                 out[j0:j1, i0:i1] = block.T
@@ -390,8 +399,9 @@ def mis_per_target(
 
     ``S[k, t] = MI(H_k, L_t) + 1/(N-1) * sum_{j != k} MI(H_j, L_t) * MI(H_k, H_j)``, all MI binned on
     ``n_bins`` equal-frequency bins (:func:`discretise`; a target with <= n_bins distinct values, such
-    as integer class labels, keeps its categories).  The pairwise ``N x N`` MI dominates the cost:
-    about half a minute for N=1024, n=20k, 16 bins on two cores.
+    as integer class labels, keeps its categories).  The pairwise ``N x N`` MI dominates the cost,
+    ~n * N**2 * n_bins**2 / 4 flops: for N=1024, n=20k about 20 s with 8 bins and 1 min with 16 bins
+    on two idle cores.
     """
     H = _as_matrix(H)
     n, N = H.shape

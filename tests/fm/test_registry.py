@@ -101,12 +101,13 @@ def test_whisper_all_layer_shapes_and_lengths(whisper_dir, waves, mode, frames):
     expected = [math.ceil(n / 320) for n in SAMPLES]
     assert out.lengths.tolist() == expected == [25, 50]
     assert out.hidden.shape == (3, 2, frames, 32)  # 2 layers + the conv/position output
-    for b, wave in enumerate(waves):
+    # each wave alone: the same frame count, and the batch does not change its real frames
+    # (padded mode encodes every wave in its own 30 s window, so one wave is enough there)
+    for b, wave in enumerate(waves if mode == "trimmed" else waves[:1]):
         alone = enc([wave])
-        assert alone.lengths.tolist() == [expected[b]]
-        if mode == "trimmed":
-            assert alone.hidden.shape == (3, 1, expected[b], 32)
         n = expected[b]
+        assert alone.lengths.tolist() == [n]
+        assert alone.hidden.shape == (3, 1, n if mode == "trimmed" else 1500, 32)
         torch.testing.assert_close(out.hidden[:, b, :n], alone.hidden[:, 0, :n], atol=1e-4, rtol=0)
     _check_describe(enc, whisper_dir)
     assert enc.describe()["whisper_mode"] == mode
