@@ -41,6 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-warmup", action="store_true", help="do not run one untimed batch before timing")
+    p.add_argument("--speed-batches", type=int, default=0,
+                   help="also time K batches per mode interleaved (mode after mode on the same batch), which a "
+                        "busy machine skews far less than modes timed minutes apart; the final lines then use it")
     args = p.parse_args(argv)
     modes = [m for chunk in args.modes for m in chunk.split(",") if m]
     from ray_ser.fm.whisper import parse_mode
@@ -89,6 +92,25 @@ def extract(model, waves: list[np.ndarray], batch_size: int, warmup: bool) -> tu
     return np.concatenate(feats).astype(np.float32), seconds
 
 
+def interleaved_speed(models: dict, waves: list[np.ndarray], batch_size: int, k: int) -> dict[str, float]:
+    """Audio-seconds per wall-second of each mode over k batches spread over the corpus, modes interleaved."""
+    starts = np.unique(np.linspace(0, max(len(waves) - batch_size, 0), k).round().astype(int))
+    for model in models.values():
+        model(waves[:batch_size])  # warm-up
+    seconds = dict.fromkeys(models, 0.0)
+    audio_s = 0.0
+    for i, start in enumerate(starts):
+        batch = waves[start:start + batch_size]
+        audio_s += sum(len(w) for w in batch) / SR
+        order = list(models) if i % 2 == 0 else list(models)[::-1]  # alternate who goes first
+        for mode in order:
+            with torch.inference_mode():
+                t0 = time.perf_counter()
+                models[mode](batch)
+                seconds[mode] += time.perf_counter() - t0
+    return {m: audio_s / s for m, s in seconds.items()}
+
+
 def loso_uar(x: np.ndarray, labels: np.ndarray, manifest) -> float:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
@@ -131,6 +153,16 @@ def main(argv=None) -> int:
 
     waves: list[np.ndarray] | None = None
     base = None
+
+    def model_for(mode: str):
+        nonlocal base
+        if base is None:
+            base = load_model(args.model, device="cpu", whisper_mode=mode)
+            return base
+        # same weights, another mode: no need to parse model.bin again
+        return WhisperSpeechEncoder(base.encoder, name=base.name, weights_hash=base.weights_hash, mode=mode,
+                                    device="cpu")
+
     features: dict[str, np.ndarray] = {}
     timing: dict[str, dict] = {}
     for mode in args.modes:
@@ -143,12 +175,7 @@ def main(argv=None) -> int:
             continue
         if waves is None:
             waves = [audio.load(p, SR) for p in manifest.column("path")]
-        if base is None:
-            base = load_model(args.model, device="cpu", whisper_mode=mode)
-            model = base
-        else:  # same weights, another mode: no need to parse model.bin again
-            model = WhisperSpeechEncoder(base.encoder, name=base.name, weights_hash=base.weights_hash, mode=mode,
-                                         device="cpu")
+        model = model_for(mode)
         print(f"{mode}: extracting ...", flush=True)
         feats, seconds = extract(model, waves, args.batch_size, warmup=not args.no_warmup)
         audio_s = float(sum(len(w) for w in waves)) / SR
@@ -182,6 +209,13 @@ def main(argv=None) -> int:
     speed = {m: timing[m]["audio_seconds"] / timing[m]["seconds"] for m in args.modes}
     ref_speed = ref_time["audio_seconds"] / ref_time["seconds"] if ref_time else float("nan")
     vs_padded = {m: speed[m] / ref_speed for m in args.modes}
+    inter = None
+    if args.speed_batches > 0:
+        if waves is None:
+            waves = [audio.load(p, SR) for p in manifest.column("path")]
+        timed = list(dict.fromkeys(["padded", *args.modes]))
+        print(f"interleaved timing: {args.speed_batches} batches x {len(timed)} modes ...", flush=True)
+        inter = interleaved_speed({m: model_for(m) for m in timed}, waves, args.batch_size, args.speed_batches)
 
     width = max(10, max(len(m) for m in args.modes) + 1)
     head = "layer " + "".join(f"{m:>{width}}" for m in args.modes)
@@ -204,6 +238,12 @@ def main(argv=None) -> int:
         print(f"  {m:<{width}} {t['seconds']:8.1f} s for {t['audio_seconds']:.0f} s audio = "
               f"{speed[m]:7.1f} audio-s/wall-s  x{vs_padded[m]:.1f} vs padded"
               + ("  (cached timing)" if t.get("cached") else ""))
+    if inter is not None:
+        print(f"interleaved ({args.speed_batches} batches of {args.batch_size}, modes back to back on the same "
+              f"batch; used for speed_vs_padded below)")
+        for m in args.modes:
+            print(f"  {m:<{width}} {inter[m]:7.1f} audio-s/wall-s  x{inter[m] / inter['padded']:.1f} vs padded")
+        vs_padded = {m: inter[m] / inter["padded"] for m in args.modes}
     print()
     for m in args.modes:
         print(f"mode={m} speed_vs_padded={vs_padded[m]:.2f} mean_uar={np.mean(uar[m]):.4f} "

@@ -210,7 +210,7 @@ def extract(manifest: Manifest, store_uri: str, options: ExtractOptions | None =
     """Extract every layer of ``options.model`` for every manifest row and condition not yet in the store."""
     import ray
 
-    from ray_ser.fm import load_model
+    from ray_ser.fm.registry import describe as describe_model
 
     opts = options or ExtractOptions()
     conds = [c.name for c in conditions.parse_conditions(opts.conditions)]
@@ -219,11 +219,10 @@ def extract(manifest: Manifest, store_uri: str, options: ExtractOptions | None =
     store = Store(store_uri)
     store.put_manifest(manifest)
 
-    # Describe the model once on the driver: table width and provenance (cheap next to extraction).
-    probe = load_model(opts.model, device="cpu", whisper_mode=opts.whisper_mode)
-    meta = {**probe.describe(), "code_version": __version__, "options": asdict(opts), "model_key": opts.key}
-    num_layers, sample_rate, dim = probe.num_layers, probe.sample_rate, probe.hidden_size
-    del probe
+    # Table width and provenance from config and weight files: the driver never builds the model.
+    facts = describe_model(opts.model, whisper_mode=opts.whisper_mode)
+    meta = {**facts, "code_version": __version__, "options": asdict(opts), "model_key": opts.key}
+    num_layers, sample_rate, dim = facts["num_layers"], facts["sample_rate"], facts["hidden_size"]
     table = store.embeddings(opts.key, dim=dim, meta=meta)
 
     complete, partial = store.keys(opts.key, num_layers)

@@ -136,7 +136,7 @@ def correlations(
     H is streamed in ``chunk_rows`` row chunks: pass 1 takes the column means (float64) and detects
     constant columns exactly (max == min); pass 2 centres each chunk and accumulates the Gram matrix
     ``Xc^T Xc`` with a ``dtype`` matmul (default: float64 for float64 H, else float32) into a float64
-    accumulator, and ``Xc^T Lc`` in float64.  Centring before the product avoids the cancellation of
+    accumulator, and ``Xc^T Lc`` likewise.  Centring before the product avoids the cancellation of
     the ``E[xy] - E[x]E[y]`` form.  Memory beyond H is O(chunk_rows * N + N^2).
     """
     H = _as_matrix(H)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from datetime import timedelta
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -171,7 +172,8 @@ class Store:
     def finalize(self, model: str) -> None:
         """Compact the many small commits of a run and index the columns readers filter on."""
         table = self.embeddings(model)
-        table.optimize()
+        # Compact, then drop the superseded versions' files: they would double the store on disk.
+        table.optimize(cleanup_older_than=timedelta(0))
         ds = table.to_lance()
         for column, kind in (("layer", "BITMAP"), ("condition", "BITMAP"), ("utt_id", "BTREE")):
             ds.create_scalar_index(column, index_type=kind, replace=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -14,25 +15,29 @@ from ray_ser.fm.base import EncoderOutput, SpeechEncoder, pick_device
 CTC_STYLE = {"hubert", "wavlm", "wav2vec2", "wav2vec2-conformer", "data2vec-audio", "unispeech-sat"}
 
 
-def weights_hash(model_dir: str | Path | None, model: torch.nn.Module) -> str:
-    """sha256 of the checkpoint's weight files, or of the parameters when there are no files."""
+def checkpoint_dir(spec: str) -> Path:
+    """The local folder of a checkpoint: ``spec`` itself, or the hub cache's snapshot of a hub id."""
+    if Path(spec).is_dir():
+        return Path(spec)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
+
+
+def checkpoint_hash(folder: Path) -> str:
+    """sha256 over the checkpoint's weight files, in name order: the identity the store records."""
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+    if not files:
+        raise FileNotFoundError(f"no weight files (*.safetensors, *.bin) in {folder}")
     h = hashlib.sha256()
-    files = []
-    if model_dir is not None and Path(model_dir).is_dir():
-        files = sorted(p for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin"))
-    if files:
-        for p in files:
-            h.update(p.read_bytes())
-    else:
-        for name, t in sorted(model.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().cpu().float().numpy().tobytes())
+    for p in files:
+        h.update(p.read_bytes())
     return h.hexdigest()
 
 
-def _resolved_dir(model: torch.nn.Module, spec: str) -> Path | None:
-    path = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", spec)
-    return Path(path) if Path(path).is_dir() else None
+def _sample_rate(folder: Path) -> int:
+    pre = folder / "preprocessor_config.json"
+    return int(json.loads(pre.read_text()).get("sampling_rate", 16000)) if pre.exists() else 16000
 
 
 class CTCStyleEncoder(SpeechEncoder):
@@ -69,29 +74,46 @@ class CTCStyleEncoder(SpeechEncoder):
         return EncoderOutput(hidden=torch.stack(out.hidden_states), lengths=lengths)
 
 
+def describe(spec: str, whisper_mode: str | float = "padded") -> dict:
+    """Model facts from the config and a hash of the weight files, without instantiating the model."""
+    from transformers import AutoConfig
+
+    folder = checkpoint_dir(spec)
+    config = AutoConfig.from_pretrained(folder)
+    out = {"model": spec, "weights_hash": checkpoint_hash(folder), "sample_rate": _sample_rate(folder)}
+    if config.model_type == "whisper":
+        from ray_ser.fm.whisper import mode_name, parse_mode
+
+        return {**out, "num_layers": config.encoder_layers + 1, "hidden_size": config.d_model,
+                "whisper_mode": mode_name(parse_mode(whisper_mode))}
+    if config.model_type not in CTC_STYLE:
+        raise ValueError(f"{spec}: model type {config.model_type!r} is not supported; supported: whisper, {sorted(CTC_STYLE)}")
+    return {**out, "num_layers": config.num_hidden_layers + 1, "hidden_size": config.hidden_size}
+
+
 def load(spec: str, device=None, dtype: torch.dtype = torch.float32, whisper_mode: str | float = "padded") -> SpeechEncoder:
     """Load a hub id or a local folder; the model type comes from its config."""
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtractor
 
-    config = AutoConfig.from_pretrained(spec)
+    folder = checkpoint_dir(spec)
+    config = AutoConfig.from_pretrained(folder)
     kind = config.model_type
     if kind == "whisper":
         from transformers import WhisperModel
 
         from ray_ser.fm.whisper import WhisperSpeechEncoder
 
-        model = WhisperModel.from_pretrained(spec)
-        return WhisperSpeechEncoder(model.encoder, name=spec, weights_hash=weights_hash(_resolved_dir(model, spec), model),
+        model = WhisperModel.from_pretrained(folder)
+        return WhisperSpeechEncoder(model.encoder, name=spec, weights_hash=checkpoint_hash(folder),
                                     mode=whisper_mode, device=device, dtype=dtype)
     if kind not in CTC_STYLE:
         raise ValueError(f"{spec}: model type {kind!r} is not supported; supported: whisper, {sorted(CTC_STYLE)}")
-    model = AutoModel.from_pretrained(spec)
+    model = AutoModel.from_pretrained(folder)
     try:
-        extractor = AutoFeatureExtractor.from_pretrained(spec)
+        extractor = AutoFeatureExtractor.from_pretrained(folder)
     except (OSError, ValueError):  # a checkpoint without preprocessor_config.json: the family's defaults
         extractor = Wav2Vec2FeatureExtractor(
             sampling_rate=16000, do_normalize=getattr(config, "feat_extract_norm", "group") == "layer",
             return_attention_mask=True,
         )
-    return CTCStyleEncoder(model, extractor, name=spec, weights=weights_hash(_resolved_dir(model, spec), model),
-                           device=device, dtype=dtype)
+    return CTCStyleEncoder(model, extractor, name=spec, weights=checkpoint_hash(folder), device=device, dtype=dtype)

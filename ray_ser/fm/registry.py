@@ -32,6 +32,22 @@ def is_ct2_whisper_dir(path: Path) -> bool:
         and not any(path.glob("*.safetensors"))
 
 
+def describe(spec: str = DEFAULT_MODEL, whisper_mode: str | float = "padded") -> dict:
+    """What :meth:`SpeechEncoder.describe` returns, read from config and weight files without building the model."""
+    from ray_ser.fm import ct2, hf
+    from ray_ser.fm.whisper import parse_mode, mode_name
+
+    path = Path(spec).expanduser()
+    if spec in EMBEDDED or is_ct2_whisper_dir(path):
+        parts = embedded_parts(spec) if spec in EMBEDDED else [path / "model.bin"]
+        model = ct2.read_model_bin(parts, keep=r"^encoder/(num_heads|conv1/weight|position_encodings/encodings|layer_0/ffn/linear_0/weight|layer_\d+/ffn/layer_norm/beta)$")
+        cfg = ct2.whisper_encoder_config(model)
+        return {"model": spec if spec in EMBEDDED else str(path), "weights_hash": model.sha256, "sample_rate": 16000,
+                "num_layers": cfg.encoder_layers + 1, "hidden_size": cfg.d_model,
+                "whisper_mode": mode_name(parse_mode(whisper_mode))}
+    return hf.describe(str(path) if path.exists() else spec, whisper_mode)
+
+
 def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device | None = None,
                dtype: torch.dtype = torch.float32, whisper_mode: str | float = "padded") -> SpeechEncoder:
     """Load ``spec``: an embedded name, a CTranslate2 Whisper folder, or a Hugging Face hub id / folder.

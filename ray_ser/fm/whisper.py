@@ -43,6 +43,13 @@ def parse_mode(mode: str | float) -> float:
     return seconds
 
 
+def mode_name(seconds: float) -> str:
+    """The canonical name of a window length: 'padded', 'trimmed' or 'window:<s>'."""
+    if seconds == MAX_SECONDS:
+        return "padded"
+    return "trimmed" if seconds == 0 else f"window:{seconds:g}"
+
+
 class WhisperSpeechEncoder(SpeechEncoder):
     """All hidden states of a transformers ``WhisperEncoder``: index 0 = conv + positions, i = layer i.
 
@@ -60,7 +67,7 @@ class WhisperSpeechEncoder(SpeechEncoder):
         self.name = name
         self.weights_hash = weights_hash
         self.window_s = parse_mode(mode)
-        self.mode = "padded" if self.window_s == MAX_SECONDS else ("trimmed" if self.window_s == 0 else f"window:{self.window_s:g}")
+        self.mode = mode_name(self.window_s)
         self.hidden_size = cfg.d_model
         self.num_layers = cfg.encoder_layers + 1
         self.max_frames = cfg.max_source_positions

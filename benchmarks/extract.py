@@ -1,0 +1,116 @@
+"""Extraction speed, measured in one run on EmoDB with whisper-base:
+
+(a) the ray_ser pipeline (Ray Data decode/degrade tasks -> model actor -> LanceDB), Ray start-up excluded;
+(b) a naive loop as SER toolkits write it: one utterance at a time, padded to Whisper's 30 s window, one
+    forward per layer kept, one .npy per utterance and layer (run on a subset: it is slow);
+(c) the bare model forward over the same batches as (a), audio already in memory, nothing written.
+Prints audio-seconds per wall-second for each, then speedup_vs_naive = a/b, overhead_vs_forward = (c rate)/(a rate)
+(1.0 = no overhead) and the bytes the store holds per audio-second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ray_ser import audio, conditions  # noqa: E402
+from ray_ser.corpora import build_manifest  # noqa: E402
+from ray_ser.extract import ExtractOptions, extract, work_items  # noqa: E402
+from ray_ser.fm import load_model  # noqa: E402
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def bare_forward(manifest, opts: ExtractOptions) -> tuple[float, float]:
+    """(audio seconds, wall seconds) of model calls alone over the pipeline's batches."""
+    model = load_model(opts.model, whisper_mode=opts.whisper_mode)
+    items = work_items(manifest, opts.conditions, set())
+    waves = [conditions.apply(audio.load(p, model.sample_rate), model.sample_rate, c, u, opts.seed)
+             for u, p, c in zip(*(items.column(k).to_pylist() for k in ("utt_id", "path", "condition")))]
+    model(waves[:2])  # warm-up, as the pipeline's actor warms up on its first batch
+    t0 = time.perf_counter()
+    for i in range(0, len(waves), opts.batch_size):
+        out = model(waves[i:i + opts.batch_size])
+        out.hidden.float().numpy()
+    return sum(len(w) for w in waves) / model.sample_rate, time.perf_counter() - t0
+
+
+def naive_loop(manifest, model_name: str, out_dir: Path) -> tuple[float, float]:
+    """(audio seconds, wall seconds) of the one-utterance, padded, one-forward-per-layer loop."""
+    import torch
+    from transformers import WhisperFeatureExtractor
+
+    model = load_model(model_name, whisper_mode="padded")
+    encoder, fe = model.encoder, WhisperFeatureExtractor()
+    seconds = 0.0
+    t0 = time.perf_counter()
+    for utt in manifest:
+        wave = audio.load(utt.path, 16000)
+        seconds += len(wave) / 16000
+        feats = fe(wave, sampling_rate=16000, return_tensors="pt")["input_features"]
+        frames = model.num_frames(len(wave))
+        for layer in range(model.num_layers):
+            with torch.inference_mode():
+                hidden = encoder(feats, output_hidden_states=True).hidden_states[layer][0, :frames]
+            np.save(out_dir / f"{utt.utt_id.replace('/', '_')}_L{layer}.npy", hidden.numpy())
+    return seconds, time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="whisper-base")
+    p.add_argument("--limit", type=int, default=None, help="EmoDB utterances for (a) and (c) (default: all 535)")
+    p.add_argument("--conditions", default="clean,25dB,15dB,5dB")
+    p.add_argument("--naive-limit", type=int, default=12, help="utterances for the slow naive loop (b)")
+    p.add_argument("--data-root", default=None)
+    args = p.parse_args()
+    import ray
+
+    manifest = build_manifest("emodb", args.data_root)
+    if args.limit:
+        manifest = manifest.head(args.limit)
+    opts = ExtractOptions(model=args.model, conditions=args.conditions.split(","))
+    work = Path(tempfile.mkdtemp(prefix="ray_ser_bench_"))
+    try:
+        t0 = time.perf_counter()
+        ray.init(log_to_driver=False)
+        print(f"ray_startup_seconds: {time.perf_counter() - t0:.2f}")
+
+        t0 = time.perf_counter()
+        result = extract(manifest, str(work / "store"), opts)
+        a_wall = time.perf_counter() - t0
+        a_audio = sum(manifest.column("duration")) * len(opts.conditions)
+        stored = dir_bytes(work / "store")
+        assert result.extracted == len(manifest) * len(opts.conditions), result
+        print(f"(a) pipeline: {a_audio:.0f} audio-s in {a_wall:.1f} s = {a_audio / a_wall:.1f} audio-s/s "
+              f"({result.extracted} utterance-conditions, {stored / 1e6:.0f} MB stored)")
+        ray.shutdown()
+
+        c_audio, c_wall = bare_forward(manifest, opts)
+        print(f"(c) bare forward: {c_audio:.0f} audio-s in {c_wall:.1f} s = {c_audio / c_wall:.1f} audio-s/s")
+
+        (work / "npy").mkdir()
+        b_audio, b_wall = naive_loop(manifest.head(args.naive_limit), args.model, work / "npy")
+        print(f"(b) naive loop: {b_audio:.0f} audio-s in {b_wall:.1f} s = {b_audio / b_wall:.2f} audio-s/s "
+              f"({args.naive_limit} utterances, padded to 30 s, one forward per layer)")
+
+        a_rate, b_rate, c_rate = a_audio / a_wall, b_audio / b_wall, c_audio / c_wall
+        print(f"speedup_vs_naive: {a_rate / b_rate:.1f}")
+        print(f"overhead_vs_forward: {c_rate / a_rate:.3f}")
+        print(f"bytes_per_audio_second: {stored / a_audio:.0f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
