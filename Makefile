@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch that lies on this machine's disk; on a CUDA machine run `make TORCH= demo` to keep yours.
 TORCH ?= torch==2.13.0
 STORE ?= store
+DATA_ROOT ?=
 PYTEST_ARGS ?=
 
 .PHONY: demo test install clean-store
@@ -20,7 +21,7 @@ install: $(BIN)/.installed
 
 ## Extract EmoDB with the embedded Whisper base (clean + 3 SNR bands), then rank layers and cluster frames.
 demo: $(BIN)/.installed
-	$(BIN)/python jobs/pipeline.py --corpus emodb --model whisper-base --store $(STORE)
+	$(BIN)/python jobs/pipeline.py --corpus emodb --model whisper-base --store $(STORE) $(if $(DATA_ROOT),--data-root $(DATA_ROOT))
 
 ## The test suite (what .ci/run calls).
 test: $(BIN)/.installed

@@ -122,3 +122,11 @@ def test_unknown_model_type_raises(tmp_path):
 def test_bad_whisper_mode_raises(whisper_dir):
     with pytest.raises(ValueError, match="unknown Whisper mode"):
         load_model(whisper_dir, whisper_mode="sideways")
+
+
+def test_describe_matches_the_loaded_model_without_building_it(ctc_dirs, whisper_dir):
+    from ray_ser.fm.registry import describe
+
+    for path, _ in ctc_dirs.values():
+        assert describe(path) == load_model(path, device="cpu").describe()
+    assert describe(whisper_dir, "trimmed") == load_model(whisper_dir, device="cpu", whisper_mode="trimmed").describe()
