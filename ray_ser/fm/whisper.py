@@ -77,7 +77,8 @@ class WhisperSpeechEncoder(SpeechEncoder):
         return {**super().describe(), "whisper_mode": self.mode}
 
     def num_frames(self, num_samples: int) -> int:
-        return min(math.ceil(num_samples / SAMPLES_PER_FRAME), self.max_frames)
+        """One frame per 20 ms; audio past 30 s is encoded in further 30 s windows and its frames appended."""
+        return math.ceil(num_samples / SAMPLES_PER_FRAME)
 
     def context_samples(self, num_samples: int) -> int:
         """Samples of the window an utterance is encoded in: a multiple of 320 (an even mel frame count)."""
@@ -93,6 +94,26 @@ class WhisperSpeechEncoder(SpeechEncoder):
         return feats["input_features"][0]
 
     def _forward(self, waves: Sequence[np.ndarray]) -> EncoderOutput:
+        step = self.max_frames * SAMPLES_PER_FRAME  # 30 s: longer audio is cut into whole windows
+        owner, pieces = [], []
+        for b, w in enumerate(waves):
+            for start in range(0, max(len(w), 1), step):
+                owner.append(b)
+                pieces.append(w[start:start + step])
+        hidden = self._encode(pieces)
+        lengths = [self.num_frames(len(w)) for w in waves]
+        if len(pieces) == len(waves):
+            return EncoderOutput(hidden=hidden, lengths=torch.tensor(lengths))
+        out = hidden.new_zeros(hidden.shape[0], len(waves), max(lengths), hidden.shape[-1])
+        filled = [0] * len(waves)
+        for p, (b, piece) in enumerate(zip(owner, pieces)):
+            n = self.num_frames(len(piece))
+            out[:, b, filled[b]:filled[b] + n] = hidden[:, p, :n]
+            filled[b] += n
+        return EncoderOutput(hidden=out, lengths=torch.tensor(lengths))
+
+    def _encode(self, waves: Sequence[np.ndarray]) -> torch.Tensor:
+        """Hidden states (layers, batch, frames, dim) of waves no longer than one 30 s window each."""
         contexts = [self.context_samples(len(w)) for w in waves]
         frames = [c // SAMPLES_PER_FRAME for c in contexts]
         total = max(frames)
@@ -110,5 +131,4 @@ class WhisperSpeechEncoder(SpeechEncoder):
             x = layer(x, mask)
             states.append(x)
         states[-1] = enc.layer_norm(x)
-        lengths = torch.tensor([self.num_frames(len(w)) for w in waves])
-        return EncoderOutput(hidden=torch.stack(states), lengths=lengths)
+        return torch.stack(states)
