@@ -17,8 +17,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import polars as pl
 
-from ray_ser.saliency_store import assign_folds, layer_matrix, layers_of, _store
-from ray_ser.store import Store, read_pooled_arrow
+from ray_ser.saliency_store import _store, labelled_rows, layer_matrix, layers_of
+from ray_ser.store import Store
 
 MAX_ITER = 2000
 
@@ -49,12 +49,16 @@ def probe_layer(H: np.ndarray, labels: Sequence[str], fold: np.ndarray, C: float
 def layer_probe(store: str | Store, model: str, condition: str = "clean", folds: str | int = "auto",
                 seed: int = 0, layers: Sequence[int] | None = None, C: float = 1.0) -> pl.DataFrame:
     """One row per layer: ``layer``, ``uar`` (pooled out-of-fold balanced accuracy), ``fold_uar``
-    (list, per fold in fold order), ``mean_fold_uar``.  Utterances without a label or speaker are left out."""
+    (list, per fold in fold order), ``mean_fold_uar``.  The utterances and folds are the saliency's
+    (:func:`ray_ser.saliency_store.labelled_rows`, same ``folds`` and ``seed``) less those without a label."""
     store = _store(store)
     layers = list(layers) if layers is not None else layers_of(store, model, condition)
-    rows = pl.from_arrow(read_pooled_arrow(store, model, condition, layer=layers[0], columns=("utt_id",)))
-    rows = rows.filter(pl.col("label").is_not_null() & pl.col("speaker").is_not_null())
-    fold, _ = assign_folds(rows, folds, seed)
+    # the saliency's rows and folds, less the utterances without a categorical label
+    rows, _, _, fold, _ = labelled_rows(store, model, condition, folds, seed)
+    has_label = rows["label"].is_not_null().to_numpy()
+    rows, fold = rows.filter(pl.Series(has_label)), fold[has_label]
+    if rows.height == 0:
+        raise ValueError(f"no labelled utterances of {model}/{condition} to probe")
     utt_ids, labels = rows["utt_id"].to_list(), rows["label"].to_list()
     out = []
     for layer in layers:
@@ -109,12 +113,12 @@ def plot_layers(ranking: pl.DataFrame, probe: pl.DataFrame, path_png: str | Path
     r = ranking.sort("layer")
     p = probe.sort("layer")
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    ax.plot(p["layer"], p["uar"], "o-", color="tab:blue", label="probe UAR (out-of-fold)")
+    ax.plot(p["layer"], p["uar"], "o-", color="tab:blue", label="probe UAR, out-of-fold")
     if "fold_uar" in p.columns:
         sd = np.array([np.std(v) for v in p["fold_uar"].to_list()])
         mu = p["mean_fold_uar"].to_numpy()
         ax.fill_between(p["layer"].to_numpy(), mu - sd, mu + sd, color="tab:blue", alpha=0.12,
-                        label="per-fold UAR mean ± sd")
+                        label="per-fold UAR, mean ± sd")
     best_p = int(p["layer"][int(np.argmax(p["uar"].to_numpy()))])
     ax.axvline(best_p, color="tab:blue", ls=":", lw=1)
     ax.set_xlabel("layer")
@@ -122,19 +126,19 @@ def plot_layers(ranking: pl.DataFrame, probe: pl.DataFrame, path_png: str | Path
     ax.tick_params(axis="y", labelcolor="tab:blue")
     ax.set_xticks(r["layer"].to_list())
     ax2 = ax.twinx()
-    ax2.plot(r["layer"], r["layer_score"], "s--", color="tab:red", label="layer saliency (mean top-10% CCS)")
+    ax2.plot(r["layer"], r["layer_score"], "s--", color="tab:red", label="saliency, mean top-10% CCS")
     best_s = int(r["layer"][int(np.argmax(r["layer_score"].to_numpy()))])
     ax2.axvline(best_s, color="tab:red", ls=":", lw=1)
     ax2.set_ylabel("layer saliency score", color="tab:red")
     ax2.tick_params(axis="y", labelcolor="tab:red")
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="best", fontsize=8)
-    head = title or "layer saliency vs probe UAR"
+    fig.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="lower center", ncol=3, fontsize=8, frameon=False)
+    head = (title or "layer saliency vs probe UAR") + f": best {best_p} (probe), {best_s} (saliency)"
     if rho is not None:
-        head += f"  (Spearman ρ = {rho:.2f})"
+        head += f", Spearman ρ = {rho:.2f}"
     ax.set_title(head, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path)
     plt.close(fig)
     return path

@@ -1,0 +1,110 @@
+"""Emotion saliency of every layer and dimension (CCS, MIS) on speaker-independent training folds;
+layer ranking and masks in the store; with --probe, a linear probe per layer and their Spearman correlation.
+
+    python jobs/saliency.py --store store --model whisper-base --probe
+
+Writes saliency__<model>, layer_rank__<model> and saliency_folds__<model> (rows of this condition are
+replaced on a re-run).  Fold f's saliency uses only the utterances outside fold f; fold -1 uses all of them
+(a mask for new speakers only).  With --probe the last line is ``spearman: <value>``: the rank correlation
+between the layer score averaged over the training folds and the probe's out-of-fold UAR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import time
+from pathlib import Path
+
+import _bootstrap  # noqa: F401  (source checkout on sys.path)
+
+import polars as pl
+
+from ray_ser import saliency as sal
+from ray_ser import saliency_store as ss
+from ray_ser.fm.registry import DEFAULT_MODEL
+
+KEEP_RATIOS = (0.8, 0.6, 0.4)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", required=True, help="LanceDB store URI")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model key the embeddings are filed under")
+    p.add_argument("--condition", default="clean")
+    p.add_argument("--folds", default="auto", help="auto (LOSO up to 12 speakers, else 5) | loso | manifest | K")
+    p.add_argument("--no-mis", action="store_true", help="skip mutual-information saliency (CCS only)")
+    p.add_argument("--n-bins", type=int, default=sal.DEFAULT_BINS, help="quantile bins of the MI estimator")
+    p.add_argument("--seed", type=int, default=0, help="seed of the K-fold split")
+    p.add_argument("--probe", action="store_true", help="fit a linear probe per layer and compare with saliency")
+    p.add_argument("--plot", default=None, help="PNG path (default: <store>/plots/<model>_layers.png)")
+    return p
+
+
+def default_plot(store: str, model: str) -> Path:
+    base = Path("plots") if "://" in store else Path(store) / "plots"
+    return base / (re.sub(r"[^A-Za-z0-9_.\-]", "_", model.strip("/")) + "_layers.png")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    pl.Config.set_tbl_rows(200)
+    pl.Config.set_tbl_hide_dataframe_shape(True)
+    t0 = time.perf_counter()
+    info: dict = {}
+    df = ss.compute_saliency(args.store, args.model, args.condition, folds=args.folds, mis=not args.no_mis,
+                             n_bins=args.n_bins, seed=args.seed, info=info)
+    ranking = ss.layer_ranking(df)
+    ss.write_saliency(args.store, df, ranking, info["fold_frame"])
+    t_sal = time.perf_counter() - t0
+    print(f"saliency of {args.model} / {args.condition}: {info['n']} utterances, {info['n_speakers']} speakers, "
+          f"folds {info['folds']}, targets {','.join(info['targets'])}, MIS {'off' if args.no_mis else 'on'}")
+    all_rank = ranking.filter(pl.col("fold") == -1).select(
+        "layer", pl.col("layer_score").alias("score_all"), pl.col("layer_rank").alias("rank_all"))
+    folds_rank = ss.mean_over_folds(ranking).select(
+        "layer", pl.col("layer_score").alias("score_folds"), pl.col("layer_rank").alias("rank_folds"))
+    table = all_rank.join(folds_rank, on="layer").sort("rank_folds")
+    print("layer ranking (score = mean CCS of the layer's top 10% dims; rank 0 = best;"
+          " _all: fold -1 on all utterances, _folds: mean over training folds):")
+    print(table)
+    best = int(table.sort("rank_all")["layer"][0])
+    sizes = {r: int(ss.saliency_mask(args.store, args.model, best, r, fold=-1, condition=args.condition).sum())
+             for r in KEEP_RATIOS}
+    n_dims = df.filter((pl.col("fold") == -1) & (pl.col("layer") == best)).height
+    print(f"best layer (fold -1): {best}; masks of {n_dims} dims: "
+          + ", ".join(f"keep {r} -> {n}" for r, n in sizes.items()))
+    print(f"wrote {ss.saliency_table_name(args.model)} ({df.height} rows), "
+          f"{ss.layer_rank_table_name(args.model)} ({ranking.height} rows), {ss.folds_table_name(args.model)}")
+    result = {"best_layer": best, "ranking": table, "saliency_seconds": t_sal}
+    if not args.probe:
+        print(f"time: saliency {t_sal:.1f} s")
+        return result
+
+    from ray_ser.probe import layer_probe, plot_layers, spearman
+
+    t1 = time.perf_counter()
+    probe = layer_probe(args.store, args.model, args.condition, folds=args.folds, seed=args.seed)
+    t_probe = time.perf_counter() - t1
+    folds_scores = ss.mean_over_folds(ranking)
+    rho = spearman(folds_scores, probe)
+    rho_all = spearman(ranking.filter(pl.col("fold") == -1), probe)
+    print("probe (StandardScaler + LogisticRegression per layer; UAR of pooled out-of-fold predictions):")
+    print(probe.join(folds_scores.select("layer", "layer_score", "layer_rank"), on="layer").sort("layer")
+          .select("layer", "uar", "mean_fold_uar", "layer_score", "layer_rank"))
+    best_probe = int(probe.sort("uar", descending=True)["layer"][0])
+    print(f"best layer by probe: {best_probe}; by saliency (training folds): "
+          f"{int(folds_scores.sort('layer_rank')['layer'][0])}; (all utterances): {best}")
+    path = plot_layers(folds_scores, probe, args.plot or default_plot(args.store, args.model),
+                       title=f"{args.model} / {args.condition}", rho=rho)
+    print(f"plot: {path}")
+    print(f"spearman (fold -1 layer score vs probe UAR): {rho_all:.4f}")
+    print(f"time: saliency {t_sal:.1f} s, probe {t_probe:.1f} s, total {time.perf_counter() - t0:.1f} s")
+    print(f"spearman: {rho:.4f}")
+    result.update(probe=probe, spearman=rho, plot=str(path), probe_seconds=t_probe)
+    return result
+
+
+if __name__ == "__main__":
+    main()
