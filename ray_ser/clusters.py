@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ray_ser.store import Store, _sql, table_name
+from ray_ser.store import Store, _sql, as_store, table_name
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +46,12 @@ ASSIGN_CHUNK = 8192
 """Frames per distance product in the assignment (bounds the chunk x k temporary)."""
 
 
-def _suffix(model: str) -> str:
-    return table_name(model)[len("emb__"):]
-
-
 def centroids_table_name(model: str) -> str:
-    return "centroids__" + _suffix(model)
+    return table_name(model, "centroids")
 
 
 def frame_clusters_table_name(model: str) -> str:
-    return "frame_clusters__" + _suffix(model)
-
-
-def _store(store: str | Store) -> Store:
-    return store if isinstance(store, Store) else Store(store)
+    return table_name(model, "frame_clusters")
 
 
 def _frames_filter(layer: int, conditions: Sequence[str] | None) -> str:
@@ -80,7 +72,7 @@ def draw_frames(store: str | Store, model: str, layer: int, condition: str = "cl
                   seed: int = 0, train_utts: Iterable[str] | None = None) -> np.ndarray:
     """A seeded uniform sample (without replacement) of ``n`` frames, float32 ``(n, dim)``, from the
     ``condition`` frames of ``train_utts`` (default: every utterance the stored manifests know)."""
-    store = _store(store)
+    store = as_store(store)
     ds = store.embeddings(model).to_lance()
     where = _frames_filter(layer, [condition])
     t = ds.to_table(columns=["utt_id", "n_frames"], filter=where)
@@ -124,7 +116,7 @@ def fit_kmeans(store: str | Store, model: str, layer: int, ks: Sequence[int], co
     """
     from sklearn.cluster import MiniBatchKMeans
 
-    store = _store(store)
+    store = as_store(store)
     X = draw_frames(store, model, layer, condition, sample_frames, seed, train_utts)
     out = {}
     for k in ks:
@@ -162,7 +154,7 @@ def write_centroids(store: Store, model: str, layer: int, centroids: dict[int, n
 
 def read_centroids(store: str | Store, model: str, layer: int, k: int) -> np.ndarray:
     """The stored (k, dim) float32 centroids of (layer, k)."""
-    store = _store(store)
+    store = as_store(store)
     t = store.open(centroids_table_name(model)).to_lance().to_table(
         columns=["cluster", "centroid"], filter=f"layer = {int(layer)} AND k = {int(k)}")
     if t.num_rows == 0:
@@ -219,7 +211,7 @@ def assign_frames(store: str | Store, model: str, layer: int, centroids: dict[in
     the same (layer, k)."""
     import lance_ray
 
-    store = _store(store)
+    store = as_store(store)
     uri = store.embeddings(model).to_lance().uri
     name = frame_clusters_table_name(model)
     ks = sorted(int(k) for k in centroids)
@@ -248,7 +240,7 @@ def assign_frames(store: str | Store, model: str, layer: int, centroids: dict[in
 
 def read_frame_clusters(store: str | Store, model: str, layer: int, k: int, condition: str | None = "clean") -> pa.Table:
     """utt_id, condition, n_frames, ids of (layer, k) [and condition], sorted by utt_id, condition."""
-    store = _store(store)
+    store = as_store(store)
     where = f"layer = {int(layer)} AND k = {int(k)}"
     if condition is not None:
         where += f" AND condition = {_sql(condition)}"
@@ -261,7 +253,7 @@ def read_frame_clusters(store: str | Store, model: str, layer: int, k: int, cond
 def cluster_label_counts(store: str | Store, model: str, layer: int, k: int, condition: str = "clean") -> tuple[np.ndarray, list[str]]:
     """(k, labels) frame counts of (cluster, label) — every frame inherits its utterance's consensus
     ``label``; frames of unlabelled utterances are left out — and the label names."""
-    store = _store(store)
+    store = as_store(store)
     t = read_frame_clusters(store, model, layer, k, condition)
     manifests = store.manifests()
     if manifests is None:

@@ -17,8 +17,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import polars as pl
 
-from ray_ser.saliency_store import _store, labelled_rows, layer_matrix, layers_of
-from ray_ser.store import Store
+from ray_ser.saliency_store import labelled_rows, layer_matrix, layers_of
+from ray_ser.store import Store, as_store
 
 MAX_ITER = 2000
 
@@ -51,7 +51,7 @@ def layer_probe(store: str | Store, model: str, condition: str = "clean", folds:
     """One row per layer: ``layer``, ``uar`` (pooled out-of-fold balanced accuracy), ``fold_uar``
     (list, per fold in fold order), ``mean_fold_uar``.  The utterances and folds are the saliency's
     (:func:`ray_ser.saliency_store.labelled_rows`, same ``folds`` and ``seed``) less those without a label."""
-    store = _store(store)
+    store = as_store(store)
     layers = list(layers) if layers is not None else layers_of(store, model, condition)
     # the saliency's rows and folds, less the utterances without a categorical label
     rows, _, _, fold, _ = labelled_rows(store, model, condition, folds, seed)

@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 from ray_ser import saliency as sal
 from ray_ser.corpora.folds import loso, speaker_folds
 from ray_ser.corpora.manifest import DIMENSIONS, Manifest
-from ray_ser.store import Store, _sql, read_pooled_arrow, table_name
+from ray_ser.store import Store, _sql, as_store, read_pooled_arrow, table_name
 
 log = logging.getLogger(__name__)
 
@@ -62,24 +62,16 @@ FOLDS_ARROW = pa.schema([
 ])
 
 
-def _suffix(model: str) -> str:
-    return table_name(model)[len("emb__"):]
-
-
 def saliency_table_name(model: str) -> str:
-    return "saliency__" + _suffix(model)
+    return table_name(model, "saliency")
 
 
 def layer_rank_table_name(model: str) -> str:
-    return "layer_rank__" + _suffix(model)
+    return table_name(model, "layer_rank")
 
 
 def folds_table_name(model: str) -> str:
-    return "saliency_folds__" + _suffix(model)
-
-
-def _store(store: str | Store) -> Store:
-    return store if isinstance(store, Store) else Store(store)
+    return table_name(model, "saliency_folds")
 
 
 # ---- targets and folds ---------------------------------------------------------------------------
@@ -169,7 +161,7 @@ def assign_folds(frame: pl.DataFrame, folds: str | int = "auto", seed: int = 0) 
 
 def layers_of(store: str | Store, model: str, condition: str = "clean") -> list[int]:
     """The layer indices stored for ``model`` under ``condition``."""
-    store = _store(store)
+    store = as_store(store)
     t = store.embeddings(model).to_lance().to_table(columns=["layer"], filter=f"condition = {_sql(condition)}")
     return sorted(int(x) for x in pc.unique(t.column("layer")).to_pylist())
 
@@ -181,7 +173,7 @@ def labelled_rows(store: str | Store, model: str, condition: str = "clean",
     ``rows`` are the layer-0 rows (utt_id order) joined with their manifest, keeping only utterances
     with a speaker and a label or PDF or V/A/D; every layer has the same utterances in the same order.
     """
-    store = _store(store)
+    store = as_store(store)
     t = read_pooled_arrow(store, model, condition, layer=layers_of(store, model, condition)[0],
                           columns=("utt_id", "condition", "layer"))
     frame = pl.from_arrow(t)
@@ -237,7 +229,7 @@ def compute_saliency(store: str | Store, model: str, condition: str = "clean", f
     uses every utterance, fold f >= 0 only the utterances outside fold f.  ``info`` (a dict), when
     given, receives the utterance count, targets, fold description and the per-utterance folds.
     """
-    store = _store(store)
+    store = as_store(store)
     rows, L, names, fold, desc = labelled_rows(store, model, condition, folds, seed)
     utt_ids = rows["utt_id"].to_list()
     if info is not None:
@@ -299,7 +291,7 @@ def _replace(store: Store, name: str, schema: pa.Schema, data: pa.Table, keys: l
 def write_saliency(store: str | Store, saliency_df: pl.DataFrame, ranking: pl.DataFrame,
                    fold_frame: pl.DataFrame | None = None) -> None:
     """Write (replace) the saliency, layer-rank and fold tables rows of the frames' model/condition."""
-    store = _store(store)
+    store = as_store(store)
     pairs = saliency_df.select(["model", "condition"]).unique().rows()
     if len(pairs) != 1:
         raise ValueError(f"write one model/condition at a time, got {pairs}")
@@ -317,7 +309,7 @@ def write_saliency(store: str | Store, saliency_df: pl.DataFrame, ranking: pl.Da
 def read_saliency(store: str | Store, model: str, condition: str = "clean", fold: int | None = None,
                   layer: int | None = None) -> pl.DataFrame:
     """Rows of ``saliency__<model>`` for a condition (and fold / layer), sorted by fold, layer, dim."""
-    store = _store(store)
+    store = as_store(store)
     name = saliency_table_name(model)
     if not store.has(name):
         raise KeyError(f"store {store.uri} has no {name}: run jobs/saliency.py first")
@@ -331,7 +323,7 @@ def read_saliency(store: str | Store, model: str, condition: str = "clean", fold
 
 
 def read_layer_ranking(store: str | Store, model: str, condition: str = "clean") -> pl.DataFrame:
-    store = _store(store)
+    store = as_store(store)
     name = layer_rank_table_name(model)
     if not store.has(name):
         raise KeyError(f"store {store.uri} has no {name}: run jobs/saliency.py first")
@@ -341,7 +333,7 @@ def read_layer_ranking(store: str | Store, model: str, condition: str = "clean")
 
 def read_folds(store: str | Store, model: str, condition: str = "clean") -> pl.DataFrame:
     """utt_id, speaker, fold of the utterances the stored saliency used."""
-    store = _store(store)
+    store = as_store(store)
     t = store.open(folds_table_name(model)).to_lance().to_table(
         filter=f"model = {_sql(model)} AND condition = {_sql(condition)}")
     return pl.from_arrow(t).select(["utt_id", "speaker", "fold"]).sort("utt_id")

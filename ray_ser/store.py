@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import warnings
 from datetime import timedelta
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +42,14 @@ RUNS_SCHEMA = pa.schema([
 ])
 
 
-def table_name(model: str) -> str:
-    """``emb__`` + the model key with every character LanceDB dislikes replaced by ``_``."""
-    return "emb__" + re.sub(r"[^A-Za-z0-9_.\-]", "_", model.strip("/"))
+def table_name(model: str, kind: str = "emb") -> str:
+    """``<kind>__`` + the model key with every character LanceDB dislikes replaced by ``_``."""
+    return f"{kind}__" + re.sub(r"[^A-Za-z0-9_.\-]", "_", model.strip("/"))
+
+
+def as_store(store: "str | Store") -> "Store":
+    """Accept a Store or its URI wherever a reader takes one."""
+    return store if isinstance(store, Store) else Store(store)
 
 
 def embedding_schema(dim: int, meta: dict[str, Any] | None = None) -> pa.Schema:
@@ -172,8 +178,11 @@ class Store:
     def finalize(self, model: str) -> None:
         """Compact the many small commits of a run and index the columns readers filter on."""
         table = self.embeddings(model)
-        # Compact, then drop the superseded versions' files: they would double the store on disk.
-        table.optimize(cleanup_older_than=timedelta(0))
+        # Compact, then drop the superseded versions' files: they would double the store on disk. Only the
+        # finishing extraction writes this table, and readers open the latest version.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="optimize\\(cleanup_older_than=0\\)")
+            table.optimize(cleanup_older_than=timedelta(0))
         ds = table.to_lance()
         for column, kind in (("layer", "BITMAP"), ("condition", "BITMAP"), ("utt_id", "BTREE")):
             ds.create_scalar_index(column, index_type=kind, replace=True)
@@ -215,7 +224,7 @@ def read_pooled_arrow(store: str | Store, model: str, condition: str = "clean", 
                       mask: np.ndarray | None = None, with_manifest: bool = True,
                       columns: Sequence[str] = ("utt_id", "condition", "layer", "n_frames", "duration", "snr_db", "mean", "std")) -> pa.Table:
     """Pooled vectors of one model/condition/layer as Arrow; ``mask`` (bool or indices) keeps dimensions."""
-    store = store if isinstance(store, Store) else Store(store)
+    store = as_store(store)
     ds = store.embeddings(model).to_lance()
     t = ds.to_table(columns=list(columns), filter=_filter(condition, layer))
     for name in ("mean", "std"):
@@ -246,7 +255,7 @@ def pooled_dataset(store: str | Store, model: str, condition: str = "clean", lay
     """The same rows as a Ray Dataset (read in parallel by lance-ray), for training and batch jobs."""
     import lance_ray
 
-    store = store if isinstance(store, Store) else Store(store)
+    store = as_store(store)
     uri = store.embeddings(model).to_lance().uri
     return lance_ray.read_lance(uri, columns=list(columns), filter=_filter(condition, layer))
 
@@ -254,7 +263,7 @@ def pooled_dataset(store: str | Store, model: str, condition: str = "clean", lay
 def iter_frames(store: str | Store, model: str, condition: str = "clean", layer: int = 0,
                 utt_ids: Sequence[str] | None = None, batch_rows: int = 256) -> Iterator[tuple[str, np.ndarray]]:
     """Yield (utt_id, frames) with frames a (n_frames, dim) float16 matrix, streaming in ``batch_rows``."""
-    store = store if isinstance(store, Store) else Store(store)
+    store = as_store(store)
     ds = store.embeddings(model).to_lance()
     for batch in ds.to_batches(columns=["utt_id", "frames"], filter=_filter(condition, layer, utt_ids),
                                batch_size=batch_rows):
