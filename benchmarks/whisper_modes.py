@@ -8,6 +8,7 @@ utterance's pooled vector to its padded-mode vector.
     python benchmarks/whisper_modes.py                       # all 535 utterances, 5 modes
     python benchmarks/whisper_modes.py --limit 40 --modes trimmed window:4
     python benchmarks/whisper_modes.py --cache /tmp/whisper_modes   # re-runs skip extraction
+    python benchmarks/whisper_modes.py --modes padded,trimmed,strided:10,strided:25 --speed-batches 10
 
 Features are cached per mode as ``<cache>/<model>__<mode>__n<N>_<hash>.npy`` (utterances x layers x dim,
 float32) with a ``.json`` sidecar holding the extraction time, so a re-run reports the measured speed again.
@@ -32,7 +33,7 @@ SR = 16_000
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES),
-                   help="Whisper modes (space or comma separated): padded, trimmed, window:<s>")
+                   help="Whisper modes (space or comma separated): padded, trimmed, window:<s>, strided:<n>")
     p.add_argument("--model", default="whisper-base")
     p.add_argument("--corpus", default="emodb")
     p.add_argument("--cache", default="/tmp/whisper_modes", help="folder for the per-mode feature .npy files")

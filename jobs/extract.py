@@ -31,7 +31,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--conditions", default=",".join(DEFAULT_CONDITIONS), help="comma-separated, e.g. clean,25dB,15dB,5dB")
     p.add_argument("--limit", type=int, default=None, help="only the first N utterances (smoke runs)")
     p.add_argument("--no-frames", action="store_true", help="store pooled vectors only, no frame matrices")
-    p.add_argument("--whisper-mode", default=ExtractOptions.whisper_mode, help="trimmed | padded | window:<seconds>")
+    p.add_argument("--whisper-mode", default=ExtractOptions.whisper_mode, help="strided:<s> (default strided:10) | trimmed | padded | window:<seconds>")
     p.add_argument("--batch-size", type=int, default=ExtractOptions.batch_size)
     p.add_argument("--max-batch-seconds", type=float, default=ExtractOptions.max_batch_seconds)
     p.add_argument("--pool-size", type=int, default=None, help="model actors (default: one per GPU, else one)")

@@ -24,6 +24,9 @@ from ray_ser.store import Store, embedding_schema, now, table_name
 
 log = logging.getLogger(__name__)
 
+DEFAULT_WHISPER_MODE = "strided:10"
+"""Whisper's full 30 s context at about half of trimmed's speed; see the README's Whisper windows section."""
+
 
 @dataclass
 class ExtractOptions:
@@ -32,7 +35,7 @@ class ExtractOptions:
     model: str = "whisper-base"
     conditions: list[str] = field(default_factory=lambda: list(conditions.DEFAULT_CONDITIONS))
     frames: bool = True
-    whisper_mode: str = "trimmed"
+    whisper_mode: str = DEFAULT_WHISPER_MODE
     batch_size: int = 8
     max_batch_seconds: float = 240.0
     pool_size: int | None = None  # model actors; default: one per GPU, else one
@@ -45,7 +48,7 @@ class ExtractOptions:
     def key(self) -> str:
         if self.model_key:
             return self.model_key
-        return self.model if self.whisper_mode == "trimmed" else f"{self.model}@{self.whisper_mode}"
+        return self.model if self.whisper_mode == DEFAULT_WHISPER_MODE else f"{self.model}@{self.whisper_mode}"
 
 
 # ---- stage 1: CPU tasks --------------------------------------------------------------------------

@@ -8,11 +8,23 @@ padded mode (identical to transformers), ``window_s=0`` the trimmed mode (only t
 needs). Utterances of different lengths share a batch without changing each other's output: the mel
 input past each window is zero (what the convolutions' own padding sees) and attention keys past each
 window are masked.
+
+The strided mode (``strided:<s>``) approximates the padded mode at a fraction of its cost. In the padded
+window the silent tail's log-mel is one constant per utterance, so its ~1400 frames differ (away from the
+speech) only by their positional embeddings. Strided mode keeps the real frames plus every s-th frame of the
+tail (positions T, T+s, T+2s, ... < 1500, each with its true positional embedding) and, in every attention
+layer, adds log(count) to the logit of each kept tail key, count being how many tail positions it stands for
+(s, fewer for the last), so softmax gives it the weight the full set of near-identical keys would get (exactly,
+if the skipped keys were identical). All kept frames are queries, so the tail still attends to the speech and
+to itself layer by layer. The convolutions only run over the speech plus a margin and over a short constant
+block standing for the tail's interior and its last frame (which the convs' zero padding makes different);
+those are exactly the padded mode's conv outputs. ``strided:1`` is the padded mode, computed this way.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -26,28 +38,53 @@ SAMPLES_PER_FRAME = 2 * HOP  # conv2 has stride 2: one encoder frame per 320 sam
 MAX_SECONDS = 30.0
 
 MODES = {"padded": 30.0, "trimmed": 0.0}
+MAX_STRIDE = 1500  # one kept tail frame per utterance already (the window has at most 1500 frames)
+# strided mode: exact conv outputs for frames < T + HEAD_MARGIN - 1 (from T + 2 on, the tail is constant)
+HEAD_MARGIN = 6
+TAIL_MELS = 8  # constant mel block whose conv gives the tail's interior frame and its last frame
 
 
-def parse_mode(mode: str | float) -> float:
-    """'padded' -> 30 s, 'trimmed' -> 0 s, 'window:10' or 10 -> a 10 s window."""
-    if isinstance(mode, (int, float)):
-        seconds = float(mode)
+@dataclass(frozen=True)
+class Strided:
+    """The strided-silence mode: the padded 30 s window with every ``stride``-th tail frame standing for ``stride``."""
+
+    stride: int
+
+
+def parse_mode(mode: str | float) -> float | Strided:
+    """'padded' -> 30 s, 'trimmed' -> 0 s, 'window:10' or 10 -> a 10 s window, 'strided:10' -> Strided(10)."""
+    if isinstance(mode, Strided):
+        stride = mode.stride
+    elif isinstance(mode, (int, float)):
+        stride, seconds = None, float(mode)
     elif mode in MODES:
-        seconds = MODES[mode]
+        stride, seconds = None, MODES[mode]
     elif str(mode).startswith("window:"):
-        seconds = float(str(mode).split(":", 1)[1])
+        stride, seconds = None, float(str(mode).split(":", 1)[1])
+    elif str(mode).startswith("strided:"):
+        text = str(mode).split(":", 1)[1]
+        if not text.isdigit():
+            raise ValueError(f"Whisper stride must be a positive integer, got {text!r}")
+        stride = int(text)
     else:
-        raise ValueError(f"unknown Whisper mode {mode!r}: use 'padded', 'trimmed' or 'window:<seconds>'")
+        raise ValueError(f"unknown Whisper mode {mode!r}: use 'padded', 'trimmed', 'window:<seconds>' "
+                         "or 'strided:<frames>'")
+    if stride is not None:
+        if not 1 <= stride <= MAX_STRIDE:
+            raise ValueError(f"Whisper stride must be within [1, {MAX_STRIDE}], got {stride}")
+        return Strided(stride)
     if not 0.0 <= seconds <= MAX_SECONDS:
         raise ValueError(f"Whisper window must be within [0, {MAX_SECONDS}] s, got {seconds}")
     return seconds
 
 
-def mode_name(seconds: float) -> str:
-    """The canonical name of a window length: 'padded', 'trimmed' or 'window:<s>'."""
-    if seconds == MAX_SECONDS:
+def mode_name(mode: float | Strided) -> str:
+    """The canonical name of a parsed mode: 'padded', 'trimmed', 'window:<s>' or 'strided:<n>'."""
+    if isinstance(mode, Strided):
+        return f"strided:{mode.stride}"
+    if mode == MAX_SECONDS:
         return "padded"
-    return "trimmed" if seconds == 0 else f"window:{seconds:g}"
+    return "trimmed" if mode == 0 else f"window:{mode:g}"
 
 
 class WhisperSpeechEncoder(SpeechEncoder):
@@ -66,8 +103,11 @@ class WhisperSpeechEncoder(SpeechEncoder):
         cfg = encoder.config
         self.name = name
         self.weights_hash = weights_hash
-        self.window_s = parse_mode(mode)
-        self.mode = mode_name(self.window_s)
+        parsed = parse_mode(mode)
+        self.mode = mode_name(parsed)
+        # strided mode approximates the full window; window_s is what context_samples() pads to
+        self.stride = parsed.stride if isinstance(parsed, Strided) else None
+        self.window_s = MAX_SECONDS if self.stride is not None else parsed
         self.hidden_size = cfg.d_model
         self.num_layers = cfg.encoder_layers + 1
         self.max_frames = cfg.max_source_positions
@@ -114,6 +154,8 @@ class WhisperSpeechEncoder(SpeechEncoder):
 
     def _encode(self, waves: Sequence[np.ndarray]) -> torch.Tensor:
         """Hidden states (layers, batch, frames, dim) of waves no longer than one 30 s window each."""
+        if self.stride is not None:
+            return self._encode_strided(waves)
         contexts = [self.context_samples(len(w)) for w in waves]
         frames = [c // SAMPLES_PER_FRAME for c in contexts]
         total = max(frames)
@@ -132,3 +174,74 @@ class WhisperSpeechEncoder(SpeechEncoder):
             states.append(x)
         states[-1] = enc.layer_norm(x)
         return torch.stack(states)
+
+    def _strided_conv(self, waves: Sequence[np.ndarray], real: list[int]):
+        """The padded window's conv outputs (before positions), computed only where they differ.
+
+        Returns ``head`` (batch, H, dim) with ``exact[b]`` leading frames equal to the padded mode's, and
+        per utterance the tail's interior frame ``inner`` and last frame ``last`` (batch, dim) each.
+        Frames in [exact[b], 1499) equal ``inner[b]``; frame 1499 equals ``last[b]``.
+        """
+        enc = self.encoder
+        n_mels = enc.config.num_mel_bins
+        # frames of each head chunk: the speech plus a margin of silence; the whole window if that nearly fills it
+        chunk = [T + HEAD_MARGIN if T + HEAD_MARGIN + TAIL_MELS < self.max_frames else self.max_frames for T in real]
+        # conv2 frame p reads mel frames 2p-2 .. 2p+2, so the chunk's last frame sees the chunk's zero padding
+        exact = [c - 1 if c < self.max_frames else c for c in chunk]
+        mels = np.zeros((len(waves), n_mels, 2 * max(chunk)), np.float32)
+        tail = np.zeros((len(waves), n_mels, TAIL_MELS), np.float32)
+        for b, (w, c) in enumerate(zip(waves, chunk)):
+            # The chunk ends in >= 10 mel frames of pure silence, so its STFT frames (reflect-padded silence) and its
+            # max (-8 clamp) are the full window's: these are the padded mode's first 2c mel frames exactly.
+            m = self.log_mel(w, c * SAMPLES_PER_FRAME)
+            mels[b, :, : m.shape[1]] = m
+            tail[b] = m[:, -1:]  # the silent tail's log-mel: one constant per utterance
+
+        def conv(m: np.ndarray) -> torch.Tensor:
+            x = nn.functional.gelu(enc.conv1(torch.from_numpy(m).to(self.device, self.dtype)))
+            return nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
+
+        head = conv(mels)
+        # The tail block's TAIL_MELS/2 conv frames: the first sees the block's left zero padding, the second
+        # reads constant mel only (the tail's interior), the last sees the right zero padding exactly as
+        # frame 1499 of the window does.
+        t = conv(tail)
+        inner, last = t[:, 1], t[:, -1]
+        return head, exact, inner, last
+
+    def _encode_strided(self, waves: Sequence[np.ndarray]) -> torch.Tensor:
+        """Strided-silence mode: real frames, every s-th silent frame with a log-count attention bias."""
+        enc = self.encoder
+        s, total = self.stride, self.max_frames
+        real = [min(self.num_frames(len(w)), total) for w in waves]
+        head, exact, inner, last = self._strided_conv(waves, real)
+        pos = enc.embed_positions.weight
+        device, dtype = head.device, head.dtype
+        kept_pos, kept_bias = [], []
+        for T in real:
+            pad = torch.arange(T, total, s, device=device)
+            count = torch.clamp(total - pad, max=s).to(dtype)
+            kept_pos.append(torch.cat([torch.arange(T, device=device), pad]))
+            kept_bias.append(torch.cat([torch.zeros(T, dtype=dtype, device=device), torch.log(count)]))
+        n = max(len(p) for p in kept_pos)
+        x = torch.zeros(len(waves), n, head.shape[-1], dtype=dtype, device=device)
+        bias = torch.full((len(waves), n), torch.finfo(dtype).min, dtype=dtype, device=device)
+        for b, (p, bb) in enumerate(zip(kept_pos, kept_bias)):
+            k = len(p)
+            conv = torch.where((p == total - 1)[:, None], last[b], inner[b])
+            from_head = p < exact[b]
+            conv[from_head] = head[b, p[from_head]]
+            x[b, :k] = conv + pos[p]
+            bias[b, :k] = bb
+        mask = bias[:, None, None, :].expand(-1, 1, n, n)
+        states = [x]
+        for layer in enc.layers:
+            x = layer(x, mask)
+            states.append(x)
+        states[-1] = enc.layer_norm(x)
+        # only the real frames are returned (real first, as in the other modes); slots past an utterance's
+        # real frames held its kept silent frames and are zeroed
+        out = torch.stack(states)[:, :, : max(real)]
+        for b, T in enumerate(real):
+            out[:, b, T:] = 0
+        return out
