@@ -39,6 +39,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model-key", default=None, help="name to file the embeddings under (default: model, plus @mode)")
     p.add_argument("--seed", type=int, default=0, help="seed of the degraded copies")
     p.add_argument("--retry-errors", action="store_true", help="try utterances that failed in earlier runs again")
+    p.add_argument("--commit-mb", type=float, default=ExtractOptions.commit_mb,
+                   help="commit to LanceDB once this many MB of rows are buffered ...")
+    p.add_argument("--commit-seconds", type=float, default=ExtractOptions.commit_seconds,
+                   help="... or this many seconds have passed (0: every block); a crash loses at most this much")
     return p
 
 
@@ -57,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         model=args.model, conditions=args.conditions.split(","), frames=not args.no_frames,
         whisper_mode=args.whisper_mode, batch_size=args.batch_size, max_batch_seconds=args.max_batch_seconds,
         pool_size=args.pool_size, threads=args.threads, seed=args.seed, retry_errors=args.retry_errors,
-        model_key=args.model_key,
+        model_key=args.model_key, commit_mb=args.commit_mb, commit_seconds=args.commit_seconds,
     )
     ray.init(ignore_reinit_error=True, log_to_driver=False)
     result = extract(manifest, args.store, options)

@@ -42,6 +42,8 @@ class ExtractOptions:
     threads: int | None = None  # torch threads per CPU actor; default: the node's CPU count
     seed: int = 0
     retry_errors: bool = False
+    commit_mb: float = 64.0  # buffer finished rows up to this size before one LanceDB commit ...
+    commit_seconds: float = 30.0  # ... or this long, whichever comes first (0: commit every block)
     model_key: str | None = None  # the name the store files it under; default model(@mode)
 
     @property
@@ -250,12 +252,27 @@ def extract(manifest: Manifest, store_uri: str, options: ExtractOptions | None =
         ds = ds.map_batches(EmbedStage, fn_constructor_kwargs={"options": asdict(opts)}, batch_format="pyarrow",
                             batch_size=opts.batch_size, compute=ray.data.ActorPoolStrategy(size=pool),
                             num_gpus=1 if gpus else 0, num_cpus=1 if not gpus else 0)
+        schema = embedding_schema(dim)
+        pending: list[pa.Table] = []
+        last_commit = now()
+
+        def commit() -> None:
+            nonlocal extracted, last_commit
+            if pending:
+                rows = pa.concat_tables(pending)
+                table.add(rows)
+                extracted += pc.sum(pc.equal(rows.column("layer"), 0)).as_py() or 0
+                pending.clear()
+            last_commit = now()
+
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
             bad = block.filter(pc.equal(block.column("layer"), -1))
             good = block.filter(pc.not_equal(block.column("layer"), -1))
             if good.num_rows:
-                table.add(good.select(embedding_schema(dim).names).cast(embedding_schema(dim)))
-                extracted += pc.sum(pc.equal(good.column("layer"), 0)).as_py() or 0
+                pending.append(good.select(schema.names).cast(schema))
+                if (sum(t.nbytes for t in pending) >= opts.commit_mb * 2**20
+                        or now() - last_commit >= opts.commit_seconds):
+                    commit()
             if bad.num_rows:
                 n_errors += bad.num_rows
                 errors_table.add(pa.table({
@@ -267,6 +284,7 @@ def extract(manifest: Manifest, store_uri: str, options: ExtractOptions | None =
                 }))
                 for u, p, m in zip(*(bad.column(k).to_pylist() for k in ("utt_id", "path", "error"))):
                     log.warning("skipped %s (%s): %s", u, p, m)
+        commit()
         store.finalize(opts.key)
 
     result = ExtractResult(run_id, opts.key, table_name(opts.key), extracted, n_errors, skipped, dropped, now() - t0)

@@ -175,14 +175,15 @@ class Store:
             table.delete(where)
         return len(keys)
 
-    def finalize(self, model: str) -> None:
-        """Compact the many small commits of a run and index the columns readers filter on."""
+    def finalize(self, model: str, max_fragments: int = 64) -> None:
+        """Index the columns readers filter on; compact first once re-runs have left many small fragments."""
         table = self.embeddings(model)
-        # Compact, then drop the superseded versions' files: they would double the store on disk. Only the
-        # finishing extraction writes this table, and readers open the latest version.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="optimize\\(cleanup_older_than=0\\)")
-            table.optimize(cleanup_older_than=timedelta(0))
+        if len(table.to_lance().get_fragments()) > max_fragments:
+            # Compact, then drop the superseded versions' files (they would double the store on disk); only
+            # the finishing extraction writes this table, and readers open the latest version.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="optimize\\(cleanup_older_than=0\\)")
+                table.optimize(cleanup_older_than=timedelta(0))
         ds = table.to_lance()
         for column, kind in (("layer", "BITMAP"), ("condition", "BITMAP"), ("utt_id", "BTREE")):
             ds.create_scalar_index(column, index_type=kind, replace=True)

@@ -72,7 +72,7 @@ def test_killed_driver_then_rerun_loses_and_duplicates_nothing(cluster, corpora,
     conds = ["clean", "25dB", "15dB", "5dB"]
     cmd = [sys.executable, str(PROJECT / "jobs" / "extract.py"), "--corpus", "emodb", "--data-root", str(corpora),
            "--limit", "60", "--model", str(tiny_model_dir), "--model-key", "tiny", "--store", uri,
-           "--conditions", ",".join(conds), "--batch-size", "2"]
+           "--conditions", ",".join(conds), "--batch-size", "2", "--commit-seconds", "0"]
     env = {**os.environ, "RAY_ADDRESS": cluster["gcs"], "RAY_AUTH_MODE": "token"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     name = table_name("tiny")
