@@ -35,25 +35,49 @@ def ray_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
+    """`ray start --head --block` in its own process group: teardown stops this cluster and no other Ray."""
     port, dash = free_port(), free_port()
-    started = ray_cli("start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=2",
-                      "--include-dashboard=true", "--disable-usage-stats")
-    if started.returncode != 0:
-        pytest.fail(f"ray start failed:\n{started.stdout}\n{started.stderr}")
+    log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
+         "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "RAY_AUTH_MODE": "token"},
+    )
+    info = {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
     try:
-        yield {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
+        deadline = time.time() + 180
+        while ray_cli("job", "list", "--address", info["dashboard"], timeout=60).returncode != 0:
+            if head.poll() is not None or time.time() > deadline:
+                pytest.fail(f"ray start --head did not come up; see {log.name}")
+            time.sleep(2)
+        yield info
     finally:
-        ray_cli("stop", "--force")
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        log.close()
+
+
+def submit(*args: str, address: str, attempts: int = 20) -> subprocess.CompletedProcess:
+    """`ray job submit`, retried while the fresh cluster's job agent is still starting."""
+    for _ in range(attempts):
+        job = ray_cli("job", "submit", "--address", address, *args, timeout=600)
+        if "No available agent" not in job.stdout + job.stderr:
+            return job
+        time.sleep(3)
+    return job
 
 
 def test_ray_job_submit_fills_the_store(cluster, corpora, tiny_model_dir, tmp_path):
     uri = str(tmp_path / "store")
-    job = ray_cli(
-        "job", "submit", "--address", cluster["dashboard"], "--working-dir", str(PROJECT), "--",
+    job = submit(
+        "--working-dir", str(PROJECT), "--",
         "python", "jobs/extract.py", "--corpus", "emodb", "--data-root", str(corpora), "--limit", "4",
         "--model", str(tiny_model_dir), "--model-key", "tiny", "--store", uri, "--conditions", ",".join(CONDS),
-        "--batch-size", "2", timeout=600,
+        "--batch-size", "2", address=cluster["dashboard"],
     )
     assert job.returncode == 0, f"job failed:\n{job.stdout[-4000:]}\n{job.stderr[-4000:]}"
     assert "succeeded" in job.stdout + job.stderr
