@@ -29,8 +29,9 @@ def free_port() -> int:
 
 
 def ray_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    # The cluster uses Ray's default token auth; the CLI reads the token `ray start` wrote.
-    env = {**os.environ, "RAY_AUTH_MODE": "token", **(env or {})}
+    # The cluster uses Ray's default token auth; the CLI reads the token `ray start` wrote. PATH starts with
+    # this interpreter's bin, as in an activated venv, so the job's `python` is the one with ray_ser's deps.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
     return subprocess.run([str(BIN / "ray"), *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -42,7 +43,8 @@ def cluster(tmp_path_factory):
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
          "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "RAY_AUTH_MODE": "token"},
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"},
     )
     info = {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
     try:
