@@ -76,6 +76,8 @@ def main() -> None:
     args = p.parse_args()
     import ray
 
+    from ray_ser.runtime import init_ray
+
     manifest = build_manifest("emodb", args.data_root)
     if args.limit:
         manifest = manifest.head(args.limit)
@@ -83,7 +85,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ray_ser_bench_"))
     try:
         t0 = time.perf_counter()
-        ray.init(log_to_driver=False)
+        init_ray()
         print(f"ray_startup_seconds: {time.perf_counter() - t0:.2f}")
 
         t0 = time.perf_counter()

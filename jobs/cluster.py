@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import ray
+    from ray_ser.runtime import init_ray
 
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         folds = read_folds(args.store, args.model, args.condition)
         train_utts = folds.filter(folds["fold"] != args.exclude_fold)["utt_id"].to_list()
-    ray.init(ignore_reinit_error=True, log_to_driver=False)
+    init_ray()
     t0 = time.perf_counter()
     centroids = fit_kmeans(args.store, args.model, args.layer, ks, condition=args.condition,
                            sample_frames=args.sample_frames, seed=args.seed, train_utts=train_utts)

@@ -47,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import ray
+    from ray_ser.runtime import init_ray
 
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         pool_size=args.pool_size, threads=args.threads, seed=args.seed, retry_errors=args.retry_errors,
         model_key=args.model_key, commit_mb=args.commit_mb, commit_seconds=args.commit_seconds,
     )
-    ray.init(ignore_reinit_error=True, log_to_driver=False)
+    init_ray()
     result = extract(manifest, args.store, options)
     print(json.dumps(result.__dict__, indent=2))
 

@@ -61,6 +61,9 @@ def cluster(tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         log.close()
+        current = Path("/tmp/ray/ray_current_cluster")  # `ray start` records its address here; drop ours
+        if current.exists() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()
 
 
 def submit(*args: str, address: str, attempts: int = 20) -> subprocess.CompletedProcess:

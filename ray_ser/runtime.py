@@ -1,0 +1,17 @@
+"""How jobs join Ray: the cluster in $RAY_ADDRESS (set by `ray job submit`), else a fresh local instance."""
+
+from __future__ import annotations
+
+import os
+
+
+def init_ray(**kwargs):
+    """``ray.init`` on $RAY_ADDRESS when set (``auto`` attaches to a `ray start` cluster on this machine),
+    else on a new local instance, so a stale cluster address left on the machine is never dialled."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(address=address, log_to_driver=False, **kwargs)
+    return ray
