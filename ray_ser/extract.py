@@ -1,7 +1,7 @@
 """All-layer extraction with Ray Data: manifest rows x conditions -> audio (CPU tasks) -> model actors -> store.
 
-The driver streams the finished blocks and appends each to LanceDB as one commit, so progress is durable
-at block granularity and no two processes ever commit to the same table at once. A re-run first drops
+The driver streams the finished blocks and appends them to LanceDB in commits of ~64 MB or 30 s, so
+progress is durable at that granularity and no two processes ever commit to the same table at once. A re-run first drops
 the rows of any (utterance, condition) that a crash left with fewer than all layers, then extracts only
 what is missing.
 """
@@ -254,15 +254,17 @@ def extract(manifest: Manifest, store_uri: str, options: ExtractOptions | None =
                             num_gpus=1 if gpus else 0, num_cpus=1 if not gpus else 0)
         schema = embedding_schema(dim)
         pending: list[pa.Table] = []
+        pending_bytes = 0
         last_commit = now()
 
         def commit() -> None:
-            nonlocal extracted, last_commit
+            nonlocal extracted, last_commit, pending_bytes
             if pending:
                 rows = pa.concat_tables(pending)
                 table.add(rows)
                 extracted += pc.sum(pc.equal(rows.column("layer"), 0)).as_py() or 0
                 pending.clear()
+                pending_bytes = 0
             last_commit = now()
 
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
@@ -270,7 +272,8 @@ def extract(manifest: Manifest, store_uri: str, options: ExtractOptions | None =
             good = block.filter(pc.not_equal(block.column("layer"), -1))
             if good.num_rows:
                 pending.append(good.select(schema.names).cast(schema))
-                if (sum(t.nbytes for t in pending) >= opts.commit_mb * 2**20
+                pending_bytes += pending[-1].nbytes
+                if (pending_bytes >= opts.commit_mb * 2**20
                         or now() - last_commit >= opts.commit_seconds):
                     commit()
             if bad.num_rows:
