@@ -3,7 +3,8 @@
 (a) the ray_ser pipeline (Ray Data decode/degrade tasks -> model actor -> LanceDB), Ray start-up excluded;
 (b) a naive loop as SER toolkits write it: one utterance at a time, padded to Whisper's 30 s window, one
     forward per layer kept, one .npy per utterance and layer (run on a subset: it is slow);
-(c) the bare model forward over the same batches as (a), audio already in memory, nothing written.
+(c) the bare model forward over the same batches as (a), audio already in memory, nothing written; run
+    before and after (a) and averaged, so a drift of the machine's speed does not favour either side.
 Prints audio-seconds per wall-second for each, then speedup_vs_naive = a/b, overhead_vs_forward = (c rate)/(a rate)
 (1.0 = no overhead) and the bytes the store holds per audio-second.
 """
@@ -35,8 +36,10 @@ def bare_forward(manifest, opts: ExtractOptions) -> tuple[float, float]:
     """(audio seconds, wall seconds) of model calls alone over the pipeline's batches."""
     model = load_model(opts.model, whisper_mode=opts.whisper_mode)
     items = work_items(manifest, opts.conditions, set())
-    waves = [conditions.apply(audio.load(p, model.sample_rate), model.sample_rate, c, u, opts.seed)
-             for u, p, c in zip(*(items.column(k).to_pylist() for k in ("utt_id", "path", "condition")))]
+    waves = []  # the pipeline's order: longest utterance first, each with all its conditions
+    for u, p, conds in zip(*(items.column(k).to_pylist() for k in ("utt_id", "path", "conditions"))):
+        clean = audio.load(p, model.sample_rate)
+        waves += [conditions.apply(clean, model.sample_rate, c, u, opts.seed) for c in conds]
     model(waves[:2])  # warm-up, as the pipeline's actor warms up on its first batch
     t0 = time.perf_counter()
     for i in range(0, len(waves), opts.batch_size):
@@ -84,6 +87,11 @@ def main() -> None:
     opts = ExtractOptions(model=args.model, conditions=args.conditions.split(","))
     work = Path(tempfile.mkdtemp(prefix="ray_ser_bench_"))
     try:
+        # (c) runs before and after (a) and is averaged: this VM's speed drifts by tens of percent over minutes
+        c_audio, c_wall_before = bare_forward(manifest, opts)
+        print(f"(c) bare forward, before (a): {c_audio:.0f} audio-s in {c_wall_before:.1f} s = "
+              f"{c_audio / c_wall_before:.1f} audio-s/s")
+
         t0 = time.perf_counter()
         init_ray()
         print(f"ray_startup_seconds: {time.perf_counter() - t0:.2f}")
@@ -98,8 +106,10 @@ def main() -> None:
               f"({result.extracted} utterance-conditions, {stored / 1e6:.0f} MB stored)")
         ray.shutdown()
 
-        c_audio, c_wall = bare_forward(manifest, opts)
-        print(f"(c) bare forward: {c_audio:.0f} audio-s in {c_wall:.1f} s = {c_audio / c_wall:.1f} audio-s/s")
+        c_audio, c_wall_after = bare_forward(manifest, opts)
+        print(f"(c) bare forward, after (a): {c_audio:.0f} audio-s in {c_wall_after:.1f} s = "
+              f"{c_audio / c_wall_after:.1f} audio-s/s")
+        c_wall = (c_wall_before + c_wall_after) / 2
 
         (work / "npy").mkdir()
         b_audio, b_wall = naive_loop(manifest.head(args.naive_limit), args.model, work / "npy")

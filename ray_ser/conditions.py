@@ -14,9 +14,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from audiomentations import AddColorNoise, AddGaussianSNR
-from audiomentations.augmentations.add_color_noise import NOISE_COLOR_DECAYS
-from scipy.signal import fftconvolve
 
 NoiseKind = Literal["white", "pink"]
 
@@ -116,6 +113,8 @@ def _reverb(x: np.ndarray, sample_rate: int, rt60: float, rs: np.random.RandomSt
     tail[0] = 0.0
     tail *= 10.0 ** (-REVERB_DRR_DB / 20.0) / np.sqrt(np.sum(tail**2))
     tail[0] = 1.0  # direct path, unit energy
+    from scipy.signal import fftconvolve  # imported here: scipy/audiomentations cost ~1 s to import
+
     y = fftconvolve(x.astype(np.float64), tail)[: x.size]
     # Same RMS as the input, so loudness stays comparable and a later SNR is relative to the clean level too.
     ry = _rms(y)
@@ -124,6 +123,9 @@ def _reverb(x: np.ndarray, sample_rate: int, rt60: float, rs: np.random.RandomSt
 
 def _noise(x: np.ndarray, sample_rate: int, cond: Condition, snr_db: float, noise_seed: int) -> np.ndarray:
     """Additive noise from audiomentations at exactly ``snr_db`` relative to ``x``'s power (float64)."""
+    from audiomentations import AddColorNoise, AddGaussianSNR  # imported on first use: ~1 s, only noise needs it
+    from audiomentations.augmentations.add_color_noise import NOISE_COLOR_DECAYS
+
     x32 = x.astype(np.float32)
     clean_rms = _rms(x32)
     target_rms = clean_rms / 10.0 ** (snr_db / 20.0)

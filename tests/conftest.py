@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from ray_ser.settings import data_root
 
 os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["RAY_SER_CACHE"] = tempfile.mkdtemp(prefix="ray_ser_cache_")  # tests never touch the user's hash cache
 
 
 @pytest.fixture(scope="session")

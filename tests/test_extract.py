@@ -166,3 +166,49 @@ def test_bad_files_become_error_rows_and_the_job_finishes(local_ray, corpora, ti
 
 def test_table_name_is_safe_for_hub_ids():
     assert table_name("microsoft/wavlm-base-plus") == "emb__microsoft_wavlm-base-plus"
+
+
+def test_cpu_layout_prefers_single_threaded_actors_and_leaves_room_for_decoding():
+    from ray_ser.extract import cpu_layout
+
+    assert cpu_layout(2) == (2, 1, 0.75)  # this machine: two 1-thread copies, 0.5 CPU left for decode tasks
+    assert cpu_layout(1) == (1, 1, 0.5)
+    pool, threads, cpus = cpu_layout(16)
+    assert (pool, threads) == (4, 4) and pool * cpus <= 16 - 0.5
+    assert cpu_layout(8, pool_size=1, threads=8)[:2] == (1, 8)
+
+
+def test_input_blocks_hold_whole_batches(emodb6):
+    from ray_ser.extract import input_blocks, work_items
+
+    for conds in (["clean"], ["clean", "5dB", "15dB"], CONDS):
+        items = work_items(emodb6, conds, set())
+        blocks = input_blocks(items, batch_size=2, n_conds=len(conds))
+        pairs = [sum(len(c) for c in b.column("conditions").to_pylist()) for b in blocks]
+        assert sum(pairs) == 6 * len(conds) and all(n % 2 == 0 for n in pairs[:-1])
+        resumed = work_items(emodb6, conds, {(emodb6.column("utt_id")[0], conds[0])})  # only what is missing
+        assert sum(len(c) for c in resumed.column("conditions").to_pylist()) == 6 * len(conds) - 1
+        durations = items.column("duration").to_pylist()
+        assert durations == sorted(durations, reverse=True)
+
+
+def test_decode_batch_decodes_once_and_fans_out_conditions(emodb6, tmp_path):
+    from ray_ser.extract import decode_batch
+
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF not really")
+    good = emodb6.table.slice(0, 1)
+    batch = pa.table({"utt_id": [good.column("utt_id")[0].as_py(), "broken"],
+                      "path": [good.column("path")[0].as_py(), str(bad)],
+                      "conditions": [["clean", "5dB"], ["clean", "25dB"]]})
+    out = decode_batch(batch, 16000, seed=0)
+    assert out.column("condition").to_pylist() == ["clean", "5dB", "clean", "25dB"]
+    assert out.column("error").to_pylist()[:2] == [None, None]
+    assert all(isinstance(e, str) and e for e in out.column("error").to_pylist()[2:])
+    assert out.column("stage").to_pylist()[2:] == ["decode", "decode"]
+    clean, noisy = (np.asarray(out.column("audio")[i].values) for i in (0, 1))
+    want = conditions.apply(audio.load(batch.column("path")[0].as_py(), 16000), 16000, "5dB",
+                            batch.column("utt_id")[0].as_py(), 0)
+    np.testing.assert_array_equal(noisy, want)  # same audio as degrading a fresh decode
+    assert out.column("snr_db")[0].as_py() is None and 0 <= out.column("snr_db")[1].as_py() <= 10
+    assert len(clean) == len(noisy)

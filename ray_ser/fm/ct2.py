@@ -19,6 +19,8 @@ from typing import BinaryIO, Iterable
 import numpy as np
 import torch
 
+from ray_ser.fm import hashing
+
 DTYPES = ("float32", "int8", "int16", "int32", "float16", "bfloat16")  # index = dtype id
 
 
@@ -57,12 +59,18 @@ def read_model_bin(parts: Iterable[str | Path], keep: str | None = None) -> CT2M
 
     ``keep`` is a regex: only variables whose name matches are decoded (others are skipped unread).
     """
+    parts = [Path(p) for p in parts]
+    known = hashing.cached(parts)
     digest = hashlib.sha256()
     buf = bytearray()
     for p in parts:
-        data = Path(p).read_bytes()
-        digest.update(data)
+        data = p.read_bytes()
+        if not known:
+            digest.update(data)
         buf += data
+    sha = known or digest.hexdigest()
+    if not known:
+        hashing.remember(parts, sha)
     f = io.BytesIO(bytes(buf))
     (version,) = _read(f, "I")
     if version < 5:
@@ -98,7 +106,7 @@ def read_model_bin(parts: Iterable[str | Path], keep: str | None = None) -> CT2M
         for _ in range(n_alias):
             alias = _string(f)
             aliases[alias] = _string(f)
-    return CT2Model(spec, revision, version, variables, aliases, digest.hexdigest())
+    return CT2Model(spec, revision, version, variables, aliases, sha)
 
 
 def _encoder_layers(variables: dict[str, np.ndarray]) -> list[int]:
@@ -167,6 +175,7 @@ def load_whisper_encoder(parts: Iterable[str | Path]):
 
     model = read_model_bin(parts, keep=r"^encoder/")
     config = whisper_encoder_config(model)
-    encoder = WhisperEncoder(config)
-    encoder.load_state_dict(whisper_encoder_state_dict(model), strict=True)
+    with torch.device("meta"):  # no random init: every parameter comes from the file (strict, assigned)
+        encoder = WhisperEncoder(config)
+    encoder.load_state_dict(whisper_encoder_state_dict(model), strict=True, assign=True)
     return encoder.eval(), model.sha256

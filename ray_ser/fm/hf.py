@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Sequence
@@ -10,6 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ray_ser.fm import hashing
 from ray_ser.fm.base import EncoderOutput, SpeechEncoder, pick_device
 
 CTC_STYLE = {"hubert", "wavlm", "wav2vec2", "wav2vec2-conformer", "data2vec-audio", "unispeech-sat"}
@@ -29,10 +29,7 @@ def checkpoint_hash(folder: Path) -> str:
     files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
     if not files:
         raise FileNotFoundError(f"no weight files (*.safetensors, *.bin) in {folder}")
-    h = hashlib.sha256()
-    for p in files:
-        h.update(p.read_bytes())
-    return h.hexdigest()
+    return hashing.files_sha256(files)
 
 
 def _sample_rate(folder: Path) -> int:

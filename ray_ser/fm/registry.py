@@ -41,9 +41,11 @@ def describe(spec: str = DEFAULT_MODEL, whisper_mode: str | float = "padded") ->
     if spec in EMBEDDED or is_ct2_whisper_dir(path):
         parts = embedded_parts(spec) if spec in EMBEDDED else [path / "model.bin"]
         model = ct2.read_model_bin(parts, keep=r"^encoder/(num_heads|conv1/weight|position_encodings/encodings|layer_0/ffn/linear_0/weight|layer_\d+/ffn/layer_norm/beta)$")
-        cfg = ct2.whisper_encoder_config(model)
+        if model.spec != "WhisperSpec":
+            raise ct2.CT2FormatError(f"{spec}: expected a WhisperSpec model, got {model.spec}")
         return {"model": spec if spec in EMBEDDED else str(path), "weights_hash": model.sha256, "sample_rate": 16000,
-                "num_layers": cfg.encoder_layers + 1, "hidden_size": cfg.d_model,
+                "num_layers": len(ct2._encoder_layers(model.variables)) + 1,
+                "hidden_size": int(model.variables["encoder/conv1/weight"].shape[0]),
                 "whisper_mode": mode_name(parse_mode(whisper_mode))}
     return hf.describe(str(path) if path.exists() else spec, whisper_mode)
 
