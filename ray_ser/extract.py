@@ -98,7 +98,9 @@ def decode_batch(batch: pa.Table, sample_rate: int, seed: int) -> pa.Table:
 
 # ---- stage 2: model actors -----------------------------------------------------------------------
 def pool_frames(hidden: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std (population) over the first ``n`` frames of (layers, frames, dim) -> (layers, dim) each."""
+    """Mean and std (population) over the first ``n`` frames of (layers, frames, dim) -> (layers, dim) each.
+
+    The plain numpy definition; actors use the batched :func:`pool_batch`, which tests check against this."""
     real = hidden[:, :n].astype(np.float32)
     return real.mean(axis=1), real.std(axis=1)
 
@@ -244,10 +246,10 @@ def cpu_layout(cpus: float, pool_size: int | None = None, threads: int | None = 
     Single-threaded actors, one per core up to MAX_CPU_ACTORS, beat one actor with all threads: measured on
     2 cores, two 1-thread copies of whisper-base run 13 % more audio than one 2-thread copy, and they do not
     stall at OpenMP barriers when a decode task or the driver takes a core for a moment. Half a CPU stays
-    unreserved so the decode tasks can always be scheduled.
+    unreserved so the decode tasks can always be scheduled, whatever ``pool_size`` asks for.
     """
     pool = pool_size or max(1, min(int(cpus), MAX_CPU_ACTORS))
-    reserve = max(0.25, (cpus - 0.5) / pool)
+    reserve = max(0.01, (cpus - 0.5) / pool)  # never all CPUs, even for a pool larger than the node
     threads = threads or max(1, round(reserve))
     return pool, threads, min(float(threads), reserve)
 

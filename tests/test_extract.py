@@ -176,6 +176,8 @@ def test_cpu_layout_prefers_single_threaded_actors_and_leaves_room_for_decoding(
     pool, threads, cpus = cpu_layout(16)
     assert (pool, threads) == (4, 4) and pool * cpus <= 16 - 0.5
     assert cpu_layout(8, pool_size=1, threads=8)[:2] == (1, 8)
+    pool, _, cpus = cpu_layout(2, pool_size=8)
+    assert pool == 8 and pool * cpus <= 2 - 0.5  # an oversized pool still leaves decode tasks a CPU share
 
 
 def test_input_blocks_hold_whole_batches(emodb6):
@@ -212,3 +214,17 @@ def test_decode_batch_decodes_once_and_fans_out_conditions(emodb6, tmp_path):
     np.testing.assert_array_equal(noisy, want)  # same audio as degrading a fresh decode
     assert out.column("snr_db")[0].as_py() is None and 0 <= out.column("snr_db")[1].as_py() <= 10
     assert len(clean) == len(noisy)
+
+
+def test_pool_batch_matches_per_utterance_pooling():
+    import torch
+
+    from ray_ser.extract import pool_batch
+
+    hidden = torch.randn(3, 4, 20, 8) * 50 + 10  # large offsets: a one-pass variance would lose digits here
+    lengths = [20, 7, 1, 13]
+    mean, std = pool_batch(hidden, lengths)
+    for b, n in enumerate(lengths):
+        want_mean, want_std = pool_frames(hidden[:, b].numpy(), n)
+        np.testing.assert_allclose(mean[b], want_mean, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(std[b], want_std, rtol=1e-4, atol=1e-4)
