@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
-from datetime import timedelta
 from typing import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ray_ser.store import Store, _sql, as_store, table_name
+from ray_ser.store import Store, _sql, as_store, iter_frames, table_name
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +59,6 @@ def _frames_filter(layer: int, conditions: Sequence[str] | None) -> str:
     return where
 
 
-def _frame_matrix(cell) -> np.ndarray:
-    """(n_frames, dim) float32 from one ``frames`` cell (a list of fixed-size float16 lists)."""
-    values = cell.values
-    return values.flatten().to_numpy(zero_copy_only=False).reshape(-1, values.type.list_size).astype(np.float32)
-
-
 # ---- fitting -------------------------------------------------------------------------------------
 def draw_frames(store: str | Store, model: str, layer: int, condition: str = "clean", n: int = 50000,
                   seed: int = 0, train_utts: Iterable[str] | None = None) -> np.ndarray:
@@ -92,15 +84,8 @@ def draw_frames(store: str | Store, model: str, layer: int, condition: str = "cl
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     owner = np.searchsorted(starts, picked, side="right") - 1
     wanted = {counts[i][0]: picked[owner == i] - starts[i] for i in np.unique(owner)}
-    got: dict[str, np.ndarray] = {}
-    for batch in ds.to_batches(columns=["utt_id", "frames"], filter=where, batch_size=64):
-        frames = batch.column("frames")
-        for i, uid in enumerate(batch.column("utt_id").to_pylist()):
-            if uid in wanted:
-                cell = frames[i]
-                if not cell.is_valid:
-                    raise ValueError(f"{uid}: stored without frames (extracted with --no-frames)")
-                got[uid] = _frame_matrix(cell)[wanted[uid]]
+    got = {uid: m[wanted[uid]].astype(np.float32)
+           for uid, m in iter_frames(store, model, condition, layer, batch_rows=64) if uid in wanted}
     return np.concatenate([got[u] for u, _ in counts if u in wanted])
 
 
@@ -140,15 +125,8 @@ def write_centroids(store: Store, model: str, layer: int, centroids: dict[int, n
         "condition": pa.array([condition] * len(c), pa.string()),
         "seed": pa.array([seed] * len(c), pa.int64()), "n_train": pa.array([n_train] * len(c), pa.int64()),
     }, schema=CENTROIDS_SCHEMA) for k, c in sorted(centroids.items())])
-    name = centroids_table_name(model)
     where = f"layer = {int(layer)} AND k IN ({', '.join(str(int(k)) for k in centroids)})"
-    if not store.has(name):
-        try:
-            store.db.create_table(name, data=rows, schema=CENTROIDS_SCHEMA)
-            return
-        except ValueError:
-            pass
-    (store.open(name).merge_insert(["layer", "k", "cluster"]).when_matched_update_all()
+    (store.open_or_create(centroids_table_name(model), CENTROIDS_SCHEMA).merge_insert(["layer", "k", "cluster"]).when_matched_update_all()
      .when_not_matched_insert_all().when_not_matched_by_source_delete(where).execute(rows))
 
 
@@ -215,14 +193,8 @@ def assign_frames(store: str | Store, model: str, layer: int, centroids: dict[in
     uri = store.embeddings(model).to_lance().uri
     name = frame_clusters_table_name(model)
     ks = sorted(int(k) for k in centroids)
-    if store.has(name):
-        store.open(name).delete(f"layer = {int(layer)} AND k IN ({', '.join(map(str, ks))})")
-        table = store.open(name)
-    else:
-        try:
-            table = store.db.create_table(name, schema=FRAME_CLUSTERS_SCHEMA)
-        except ValueError:
-            table = store.open(name)
+    table = store.open_or_create(name, FRAME_CLUSTERS_SCHEMA)
+    table.delete(f"layer = {int(layer)} AND k IN ({', '.join(map(str, ks))})")
     ds = lance_ray.read_lance(uri, columns=["utt_id", "condition", "frames"], filter=_frames_filter(layer, conditions))
     cents = {int(k): np.asarray(c, np.float32) for k, c in centroids.items()}  # small: travels with the tasks
     ds = ds.map_batches(assign_batch, fn_kwargs={"centroids": cents, "layer": int(layer)},
@@ -232,9 +204,7 @@ def assign_frames(store: str | Store, model: str, layer: int, centroids: dict[in
         if block.num_rows:
             table.add(block.cast(FRAME_CLUSTERS_SCHEMA))
             written += block.num_rows
-    with warnings.catch_warnings():  # the driver is this table's only writer here
-        warnings.simplefilter("ignore", UserWarning)
-        table.optimize(cleanup_older_than=timedelta(0))  # one compacted version instead of one per block
+    store.compact(table)  # one compacted version instead of one per block; the driver was its only writer
     return written
 
 

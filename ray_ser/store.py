@@ -88,7 +88,8 @@ class Store:
     def open(self, name: str):
         return self.db.open_table(name)
 
-    def _open_or_create(self, name: str, schema: pa.Schema):
+    def open_or_create(self, name: str, schema: pa.Schema):
+        """Open ``name``, creating it empty with ``schema`` if no writer has yet."""
         if self.has(name):
             return self.open(name)
         try:
@@ -111,23 +112,23 @@ class Store:
             return table
         if dim is None:
             raise KeyError(f"store {self.uri} has no embeddings of model {model!r} (tables: {self.names()})")
-        return self._open_or_create(name, embedding_schema(dim, meta))
+        return self.open_or_create(name, embedding_schema(dim, meta))
 
     def extraction_meta(self, model: str) -> dict[str, Any]:
         schema = self.open(table_name(model)).schema
         return json.loads((schema.metadata or {}).get(META_KEY, b"{}"))
 
     def errors(self):
-        return self._open_or_create("errors", ERRORS_SCHEMA)
+        return self.open_or_create("errors", ERRORS_SCHEMA)
 
     def runs(self):
-        return self._open_or_create("runs", RUNS_SCHEMA)
+        return self.open_or_create("runs", RUNS_SCHEMA)
 
     # manifests -----------------------------------------------------------------------------------
     def put_manifest(self, manifest: Manifest) -> None:
         """Add the manifest's utterances not yet stored (keyed by utt_id) to ``manifest__<corpus>``."""
         name = f"manifest__{manifest.corpus}"
-        table = self._open_or_create(name, manifest.table.schema)
+        table = self.open_or_create(name, manifest.table.schema)
         table.merge_insert("utt_id").when_not_matched_insert_all().execute(manifest.table)
 
     def manifest(self, corpus: str) -> Manifest:
@@ -175,15 +176,19 @@ class Store:
             table.delete(where)
         return len(keys)
 
+    @staticmethod
+    def compact(table) -> None:
+        """Merge a table's fragments, then drop the superseded versions' files (they would double the store
+        on disk). Only for a table whose one writer has finished: readers open the latest version."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="optimize\\(cleanup_older_than=0\\)")
+            table.optimize(cleanup_older_than=timedelta(0))
+
     def finalize(self, model: str, max_fragments: int = 64) -> None:
         """Index the columns readers filter on; compact first once re-runs have left many small fragments."""
         table = self.embeddings(model)
         if len(table.to_lance().get_fragments()) > max_fragments:
-            # Compact, then drop the superseded versions' files (they would double the store on disk); only
-            # the finishing extraction writes this table, and readers open the latest version.
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="optimize\\(cleanup_older_than=0\\)")
-                table.optimize(cleanup_older_than=timedelta(0))
+            self.compact(table)
         ds = table.to_lance()
         for column, kind in (("layer", "BITMAP"), ("condition", "BITMAP"), ("utt_id", "BTREE")):
             ds.create_scalar_index(column, index_type=kind, replace=True)
