@@ -8,7 +8,6 @@ u32 byte count, raw bytes; then u32 alias count and (alias, target) string pairs
 
 from __future__ import annotations
 
-import hashlib
 import io
 import re
 import struct
@@ -60,18 +59,9 @@ def read_model_bin(parts: Iterable[str | Path], keep: str | None = None) -> CT2M
     ``keep`` is a regex: only variables whose name matches are decoded (others are skipped unread).
     """
     parts = [Path(p) for p in parts]
-    known = hashing.cached(parts)
-    digest = hashlib.sha256()
-    buf = bytearray()
-    for p in parts:
-        data = p.read_bytes()
-        if not known:
-            digest.update(data)
-        buf += data
-    sha = known or digest.hexdigest()
-    if not known:
-        hashing.remember(parts, sha)
-    f = io.BytesIO(bytes(buf))
+    sha = hashing.files_sha256(parts)  # cached by path/size/mtime: hashed once per file version
+    buf = b"".join(p.read_bytes() for p in parts)
+    f = io.BytesIO(buf)
     (version,) = _read(f, "I")
     if version < 5:
         raise CT2FormatError(f"CTranslate2 binary version {version} is older than this reader supports (>= 5)")
@@ -113,22 +103,32 @@ def _encoder_layers(variables: dict[str, np.ndarray]) -> list[int]:
     return sorted({int(m.group(1)) for k in variables if (m := re.match(r"encoder/layer_(\d+)/", k))})
 
 
-def whisper_encoder_config(model: CT2Model):
-    """A ``WhisperConfig`` whose encoder matches the shapes of a CT2 WhisperSpec's encoder variables."""
-    from transformers import WhisperConfig
+ENCODER_DIM_VARIABLES = (r"^encoder/(num_heads|conv1/weight|position_encodings/encodings|layer_0/ffn/linear_0/weight"
+                         r"|layer_\d+/ffn/layer_norm/beta)$")
+"""The variables :func:`whisper_encoder_dims` reads: pass as ``keep`` to read only those."""
 
+
+def whisper_encoder_dims(model: CT2Model) -> dict[str, int]:
+    """Encoder sizes of a CT2 WhisperSpec model, from its variables' shapes (no transformers needed)."""
     v = model.variables
     if model.spec != "WhisperSpec":
         raise CT2FormatError(f"expected a WhisperSpec model, got {model.spec}")
     d_model, n_mels, _ = v["encoder/conv1/weight"].shape
-    layers = _encoder_layers(v)
-    heads = int(np.asarray(v["encoder/num_heads"]).item())
-    ffn = v["encoder/layer_0/ffn/linear_0/weight"].shape[0]
-    positions = v["encoder/position_encodings/encodings"].shape[0]
+    return {"d_model": int(d_model), "n_mels": int(n_mels), "layers": len(_encoder_layers(v)),
+            "heads": int(np.asarray(v["encoder/num_heads"]).item()),
+            "ffn": int(v["encoder/layer_0/ffn/linear_0/weight"].shape[0]),
+            "positions": int(v["encoder/position_encodings/encodings"].shape[0])}
+
+
+def whisper_encoder_config(model: CT2Model):
+    """A ``WhisperConfig`` whose encoder matches the shapes of a CT2 WhisperSpec's encoder variables."""
+    from transformers import WhisperConfig
+
+    d = whisper_encoder_dims(model)
     return WhisperConfig(
-        num_mel_bins=int(n_mels), d_model=int(d_model), encoder_layers=len(layers),
-        encoder_attention_heads=heads, encoder_ffn_dim=int(ffn), max_source_positions=int(positions),
-        decoder_layers=1, decoder_attention_heads=heads, decoder_ffn_dim=int(ffn),
+        num_mel_bins=d["n_mels"], d_model=d["d_model"], encoder_layers=d["layers"],
+        encoder_attention_heads=d["heads"], encoder_ffn_dim=d["ffn"], max_source_positions=d["positions"],
+        decoder_layers=1, decoder_attention_heads=d["heads"], decoder_ffn_dim=d["ffn"],
     )
 
 

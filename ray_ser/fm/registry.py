@@ -40,12 +40,10 @@ def describe(spec: str = DEFAULT_MODEL, whisper_mode: str | float = "padded") ->
     path = Path(spec).expanduser()
     if spec in EMBEDDED or is_ct2_whisper_dir(path):
         parts = embedded_parts(spec) if spec in EMBEDDED else [path / "model.bin"]
-        model = ct2.read_model_bin(parts, keep=r"^encoder/(num_heads|conv1/weight|position_encodings/encodings|layer_0/ffn/linear_0/weight|layer_\d+/ffn/layer_norm/beta)$")
-        if model.spec != "WhisperSpec":
-            raise ct2.CT2FormatError(f"{spec}: expected a WhisperSpec model, got {model.spec}")
+        model = ct2.read_model_bin(parts, keep=ct2.ENCODER_DIM_VARIABLES)
+        dims = ct2.whisper_encoder_dims(model)
         return {"model": spec if spec in EMBEDDED else str(path), "weights_hash": model.sha256, "sample_rate": 16000,
-                "num_layers": len(ct2._encoder_layers(model.variables)) + 1,
-                "hidden_size": int(model.variables["encoder/conv1/weight"].shape[0]),
+                "num_layers": dims["layers"] + 1, "hidden_size": dims["d_model"],
                 "whisper_mode": mode_name(parse_mode(whisper_mode))}
     return hf.describe(str(path) if path.exists() else spec, whisper_mode)
 

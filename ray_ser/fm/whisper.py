@@ -167,12 +167,16 @@ class WhisperSpeechEncoder(SpeechEncoder):
         x = nn.functional.gelu(enc.conv1(x))
         x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
         x = x + enc.embed_positions.weight[:total]
-        mask = key_padding_mask(frames, total, x.dtype, x.device)
+        return self._layers(x, key_padding_mask(frames, total, x.dtype, x.device))
+
+    def _layers(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Run the transformer layers on embedded frames -> (layers + 1, batch, frames, dim); the last
+        state gets the encoder's final layer norm, as transformers' WhisperEncoder returns it."""
         states = [x]
-        for layer in enc.layers:
+        for layer in self.encoder.layers:
             x = layer(x, mask)
             states.append(x)
-        states[-1] = enc.layer_norm(x)
+        states[-1] = self.encoder.layer_norm(x)
         return torch.stack(states)
 
     def _strided_conv(self, waves: Sequence[np.ndarray], real: list[int]):
@@ -233,15 +237,10 @@ class WhisperSpeechEncoder(SpeechEncoder):
             conv[from_head] = head[b, p[from_head]]
             x[b, :k] = conv + pos[p]
             bias[b, :k] = bb
-        mask = bias[:, None, None, :].expand(-1, 1, n, n)
-        states = [x]
-        for layer in enc.layers:
-            x = layer(x, mask)
-            states.append(x)
-        states[-1] = enc.layer_norm(x)
+        hidden = self._layers(x, bias[:, None, None, :].expand(-1, 1, n, n))
         # only the real frames are returned (real first, as in the other modes); slots past an utterance's
         # real frames held its kept silent frames and are zeroed
-        out = torch.stack(states)[:, :, : max(real)]
+        out = hidden[:, :, : max(real)]
         for b, T in enumerate(real):
             out[:, b, T:] = 0
         return out
