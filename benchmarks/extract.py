@@ -22,9 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ray_ser import audio, conditions  # noqa: E402
+from ray_ser import audio  # noqa: E402
 from ray_ser.corpora import build_manifest  # noqa: E402
-from ray_ser.extract import ExtractOptions, extract, work_items  # noqa: E402
+from ray_ser.extract import ExtractOptions, decode_batch, extract, work_items  # noqa: E402
 from ray_ser.fm import load_model  # noqa: E402
 
 
@@ -36,10 +36,9 @@ def bare_forward(manifest, opts: ExtractOptions) -> tuple[float, float]:
     """(audio seconds, wall seconds) of model calls alone over the pipeline's batches."""
     model = load_model(opts.model, whisper_mode=opts.whisper_mode)
     items = work_items(manifest, opts.conditions, set())
-    waves = []  # the pipeline's order: longest utterance first, each with all its conditions
-    for u, p, conds in zip(*(items.column(k).to_pylist() for k in ("utt_id", "path", "conditions"))):
-        clean = audio.load(p, model.sample_rate)
-        waves += [conditions.apply(clean, model.sample_rate, c, u, opts.seed) for c in conds]
+    decoded = decode_batch(items, model.sample_rate, opts.seed)  # the pipeline's CPU stage, in its order
+    assert decoded.column("error").null_count == decoded.num_rows, "the benchmark corpus has unreadable audio"
+    waves = [a.values.to_numpy(zero_copy_only=False) for a in decoded.column("audio")]
     model(waves[:2])  # warm-up, as the pipeline's actor warms up on its first batch
     t0 = time.perf_counter()
     for i in range(0, len(waves), opts.batch_size):

@@ -261,8 +261,7 @@ def finished_blocks(ds):
 
     for bundle in ds.iter_internal_ref_bundles():
         for ref in bundle.block_refs:
-            block = ray.get(ref)
-            yield block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
+            yield ray.get(ref)  # an Arrow table: EmbedStage returns pyarrow
 
 
 def extract(manifest: Manifest, store_uri: str, options: ExtractOptions | None = None) -> ExtractResult:
@@ -343,7 +342,7 @@ def extract(manifest: Manifest, store_uri: str, options: ExtractOptions | None =
                 if (pending_bytes >= opts.commit_mb * 2**20
                         or now() - last_commit >= opts.commit_seconds):
                     commit()
-            if bad is not None and bad.num_rows:
+            if bad is not None:
                 n_errors += bad.num_rows
                 errors_table.add(pa.table({
                     "utt_id": bad.column("utt_id"), "condition": bad.column("condition"), "stage": bad.column("stage"),
