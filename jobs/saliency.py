@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import polars as pl
 from ray_ser import saliency as sal
 from ray_ser import saliency_store as ss
 from ray_ser.fm.registry import DEFAULT_MODEL
+from ray_ser.store import safe_name
 
 KEEP_RATIOS = (0.8, 0.6, 0.4)
 
@@ -44,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
 
 def default_plot(store: str, model: str) -> Path:
     base = Path("plots") if "://" in store else Path(store) / "plots"
-    return base / (re.sub(r"[^A-Za-z0-9_.\-]", "_", model.strip("/")) + "_layers.png")
+    return base / f"{safe_name(model)}_layers.png"
 
 
 def main(argv: list[str] | None = None) -> dict:

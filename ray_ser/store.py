@@ -42,9 +42,14 @@ RUNS_SCHEMA = pa.schema([
 ])
 
 
+def safe_name(model: str) -> str:
+    """The model key with every character LanceDB (or a file name) dislikes replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", model.strip("/"))
+
+
 def table_name(model: str, kind: str = "emb") -> str:
-    """``<kind>__`` + the model key with every character LanceDB dislikes replaced by ``_``."""
-    return f"{kind}__" + re.sub(r"[^A-Za-z0-9_.\-]", "_", model.strip("/"))
+    """``<kind>__`` + the model key made safe (:func:`safe_name`)."""
+    return f"{kind}__{safe_name(model)}"
 
 
 def as_store(store: "str | Store") -> "Store":
