@@ -28,10 +28,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cli_env(**extra: str) -> dict[str, str]:
+    """The cluster uses Ray's default token auth; the CLI reads the token `ray start` wrote. PATH starts with
+    this interpreter's bin, as in an activated venv, so the job's `python` is the one with ray_ser's deps."""
+    return {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
+
+
 def ray_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    # The cluster uses Ray's default token auth; the CLI reads the token `ray start` wrote. PATH starts with
-    # this interpreter's bin, as in an activated venv, so the job's `python` is the one with ray_ser's deps.
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
+    env = cli_env(**(env or {}))
     return subprocess.run([str(BIN / "ray"), *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -44,7 +48,7 @@ def cluster(tmp_path_factory):
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
          "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"},
+        env=cli_env(),
     )
     info = {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
     try:
