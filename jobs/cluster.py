@@ -1,11 +1,13 @@
-"""Frame clusters (FLEA): k-means over one layer's frames, every stored frame's cluster id into the store.
+"""Frame clusters (FLEA): k-means over one layer's frames per outer fold; out-of-fold cluster ids into the store.
 
-    python jobs/cluster.py --store store --model whisper-base --layer 4 --k 50,100,150
+    python jobs/cluster.py --store store --model whisper-base --layer 4 --k 50,100,150 [--fold all]
 
-Fits MiniBatchKMeans per k on a seeded sample of the --condition frames of the training utterances
-(--exclude-fold F leaves out the speakers of saliency fold F), stores the centroids in centroids__<model>,
-assigns every frame of the layer (all stored conditions unless --conditions) with Ray Data into
-frame_clusters__<model>, and prints the purity of each k against the utterance labels.
+For each outer fold F (of the fold assignment the stored saliency used, else the same rule computed here):
+fits MiniBatchKMeans per k on a seeded sample of the --condition frames of fold F's TRAINING speakers,
+stores the centroids in centroids__<model> (keyed by fold_id, fold, layer, k), assigns every frame of fold
+F's test speakers (all stored conditions unless --conditions) with Ray Data into frame_clusters__<model>,
+and prints the out-of-fold purity of each k against the utterance labels. --fold -1 (all speakers) is
+allowed only when asked for: it is for speakers outside the corpus.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import time
 
 import _bootstrap  # noqa: F401  (source checkout on sys.path)
 
-from ray_ser.clusters import assign_frames, fit_kmeans, frame_clusters_table_name, majority_share, purity
+from ray_ser import catalog
+from ray_ser.clusters import assign_frames, fit_kmeans, purity
 from ray_ser.fm.registry import DEFAULT_MODEL
 
 
@@ -26,13 +29,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--layer", type=int, required=True)
     p.add_argument("--k", default="50,100,150", help="comma-separated cluster counts")
+    p.add_argument("--fold", default="all", help="all | F[,F...] outer folds (-1 = all speakers, never for evaluation)")
+    p.add_argument("--folds", default="auto", help="fold rule when the store has no saliency folds: auto | loso | K")
     p.add_argument("--condition", default="clean", help="condition of the training frames and of the purity")
     p.add_argument("--conditions", default=None, help="comma-separated conditions to assign (default: all stored)")
-    p.add_argument("--sample-frames", type=int, default=50000, help="training frames drawn for k-means")
+    p.add_argument("--assign", choices=("test", "all"), default="test",
+                   help="label fold F's test utterances (out-of-fold, default) or every utterance")
+    p.add_argument("--sample-frames", type=int, default=20000, help="training frames drawn for k-means")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--exclude-fold", type=int, default=None,
-                   help="train on the utterances outside this fold of saliency_folds__<model> (run saliency first)")
     return p
+
+
+def resolve_assignment(store: str, model: str, condition: str, folds: str, seed: int):
+    """The fold assignment of the stored saliency (so masks and centroids share folds), else computed."""
+    from ray_ser import saliency_store as ss
+
+    try:
+        return ss.stored_assignment(store, model, condition)
+    except KeyError:
+        return ss.fold_assignment(store, model, condition, folds, seed)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -41,28 +56,31 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     ks = [int(k) for k in args.k.split(",") if k.strip()]
-    train_utts = None
-    if args.exclude_fold is not None:
-        from ray_ser.saliency_store import read_folds
-
-        folds = read_folds(args.store, args.model, args.condition)
-        train_utts = folds.filter(folds["fold"] != args.exclude_fold)["utt_id"].to_list()
+    assignment = resolve_assignment(args.store, args.model, args.condition, args.folds, args.seed)
+    folds = assignment.fold_ids if args.fold == "all" else [int(f) for f in args.fold.split(",")]
     init_ray()
     t0 = time.perf_counter()
-    centroids = fit_kmeans(args.store, args.model, args.layer, ks, condition=args.condition,
-                           sample_frames=args.sample_frames, seed=args.seed, train_utts=train_utts)
-    t_fit = time.perf_counter() - t0
     conditions = args.conditions.split(",") if args.conditions else None
-    rows = assign_frames(args.store, args.model, args.layer, centroids, conditions=conditions)
+    rows, t_fit = 0, 0.0
+    for fold in folds:
+        t1 = time.perf_counter()
+        centroids = fit_kmeans(args.store, args.model, args.layer, ks, assignment, fold, condition=args.condition,
+                               sample_frames=args.sample_frames, seed=args.seed)
+        t_fit += time.perf_counter() - t1
+        rows += assign_frames(args.store, args.model, args.layer, centroids, assignment, fold,
+                              conditions=conditions, utts=args.assign)
     t_assign = time.perf_counter() - t0 - t_fit
-    print(f"wrote {rows} rows (utterance x condition x k) to {frame_clusters_table_name(args.model)}, layer {args.layer}")
-    scores = {k: purity(args.store, args.model, args.layer, k, condition=args.condition) for k in ks}
-    base = majority_share(args.store, args.model, args.layer, ks[0], condition=args.condition)
-    print(f"purity against utterance labels ({args.condition} frames; majority-label share {base:.4f}):")
+    print(f"wrote {rows} rows (utterance x condition x k) to {catalog.FRAME_CLUSTERS.name(args.model)}, layer "
+          f"{args.layer}, {len(folds)} fold(s) of assignment {assignment.id} ({assignment.description})")
+    scores, base = {}, None
+    for k in ks:
+        scores[k], base = purity(args.store, args.model, args.layer, k, folds, assignment.id, args.condition)
+    print(f"out-of-fold purity against utterance labels ({args.condition} frames; majority-label share {base:.4f}):")
     for k, v in scores.items():
         print(f"purity k={k}: {v:.4f}")
     print(f"time: fit {t_fit:.1f} s, assign {t_assign:.1f} s, total {time.perf_counter() - t0:.1f} s")
-    return {"purity": scores, "rows": rows, "fit_seconds": t_fit, "assign_seconds": t_assign}
+    return {"purity": scores, "majority": base, "rows": rows, "fit_seconds": t_fit, "assign_seconds": t_assign,
+            "fold_id": assignment.id}
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ import pyarrow.compute as pc
 from ray_ser import saliency as sal
 from ray_ser.corpora.folds import loso, speaker_folds
 from ray_ser.corpora.manifest import DIMENSIONS, Manifest
-from ray_ser.store import Store, _sql, as_store, read_pooled_arrow, table_name
+from ray_ser import catalog
+from ray_ser.corpora.folds import FoldAssignment
+from ray_ser.store import Store, _sql, as_store, read_pooled_arrow
 
 log = logging.getLogger(__name__)
 
@@ -48,30 +50,8 @@ DEFAULT_K = 5
 TOP_FRACTION = 0.1
 """Share of a layer's dimensions whose mean CCS is the layer score (see saliency.layer_score)."""
 
-SALIENCY_ARROW = pa.schema([
-    ("model", pa.string()), ("condition", pa.string()), ("fold", pa.int32()), ("layer", pa.int32()),
-    ("dim", pa.int32()), ("ccs", pa.float64()), ("mis", pa.float64()), ("rank", pa.int32()),
-])
-LAYER_RANK_ARROW = pa.schema([
-    ("model", pa.string()), ("condition", pa.string()), ("fold", pa.int32()), ("layer", pa.int32()),
-    ("layer_score", pa.float64()), ("layer_rank", pa.int32()),
-])
-FOLDS_ARROW = pa.schema([
-    ("model", pa.string()), ("condition", pa.string()), ("utt_id", pa.string()), ("speaker", pa.string()),
-    ("fold", pa.int32()),
-])
-
-
-def saliency_table_name(model: str) -> str:
-    return table_name(model, "saliency")
-
-
-def layer_rank_table_name(model: str) -> str:
-    return table_name(model, "layer_rank")
-
-
-def folds_table_name(model: str) -> str:
-    return table_name(model, "saliency_folds")
+CRITERION = "ccs_top10"
+"""Name of the stored ranking criterion of :func:`layer_ranking` (mean CCS of a layer's top 10 % dims)."""
 
 
 # ---- targets and folds ---------------------------------------------------------------------------
@@ -220,43 +200,56 @@ def fold_saliency(H: np.ndarray, targets: np.ndarray, fold: np.ndarray, *, mis: 
     return out
 
 
+def fold_assignment(store: str | Store, model: str, condition: str = "clean", folds: str | int = "auto",
+                    seed: int = 0) -> FoldAssignment:
+    """The speaker-independent fold assignment of the labelled utterances of ``model``'s ``condition`` rows:
+    the one saliency, clustering, training and evaluation share (same rows, ``folds`` and ``seed``, same id)."""
+    rows, _, _, fold, desc = labelled_rows(store, model, condition, folds, seed)
+    return FoldAssignment(tuple(rows["utt_id"].to_list()), tuple(rows["speaker"].to_list()),
+                          tuple(int(f) for f in fold), desc)
+
+
 def compute_saliency(store: str | Store, model: str, condition: str = "clean", folds: str | int = "auto",
                      mis: bool = True, n_bins: int = sal.DEFAULT_BINS, seed: int = 0,
                      layers: Sequence[int] | None = None, info: dict | None = None) -> pl.DataFrame:
     """Per-fold, per-layer, per-dimension saliency of ``model``'s ``condition`` rows.
 
-    Columns model, condition, fold, layer, dim, ccs, mis, rank (see the module docstring); fold -1
+    Columns model, condition, fold_id, fold, layer, dim, ccs, mis, rank (see the module docstring); fold -1
     uses every utterance, fold f >= 0 only the utterances outside fold f.  ``info`` (a dict), when
-    given, receives the utterance count, targets, fold description and the per-utterance folds.
+    given, receives the utterance count, targets, fold description, the per-utterance folds
+    (``fold_frame``) and the :class:`FoldAssignment` (``assignment``).
     """
     store = as_store(store)
     rows, L, names, fold, desc = labelled_rows(store, model, condition, folds, seed)
     utt_ids = rows["utt_id"].to_list()
+    assignment = FoldAssignment(tuple(utt_ids), tuple(rows["speaker"].to_list()), tuple(int(f) for f in fold), desc)
     if info is not None:
         info.update(n=len(utt_ids), targets=names, folds=desc, n_speakers=rows["speaker"].n_unique(),
-                    fold_frame=pl.DataFrame({"utt_id": utt_ids, "speaker": rows["speaker"].to_list(),
-                                             "fold": fold.astype(np.int32)}))
+                    fold_frame=assignment.to_polars(), assignment=assignment)
     parts = []
     for layer in (layers if layers is not None else layers_of(store, model, condition)):
         H = layer_matrix(store, model, condition, layer, utt_ids)
         for f, (c, m) in fold_saliency(H, L, fold, mis=mis, n_bins=n_bins).items():
             parts.append(sal.saliency_frame(model, condition, layer, c, m)
                          .with_columns(pl.lit(f, pl.Int32).alias("fold")))
-    df = pl.concat(parts)
-    return df.select(["model", "condition", "fold", *[c for c in sal.SALIENCY_SCHEMA if c not in ("model", "condition")]])
+    df = pl.concat(parts).with_columns(pl.lit(assignment.id).alias("fold_id"))
+    return df.select(["model", "condition", "fold_id", "fold",
+                      *[c for c in sal.SALIENCY_SCHEMA if c not in ("model", "condition")]])
 
 
-def layer_ranking(saliency_df: pl.DataFrame, score: str = "ccs", top_fraction: float = TOP_FRACTION) -> pl.DataFrame:
+def layer_ranking(saliency_df: pl.DataFrame, score: str = "ccs", top_fraction: float = TOP_FRACTION,
+                  criterion: str = CRITERION) -> pl.DataFrame:
     """One row per (model, condition, fold, layer): ``layer_score`` = saliency.layer_score of the
     layer's ``score`` column (mean of its top ``top_fraction`` dimensions) and ``layer_rank`` within
-    (model, condition, fold), 0 = best, ties to the lower layer."""
-    keys = ["model", "condition", "fold", "layer"]
+    (model, condition, fold), 0 = best, ties to the lower layer; ``criterion`` names the rule and
+    ``fold_id`` is carried over from the saliency rows."""
+    keys = ["model", "condition", "fold_id", "fold", "layer"]
     rows = []
     for key, group in saliency_df.sort(keys + ["dim"]).group_by(keys, maintain_order=True):
         rows.append((*key, sal.layer_score(group[score].to_numpy(), top_fraction)))
-    df = pl.DataFrame(rows, schema={"model": pl.Utf8, "condition": pl.Utf8, "fold": pl.Int32, "layer": pl.Int32,
-                                    "layer_score": pl.Float64}, orient="row")
-    return _with_rank(df, ["model", "condition", "fold"])
+    df = pl.DataFrame(rows, schema={"model": pl.Utf8, "condition": pl.Utf8, "fold_id": pl.Utf8, "fold": pl.Int32,
+                                    "layer": pl.Int32, "layer_score": pl.Float64}, orient="row")
+    return _with_rank(df.with_columns(pl.lit(criterion).alias("criterion")), ["model", "condition", "fold"])
 
 
 def _with_rank(df: pl.DataFrame, by: list[str]) -> pl.DataFrame:
@@ -274,85 +267,83 @@ def mean_over_folds(ranking: pl.DataFrame) -> pl.DataFrame:
     return _with_rank(df, ["model", "condition"])
 
 
-# ---- the tables ----------------------------------------------------------------------------------
-def _replace(store: Store, name: str, schema: pa.Schema, data: pa.Table, keys: list[str], where: str) -> None:
-    """Make the rows matching ``where`` equal to ``data`` in one commit (upsert + delete the rest)."""
-    data = data.select(schema.names).cast(schema)
-    if not store.has(name):
-        try:
-            store.db.create_table(name, data=data, schema=schema)
-            return
-        except ValueError:  # created concurrently
-            pass
-    (store.open(name).merge_insert(keys).when_matched_update_all().when_not_matched_insert_all()
-     .when_not_matched_by_source_delete(where).execute(data))
-
-
+# ---- the tables (layouts in ray_ser.catalog) -------------------------------------------------------
 def write_saliency(store: str | Store, saliency_df: pl.DataFrame, ranking: pl.DataFrame,
-                   fold_frame: pl.DataFrame | None = None) -> None:
-    """Write (replace) the saliency, layer-rank and fold tables rows of the frames' model/condition."""
+                   assignment: FoldAssignment | None = None) -> None:
+    """Replace the saliency, layer-rank (of the ranking's criterion) and fold rows of the frames'
+    model/condition, each table in one commit; ``assignment`` (the fold assignment the rows were made
+    with) is stored too, so readers can check a fold id against it."""
     store = as_store(store)
     pairs = saliency_df.select(["model", "condition"]).unique().rows()
     if len(pairs) != 1:
         raise ValueError(f"write one model/condition at a time, got {pairs}")
     model, condition = pairs[0]
-    where = f"model = {_sql(model)} AND condition = {_sql(condition)}"
-    _replace(store, saliency_table_name(model), SALIENCY_ARROW, saliency_df.to_arrow(),
-             ["model", "condition", "fold", "layer", "dim"], where)
-    _replace(store, layer_rank_table_name(model), LAYER_RANK_ARROW, ranking.to_arrow(),
-             ["model", "condition", "fold", "layer"], where)
-    if fold_frame is not None:
-        ff = fold_frame.with_columns(pl.lit(model).alias("model"), pl.lit(condition).alias("condition"))
-        _replace(store, folds_table_name(model), FOLDS_ARROW, ff.to_arrow(), ["model", "condition", "utt_id"], where)
+    fold_ids = set(saliency_df["fold_id"].unique().to_list()) | set(ranking["fold_id"].unique().to_list())
+    if assignment is not None:
+        fold_ids.add(assignment.id)
+    if len(fold_ids) != 1:
+        raise ValueError(f"saliency, ranking and fold assignment disagree on the fold id: {sorted(fold_ids)}")
+    scope = {"model": model, "condition": condition}
+    catalog.replace(store, catalog.SALIENCY, model, saliency_df.to_arrow(), scope)
+    for criterion in ranking["criterion"].unique().to_list():
+        catalog.replace(store, catalog.LAYER_RANK, model, ranking.filter(pl.col("criterion") == criterion).to_arrow(),
+                        {**scope, "criterion": criterion})
+    if assignment is not None:
+        ff = assignment.to_polars().with_columns(
+            pl.lit(model).alias("model"), pl.lit(condition).alias("condition"), pl.lit(assignment.id).alias("fold_id"),
+            pl.lit(assignment.description).alias("description"))
+        catalog.replace(store, catalog.FOLDS, model, ff.to_arrow(), scope)
 
 
 def read_saliency(store: str | Store, model: str, condition: str = "clean", fold: int | None = None,
-                  layer: int | None = None) -> pl.DataFrame:
-    """Rows of ``saliency__<model>`` for a condition (and fold / layer), sorted by fold, layer, dim."""
-    store = as_store(store)
-    name = saliency_table_name(model)
-    if not store.has(name):
-        raise KeyError(f"store {store.uri} has no {name}: run jobs/saliency.py first")
-    where = f"model = {_sql(model)} AND condition = {_sql(condition)}"
-    if fold is not None:
-        where += f" AND fold = {int(fold)}"
-    if layer is not None:
-        where += f" AND layer = {int(layer)}"
-    t = store.open(name).to_lance().to_table(filter=where)
+                  layer: int | None = None, fold_id: str | None = None) -> pl.DataFrame:
+    """Rows of ``saliency__<model>`` for a condition (and fold / layer), sorted by fold, layer, dim;
+    with ``fold_id``, rows of another fold assignment raise."""
+    t = catalog.read(store, catalog.SALIENCY, model, fold_id=fold_id, model=model, condition=condition,
+                     fold=fold, layer=layer)
     return pl.from_arrow(t).sort(["fold", "layer", "dim"])
 
 
-def read_layer_ranking(store: str | Store, model: str, condition: str = "clean") -> pl.DataFrame:
-    store = as_store(store)
-    name = layer_rank_table_name(model)
-    if not store.has(name):
-        raise KeyError(f"store {store.uri} has no {name}: run jobs/saliency.py first")
-    t = store.open(name).to_lance().to_table(filter=f"model = {_sql(model)} AND condition = {_sql(condition)}")
-    return pl.from_arrow(t).sort(["fold", "layer_rank"])
+def read_layer_ranking(store: str | Store, model: str, condition: str = "clean", criterion: str | None = None,
+                       fold_id: str | None = None) -> pl.DataFrame:
+    t = catalog.read(store, catalog.LAYER_RANK, model, fold_id=fold_id, model=model, condition=condition,
+                     criterion=criterion)
+    return pl.from_arrow(t).sort(["criterion", "fold", "layer_rank"])
 
 
 def read_folds(store: str | Store, model: str, condition: str = "clean") -> pl.DataFrame:
-    """utt_id, speaker, fold of the utterances the stored saliency used."""
-    store = as_store(store)
-    t = store.open(folds_table_name(model)).to_lance().to_table(
-        filter=f"model = {_sql(model)} AND condition = {_sql(condition)}")
-    return pl.from_arrow(t).select(["utt_id", "speaker", "fold"]).sort("utt_id")
+    """utt_id, speaker, fold, fold_id of the utterances the stored saliency used."""
+    t = catalog.read(store, catalog.FOLDS, model, model=model, condition=condition)
+    return pl.from_arrow(t).select(["utt_id", "speaker", "fold", "fold_id"]).sort("utt_id")
 
 
-def best_layer(store: str | Store, model: str, condition: str = "clean", fold: int = -1) -> int:
-    """The top-ranked layer of the stored ranking of ``fold`` (-1: computed on all utterances)."""
-    r = read_layer_ranking(store, model, condition).filter((pl.col("fold") == fold) & (pl.col("layer_rank") == 0))
+def stored_assignment(store: str | Store, model: str, condition: str = "clean") -> FoldAssignment:
+    """The fold assignment the stored saliency of ``model``/``condition`` was computed with."""
+    t = catalog.read(store, catalog.FOLDS, model, model=model, condition=condition).sort_by("utt_id")
+    a = FoldAssignment(tuple(t.column("utt_id").to_pylist()), tuple(t.column("speaker").to_pylist()),
+                       tuple(t.column("fold").to_pylist()), t.column("description")[0].as_py() if t.num_rows else "")
+    if t.num_rows and set(t.column("fold_id").to_pylist()) != {a.id}:
+        raise ValueError(f"{catalog.FOLDS.name(model)} of {condition} is inconsistent with its fold_id: re-run jobs/saliency.py")
+    return a
+
+
+def best_layer(store: str | Store, model: str, fold: int, condition: str = "clean", criterion: str = CRITERION,
+               fold_id: str | None = None) -> int:
+    """The top-ranked layer of outer ``fold`` (ranked on its training speakers) under ``criterion``.
+    There is no default fold: fold -1 (all speakers) is for speakers outside the corpus only."""
+    r = read_layer_ranking(store, model, condition, criterion, fold_id).filter(
+        (pl.col("fold") == fold) & (pl.col("layer_rank") == 0))
     if r.height == 0:
-        raise KeyError(f"no layer ranking of {model}/{condition} fold {fold}")
+        raise KeyError(f"no {criterion} layer ranking of {model}/{condition} fold {fold}")
     return int(r["layer"][0])
 
 
-def saliency_mask(store: str | Store, model: str, layer: int, keep_ratio: float, fold: int = -1,
-                  condition: str = "clean", score: str = "ccs") -> np.ndarray:
+def saliency_mask(store: str | Store, model: str, layer: int, keep_ratio: float, fold: int,
+                  condition: str = "clean", score: str = "ccs", fold_id: str | None = None) -> np.ndarray:
     """Boolean (N,) mask of the layer's top ``kept_size(N, keep_ratio)`` dimensions by the stored
-    ``score`` (ccs or mis) of ``fold``: use fold f's mask when evaluating on fold f, fold -1 only
-    for speakers outside the corpus."""
-    df = read_saliency(store, model, condition, fold=fold, layer=layer)
+    ``score`` (ccs or mis) of ``fold`` (computed without fold ``fold``'s speakers): use fold f's mask when
+    evaluating on fold f, fold -1 only for speakers outside the corpus. ``fold_id`` checks the assignment."""
+    df = read_saliency(store, model, condition, fold=fold, layer=layer, fold_id=fold_id)
     if df.height == 0:
         raise KeyError(f"no saliency rows for {model}/{condition} fold {fold} layer {layer}")
     if df[score].null_count():

@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
+from ray_ser import catalog
 from ray_ser import clusters as cl
 from ray_ser.store import Store, table_name
 
@@ -21,9 +22,19 @@ def store_uri(local_ray, request):
 
 
 @pytest.fixture(scope="module")
-def fitted(store_uri):
-    cents = cl.fit_kmeans(store_uri, "tiny", LAYER, KS, sample_frames=3000, seed=0)
-    rows = cl.assign_frames(store_uri, "tiny", LAYER, cents)
+def assignment(store_uri):
+    from ray_ser.saliency_store import fold_assignment
+
+    return fold_assignment(store_uri, "tiny", "clean")
+
+
+FOLD = 2
+
+
+@pytest.fixture(scope="module")
+def fitted(store_uri, assignment):
+    cents = cl.fit_kmeans(store_uri, "tiny", LAYER, KS, assignment, FOLD, sample_frames=3000, seed=0)
+    rows = cl.assign_frames(store_uri, "tiny", LAYER, cents, assignment, -1)  # fold -1 labels every utterance
     return cents, rows
 
 
@@ -32,30 +43,45 @@ def emb_frames(uri: str) -> dict[tuple[str, str], int]:
     return {(u, c): n for u, c, n in zip(*(t.column(k).to_pylist() for k in ("utt_id", "condition", "n_frames")))}
 
 
-def test_same_seed_same_centroids_and_ids(store_uri, fitted):
+def test_same_seed_same_centroids_and_ids(store_uri, fitted, assignment):
     cents, _ = fitted
     for k in KS:
         assert cents[k].shape == (k, 32) and cents[k].dtype == np.float32
-        np.testing.assert_array_equal(cl.read_centroids(store_uri, "tiny", LAYER, k), cents[k])
-    first = cl.read_frame_clusters(store_uri, "tiny", LAYER, 8, condition=None)
-    again = cl.fit_kmeans(store_uri, "tiny", LAYER, KS, sample_frames=3000, seed=0)
+        np.testing.assert_array_equal(cl.read_centroids(store_uri, "tiny", LAYER, k, FOLD, assignment.id), cents[k])
+    first = cl.read_frame_clusters(store_uri, "tiny", LAYER, 8, -1, assignment.id, condition=None)
+    again = cl.fit_kmeans(store_uri, "tiny", LAYER, KS, assignment, FOLD, sample_frames=3000, seed=0)
     for k in KS:
         np.testing.assert_array_equal(again[k], cents[k])
-    cl.assign_frames(store_uri, "tiny", LAYER, again)
-    second = cl.read_frame_clusters(store_uri, "tiny", LAYER, 8, condition=None)
+    cl.assign_frames(store_uri, "tiny", LAYER, again, assignment, -1)
+    second = cl.read_frame_clusters(store_uri, "tiny", LAYER, 8, -1, assignment.id, condition=None)
     assert first.equals(second)
-    other = cl.fit_kmeans(store_uri, "tiny", LAYER, [8], sample_frames=3000, seed=1, write=False)
+    other = cl.fit_kmeans(store_uri, "tiny", LAYER, [8], assignment, FOLD, sample_frames=3000, seed=1, write=False)
     assert not np.array_equal(other[8], cents[8])
 
 
-def test_every_frame_of_every_condition_gets_an_id(store_uri, fitted):
+def test_centroids_of_folds_coexist_and_never_see_test_speakers(store_uri, fitted, assignment):
+    cents, _ = fitted
+    other = cl.fit_kmeans(store_uri, "tiny", LAYER, [4], assignment, 5, sample_frames=3000, seed=0)
+    np.testing.assert_array_equal(cl.read_centroids(store_uri, "tiny", LAYER, 4, FOLD, assignment.id), cents[4])
+    np.testing.assert_array_equal(cl.read_centroids(store_uri, "tiny", LAYER, 4, 5, assignment.id), other[4])
+    # the training sample of fold 2 holds no frame of fold 2's speakers: it equals a draw from the others only
+    X = cl.draw_frames(store_uri, "tiny", LAYER, "clean", n=10**6, seed=0, train_utts=assignment.train_utts(FOLD))
+    Y = cl.draw_frames(store_uri, "tiny", LAYER, "clean", n=10**6, seed=0, train_utts=assignment.utt_ids)
+    assert len(X) < len(Y)
+    with pytest.raises(ValueError, match="fold assignment"):
+        cl.read_centroids(store_uri, "tiny", LAYER, 4, FOLD, "0123456789ab")
+    again = cl.ensure_centroids(store_uri, "tiny", LAYER, 4, assignment, FOLD)  # stored: read, not refitted
+    np.testing.assert_array_equal(again, cents[4])
+
+
+def test_every_frame_of_every_condition_gets_an_id(store_uri, fitted, assignment):
     _, rows = fitted
     want = emb_frames(store_uri)
     assert {c for _, c in want} == set(CONDS)
-    table = Store(store_uri).open(cl.frame_clusters_table_name("tiny")).to_arrow()
+    table = Store(store_uri).open(catalog.FRAME_CLUSTERS.name("tiny")).to_arrow()
     assert table.num_rows == rows == len(want) * len(KS)  # the re-assignment replaced, never duplicated
     for k in KS:
-        t = cl.read_frame_clusters(store_uri, "tiny", LAYER, k, condition=None)
+        t = cl.read_frame_clusters(store_uri, "tiny", LAYER, k, -1, assignment.id, condition=None)
         got = {(u, c): (n, ids) for u, c, n, ids in zip(*(t.column(x).to_pylist() for x in ("utt_id", "condition", "n_frames", "ids")))}
         assert set(got) == set(want)
         for key, (n, ids) in got.items():
@@ -64,11 +90,11 @@ def test_every_frame_of_every_condition_gets_an_id(store_uri, fitted):
         assert sum(want.values()) == pc.sum(pc.list_value_length(t.column("ids"))).as_py()
 
 
-def test_ids_are_the_nearest_centroids(store_uri, fitted):
+def test_ids_are_the_nearest_centroids(store_uri, fitted, assignment):
     from ray_ser.store import iter_frames
 
     cents, _ = fitted
-    t = cl.read_frame_clusters(store_uri, "tiny", LAYER, 8, condition="clean")
+    t = cl.read_frame_clusters(store_uri, "tiny", LAYER, 8, -1, assignment.id, condition="clean")
     ids = dict(zip(t.column("utt_id").to_pylist(), t.column("ids").to_pylist()))
     for uid, frames in list(iter_frames(store_uri, "tiny", "clean", LAYER))[:3]:
         X = frames.astype(np.float64)
@@ -78,11 +104,12 @@ def test_ids_are_the_nearest_centroids(store_uri, fitted):
         np.testing.assert_allclose(chosen, best, rtol=1e-4, atol=1e-4)  # float32 ties aside, the argmin
 
 
-def test_purity_bounds(store_uri, fitted):
+def test_purity_bounds(store_uri, fitted, assignment):
     for k in KS:
-        p = cl.purity(store_uri, "tiny", LAYER, k)
-        base = cl.majority_share(store_uri, "tiny", LAYER, k)
+        p, base = cl.purity(store_uri, "tiny", LAYER, k, [-1], assignment.id)
         assert 0.0 < base <= p <= 1.0
+    counts, names = cl.cluster_label_counts(store_uri, "tiny", LAYER, 4, -1, assignment.id)
+    assert counts.shape == (4, len(names)) and p == pytest.approx(cl.purity(store_uri, "tiny", LAYER, 8, [-1], assignment.id)[0])
 
 
 def test_training_sample_is_limited_to_train_utts(store_uri):
@@ -96,8 +123,14 @@ def test_training_sample_is_limited_to_train_utts(store_uri):
 def test_cluster_job(store_uri, capsys):
     job = load_job("cluster")
     out = job.main(["--store", store_uri, "--model", "tiny", "--layer", "2", "--k", "3,5", "--sample-frames", "2000",
-                    "--conditions", "clean"])
+                    "--conditions", "clean", "--fold", "0,1,2"])
     text = capsys.readouterr().out
     assert "purity k=3:" in text and "purity k=5:" in text
-    assert set(out["purity"]) == {3, 5} and out["rows"] == 2 * len(emb_frames(store_uri)) // len(CONDS)
+    from ray_ser.saliency_store import fold_assignment
+
+    a = fold_assignment(store_uri, "tiny", "clean")
+    n_test = sum(len(a.test_utts(f)) for f in (0, 1, 2))  # out-of-fold: each fold labels its own test speakers
+    assert set(out["purity"]) == {3, 5} and out["rows"] == 2 * n_test and out["fold_id"] == a.id
+    t = cl.read_frame_clusters(store_uri, "tiny", 2, 3, [0, 1, 2], a.id)
+    assert sorted(t.column("utt_id").to_pylist()) == sorted(u for f in (0, 1, 2) for u in a.test_utts(f))
     assert table_name("tiny") in Store(store_uri).names()

@@ -9,6 +9,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
+from ray_ser import catalog
 from ray_ser import saliency as sal
 from ray_ser import saliency_store as ss
 from ray_ser.corpora import build_manifest
@@ -52,7 +53,7 @@ def computed(store_uri):
     info: dict = {}
     df = ss.compute_saliency(store_uri, "tiny", "clean", folds="auto", mis=True, info=info)
     ranking = ss.layer_ranking(df)
-    ss.write_saliency(store_uri, df, ranking, info["fold_frame"])
+    ss.write_saliency(store_uri, df, ranking, info["assignment"])
     return df, ranking, info
 
 
@@ -69,21 +70,22 @@ def test_one_row_per_fold_layer_dim_and_reruns_replace(computed, store_uri, tmp_
     keys = _keys(stored, ["fold", "layer", "dim"])
     assert len(keys) == len(set(keys)) == len(folds) * LAYERS * DIM
     assert stored["mis"].null_count() == 0 and stored["ccs"].null_count() == 0
-    assert stored.columns == ["model", "condition", "fold", "layer", "dim", "ccs", "mis", "rank"]
+    assert stored.columns == ["model", "condition", "fold_id", "fold", "layer", "dim", "ccs", "mis", "rank"]
+    assert stored["fold_id"].unique().to_list() == [info["assignment"].id]
 
     # A re-run replaces the rows of the model/condition: same scheme -> same count; 5 folds -> LOSO folds 5..9 gone.
     copy = str(tmp_path / "store")
     shutil.copytree(store_uri, copy)
     again = ss.compute_saliency(copy, "tiny", "clean", folds="auto", mis=False)
     ss.write_saliency(copy, again, ss.layer_ranking(again))
-    assert Store(copy).open(ss.saliency_table_name("tiny")).count_rows() == len(keys)
+    assert Store(copy).open(catalog.SALIENCY.name("tiny")).count_rows() == len(keys)
     assert ss.read_saliency(copy, "tiny")["mis"].null_count() == len(keys)  # the new rows, not the old
     five = ss.compute_saliency(copy, "tiny", "clean", folds=5, mis=False)
     ss.write_saliency(copy, five, ss.layer_ranking(five))
     stored5 = ss.read_saliency(copy, "tiny")
     assert sorted(stored5["fold"].unique().to_list()) == list(range(-1, 5))
     assert stored5.height == 6 * LAYERS * DIM
-    assert Store(copy).open(ss.layer_rank_table_name("tiny")).count_rows() == 6 * LAYERS
+    assert Store(copy).open(catalog.LAYER_RANK.name("tiny")).count_rows() == 6 * LAYERS
 
 
 def test_fold_scores_equal_a_direct_computation_on_the_training_rows(computed, store_uri):
@@ -142,9 +144,9 @@ def test_saliency_mask_sizes_and_contents(computed, store_uri):
             assert mask.dtype == bool and mask.shape == (DIM,) and mask.sum() == size
             scores = df.filter((pl.col("fold") == fold) & (pl.col("layer") == 2)).sort("dim")["ccs"].to_numpy()
             np.testing.assert_array_equal(mask, sal.dimension_mask(scores, ratio))
-    assert ss.saliency_mask(store_uri, "tiny", 1, 0.6, score="mis").sum() == 19
+    assert ss.saliency_mask(store_uri, "tiny", 1, 0.6, fold=-1, score="mis").sum() == 19
     with pytest.raises(KeyError):
-        ss.saliency_mask(store_uri, "tiny", layer=7, keep_ratio=0.5)
+        ss.saliency_mask(store_uri, "tiny", layer=7, keep_ratio=0.5, fold=0)
 
 
 def test_layer_ranking(computed, store_uri):
@@ -159,7 +161,9 @@ def test_layer_ranking(computed, store_uri):
         order = sal.rank_layers({layer: df.filter((pl.col("fold") == f) & (pl.col("layer") == layer))["ccs"].to_numpy()
                                  for layer in range(LAYERS)})
         assert r.sort("layer_rank")["layer"].to_list() == order
-    assert ss.best_layer(store_uri, "tiny") == ranking.filter((pl.col("fold") == -1) & (pl.col("layer_rank") == 0))["layer"][0]
+    for f in (-1, 3):
+        assert ss.best_layer(store_uri, "tiny", fold=f) == ranking.filter((pl.col("fold") == f) & (pl.col("layer_rank") == 0))["layer"][0]
+    assert set(ranking["criterion"].to_list()) == {ss.CRITERION}
     mean = ss.mean_over_folds(ranking).sort("layer")
     assert mean.height == LAYERS and sorted(mean["layer_rank"].to_list()) == [0, 1, 2]
     np.testing.assert_allclose(
@@ -167,6 +171,21 @@ def test_layer_ranking(computed, store_uri):
         ranking.filter(pl.col("fold") >= 0).group_by("layer").agg(pl.col("layer_score").mean()).sort("layer")["layer_score"].to_numpy())
     stored = ss.read_folds(store_uri, "tiny")
     assert stored.height == N_UTTS and stored["fold"].n_unique() == 10
+
+
+def test_fold_ids_are_checked_on_read(computed, store_uri):
+    _, _, info = computed
+    assignment = info["assignment"]
+    assert ss.stored_assignment(store_uri, "tiny") == assignment
+    assert ss.fold_assignment(store_uri, "tiny", "clean").id == assignment.id  # same rows, rule and seed
+    mask = ss.saliency_mask(store_uri, "tiny", 2, 0.6, fold=1, fold_id=assignment.id)
+    assert mask.sum() == 19
+    other = ss.fold_assignment(store_uri, "tiny", "clean", folds=3)
+    assert other.id != assignment.id
+    with pytest.raises(ValueError, match="fold assignment"):
+        ss.saliency_mask(store_uri, "tiny", 2, 0.6, fold=1, fold_id=other.id)
+    with pytest.raises(ValueError, match="fold assignment"):
+        ss.best_layer(store_uri, "tiny", fold=1, fold_id=other.id)
 
 
 def test_targets_for_prefers_dimensions_then_pdf_then_labels():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -39,3 +42,71 @@ def splits(manifest: Manifest) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     fold = fold.astype(np.int64)
     for f in np.unique(fold):
         yield int(f), np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+
+
+@dataclass(frozen=True)
+class FoldAssignment:
+    """Which outer fold every utterance is tested in; ``id`` names the assignment in every table made with it.
+
+    Outer fold f tests the speakers with ``fold == f`` and trains on the rest; fold -1 (all speakers) is never
+    used to train or select anything that is then scored on these speakers."""
+
+    utt_ids: tuple[str, ...]
+    speakers: tuple[str, ...]
+    folds: tuple[int, ...]
+    description: str = ""
+
+    def __post_init__(self):
+        if not len(self.utt_ids) == len(self.speakers) == len(self.folds):
+            raise ValueError("utt_ids, speakers and folds differ in length")
+        spk_folds: dict[str, set[int]] = {}
+        for s, f in zip(self.speakers, self.folds):
+            spk_folds.setdefault(s, set()).add(f)
+        split = {s: sorted(f) for s, f in spk_folds.items() if len(f) > 1}
+        if split:
+            raise ValueError(f"speakers in more than one fold (not speaker-independent): {dict(list(split.items())[:3])}")
+
+    @property
+    def id(self) -> str:
+        """12 hex digits of the SHA-1 of the sorted (utt_id, fold) pairs: equal ids, equal assignments."""
+        text = "\n".join(f"{u}\t{f}" for u, f in sorted(zip(self.utt_ids, self.folds)))
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+    @property
+    def fold_ids(self) -> list[int]:
+        return sorted(set(self.folds))
+
+    def fold_of(self) -> dict[str, int]:
+        return dict(zip(self.utt_ids, self.folds))
+
+    def test_utts(self, fold: int) -> list[str]:
+        return [u for u, f in zip(self.utt_ids, self.folds) if f == fold]
+
+    def train_utts(self, fold: int) -> list[str]:
+        """Utterances outside ``fold`` (all of them for fold -1)."""
+        return [u for u, f in zip(self.utt_ids, self.folds) if f != fold]
+
+    def speakers_of(self, fold: int) -> list[str]:
+        return sorted({s for s, f in zip(self.speakers, self.folds) if f == fold})
+
+    def inner_split(self, fold: int, share: float = 0.15, seed: int = 0) -> tuple[list[str], list[str]]:
+        """(inner training, inner validation) utterances within the training speakers of outer ``fold``:
+        ceil(share x training speakers) speakers, at least one, drawn with ``seed`` (for early stopping and
+        model selection; the outer test speakers are in neither)."""
+        train_spk = sorted({s for s, f in zip(self.speakers, self.folds) if f != fold})
+        if len(train_spk) < 2:
+            raise ValueError(f"fold {fold} leaves {len(train_spk)} training speaker(s): an inner split needs 2")
+        n_val = min(len(train_spk) - 1, max(1, math.ceil(share * len(train_spk))))
+        rng = np.random.default_rng([seed, fold + 1])
+        val_spk = set(rng.choice(train_spk, size=n_val, replace=False).tolist())
+        inner, val = [], []
+        for u, s, f in zip(self.utt_ids, self.speakers, self.folds):
+            if f != fold:
+                (val if s in val_spk else inner).append(u)
+        return inner, val
+
+    def to_polars(self):
+        import polars as pl
+
+        return pl.DataFrame({"utt_id": list(self.utt_ids), "speaker": list(self.speakers),
+                             "fold": pl.Series(list(self.folds), dtype=pl.Int32)})
