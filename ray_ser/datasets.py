@@ -1,0 +1,198 @@
+"""Training reader over the store: one layer's frames of chosen utterances and conditions, labels joined,
+saliency mask and frame-cluster ids applied at read time, as a Ray Dataset; plus collate and length buckets.
+
+Speaker independence is the caller's contract made easy: :func:`frames_dataset` reads exactly the
+``utt_ids`` it is given (a fold's inner-training, validation or test utterances from
+:class:`~ray_ser.corpora.folds.FoldAssignment`), and the mask and centroids passed in are those of that
+outer fold (fitted without its test speakers), so nothing read for fold f depends on fold f's speakers.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from ray_ser import catalog
+from ray_ser.corpora.manifest import DIMENSIONS
+from ray_ser.store import Store, as_store
+
+READ_LOG_ENV = "RAY_SER_READ_LOG"
+"""When set, :func:`frames_dataset` appends every utt_id it is asked to read to this file (tests use it to
+prove that a search never reads outer test speakers)."""
+IGNORE = -100
+"""Target value the losses skip (unlabelled utterance, padding frame, domain of a non-training speaker)."""
+
+
+@dataclass
+class Labels:
+    """Per-utterance targets and metadata, looked up by utt_id in the map tasks (small: travels with them)."""
+
+    categories: list[str]
+    rows: dict[str, dict]
+    domains: list[str]
+    domain_key: str
+    """Manifest column the adversarial head predicts ("speaker" or "corpus"); ``domains`` lists its classes."""
+
+    def domain_of(self, utt_id: str) -> int:
+        value = self.rows[utt_id].get(self.domain_key)
+        try:
+            return self.domains.index(value)
+        except ValueError:
+            return IGNORE
+
+
+def load_labels(store: str | Store, utt_ids: Sequence[str], domain_utts: Sequence[str] = (),
+                domain_key: str | None = None) -> Labels:
+    """Labels of ``utt_ids`` from the stored manifests: category index, PDF, A/V/D, speaker, gender, corpus.
+
+    The domain classes are the values of ``domain_key`` (default: "corpus" when the utterances span several
+    corpora, else "speaker") among ``domain_utts`` (the training utterances); other utterances get IGNORE."""
+    from ray_ser.saliency_store import _categories
+
+    store = as_store(store)
+    manifests = store.manifests()
+    if manifests is None:
+        raise ValueError(f"store {store.uri} has no manifest: nothing to train on")
+    wanted = set(utt_ids) | set(domain_utts)
+    cols = [c for c in ("utt_id", "speaker", "gender", "corpus", "label", "pdf", *DIMENSIONS) if c in manifests.column_names]
+    rows = {r["utt_id"]: r for r in manifests.select(cols).to_pylist() if r["utt_id"] in wanted}
+    missing = sorted(wanted - set(rows))
+    if missing:
+        raise ValueError(f"{len(missing)} utterances have no manifest row in {store.uri}, e.g. {missing[:3]}")
+    corpora = sorted({r["corpus"] for r in rows.values()})
+    categories = _categories(store, corpora)
+    if categories is None:
+        raise ValueError(f"the manifests of {corpora} have different category lists: harmonise them first")
+    key = domain_key or ("corpus" if len(corpora) > 1 else "speaker")
+    domains = sorted({rows[u][key] for u in domain_utts if rows[u].get(key) is not None})
+    return Labels(categories, rows, domains, key)
+
+
+def _targets(labels: Labels, utt_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    n, C = len(utt_ids), len(labels.categories)
+    index = {c: i for i, c in enumerate(labels.categories)}
+    label_index = np.full(n, IGNORE, np.int64)
+    pdf = np.zeros((n, C), np.float32)
+    dims = np.full((n, len(DIMENSIONS)), np.nan, np.float32)
+    for i, u in enumerate(utt_ids):
+        r = labels.rows[u]
+        if r.get("label") is not None:
+            label_index[i] = index[r["label"]]
+        if r.get("pdf") is not None and len(r["pdf"]) == C:
+            pdf[i] = r["pdf"]
+        elif label_index[i] >= 0:
+            pdf[i, label_index[i]] = 1.0
+        for j, d in enumerate(DIMENSIONS):
+            if r.get(d) is not None:
+                dims[i, j] = r[d]
+    return {"label_index": label_index, "pdf": pdf, "dims": dims,
+            "domain": np.array([labels.domain_of(u) for u in utt_ids], np.int64)}
+
+
+def to_examples(batch: pa.Table, keep: np.ndarray | None, labels: Labels, centroids: np.ndarray | None) -> dict:
+    """Ray Data map function: stored rows (utt_id, condition, frames) -> examples with the masked float16
+    frames as a ragged ``x``, the targets, and frame-cluster ids (nearest centroid in the full space)."""
+    from ray_ser.clusters import nearest
+
+    frames = batch.column("frames").combine_chunks()
+    ids = batch.column("utt_id").to_pylist()
+    if frames.null_count:
+        bad = [u for u, ok in zip(ids, frames.is_valid().to_pylist()) if not ok]
+        raise ValueError(f"{bad[:3]}: stored without frames (extracted with --no-frames): train the MLP on pooled "
+                         "vectors or re-extract with frames")
+    lengths = frames.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = frames.flatten()
+    dim = flat.type.list_size
+    X = flat.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    out = {"utt_id": np.array(ids, dtype=object), "condition": np.array(batch.column("condition").to_pylist(), dtype=object),
+           "n_frames": lengths, **_targets(labels, ids)}
+    kept = X if keep is None else X[:, keep]
+    out["x"] = np.array([kept[bounds[i]:bounds[i + 1]] for i in range(len(ids))] + [None], dtype=object)[:-1]
+    if centroids is not None:
+        cid = nearest(X, centroids).astype(np.int64)
+        out["frame_ids"] = np.array([cid[bounds[i]:bounds[i + 1]] for i in range(len(ids))] + [None], dtype=object)[:-1]
+    return out
+
+
+def frames_dataset(store: str | Store, model: str, layer: int, utt_ids: Sequence[str], labels: Labels,
+                   conditions: Sequence[str] = ("clean",), mask: np.ndarray | None = None,
+                   centroids: np.ndarray | None = None, batch_rows: int = 64):
+    """A Ray Dataset of one model x layer x conditions x utterance set: rows ``utt_id``, ``condition``,
+    ``n_frames``, ``x`` (n_frames, kept dims) float16, ``label_index``, ``pdf``, ``dims`` (A/V/D, NaN when
+    absent), ``domain`` and, with ``centroids`` (k, dim), ``frame_ids``. ``mask`` (bool over the layer's
+    dims) keeps the saliency-selected dimensions."""
+    import lance_ray
+
+    if os.environ.get(READ_LOG_ENV):
+        with open(os.environ[READ_LOG_ENV], "a") as fh:
+            fh.write("".join(f"{u}\n" for u in utt_ids))
+    store = as_store(store)
+    uri = store.embeddings(model).to_lance().uri
+    keep = None if mask is None else np.flatnonzero(np.asarray(mask, bool))
+    where = catalog.where(layer=int(layer), condition=list(conditions), utt_id=list(utt_ids))
+    ds = lance_ray.read_lance(uri, columns=["utt_id", "condition", "frames"], filter=where)
+    return ds.map_batches(to_examples, fn_kwargs={"keep": keep, "labels": labels, "centroids": centroids},
+                          batch_format="pyarrow", batch_size=batch_rows)
+
+
+# ---- batches --------------------------------------------------------------------------------------
+def collate(batch: dict[str, np.ndarray], device=None) -> dict:
+    """Pad a batch of examples to its longest utterance: ``x`` (B, T, D) float32 zeros after each end,
+    ``lengths`` (B,), ``frame_ids`` padded with IGNORE; targets as tensors; ``dims_mask`` marks present A/V/D."""
+    import torch
+
+    xs = list(batch["x"])
+    lengths = np.array([len(x) for x in xs], np.int64)
+    T, D = int(lengths.max()), xs[0].shape[1]
+    x = np.zeros((len(xs), T, D), np.float32)
+    for i, a in enumerate(xs):
+        x[i, :len(a)] = a
+    dims = np.asarray(batch["dims"], np.float32).reshape(len(xs), -1)
+    out = {"x": torch.from_numpy(x), "lengths": torch.from_numpy(lengths),
+           "pdf": torch.from_numpy(np.stack(batch["pdf"]).astype(np.float32)),
+           "label_index": torch.from_numpy(np.asarray(batch["label_index"], np.int64)),
+           "dims": torch.from_numpy(np.nan_to_num(dims)), "dims_mask": torch.from_numpy(~np.isnan(dims)),
+           "domain": torch.from_numpy(np.asarray(batch["domain"], np.int64))}
+    if "frame_ids" in batch:
+        ids = np.full((len(xs), T), IGNORE, np.int64)
+        for i, a in enumerate(batch["frame_ids"]):
+            ids[i, :len(a)] = a
+        out["frame_ids"] = torch.from_numpy(ids)
+    if device is not None:
+        out = {k: v.to(device) for k, v in out.items()}
+    return out
+
+
+def pick_condition(utt_id: str, epoch: int, seed: int, conditions: Sequence[str]) -> str:
+    """The condition an utterance is trained on in ``epoch`` (multi-condition training): a fixed function of
+    (utterance, epoch, seed), so every worker and a resumed run draw the same copy."""
+    return conditions[zlib.crc32(f"{seed}|{epoch}|{utt_id}".encode()) % len(conditions)]
+
+
+def _take(batch: dict, idx: np.ndarray) -> dict:
+    return {k: v[idx] for k, v in batch.items()}
+
+
+def bucketed(chunks: Iterator[dict], batch_size: int, rng: np.random.Generator, epoch: int | None = None,
+             seed: int = 0, conditions: Sequence[str] | None = None) -> Iterator[dict]:
+    """Length-bucketed batches: each incoming chunk (several batches' worth of shuffled rows) is sorted by
+    length and cut into ``batch_size`` batches, yielded in random order, so little of a batch is padding.
+    With ``conditions`` (multi-condition training) only each utterance's copy for ``epoch`` is kept."""
+    for chunk in chunks:
+        if conditions is not None and len(conditions) > 1:
+            keep = np.array([c == pick_condition(u, epoch or 0, seed, conditions)
+                             for u, c in zip(chunk["utt_id"], chunk["condition"])])
+            chunk = _take(chunk, np.flatnonzero(keep))
+        n = len(chunk["utt_id"])
+        if n == 0:
+            continue
+        order = np.argsort(chunk["n_frames"], kind="stable")
+        parts = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        for j in rng.permutation(len(parts)):
+            yield _take(chunk, parts[j])

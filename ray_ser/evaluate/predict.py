@@ -1,0 +1,188 @@
+"""Out-of-fold batch predictions with Ray Data: each outer fold's best checkpoint predicts that fold's test
+speakers only, for every evaluation condition in the store, so the folds together predict each
+utterance x condition exactly once. Rows follow ``predictions.parquet`` (see the README's evaluation section).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import polars as pl
+
+from ray_ser.corpora.manifest import CATEGORIES_KEY, DIMENSIONS
+
+log = logging.getLogger(__name__)
+
+RUN_CONFIG_KEY = b"ray_ser.run_config"
+TRAINING_ONLY = ("aug",)
+"""Condition prefixes that are training copies (augmentation), never evaluated."""
+
+
+class FoldPredictor:
+    """Ray Data actor: loads one fold's best model once (on the GPU when the actor has one) and maps batches of
+    :func:`ray_ser.datasets.frames_dataset` rows to class probabilities and A/V/D predictions."""
+
+    def __init__(self, checkpoint: str, store: str, threads: int = 1):
+        import torch
+
+        from ray_ser.train import load_fold_model
+
+        torch.set_num_threads(max(1, threads))
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.fm = load_fold_model(checkpoint, store=store)
+        self.fm.module.to(self.device)
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        from ray_ser.datasets import collate
+
+        x = collate(batch, self.device)
+        with torch.no_grad():
+            out = self.fm.module(x["x"], x["lengths"])
+        n = len(batch["utt_id"])
+        result = {"utt_id": batch["utt_id"], "condition": batch["condition"]}
+        if "logits" in out:
+            result["probs"] = torch.softmax(out["logits"].float(), -1).cpu().numpy()
+        if "dims" in out:
+            d = out["dims"].float().cpu().numpy()
+            for j, name in enumerate(DIMENSIONS):
+                result[f"pred_{name}"] = d[:, j]
+        else:
+            for name in DIMENSIONS:
+                result[f"pred_{name}"] = np.full(n, np.nan, np.float32)
+        return result
+
+
+def evaluation_conditions(store, model: str) -> list[str]:
+    """The stored conditions of ``model`` that evaluation scores (augmentation copies are training-only)."""
+    import pyarrow.compute as pc
+
+    from ray_ser.store import as_store
+
+    t = as_store(store).embeddings(model).to_lance().to_table(columns=["condition"], filter="layer = 0")
+    conds = sorted(pc.unique(t.column("condition")).to_pylist())
+    return [c for c in conds if not c.startswith(TRAINING_ONLY)]
+
+
+def _snr_of(store, model: str, utt_ids: Sequence[str], conditions: Sequence[str]) -> dict[tuple[str, str], float | None]:
+    from ray_ser import catalog
+    from ray_ser.store import as_store
+
+    t = as_store(store).embeddings(model).to_lance().to_table(
+        columns=["utt_id", "condition", "snr_db"], filter=catalog.where(layer=0, condition=list(conditions), utt_id=list(utt_ids)))
+    return {(u, c): s for u, c, s in zip(*(t.column(k).to_pylist() for k in ("utt_id", "condition", "snr_db")))}
+
+
+def predict_fold(store: str, checkpoint: str | Path, conditions: Sequence[str] | None = None,
+                 batch_size: int = 32, num_gpus: float = 0.0, cpus: float = 1.0) -> pl.DataFrame:
+    """Predictions of one fold's checkpoint on its test speakers, for ``conditions`` (default: every
+    evaluation condition of the store): utt_id, condition, fold, probs, pred_arousal/valence/dominance."""
+    from ray_ser.datasets import frames_dataset, load_labels
+    from ray_ser.train import load_fold_model
+
+    fm = load_fold_model(checkpoint, store=store)
+    conds = list(conditions) if conditions else evaluation_conditions(store, fm.cfg.model)
+    labels = load_labels(store, fm.plan.test)
+    ds = frames_dataset(store, fm.cfg.model, fm.plan.layer, fm.plan.test, labels, conditions=conds, mask=fm.mask)
+    ds = ds.map_batches(FoldPredictor, fn_constructor_kwargs={"checkpoint": str(checkpoint), "store": store,
+                                                              "threads": max(1, int(cpus))},
+                        batch_size=batch_size, batch_format="numpy", concurrency=1, num_cpus=cpus, num_gpus=num_gpus)
+    rows = ds.to_pandas()
+    df = pl.from_pandas(rows) if len(rows) else pl.DataFrame()
+    if "probs" in df.columns:
+        df = df.with_columns(pl.col("probs").cast(pl.List(pl.Float32)))
+    return df.with_columns(pl.lit(fm.plan.fold, pl.Int32).alias("fold"))
+
+
+def manifest_columns(store, by: Sequence[str] = ()) -> pl.DataFrame:
+    """Per utterance: speaker, gender, corpus, label, pdf, A/V/D, has_votes, and each ``by`` column (a manifest
+    column, a key of its ``extra`` JSON, or ``<numeric>_bin``: tertiles low/mid/high of that number)."""
+    from ray_ser.store import as_store
+
+    m = pl.from_arrow(as_store(store).manifests())
+    extra = [json.loads(e) if e else {} for e in m["extra"].to_list()] if "extra" in m.columns else [{}] * m.height
+    out = m.select("utt_id", "speaker", "gender", "corpus", "label", "pdf", *DIMENSIONS,
+                   (pl.col("n_raters").is_not_null() | pl.col("votes").is_not_null()).alias("has_votes"))
+    for col in by:
+        if col in m.columns:
+            values = m[col]
+        elif any(col in e for e in extra):
+            values = pl.Series(col, [e.get(col) for e in extra])
+        elif col.endswith("_bin") and any(col[:-4] in e for e in extra):
+            raw = np.array([e.get(col[:-4]) if e.get(col[:-4]) is not None else np.nan for e in extra], float)
+            lo, hi = np.nanquantile(raw, [1 / 3, 2 / 3])
+            values = pl.Series(col, [None if np.isnan(v) else ("low" if v <= lo else "mid" if v <= hi else "high") for v in raw])
+        else:
+            raise ValueError(f"--by {col}: no such manifest column or extra key (and no {col[:-4]!r} to bin)")
+        out = out.with_columns(values.alias(col))
+    return out
+
+
+def predict_run(store: str, run_dir: str | Path, conditions: Sequence[str] | None = None, by: Sequence[str] = (),
+                batch_size: int = 32) -> tuple[pl.DataFrame, list[str], dict]:
+    """(predictions, categories, run config) of every fold checkpoint of a training run folder: one row per
+    (fold, condition, test utterance) in the ``predictions.parquet`` layout."""
+    import ray
+
+    from ray_ser.train import fold_checkpoints, load_fold_model
+
+    run_dir = Path(run_dir)
+    checkpoints = fold_checkpoints(run_dir)
+    if not checkpoints:
+        raise FileNotFoundError(f"{run_dir}: no fold_*/best checkpoints (train with jobs/train.py --out {run_dir})")
+    gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    parts, categories, config = [], None, None
+    seen: dict[str, int] = {}
+    for fold, path in sorted(checkpoints.items()):
+        fm = load_fold_model(path, store=store)
+        for u in fm.plan.test:
+            if u in seen:
+                raise ValueError(f"{u} is a test utterance of folds {seen[u]} and {fold}: not one fold assignment")
+            seen[u] = fold
+        categories = categories or fm.plan.categories
+        config = config or {"train": fm.cfg.model_dump(), "fold_id": fm.plan.fold_id}
+        if fm.plan.categories != categories:
+            raise ValueError(f"{path}: categories {fm.plan.categories} differ from the other folds' {categories}")
+        parts.append(predict_fold(store, path, conditions, batch_size, num_gpus=gpus))
+        log.info("fold %d: %d predictions", fold, parts[-1].height)
+    pred = pl.concat(parts, how="diagonal_relaxed")
+    snr = _snr_of(store, config["train"]["model"], pred["utt_id"].unique().to_list(), pred["condition"].unique().to_list())
+    pred = pred.with_columns(pl.Series("snr_db", [snr.get((u, c)) for u, c in zip(pred["utt_id"], pred["condition"])],
+                                       dtype=pl.Float32))
+    meta = manifest_columns(store, by)
+    index = {c: i for i, c in enumerate(categories)}
+    pred = pred.join(meta, on="utt_id", how="left").with_columns(
+        pl.lit(run_dir.resolve().name).alias("run"),
+        pl.col("label").replace_strict(index, default=None, return_dtype=pl.Int32).alias("label_index"),
+        pl.col("probs").list.arg_max().replace_strict(dict(enumerate(categories)), default=None,
+                                                      return_dtype=pl.Utf8).alias("pred"))
+    front = ["run", "fold", "condition", "snr_db", "utt_id", "speaker", "gender", "corpus", "label", "label_index",
+             "pdf", "has_votes", "probs", "pred", *DIMENSIONS, *[f"pred_{d}" for d in DIMENSIONS]]
+    pred = pred.select(front + [c for c in pred.columns if c not in front]).sort(["fold", "condition", "utt_id"])
+    return pred, categories, config
+
+
+def write_predictions(pred: pl.DataFrame, categories: list[str], config: dict, path: str | Path) -> Path:
+    """``predictions.parquet`` with the category list and run configuration in the schema metadata; atomic."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    table = pred.to_arrow()
+    table = table.replace_schema_metadata({CATEGORIES_KEY: json.dumps(categories).encode(),
+                                           RUN_CONFIG_KEY: json.dumps(config).encode()})
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return path
+
+
+def read_categories(path: str | Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return json.loads(pq.read_schema(path).metadata[CATEGORIES_KEY])
+

@@ -1,0 +1,580 @@
+"""Fit emotion models on the store with Ray Train: one TorchTrainer run per outer fold, early-stopped on
+inner validation speakers, the best weights kept as that fold's checkpoint.
+
+Per outer fold f of the fold assignment (the one the stored saliency used):
+- inner training and validation speakers are drawn from f's training speakers (:meth:`FoldAssignment.inner_split`);
+  the saliency mask (keep ratio r) and the k-means centroids are fold f's, fitted without its speakers; the
+  layer, when not given, is chosen on f's training speakers (:func:`ray_ser.layer_selection.choose_layer`);
+- Ray Data reads the frames (:func:`ray_ser.datasets.frames_dataset`), materialised once; Ray Train runs
+  :func:`train_loop_per_worker` on ``num_workers`` workers (DDP), reporting metrics and a checkpoint every
+  epoch; a killed run restarts from the last checkpoint when started again with the same ``--out``;
+- ``DIR/fold_<f>/best/`` gets ``model.pt`` and ``config.json`` (everything evaluation needs to predict),
+  ``DIR/epochs.parquet`` the per-epoch metrics, ``DIR/tensorboard/fold_<f>`` TensorBoard scalars.
+
+:func:`fit_epochs` is the loop itself, shared with Tune trials (which run it in-process).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Sequence
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict
+
+from ray_ser.corpora.folds import FoldAssignment
+from ray_ser.corpora.manifest import DIMENSIONS
+from ray_ser.fm.registry import DEFAULT_MODEL
+
+log = logging.getLogger(__name__)
+
+BEST_DIR = "best"
+STATE_FILE = "state.pt"
+
+
+class TrainConfig(BaseModel):
+    """Everything that defines a training run; ``best_config.json`` of a Tune search is one of these."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    store: str = "store"
+    model: str = DEFAULT_MODEL
+    corpora: list[str] = []
+    """Corpora to train on (empty: every labelled utterance of the store)."""
+    layer: int | None = None
+    """None: chosen per outer fold on its training speakers (ray_ser.layer_selection)."""
+    conditions: list[str] = ["clean"]
+    """Training copies: more than one = multi-condition training (one copy per utterance and epoch)."""
+    keep_ratio: float = 1.0
+    n_clusters: int = 0
+    """Frame-cluster head's k (0 = off); ids from fold f's k-means centroids of the same layer."""
+    cluster_weight: float = 0.1
+    adv_weight: float = 0.0
+    """Gradient-reversal weight of the domain head (0 = head off; seed 002 uses 0.01)."""
+    domain: Literal["speaker", "corpus"] | None = None
+    target: Literal["pdf", "onehot"] = "pdf"
+    dimensional: bool = True
+    """A/V/D head with the CCC loss when the corpus has those scores."""
+    arch: Literal["tcgru", "mlp"] = "tcgru"
+    pooling: Literal["attention", "mean", "last"] = "attention"
+    conv_channels: int = 256
+    gru_hidden: int = 256
+    embed_dim: int = 128
+    dropout: float = 0.2
+    spec_augment: bool = True
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    epochs: int = 30
+    patience: int = 8
+    seed: int = 0
+    folds: str = "auto"
+    """Fold rule when the store has no saliency folds (auto: LOSO up to 12 speakers, else 5 folds)."""
+    fold_seed: int = 0
+    inner_share: float = 0.15
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    use_gpu: bool | None = None
+    """None: use GPUs when the cluster has them."""
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, **overrides: Any) -> "TrainConfig":
+        data = json.loads(Path(path).read_text())
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+
+@dataclass
+class FoldPlan:
+    """What one outer fold trains on, resolved in the driver (all of it speaker-independent of ``fold``)."""
+
+    fold: int
+    fold_id: str
+    layer: int
+    inner: list[str]
+    val: list[str]
+    test: list[str]
+    categories: list[str]
+    keep: list[int] | None
+    input_dim: int
+    n_domains: int
+    domains: list[str]
+    has_dims: bool
+    model_cfg: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+# ---- the loop -------------------------------------------------------------------------------------
+def _val_score(metrics: dict[str, float]) -> float:
+    """The model-selection score: UAR when there are categories, else mean CCC."""
+    if "uar" in metrics:
+        return metrics["uar"]
+    cccs = [v for k, v in metrics.items() if k.startswith("ccc_")]
+    return float(np.mean(cccs)) if cccs else -metrics["loss"]
+
+
+def evaluate_batches(model, batches: Iterator[dict], device, target: str) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """(metrics, outputs) of ``model`` over collated batches: mean loss, UAR, CCC per dimension; outputs hold
+    ``probs``, ``dims``, ``label_index``, ``dims_true``, ``dims_mask`` stacked in batch order."""
+    import torch
+    from sklearn.metrics import balanced_accuracy_score
+
+    from ray_ser.nn import ccc, multitask_loss
+
+    model.eval()
+    losses, weights, outs = [], [], {"probs": [], "dims": [], "label_index": [], "dims_true": [], "dims_mask": []}
+    with torch.no_grad():
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out = model(batch["x"], batch["lengths"])
+            loss, _ = multitask_loss(out, batch, target="pdf" if target == "pdf" else "onehot")
+            losses.append(float(loss))
+            weights.append(len(batch["lengths"]))
+            if "logits" in out:
+                outs["probs"].append(torch.softmax(out["logits"].float(), -1).cpu().numpy())
+            if "dims" in out:
+                outs["dims"].append(out["dims"].float().cpu().numpy())
+            outs["label_index"].append(batch["label_index"].cpu().numpy())
+            outs["dims_true"].append(batch["dims"].cpu().numpy())
+            outs["dims_mask"].append(batch["dims_mask"].cpu().numpy())
+    stacked = {k: np.concatenate(v) for k, v in outs.items() if v}
+    metrics = {"loss": float(np.average(losses, weights=weights)) if losses else float("nan")}
+    y = stacked.get("label_index")
+    if "probs" in stacked and y is not None and (y >= 0).any():
+        ok = y >= 0
+        metrics["uar"] = float(balanced_accuracy_score(y[ok], stacked["probs"][ok].argmax(1)))
+    if "dims" in stacked:
+        for j, name in enumerate(DIMENSIONS):
+            ok = stacked["dims_mask"][:, j]
+            if ok.sum() > 1:
+                metrics[f"ccc_{name}"] = float(ccc(torch.from_numpy(stacked["dims"][ok, j]),
+                                                   torch.from_numpy(stacked["dims_true"][ok, j])))
+    return metrics, stacked
+
+
+def epoch_batches(source, cfg: TrainConfig, epoch: int, train: bool, device=None) -> Iterator[dict]:
+    """Collated batches of a Ray Dataset or DataIterator: shuffled and length-bucketed for training (with the
+    epoch's condition per utterance in multi-condition training), in order for evaluation."""
+    from ray_ser.datasets import bucketed, collate
+
+    bs = cfg.batch_size
+    if not train:
+        for b in source.iter_batches(batch_size=bs, batch_format="numpy"):
+            yield collate(b, device)
+        return
+    rng = np.random.default_rng([cfg.seed, epoch])
+    chunks = source.iter_batches(batch_size=bs * 8 * max(1, len(cfg.conditions)), batch_format="numpy",
+                                 local_shuffle_buffer_size=bs * 16, local_shuffle_seed=cfg.seed * 1000 + epoch)
+    for b in bucketed(chunks, bs, rng, epoch, cfg.seed, cfg.conditions):
+        yield collate(b, device)
+
+
+class EpochRunner:
+    """One fold's model, optimiser and early-stopping state, advanced one epoch at a time (Ray Train runs it to
+    the end; a Tune trial interleaves several folds' runners). ``state()`` is everything needed to resume."""
+
+    def __init__(self, cfg: TrainConfig, plan: FoldPlan, train_source, val_source, state: dict | None = None,
+                 device=None, prepare: Callable | None = None, rank: int = 0, tb_dir: str | None = None):
+        import torch
+
+        from ray_ser.nn import LossWeights, ModelConfig, SpecAugment, build_model
+
+        self.cfg, self.plan, self.train_source, self.val_source = cfg, plan, train_source, val_source
+        self.device = device or torch.device("cpu")
+        torch.manual_seed(cfg.seed * 7919 + plan.fold + 17 * rank)
+        self.net = build_model(ModelConfig.from_dict(plan.model_cfg)).to(self.device)
+        self.model = prepare(self.net) if prepare else self.net
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.aug = SpecAugment(seed=cfg.seed + plan.fold) if cfg.spec_augment else None
+        self.weights = LossWeights(domain=1.0, cluster=cfg.cluster_weight)
+        self.st = {"epoch": 0, "best_score": -float("inf"), "best_epoch": -1, "best_model": None, "bad_epochs": 0,
+                   "last_score": -float("inf"), "history": []}
+        if state:
+            self.net.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.st.update({k: state[k] for k in self.st if k in state})
+        self.writer = None
+        if tb_dir and rank == 0:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(tb_dir)
+
+    @property
+    def epoch(self) -> int:
+        """Epochs completed."""
+        return self.st["epoch"]
+
+    @property
+    def last_score(self) -> float:
+        return self.st["last_score"]
+
+    @property
+    def done(self) -> bool:
+        return self.st["epoch"] >= self.cfg.epochs or self.st["bad_epochs"] >= self.cfg.patience
+
+    def run_epoch(self) -> dict:
+        """Train one epoch, score the validation speakers, keep the best weights; returns the epoch's metrics."""
+        from ray_ser.nn import multitask_loss
+
+        cfg, st, epoch = self.cfg, self.st, self.st["epoch"]
+        t0 = time.perf_counter()
+        self.model.train()
+        if self.aug is not None:
+            self.aug.manual_seed(cfg.seed * 100003 + self.plan.fold * 1009 + epoch)
+        sums: dict[str, float] = {}
+        n = 0
+        for batch in epoch_batches(self.train_source, cfg, epoch, True, self.device):
+            if self.aug is not None:
+                batch["x"] = self.aug.train()(batch["x"], batch["lengths"])
+            out = self.model(batch["x"], batch["lengths"])
+            loss, parts = multitask_loss(out, batch, target=cfg.target, weights=self.weights)
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            b = len(batch["lengths"])
+            n += b
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v * b
+        train_metrics = {("loss" if k == "total" else f"loss_{k}"): v / max(n, 1) for k, v in sums.items()}
+        val_metrics, _ = evaluate_batches(self.net, epoch_batches(self.val_source, cfg, epoch, False, self.device),
+                                          self.device, cfg.target)
+        score = _val_score(val_metrics)
+        if score > st["best_score"]:
+            st.update(best_score=score, best_epoch=epoch, bad_epochs=0,
+                      best_model={k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()})
+        else:
+            st["bad_epochs"] += 1
+        st["epoch"], st["last_score"] = epoch + 1, score
+        for split, metrics in (("train", train_metrics), ("val", val_metrics)):
+            for name, value in metrics.items():
+                st["history"].append({"fold": self.plan.fold, "epoch": epoch, "split": split, "metric": name,
+                                      "value": float(value)})
+                if self.writer is not None:
+                    self.writer.add_scalar(f"{split}/{name}", value, epoch)
+        if self.writer is not None:
+            self.writer.flush()
+        return {"epoch": epoch, "fold": self.plan.fold, "seconds": time.perf_counter() - t0, "val_score": score,
+                "best_val_score": st["best_score"], "best_epoch": st["best_epoch"],
+                **{f"train_{k}": v for k, v in train_metrics.items()}, **{f"val_{k}": v for k, v in val_metrics.items()}}
+
+    def state(self) -> dict:
+        return {**self.st, "model": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+                "optimizer": self.opt.state_dict()}
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def fit_epochs(cfg: TrainConfig, plan: FoldPlan, train_source, val_source, report: Callable[[dict, dict], None],
+               state: dict | None = None, **runner_options) -> dict:
+    """Train ``plan``'s model for up to ``cfg.epochs`` epochs, early-stopping on the validation score after
+    ``cfg.patience`` epochs without a gain; ``report(metrics, state)`` after every epoch with the full
+    resumable state; ``state`` resumes. Returns the final state."""
+    runner = EpochRunner(cfg, plan, train_source, val_source, state=state, **runner_options)
+    while not runner.done:
+        metrics = runner.run_epoch()
+        report(metrics, runner.state())
+    runner.close()
+    return runner.state()
+
+
+def save_state(state: dict, directory: str | os.PathLike) -> Path:
+    import torch
+
+    path = Path(directory) / STATE_FILE
+    torch.save(state, path)
+    return path
+
+
+def load_state(directory: str | os.PathLike) -> dict:
+    import torch
+
+    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train worker: :func:`fit_epochs` on this worker's shard of "train" and all of "val"; rank 0
+    writes the epoch's checkpoint (resumable state) and the TensorBoard scalars."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    cfg, plan = TrainConfig(**config["cfg"]), FoldPlan(**config["plan"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    torch.set_num_threads(max(1, int(round(cfg.cpus_per_worker))))
+    device = ray.train.torch.get_device()
+    state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = load_state(d)
+
+    def report(metrics: dict, st: dict | None) -> None:
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            save_state(st, d)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    fit_epochs(cfg, plan, ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val"), report,
+               state=state, device=device, prepare=ray.train.torch.prepare_model, rank=rank, tb_dir=config.get("tb_dir"))
+
+
+# ---- planning a fold ------------------------------------------------------------------------------
+def resolve_assignment(cfg: TrainConfig, condition: str = "clean") -> FoldAssignment:
+    """The stored saliency's fold assignment (masks and centroids were made with it), else the same rule
+    computed from the store."""
+    from ray_ser import saliency_store as ss
+
+    try:
+        return ss.stored_assignment(cfg.store, cfg.model, condition)
+    except KeyError:
+        return ss.fold_assignment(cfg.store, cfg.model, condition, cfg.folds, cfg.fold_seed)
+
+
+def _in_corpora(cfg: TrainConfig, labels_rows: dict, utts: Sequence[str]) -> list[str]:
+    if not cfg.corpora:
+        return list(utts)
+    return [u for u in utts if labels_rows[u]["corpus"] in cfg.corpora]
+
+
+def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int) -> tuple[FoldPlan, Any, np.ndarray | None]:
+    """(plan, labels, centroids) of outer ``fold``: inner split, layer, mask and centroids, all fitted or
+    chosen on the fold's training speakers."""
+    from ray_ser import saliency_store as ss
+    from ray_ser.datasets import load_labels
+    from ray_ser.store import as_store
+
+    store = as_store(cfg.store)
+    inner, val = assignment.inner_split(fold, cfg.inner_share, cfg.seed)
+    test = assignment.test_utts(fold)
+    labels = load_labels(store, [*inner, *val, *test], domain_key=cfg.domain)
+    inner, val, test = (_in_corpora(cfg, labels.rows, u) for u in (inner, val, test))
+    labels = load_labels(store, [*inner, *val, *test], domain_utts=inner, domain_key=cfg.domain)
+    if not inner or not val:
+        raise ValueError(f"fold {fold}: no inner training or validation utterances of corpora {cfg.corpora}")
+    layer = cfg.layer
+    if layer is None:
+        from ray_ser.layer_selection import choose_layer
+
+        layer = int(choose_layer(store, cfg.model, fold))
+    dim = int(store.embeddings(cfg.model).schema.field("mean").type.list_size)
+    keep = None
+    if cfg.keep_ratio < 1.0:
+        mask = ss.saliency_mask(store, cfg.model, layer, cfg.keep_ratio, fold=fold, fold_id=assignment.id)
+        keep = np.flatnonzero(mask).tolist()
+    centroids = None
+    if cfg.n_clusters:
+        from ray_ser.clusters import ensure_centroids
+
+        centroids = ensure_centroids(store, cfg.model, layer, cfg.n_clusters, assignment, fold, seed=cfg.seed)
+    has_dims = any(all(labels.rows[u].get(d) is not None for d in DIMENSIONS) for u in inner)
+    n_domains = len(labels.domains) if cfg.adv_weight > 0 else 0
+    model_cfg = {"input_dim": len(keep) if keep is not None else dim, "arch": cfg.arch, "pooling": cfg.pooling,
+                 "conv_channels": cfg.conv_channels, "gru_hidden": cfg.gru_hidden, "embed_dim": cfg.embed_dim,
+                 "dropout": cfg.dropout, "n_classes": len(labels.categories),
+                 "n_dims": 3 if (has_dims and cfg.dimensional) else 0, "n_domains": n_domains,
+                 "adv_weight": cfg.adv_weight, "n_clusters": cfg.n_clusters}
+    plan = FoldPlan(fold, assignment.id, layer, inner, val, test, labels.categories, keep, model_cfg["input_dim"],
+                    n_domains, labels.domains if n_domains else [], bool(model_cfg["n_dims"]), model_cfg)
+    return plan, labels, centroids
+
+
+def fold_datasets(cfg: TrainConfig, plan: FoldPlan, labels, centroids) -> dict:
+    """The fold's materialised Ray Datasets: "train" (inner speakers, every training condition) and "val"
+    (validation speakers, clean)."""
+    from ray_ser.datasets import frames_dataset
+
+    mask = None
+    if plan.keep is not None:
+        mask = np.zeros(int(_layer_dim(cfg)), bool)
+        mask[plan.keep] = True
+    common = {"labels": labels, "mask": mask, "centroids": centroids}
+    return {"train": frames_dataset(cfg.store, cfg.model, plan.layer, plan.inner, conditions=cfg.conditions, **common).materialize(),
+            "val": frames_dataset(cfg.store, cfg.model, plan.layer, plan.val, conditions=["clean"], **common).materialize()}
+
+
+def _layer_dim(cfg: TrainConfig) -> int:
+    from ray_ser.store import as_store
+
+    return int(as_store(cfg.store).embeddings(cfg.model).schema.field("mean").type.list_size)
+
+
+# ---- checkpoints evaluation reads -------------------------------------------------------------------
+def write_best(out_dir: Path, cfg: TrainConfig, plan: FoldPlan, state: dict) -> Path:
+    """``DIR/fold_<f>/best/{model.pt,config.json}``: the best epoch's weights and everything needed to rebuild
+    the model and its input (layer, mask, categories) without other inputs. Written atomically."""
+    import torch
+
+    final = out_dir / f"fold_{plan.fold}" / BEST_DIR
+    tmp = final.with_name(BEST_DIR + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(state["best_model"], tmp / "model.pt")
+    info = {"train": cfg.model_dump(), "plan": plan.to_dict(), "best_epoch": state["best_epoch"],
+            "best_val_score": state["best_score"], "epochs_run": state["epoch"]}
+    (tmp / "config.json").write_text(json.dumps(info, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+@dataclass
+class FoldModel:
+    """A fold's best model, ready to predict: the module (eval mode), its config and plan."""
+
+    module: Any
+    cfg: TrainConfig
+    plan: FoldPlan
+    path: Path
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        if self.plan.keep is None:
+            return None
+        m = np.zeros(_layer_dim(self.cfg), bool)
+        m[self.plan.keep] = True
+        return m
+
+
+def load_fold_model(path: str | os.PathLike, store: str | None = None) -> FoldModel:
+    """Rebuild a fold's best model from ``DIR/fold_<f>/best`` (``store`` overrides the recorded store URI)."""
+    import torch
+
+    from ray_ser.nn import ModelConfig, build_model
+
+    path = Path(path)
+    info = json.loads((path / "config.json").read_text())
+    cfg = TrainConfig(**info["train"])
+    if store is not None:
+        cfg.store = store
+    plan = FoldPlan(**info["plan"])
+    module = build_model(ModelConfig.from_dict(plan.model_cfg))
+    module.load_state_dict(torch.load(path / "model.pt", map_location="cpu"))
+    return FoldModel(module.eval(), cfg, plan, path)
+
+
+def fold_checkpoints(run_dir: str | os.PathLike) -> dict[int, Path]:
+    """{fold: best checkpoint folder} of a training run folder."""
+    out = {}
+    for d in sorted(Path(run_dir).glob(f"fold_*/{BEST_DIR}")):
+        if (d / "config.json").exists() and (d / "model.pt").exists():
+            out[int(d.parent.name.split("_", 1)[1])] = d
+    return out
+
+
+# ---- the driver -------------------------------------------------------------------------------------
+def config_hash(cfg: TrainConfig) -> str:
+    """8 hex digits naming a configuration: a Ray Train run resumes only a run of the same configuration."""
+    import hashlib
+
+    return hashlib.sha1(json.dumps(cfg.model_dump(), sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _scaling(cfg: TrainConfig):
+    import ray
+    from ray.train import ScalingConfig
+
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= 1
+    return ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
+                         resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if use_gpu else {})})
+
+
+def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir: str | os.PathLike) -> dict:
+    """Train outer ``fold`` with Ray Train (resuming its run if one was interrupted) and write its best
+    checkpoint; returns the fold's summary (best epoch and validation score, seconds, layer)."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    out_dir = Path(out_dir).resolve()
+    t0 = time.perf_counter()
+    plan, labels, centroids = plan_fold(cfg, assignment, fold)
+    datasets = fold_datasets(cfg, plan, labels, centroids)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.model_dump(), "plan": plan.to_dict(),
+                           "tb_dir": str(out_dir / "tensorboard" / f"fold_{fold}")},
+        scaling_config=_scaling(cfg),
+        run_config=RunConfig(name=f"fold_{fold}-{config_hash(cfg)}", storage_path=str(out_dir / "ray_train"),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1),
+                             failure_config=FailureConfig(max_failures=2)),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"fold {fold}: training reported no checkpoint ({result.error})")
+    with result.checkpoint.as_directory() as d:
+        state = load_state(d)
+    write_best(out_dir, cfg, plan, state)
+    pl.DataFrame(state["history"], schema={"fold": pl.Int32, "epoch": pl.Int32, "split": pl.Utf8, "metric": pl.Utf8,
+                                           "value": pl.Float64}).write_parquet(out_dir / f"fold_{fold}" / "epochs.parquet")
+    return {"fold": fold, "layer": plan.layer, "best_epoch": state["best_epoch"], "best_val_score": state["best_score"],
+            "epochs": state["epoch"], "seconds": time.perf_counter() - t0, "n_train": len(plan.inner),
+            "n_val": len(plan.val), "n_test": len(plan.test)}
+
+
+def collect_epochs(out_dir: str | os.PathLike) -> pl.DataFrame:
+    """``DIR/epochs.parquet`` from the folds' own tables (fold, epoch, split, metric, value)."""
+    parts = [pl.read_parquet(p) for p in sorted(Path(out_dir).glob("fold_*/epochs.parquet"))]
+    df = pl.concat(parts) if parts else pl.DataFrame(schema={"fold": pl.Int32, "epoch": pl.Int32, "split": pl.Utf8,
+                                                              "metric": pl.Utf8, "value": pl.Float64})
+    df = df.sort(["fold", "epoch", "split", "metric"])
+    tmp = Path(out_dir) / "epochs.parquet.tmp"
+    df.write_parquet(tmp)
+    tmp.replace(Path(out_dir) / "epochs.parquet")
+    return df
+
+
+def select_folds(spec: str | Sequence[int], assignment: FoldAssignment) -> list[int]:
+    """``all`` or a comma-separated list of outer folds (fold -1 is refused: it has no test speakers)."""
+    if isinstance(spec, str):
+        folds = assignment.fold_ids if spec == "all" else [int(f) for f in spec.split(",") if f.strip()]
+    else:
+        folds = [int(f) for f in spec]
+    bad = [f for f in folds if f not in assignment.fold_ids]
+    if bad:
+        raise ValueError(f"folds {bad} are not outer folds of assignment {assignment.id} ({assignment.description}): "
+                         f"choose among {assignment.fold_ids}")
+    return folds
+
+
+def run(cfg: TrainConfig, folds: str | Sequence[int], out_dir: str | os.PathLike,
+        on_fold: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train every requested outer fold into ``out_dir`` (folds with a finished best checkpoint of the same
+    configuration are skipped), then write ``epochs.parquet`` and ``run.json``."""
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    assignment = resolve_assignment(cfg)
+    summaries = []
+    done = fold_checkpoints(out_dir)
+    for fold in select_folds(folds, assignment):
+        if fold in done and json.loads((done[fold] / "config.json").read_text())["train"] == cfg.model_dump():
+            log.info("fold %d already trained: %s", fold, done[fold])
+            info = json.loads((done[fold] / "config.json").read_text())
+            summary = {"fold": fold, "layer": info["plan"]["layer"], "best_epoch": info["best_epoch"],
+                       "best_val_score": info["best_val_score"], "epochs": info["epochs_run"], "seconds": 0.0,
+                       "skipped": True}
+        else:
+            summary = train_fold(cfg, assignment, fold, out_dir)
+        summaries.append(summary)
+        if on_fold is not None:
+            on_fold(summary)
+    collect_epochs(out_dir)
+    (out_dir / "run.json").write_text(json.dumps({"config": cfg.model_dump(), "fold_id": assignment.id,
+                                                  "folds": assignment.description, "summaries": summaries}, indent=1))
+    return summaries

@@ -1,0 +1,114 @@
+"""The HTML report: every PNG written is referenced and valid, every reference exists, the tables render with
+the right content and the conditions in SNR order."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+from pathlib import Path
+
+import matplotlib.image
+import polars as pl
+import pytest
+
+from ray_ser.evaluate.report import write_report
+from ray_ser.evaluate.tables import confusion_table
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class _Page(HTMLParser):
+    """Image sources, and tables as lists of rows of cell texts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.tables: list[list[list[str]]] = []
+        self.pre: list[str] = []
+        self._cell: list[str] | None = None
+        self._in_pre = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        elif tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag == "pre":
+            self._in_pre = True
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.tables[-1][-1].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+        elif tag == "pre":
+            self._in_pre = False
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._in_pre:
+            self.pre.append(data)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, predictions, metrics, categories) -> tuple[Path, _Page]:
+    out = tmp_path_factory.mktemp("report")
+    path = write_report(out, predictions, metrics, confusion_table(predictions, categories),
+                        {"model": "whisper-base", "layer": 3, "lr": 0.001})
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    return path, page
+
+
+def test_every_png_is_referenced_exists_and_is_valid(report):
+    path, page = report
+    out = path.parent
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
+    assert set(page.images) == written
+    assert {"plots/uar_vs_snr.png", "plots/speaker_uar.png", "plots/pauar.png", "plots/ccc_vs_snr.png",
+            "plots/confusion_clean.png", "plots/confusion_5dB.png"} <= written
+    for src in page.images:
+        assert not Path(src).is_absolute()
+        f = out / src
+        assert f.read_bytes()[:8] == PNG_MAGIC
+        img = matplotlib.image.imread(f)
+        assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 300
+        assert img[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_tables_render_with_content(report, metrics):
+    _, page = report
+    overall, gender, pauar, weakest, ccc = page.tables
+    assert overall[0][:2] == ["condition", "UAR (1-best)"]
+    assert [r[0] for r in overall[1:]] == ["clean", "25dB", "15dB", "5dB"]  # SNR order
+    row = metrics.filter(pl.col("group_by") == "all", pl.col("condition") == "15dB", pl.col("metric") == "uar",
+                         pl.col("k") == 1).row(0, named=True)
+    assert overall[3][1] == f"{row['value']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+    assert gender[0] == ["condition", "female UAR", "male UAR", "male − female"]
+    assert len(pauar[0]) == 1 + 6 + 1 and pauar[1][-1] == "10"
+    worst = (metrics.filter(pl.col("group_by") == "speaker", pl.col("metric") == "uar", pl.col("k") == 1)
+             .group_by("group").agg(pl.col("value").mean()).sort("value")["group"].head(5).to_list())
+    assert [r[0] for r in weakest[1:]] == worst
+    assert weakest[1][1] in ("male", "female")
+    assert ccc[0] == ["condition", "CCC arousal", "CCC valence"]
+    assert '"layer": 3' in "".join(page.pre)
+
+
+def test_two_runs_without_gender_or_dimensions(tmp_path, categories):
+    from ray_ser.evaluate.synthetic import synthetic_predictions
+    from ray_ser.evaluate.tables import metric_table
+
+    preds = pl.concat([synthetic_predictions(n_speakers=4, n_per_class=2, conditions=["clean"], dims=False, run=r,
+                                             seed=i) for i, r in enumerate(("base", "masked/v2"))]).drop("gender")
+    metrics = metric_table(preds, categories, n_boot=50)
+    path = write_report(tmp_path, preds, metrics, confusion_table(preds, categories), {})
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    written = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")}
+    assert set(page.images) == written
+    assert "plots/base__uar_vs_snr.png" in written and "plots/masked_v2__confusion_clean.png" in written
+    assert not any("ccc" in p for p in written)
+    assert "No gender information" in path.read_text(encoding="utf-8")

@@ -1,0 +1,167 @@
+"""Training on the store: the reader never yields a test speaker, fold-level mask/centroids/inner split ignore
+the test fold, a 2-worker Ray Train run learns and writes a loadable checkpoint, and a killed run resumes.
+
+Runs on a synthetic corpus (tests/synthetic.py) and the tiny random-init HuBERT, so it needs no ../shared."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from ray_ser import saliency_store as ss
+from ray_ser.clusters import ensure_centroids
+from ray_ser.store import Store
+from ray_ser.train import TrainConfig, fold_checkpoints, load_fold_model, plan_fold, resolve_assignment, run
+
+from synthetic import build_store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def synth_store(local_ray, tiny_model_dir, tmp_path_factory) -> str:
+    uri = build_store(tmp_path_factory.mktemp("synth"), tiny_model_dir)
+    df = ss.compute_saliency(uri, "tiny", "clean", folds="auto", mis=False, info=(info := {}))
+    ss.write_saliency(uri, df, ss.layer_ranking(df), info["assignment"])
+    return uri
+
+
+def small_cfg(uri: str, **kw) -> TrainConfig:
+    base = dict(store=uri, model="tiny", layer=1, epochs=2, batch_size=8, cpus_per_worker=0.5, patience=5,
+                conv_channels=32, gru_hidden=32, embed_dim=16)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_reader_yields_no_test_speaker_and_joins_labels(synth_store):
+    from ray_ser.datasets import frames_dataset
+
+    cfg = small_cfg(synth_store, keep_ratio=0.6, n_clusters=4)
+    a = resolve_assignment(cfg)
+    assert a.description.startswith("loso") and len(a.fold_ids) == 6
+    plan, labels, centroids = plan_fold(cfg, a, 2)
+    test_spk = set(a.speakers_of(2))
+    speaker = dict(zip(a.utt_ids, a.speakers))
+    assert not {speaker[u] for u in plan.inner + plan.val} & test_spk
+    assert not {speaker[u] for u in plan.inner} & {speaker[u] for u in plan.val}
+    assert plan.input_dim == 19 and len(plan.keep) == 19  # 0.6 of 32 dims
+    mask = np.zeros(32, bool)
+    mask[plan.keep] = True
+    ds = frames_dataset(synth_store, "tiny", 1, plan.inner, labels, conditions=["clean", "5dB"], mask=mask,
+                        centroids=centroids)
+    rows = ds.take_all()
+    assert len(rows) == 2 * len(plan.inner)
+    assert {speaker[r["utt_id"]] for r in rows}.isdisjoint(test_spk)
+    first = rows[0]
+    assert first["x"].shape == (first["n_frames"], 19) and first["x"].dtype == np.float16
+    assert first["frame_ids"].shape == (first["n_frames"],) and 0 <= first["frame_ids"].min() and first["frame_ids"].max() < 4
+    cat = labels.rows[first["utt_id"]]["label"]
+    assert labels.categories[first["label_index"]] == cat and first["pdf"][first["label_index"]] == pytest.approx(0.8)
+
+
+def _scramble(uri: str, utts: list[str]) -> None:
+    """Replace the vectors and frames of ``utts`` by noise and shuffle their labels, in place."""
+    store = Store(uri)
+    table = store.embeddings("tiny")
+    where = "utt_id IN (" + ", ".join(f"'{u}'" for u in utts) + ")"
+    rows = table.to_lance().to_table(filter=where)
+    rng = np.random.default_rng(5)
+    noise = pa.FixedSizeListArray.from_arrays(pa.array(rng.standard_normal(rows.num_rows * 32).astype(np.float32) * 9), 32)
+    frames = rows.column("frames").combine_chunks()
+    inner = frames.flatten()
+    fnoise = pa.FixedSizeListArray.from_arrays(pa.array(rng.standard_normal(len(inner) * 32).astype(np.float16) * 9), 32)
+    rows = rows.set_column(rows.column_names.index("mean"), "mean", noise)
+    rows = rows.set_column(rows.column_names.index("frames"), "frames", pa.ListArray.from_arrays(frames.offsets, fnoise))
+    table.delete(where)
+    table.add(rows.cast(table.schema))
+    m = store.open("manifest__synth")
+    t = m.to_arrow()
+    labels = t.column("label").to_pylist()
+    idx = [i for i, u in enumerate(t.column("utt_id").to_pylist()) if u in set(utts)]
+    shuffled = [labels[i] for i in rng.permutation(idx)]
+    for i, lab in zip(idx, shuffled):
+        labels[i] = lab
+    m.merge_insert("utt_id").when_matched_update_all().execute(t.set_column(t.column_names.index("label"), "label",
+                                                                          pa.array(labels, pa.string())))
+
+
+def test_fold_mask_centroids_and_split_ignore_the_test_fold(synth_store, tmp_path):
+    cfg = small_cfg(synth_store, keep_ratio=0.6)
+    a = resolve_assignment(cfg)
+    before = plan_fold(cfg, a, 3)[0]
+    cents = ensure_centroids(synth_store, "tiny", 1, 4, a, 3)
+    copy = str(tmp_path / "store")
+    shutil.copytree(synth_store, copy)
+    _scramble(copy, a.test_utts(3))
+    df = ss.compute_saliency(copy, "tiny", "clean", folds="auto", mis=False, info=(info := {}))
+    assert info["assignment"].id == a.id  # LOSO folds depend on speakers only
+    ss.write_saliency(copy, df, ss.layer_ranking(df), info["assignment"])
+    shutil.rmtree(Path(copy) / "centroids__tiny.lance", ignore_errors=True)
+    after = plan_fold(small_cfg(copy, keep_ratio=0.6), a, 3)[0]
+    assert (after.inner, after.val, after.keep) == (before.inner, before.val, before.keep)
+    np.testing.assert_array_equal(ensure_centroids(copy, "tiny", 1, 4, a, 3), cents)
+    # ...while fold 0's mask, which saw fold 3's speakers, moves
+    ccs0 = [ss.read_saliency(u, "tiny", fold=0, layer=1, fold_id=a.id)["ccs"].to_numpy() for u in (synth_store, copy)]
+    assert not np.allclose(*ccs0)
+
+
+def test_two_worker_run_learns_and_writes_a_loadable_checkpoint(synth_store, tmp_path):
+    import torch
+
+    from ray_ser.datasets import collate, frames_dataset, load_labels
+
+    out = tmp_path / "run"
+    cfg = small_cfg(synth_store, epochs=6, num_workers=2, lr=3e-3, adv_weight=0.01, pooling="attention")
+    summaries = run(cfg, "0", out)
+    assert [s["fold"] for s in summaries] == [0]
+    epochs = pl.read_parquet(out / "epochs.parquet")
+    assert epochs.columns == ["fold", "epoch", "split", "metric", "value"]
+    loss = epochs.filter((pl.col("split") == "train") & (pl.col("metric") == "loss")).sort("epoch")["value"].to_list()
+    assert len(loss) == 6 and min(loss[-2:]) < loss[0]
+    assert {"loss", "uar"} <= set(epochs.filter(pl.col("split") == "val")["metric"].to_list())
+    assert any((out / "tensorboard" / "fold_0").glob("events.out.tfevents.*"))
+    path = fold_checkpoints(out)[0]
+    fm = load_fold_model(path)
+    assert fm.plan.fold == 0 and fm.plan.layer == 1 and fm.plan.n_domains == 4 and fm.plan.fold_id == resolve_assignment(cfg).id
+    labels = load_labels(synth_store, fm.plan.test)
+    batch = frames_dataset(synth_store, "tiny", 1, fm.plan.test, labels).take_batch(64, batch_format="numpy")
+    x = collate(batch)
+    with torch.no_grad():
+        probs = torch.softmax(fm.module(x["x"], x["lengths"])["logits"], -1)
+    assert probs.shape == (len(fm.plan.test), 3) and torch.allclose(probs.sum(-1), torch.ones(len(fm.plan.test)))
+    again = run(cfg, "0", out)  # finished folds are not retrained
+    assert again[0].get("skipped") is True
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(synth_store, tmp_path):
+    out = tmp_path / "run"
+    args = [sys.executable, str(ROOT / "jobs" / "train.py"), "--store", synth_store, "--model", "tiny", "--out", str(out),
+            "--folds", "1", "--layer", "1", "--epochs", "12", "--patience", "50", "--batch-size", "8",
+            "--cpus-per-worker", "0.5", "--no-test-report"]
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    proc = subprocess.Popen(args, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 400
+    ckpts = lambda: sorted((out / "ray_train").glob("fold_1-*/checkpoint_*"))  # noqa: E731
+    while time.time() < deadline and not ckpts() and proc.poll() is None:
+        time.sleep(2)
+    time.sleep(4)  # a second epoch may finish or not: either way the run is cut short
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpts(), "no epoch checkpoint before the kill"
+    assert not fold_checkpoints(out)
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads((fold_checkpoints(out)[1] / "config.json").read_text())
+    assert info["epochs_run"] == 12
+    epochs = pl.read_parquet(out / "epochs.parquet").filter((pl.col("split") == "train") & (pl.col("metric") == "loss"))
+    assert sorted(epochs["epoch"].to_list()) == list(range(12))  # every epoch once: resumed, not restarted or repeated
