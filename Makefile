@@ -7,6 +7,7 @@ TORCH ?= torch==2.13.0
 STORE ?= store
 DATA_ROOT ?=
 PYTEST_ARGS ?=
+ARCH ?= mlp
 
 .PHONY: demo test install clean-store
 
@@ -19,9 +20,9 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 install: $(BIN)/.installed
 
-## Extract EmoDB with the embedded Whisper base (clean + 3 SNR bands), then rank layers and cluster frames.
+## Extract EmoDB with the embedded Whisper base (clean + 3 SNR bands), rank layers, cluster frames, train per fold, evaluate.
 demo: $(BIN)/.installed
-	$(BIN)/python jobs/pipeline.py --corpus emodb --model whisper-base --store $(STORE) $(if $(DATA_ROOT),--data-root $(DATA_ROOT))
+	$(BIN)/python jobs/pipeline.py --corpus emodb --model whisper-base --store $(STORE) --arch $(ARCH) $(if $(DATA_ROOT),--data-root $(DATA_ROOT))
 
 ## The test suite (what .ci/run calls).
 test: $(BIN)/.installed

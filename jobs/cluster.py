@@ -27,7 +27,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", required=True, help="LanceDB store URI")
     p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--layer", type=int, required=True)
+    p.add_argument("--layer", required=True,
+                   help="layer index, or auto: per fold, the layer ray_ser.layer_selection picks on its training speakers")
     p.add_argument("--k", default="50,100,150", help="comma-separated cluster counts")
     p.add_argument("--fold", default="all", help="all | F[,F...] outer folds (-1 = all speakers, never for evaluation)")
     p.add_argument("--folds", default="auto", help="fold rule when the store has no saliency folds: auto | loso | K")
@@ -62,25 +63,32 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     conditions = args.conditions.split(",") if args.conditions else None
     rows, t_fit = 0, 0.0
+    layers = {}
     for fold in folds:
         t1 = time.perf_counter()
-        centroids = fit_kmeans(args.store, args.model, args.layer, ks, assignment, fold, condition=args.condition,
+        if args.layer == "auto":
+            from ray_ser.layer_selection import choose_layer
+
+            layers[fold] = int(choose_layer(args.store, args.model, fold, condition=args.condition))
+        else:
+            layers[fold] = int(args.layer)
+        centroids = fit_kmeans(args.store, args.model, layers[fold], ks, assignment, fold, condition=args.condition,
                                sample_frames=args.sample_frames, seed=args.seed)
         t_fit += time.perf_counter() - t1
-        rows += assign_frames(args.store, args.model, args.layer, centroids, assignment, fold,
+        rows += assign_frames(args.store, args.model, layers[fold], centroids, assignment, fold,
                               conditions=conditions, utts=args.assign)
     t_assign = time.perf_counter() - t0 - t_fit
-    print(f"wrote {rows} rows (utterance x condition x k) to {catalog.FRAME_CLUSTERS.name(args.model)}, layer "
-          f"{args.layer}, {len(folds)} fold(s) of assignment {assignment.id} ({assignment.description})")
+    print(f"wrote {rows} rows (utterance x condition x k) to {catalog.FRAME_CLUSTERS.name(args.model)}, "
+          f"{len(folds)} fold(s) of assignment {assignment.id} ({assignment.description}); layer per fold: {layers}")
     scores, base = {}, None
     for k in ks:
-        scores[k], base = purity(args.store, args.model, args.layer, k, folds, assignment.id, args.condition)
+        scores[k], base = purity(args.store, args.model, layers, k, folds, assignment.id, args.condition)
     print(f"out-of-fold purity against utterance labels ({args.condition} frames; majority-label share {base:.4f}):")
     for k, v in scores.items():
         print(f"purity k={k}: {v:.4f}")
     print(f"time: fit {t_fit:.1f} s, assign {t_assign:.1f} s, total {time.perf_counter() - t0:.1f} s")
     return {"purity": scores, "majority": base, "rows": rows, "fit_seconds": t_fit, "assign_seconds": t_assign,
-            "fold_id": assignment.id}
+            "fold_id": assignment.id, "layers": layers}
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@ Writes saliency__<model>, layer_rank__<model> and saliency_folds__<model> (rows 
 replaced on a re-run).  Fold f's saliency uses only the utterances outside fold f; fold -1 uses all of them
 (a mask for new speakers only).  With --probe the last line is ``spearman: <value>``: the rank correlation
 between the layer score averaged over the training folds and the probe's out-of-fold UAR.
+
+    python jobs/saliency.py --store store --model whisper-base --study --conditions clean,5dB
+
+prints the layer-selection study instead (ray_ser.layer_selection; computed in memory, writes nothing).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import _bootstrap  # noqa: F401  (source checkout on sys.path)
 
 import polars as pl
 
+from ray_ser import catalog
 from ray_ser import saliency as sal
 from ray_ser import saliency_store as ss
 from ray_ser.fm.registry import DEFAULT_MODEL
@@ -39,6 +44,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the K-fold split")
     p.add_argument("--probe", action="store_true", help="fit a linear probe per layer and compare with saliency")
     p.add_argument("--plot", default=None, help="PNG path (default: <store>/plots/<model>_layers.png)")
+    p.add_argument("--study", action="store_true",
+                   help="the layer-selection study instead (ray_ser.layer_selection): every layer score on each "
+                        "outer fold's training speakers vs the probe (Spearman, regret); writes nothing")
+    p.add_argument("--conditions", default=None, help="with --study: comma-separated conditions (default: --condition)")
+    p.add_argument("--criteria", default=None, help="with --study: comma-separated criteria (default: all the rows support)")
+    p.add_argument("--markdown", action="store_true", help="with --study: print the tables as Markdown")
     return p
 
 
@@ -47,17 +58,48 @@ def default_plot(store: str, model: str) -> Path:
     return base / f"{safe_name(model)}_layers.png"
 
 
+def study_main(args: argparse.Namespace) -> dict:
+    """--study: per condition the per-layer table of every criterion, then the criteria x conditions table."""
+    from ray_ser import layer_selection as lsel
+
+    pl.Config.set_tbl_cols(-1)
+    pl.Config.set_tbl_width_chars(400)
+    pl.Config.set_float_precision(3)
+    if args.markdown:
+        pl.Config.set_tbl_formatting("MARKDOWN")
+    conditions = [c for c in (args.conditions or args.condition).split(",") if c]
+    criteria = [c for c in args.criteria.split(",") if c] if args.criteria else None
+    results = {}
+    for cond in conditions:
+        t0 = time.perf_counter()
+        r = lsel.study(args.store, args.model, cond, criteria, folds=args.folds, seed=args.seed,
+                       progress=lambda m: logging.info("study %s: %s", cond, m))
+        print(f"layer study of {args.model} / {cond}: {r.scores['fold'].n_unique()} outer folds ({r.description}); "
+              f"scores on each fold's training speakers, averaged over folds; probe = out-of-fold UAR; "
+              f"regret_folds = mean over folds of best probe UAR - probe UAR of that fold's pick "
+              f"({time.perf_counter() - t0:.0f} s)")
+        print(lsel.study_table(r))
+        results[cond] = r
+    table = lsel.comparison_table(results)
+    print(f"criteria by condition (rho: Spearman vs probe UAR; regret: mean per-fold regret; * = default "
+          f"{lsel.DEFAULT_CRITERION}):")
+    print(table)
+    return {"results": results, "table": table}
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     pl.Config.set_tbl_rows(200)
     pl.Config.set_tbl_hide_dataframe_shape(True)
+    if args.study:
+        return study_main(args)
     t0 = time.perf_counter()
     info: dict = {}
     df = ss.compute_saliency(args.store, args.model, args.condition, folds=args.folds, mis=not args.no_mis,
                              n_bins=args.n_bins, seed=args.seed, info=info)
     ranking = ss.layer_ranking(df)
-    ss.write_saliency(args.store, df, ranking, info["fold_frame"])
+    ss.write_saliency(args.store, df, ranking, info["assignment"])
     t_sal = time.perf_counter() - t0
     print(f"saliency of {args.model} / {args.condition}: {info['n']} utterances, {info['n_speakers']} speakers, "
           f"folds {info['folds']}, targets {','.join(info['targets'])}, MIS {'off' if args.no_mis else 'on'}")
@@ -75,8 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
     n_dims = df.filter((pl.col("fold") == -1) & (pl.col("layer") == best)).height
     print(f"best layer (fold -1): {best}; masks of {n_dims} dims: "
           + ", ".join(f"keep {r} -> {n}" for r, n in sizes.items()))
-    print(f"wrote {ss.saliency_table_name(args.model)} ({df.height} rows), "
-          f"{ss.layer_rank_table_name(args.model)} ({ranking.height} rows), {ss.folds_table_name(args.model)}")
+    print(f"wrote {catalog.SALIENCY.name(args.model)} ({df.height} rows), {catalog.LAYER_RANK.name(args.model)} "
+          f"({ranking.height} rows), {catalog.FOLDS.name(args.model)} (fold assignment {info['assignment'].id})")
     result = {"best_layer": best, "ranking": table, "saliency_seconds": t_sal}
     if not args.probe:
         print(f"time: saliency {t_sal:.1f} s")

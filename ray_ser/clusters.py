@@ -25,7 +25,7 @@ import fcntl
 import logging
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -261,16 +261,18 @@ def cluster_label_counts(store: str | Store, model: str, layer: int, k: int, fol
     return counts.reshape(int(k), len(names)), names
 
 
-def purity(store: str | Store, model: str, layer: int, k: int, folds: Sequence[int], fold_id: str,
+def purity(store: str | Store, model: str, layer: int | Mapping[int, int], k: int, folds: Sequence[int], fold_id: str,
            condition: str = "clean") -> tuple[float, float]:
-    """(purity, majority share) of the out-of-fold cluster ids of ``folds``, pooled over their frames.
+    """(purity, majority share) of the out-of-fold cluster ids of ``folds``, pooled over their frames; ``layer``
+    is one layer or {fold: layer} (each fold clustered the layer chosen on its training speakers).
 
     Within a fold every cluster is named after its most frequent label and purity is the share of frames whose
     cluster's name is their own label (clusters of different folds are different clusters, so each fold is
     counted on its own). The majority-label share is what a single cluster would score: the chance level."""
     hit = majority = total = 0
     for f in folds:
-        counts, _ = cluster_label_counts(store, model, layer, k, f, fold_id, condition)
+        counts, _ = cluster_label_counts(store, model, layer[f] if isinstance(layer, Mapping) else layer, k, f,
+                                         fold_id, condition)
         hit += counts.max(axis=1).sum()
         majority += counts.sum(axis=0)
         total += counts.sum()

@@ -141,6 +141,29 @@ def frames_dataset(store: str | Store, model: str, layer: int, utt_ids: Sequence
                           batch_format="pyarrow", batch_size=batch_rows)
 
 
+def frame_stats(store: str | Store, model: str, layer: int, utt_ids: Sequence[str], conditions: Sequence[str] = ("clean",),
+                keep: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and standard deviation over every frame of ``utt_ids``, exactly, from the stored pooled
+    rows (frame mean, frame std and frame count per utterance), so a fold's scaler reads no frame matrix; pass a
+    fold's inner training utterances only (a scaler is fitted on training speakers, like everything else)."""
+    store = as_store(store)
+    t = store.embeddings(model).to_lance().to_table(
+        columns=["n_frames", "mean", "std"],
+        filter=catalog.where(layer=int(layer), condition=list(conditions), utt_id=list(utt_ids)))
+    if t.num_rows == 0:
+        raise ValueError(f"no rows of {model} layer {layer} for the {len(utt_ids)} training utterances")
+    n = t.column("n_frames").to_numpy().astype(np.float64)[:, None]
+    dim = t.schema.field("mean").type.list_size
+    mu = t.column("mean").combine_chunks().flatten().to_numpy().reshape(-1, dim).astype(np.float64)
+    sd = t.column("std").combine_chunks().flatten().to_numpy().reshape(-1, dim).astype(np.float64)
+    mean = (n * mu).sum(0) / n.sum()
+    var = (n * (sd ** 2 + mu ** 2)).sum(0) / n.sum() - mean ** 2
+    std = np.sqrt(np.clip(var, 1e-10, None))
+    if keep is not None:
+        mean, std = mean[list(keep)], std[list(keep)]
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
 # ---- batches --------------------------------------------------------------------------------------
 def collate(batch: dict[str, np.ndarray], device=None) -> dict:
     """Pad a batch of examples to its longest utterance: ``x`` (B, T, D) float32 zeros after each end,

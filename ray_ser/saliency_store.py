@@ -338,6 +338,17 @@ def best_layer(store: str | Store, model: str, fold: int, condition: str = "clea
     return int(r["layer"][0])
 
 
+def mask_on_utts(store: str | Store, model: str, layer: int, utt_ids: Sequence[str], keep_ratio: float,
+                 condition: str = "clean") -> np.ndarray:
+    """CCS mask of ``layer`` computed on exactly ``utt_ids`` (e.g. the training speakers of a fold of an
+    assignment the stored saliency was not made with, such as a search's speaker pool)."""
+    rows, L, _, _, _ = labelled_rows(store, model, condition)
+    where = {u: i for i, u in enumerate(rows["utt_id"].to_list())}
+    chosen = [u for u in utt_ids if u in where]
+    H = layer_matrix(store, model, condition, layer, chosen)
+    return sal.dimension_mask(sal.ccs(H, L[[where[u] for u in chosen]]), keep_ratio)
+
+
 def saliency_mask(store: str | Store, model: str, layer: int, keep_ratio: float, fold: int,
                   condition: str = "clean", score: str = "ccs", fold_id: str | None = None) -> np.ndarray:
     """Boolean (N,) mask of the layer's top ``kept_size(N, keep_ratio)`` dimensions by the stored

@@ -110,9 +110,34 @@ class FoldPlan:
     domains: list[str]
     has_dims: bool
     model_cfg: dict = field(default_factory=dict)
+    norm_mean: list[float] | None = None
+    norm_std: list[float] | None = None
+    """Per-dimension scaler of the input frames, fitted on the inner training utterances."""
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def build_fold_model(plan: FoldPlan):
+    """The fold's model; with the fold's scaler, wrapped so it standardises its input frames first
+    ((x - mean) / std per dimension, kept as buffers next to the weights; the models mask padding)."""
+    import torch
+    from torch import nn
+
+    from ray_ser.nn import ModelConfig, build_model
+
+    class Standardized(nn.Module):
+        def __init__(self, net: nn.Module, mean, std):
+            super().__init__()
+            self.net = net
+            self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+            self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+
+        def forward(self, x, lengths):
+            return self.net((x - self.mean) / self.std, lengths)
+
+    net = build_model(ModelConfig.from_dict(plan.model_cfg))
+    return net if plan.norm_mean is None else Standardized(net, plan.norm_mean, plan.norm_std)
 
 
 # ---- the loop -------------------------------------------------------------------------------------
@@ -188,12 +213,12 @@ class EpochRunner:
                  device=None, prepare: Callable | None = None, rank: int = 0, tb_dir: str | None = None):
         import torch
 
-        from ray_ser.nn import LossWeights, ModelConfig, SpecAugment, build_model
+        from ray_ser.nn import LossWeights, SpecAugment
 
         self.cfg, self.plan, self.train_source, self.val_source = cfg, plan, train_source, val_source
         self.device = device or torch.device("cpu")
         torch.manual_seed(cfg.seed * 7919 + plan.fold + 17 * rank)
-        self.net = build_model(ModelConfig.from_dict(plan.model_cfg)).to(self.device)
+        self.net = build_fold_model(plan).to(self.device)
         self.model = prepare(self.net) if prepare else self.net
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.aug = SpecAugment(seed=cfg.seed + plan.fold) if cfg.spec_augment else None
@@ -356,7 +381,7 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int) -> tuple[
     """(plan, labels, centroids) of outer ``fold``: inner split, layer, mask and centroids, all fitted or
     chosen on the fold's training speakers."""
     from ray_ser import saliency_store as ss
-    from ray_ser.datasets import load_labels
+    from ray_ser.datasets import frame_stats, load_labels
     from ray_ser.store import as_store
 
     store = as_store(cfg.store)
@@ -375,7 +400,10 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int) -> tuple[
     dim = int(store.embeddings(cfg.model).schema.field("mean").type.list_size)
     keep = None
     if cfg.keep_ratio < 1.0:
-        mask = ss.saliency_mask(store, cfg.model, layer, cfg.keep_ratio, fold=fold, fold_id=assignment.id)
+        try:
+            mask = ss.saliency_mask(store, cfg.model, layer, cfg.keep_ratio, fold=fold, fold_id=assignment.id)
+        except (KeyError, ValueError):  # no stored saliency for this assignment: compute it on f's training speakers
+            mask = ss.mask_on_utts(store, cfg.model, layer, assignment.train_utts(fold), cfg.keep_ratio)
         keep = np.flatnonzero(mask).tolist()
     centroids = None
     if cfg.n_clusters:
@@ -389,8 +417,10 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int) -> tuple[
                  "dropout": cfg.dropout, "n_classes": len(labels.categories),
                  "n_dims": 3 if (has_dims and cfg.dimensional) else 0, "n_domains": n_domains,
                  "adv_weight": cfg.adv_weight, "n_clusters": cfg.n_clusters}
+    norm_mean, norm_std = frame_stats(store, cfg.model, layer, inner, cfg.conditions, keep)
     plan = FoldPlan(fold, assignment.id, layer, inner, val, test, labels.categories, keep, model_cfg["input_dim"],
-                    n_domains, labels.domains if n_domains else [], bool(model_cfg["n_dims"]), model_cfg)
+                    n_domains, labels.domains if n_domains else [], bool(model_cfg["n_dims"]), model_cfg,
+                    norm_mean.tolist(), norm_std.tolist())
     return plan, labels, centroids
 
 
@@ -455,15 +485,13 @@ def load_fold_model(path: str | os.PathLike, store: str | None = None) -> FoldMo
     """Rebuild a fold's best model from ``DIR/fold_<f>/best`` (``store`` overrides the recorded store URI)."""
     import torch
 
-    from ray_ser.nn import ModelConfig, build_model
-
     path = Path(path)
     info = json.loads((path / "config.json").read_text())
     cfg = TrainConfig(**info["train"])
     if store is not None:
         cfg.store = store
     plan = FoldPlan(**info["plan"])
-    module = build_model(ModelConfig.from_dict(plan.model_cfg))
+    module = build_fold_model(plan)
     module.load_state_dict(torch.load(path / "model.pt", map_location="cpu"))
     return FoldModel(module.eval(), cfg, plan, path)
 

@@ -110,3 +110,11 @@ class FoldAssignment:
 
         return pl.DataFrame({"utt_id": list(self.utt_ids), "speaker": list(self.speakers),
                              "fold": pl.Series(list(self.folds), dtype=pl.Int32)})
+
+    def without(self, folds) -> "FoldAssignment":
+        """The assignment less every utterance of ``folds`` (the speakers a search must never touch, so the
+        configuration it picks can be scored on them honestly). Its id differs from the full assignment's."""
+        drop = set(folds)
+        keep = [i for i, f in enumerate(self.folds) if f not in drop]
+        return FoldAssignment(tuple(self.utt_ids[i] for i in keep), tuple(self.speakers[i] for i in keep),
+                              tuple(self.folds[i] for i in keep), f"{self.description} without folds {sorted(drop)}")
