@@ -53,3 +53,26 @@ def local_ray():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synth_store(tiny_model_dir, tmp_path_factory) -> str:
+    """One store of the synthetic corpus (tests/synthetic.py; clean + 5 dB, tiny HuBERT, key "tiny") with its
+    saliency, shared by the training and tuning tests; needs no ../shared. Tests that rewrite it use a copy."""
+    import ray
+
+    from ray_ser import saliency_store as ss
+    from synthetic import build_store
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        uri = build_store(tmp_path_factory.mktemp("synth"), tiny_model_dir)
+    finally:
+        if started:
+            ray.shutdown()
+    info: dict = {}
+    df = ss.compute_saliency(uri, "tiny", "clean", folds="auto", mis=False, info=info)
+    ss.write_saliency(uri, df, ss.layer_ranking(df), info["assignment"])
+    return uri

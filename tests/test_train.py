@@ -24,17 +24,9 @@ from ray_ser.clusters import ensure_centroids
 from ray_ser.store import Store
 from ray_ser.train import TrainConfig, fold_checkpoints, load_fold_model, plan_fold, resolve_assignment, run
 
-from synthetic import build_store
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def synth_store(local_ray, tiny_model_dir, tmp_path_factory) -> str:
-    uri = build_store(tmp_path_factory.mktemp("synth"), tiny_model_dir)
-    df = ss.compute_saliency(uri, "tiny", "clean", folds="auto", mis=False, info=(info := {}))
-    ss.write_saliency(uri, df, ss.layer_ranking(df), info["assignment"])
-    return uri
+pytestmark = pytest.mark.usefixtures("local_ray")  # Ray Data reads and Ray Train fits in this process
 
 
 def small_cfg(uri: str, **kw) -> TrainConfig:

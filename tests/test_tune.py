@@ -14,29 +14,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from ray_ser import saliency_store as ss
 from ray_ser.datasets import READ_LOG_ENV
 from ray_ser.train import TrainConfig, resolve_assignment
 
-from synthetic import build_store
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACT = ["trial_id", "layer", "keep_ratio", "n_clusters", "adv_weight", "lr", "pooling", "target", "val_uar",
             "epochs", "status", "seconds"]
-
-
-@pytest.fixture(scope="module")
-def synth_store(tiny_model_dir, tmp_path_factory) -> str:
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    try:
-        uri = build_store(tmp_path_factory.mktemp("synth_tune"), tiny_model_dir, conditions=("clean",))
-    finally:
-        ray.shutdown()
-    df = ss.compute_saliency(uri, "tiny", "clean", folds="auto", mis=False, info=(info := {}))
-    ss.write_saliency(uri, df, ss.layer_ranking(df), info["assignment"])
-    return uri
 
 
 def tune_args(store: str, out: Path, *extra: str) -> list[str]:
