@@ -1,13 +1,21 @@
-"""Degraded evaluation conditions (additive noise at an SNR band, synthetic reverb), deterministic per utterance.
+"""Degraded evaluation conditions (additive noise at an SNR band, synthetic reverb) and augmented training copies,
+deterministic per utterance.
 
 SER papers report accuracy on noisy copies of the test set; every model and every re-run must see the
 same noisy copy, so each utterance's degradation is seeded from (seed, condition name, utterance id) alone.
+
+``aug0``, ``aug1``, ... are seed 002's augmentation suite: copy i of an utterance applies each of Polarity
+Inversion, Gain, Audio Reversal, Noise Addition, Resampling, Equalization and Echo independently with
+probability 0.2, seeded by (seed, "aug<i>", utterance id), so every model trains on the same audio; the
+parameters each copy drew are returned (and stored per row) as JSON.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
+import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,6 +42,7 @@ class Condition:
     reverb: bool = False
     noise: NoiseKind = "white"
     rt60: tuple[float, float] = (0.2, 0.8)
+    augment: bool = False  # the augmentation suite (aug<i>): a training copy, not an evaluation condition
 
     def __post_init__(self) -> None:
         if self.snr_db is not None and not self.snr_db[0] <= self.snr_db[1]:
@@ -46,7 +55,7 @@ class Condition:
     @property
     def is_clean(self) -> bool:
         """True when ``apply`` returns the input unchanged."""
-        return self.snr_db is None and not self.reverb
+        return self.snr_db is None and not self.reverb and not self.augment
 
 
 CONDITIONS: dict[str, Condition] = {
@@ -65,24 +74,45 @@ CONDITIONS: dict[str, Condition] = {
 DEFAULT_CONDITIONS: tuple[str, ...] = ("clean", "25dB", "15dB", "5dB")
 
 
+AUG_PATTERN = re.compile(r"aug(0|[1-9][0-9]{0,3})")
+"""Augmented copies are named aug0, aug1, ... (copy index, no leading zeros, at most 10,000 copies)."""
+
+
+def is_augmented(name: str) -> bool:
+    """True for the augmentation suite's copy names (``aug<i>``)."""
+    return AUG_PATTERN.fullmatch(str(name)) is not None
+
+
+def aug_conditions(copies: int) -> list[str]:
+    """The names of ``copies`` augmented copies per utterance: aug0 .. aug<copies-1>."""
+    if not 0 <= int(copies) <= 10_000:
+        raise ValueError(f"augmented copies must be within [0, 10000], got {copies}")
+    return [f"aug{i}" for i in range(int(copies))]
+
+
+def _known() -> str:
+    return ", ".join([*CONDITIONS, "aug<i>"])
+
+
 def _lookup(name: str) -> Condition:
-    """The registered condition called ``name``, or a ValueError listing the known names."""
-    try:
+    """The registered condition called ``name`` (or an ``aug<i>`` copy), or a ValueError listing the known names."""
+    if name in CONDITIONS:
         return CONDITIONS[name]
-    except KeyError:
-        raise ValueError(f"unknown condition {name!r}; known: {', '.join(CONDITIONS)}") from None
+    if is_augmented(name):
+        return Condition(name, augment=True)
+    raise ValueError(f"unknown condition {name!r}; known: {_known()}")
 
 
 def parse_conditions(spec: str | Iterable[str]) -> list[Condition]:
-    """Turn "clean,25dB" (or a list of names) into Conditions, in order, without duplicates."""
+    """Turn "clean,25dB,aug0,aug1" (or a list of names) into Conditions, in order, without duplicates."""
     names = spec.split(",") if isinstance(spec, str) else list(spec)
     names = list(dict.fromkeys(n.strip() for n in names if n.strip()))
-    unknown = [n for n in names if n not in CONDITIONS]
+    unknown = [n for n in names if n not in CONDITIONS and not is_augmented(n)]
     if unknown:
-        raise ValueError(f"unknown condition(s) {', '.join(map(repr, unknown))}; known: {', '.join(CONDITIONS)}")
+        raise ValueError(f"unknown condition(s) {', '.join(map(repr, unknown))}; known: {_known()}")
     if not names:
-        raise ValueError(f"no conditions given; known: {', '.join(CONDITIONS)}")
-    return [CONDITIONS[n] for n in names]
+        raise ValueError(f"no conditions given; known: {_known()}")
+    return [_lookup(n) for n in names]
 
 
 def seed_for(utt_id: str, condition: str, seed: int = 0) -> int:
@@ -153,12 +183,120 @@ def _noise(x: np.ndarray, sample_rate: int, cond: Condition, snr_db: float, nois
     return x.astype(np.float64) + (noise * (target_rms / nr) if nr > 0 else noise)
 
 
+# --- the augmentation suite (seed 002) ----------------------------------------------------------------------
+AUG_P = 0.2
+"""Each transform of a copy is applied independently with this probability."""
+AUG_TRANSFORMS: tuple[str, ...] = (
+    "polarity_inversion", "gain", "reverse", "noise", "resample", "equalization", "echo",
+)
+"""Applied in this order; the order and the draws are part of every stored copy, so never reorder them."""
+AUG_GAIN_DB = (-12.0, 12.0)  # audiomentations Gain's defaults
+AUG_SNR_DB = (5.0, 40.0)  # audiomentations AddGaussianSNR's defaults
+AUG_RESAMPLE_HZ = (8000, 16000)  # down to a rate in this band and back: the band limit of a lower-rate channel
+AUG_ECHO_DELAY_S = (0.05, 0.3)  # one reflection, y[n] = x[n] + g x[n - d]
+AUG_ECHO_GAIN = (0.2, 0.6)
+
+
+def aug_plan(utt_id: str, condition: str, seed: int = 0) -> list[tuple[str, int]]:
+    """(transform, its 32-bit seed) for each transform copy ``condition`` applies, in application order.
+
+    Every transform gets an independent Bernoulli(AUG_P) draw and a seed from the copy's own stream,
+    applied or not, so adding a transform's parameters never shifts another's."""
+    h = seed_for(utt_id, condition, seed)
+    rs = np.random.RandomState(np.array([h & 0xFFFFFFFF, h >> 32], dtype=np.uint32))
+    applied = rs.random_sample(len(AUG_TRANSFORMS)) < AUG_P
+    seeds = rs.randint(0, 2**32, size=len(AUG_TRANSFORMS), dtype=np.uint64)
+    return [(name, int(s)) for name, a, s in zip(AUG_TRANSFORMS, applied, seeds) if a]
+
+
+def _seeded_global(seed: int, fn):
+    """Run ``fn()`` with numpy's and python's global RNGs seeded (audiomentations draws from them), then restore them."""
+    with _GLOBAL_RNG_LOCK:
+        np_state, py_state = np.random.get_state(), random.getstate()
+        try:
+            np.random.seed(seed)
+            random.seed(seed)
+            return fn()
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+
+def _audiomentation(transform, x: np.ndarray, sample_rate: int, seed: int) -> np.ndarray:
+    """Apply an audiomentations transform (p=1) with parameters drawn from ``seed``; they stay on the transform."""
+    def run():
+        transform.randomize_parameters(x, sample_rate)
+        transform.freeze_parameters()
+        return transform(x, sample_rate)
+
+    return np.asarray(_seeded_global(seed, run), dtype=np.float32)
+
+
+def echo(x: np.ndarray, delay: int, gain: float) -> np.ndarray:
+    """One reflection ``delay`` samples later at ``gain``: y[n] = x[n] + gain x[n - delay], same length."""
+    y = x.astype(np.float32, copy=True)
+    if 0 < delay < x.size:
+        y[delay:] += np.float32(gain) * x[: x.size - delay].astype(np.float32)
+    return y
+
+
+def apply_transform(name: str, x: np.ndarray, sample_rate: int, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """One transform of the suite with parameters drawn from ``seed`` -> (float32 audio, same length; its draws)."""
+    import audiomentations as A  # imported on first use: ~1 s
+
+    x = np.asarray(x, dtype=np.float32)
+    if name == "polarity_inversion":
+        return _audiomentation(A.PolarityInversion(p=1.0), x, sample_rate, seed), {}
+    if name == "gain":
+        t = A.Gain(min_gain_db=AUG_GAIN_DB[0], max_gain_db=AUG_GAIN_DB[1], p=1.0)
+        y = _audiomentation(t, x, sample_rate, seed)
+        return y, {"gain_db": float(20 * np.log10(t.parameters["amplitude_ratio"]))}
+    if name == "reverse":
+        return _audiomentation(A.Reverse(p=1.0), x, sample_rate, seed), {}
+    if name == "noise":
+        t = A.AddGaussianSNR(min_snr_db=AUG_SNR_DB[0], max_snr_db=AUG_SNR_DB[1], p=1.0)
+        y = _audiomentation(t, x, sample_rate, seed)
+        std, level = float(t.parameters["noise_std"]), _rms(x)
+        return y, {"snr_db": float(20 * np.log10(level / std)) if std > 0 and level > 0 else None, "noise_std": std}
+    if name == "resample":
+        # soxr (ray_ser's resampler), not audiomentations' Resample: that calls librosa, whose first call here
+        # spends over a minute compiling with numba in every fresh worker
+        import soxr
+
+        hi = min(AUG_RESAMPLE_HZ[1], sample_rate)
+        rate = int(np.random.RandomState(seed).randint(min(AUG_RESAMPLE_HZ[0], hi), hi + 1))
+        low = soxr.resample(x, sample_rate, rate, quality="HQ")
+        y = soxr.resample(low, rate, sample_rate, quality="HQ")[: x.size].astype(np.float32)
+        return np.pad(y, (0, x.size - y.size)), {"sample_rate": rate}
+    if name == "equalization":
+        t = A.SevenBandParametricEQ(p=1.0)
+        y = _audiomentation(t, x, sample_rate, seed)
+        bands = [t.low_shelf_filter, *t.peaking_filters, t.high_shelf_filter]
+        return y, {"bands": [{k: float(f.parameters[k]) for k in ("center_freq", "gain_db", "q_factor")} for f in bands]}
+    if name == "echo":
+        rs = np.random.RandomState(seed)
+        delay_s, gain = float(rs.uniform(*AUG_ECHO_DELAY_S)), float(rs.uniform(*AUG_ECHO_GAIN))
+        return echo(x, int(round(delay_s * sample_rate)), gain), {"delay_s": delay_s, "gain": gain}
+    raise ValueError(f"unknown augmentation {name!r}; known: {', '.join(AUG_TRANSFORMS)}")
+
+
+def augment_with_params(samples: np.ndarray, sample_rate: int, condition: str, utt_id: str,
+                        seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+    """Copy ``condition`` (aug<i>) of an utterance -> (float32 audio, same length; {transform: its draws})."""
+    y = np.asarray(samples, dtype=np.float32)
+    drawn: dict[str, Any] = {}
+    for name, sub in aug_plan(utt_id, condition, seed):
+        y, drawn[name] = apply_transform(name, y, sample_rate, sub)
+    return y, drawn
+
+
 def apply_with_params(
     samples: np.ndarray, sample_rate: int, condition: Condition | str, utt_id: str, seed: int = 0
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Degrade mono ``samples`` under ``condition``; returns float32 audio of the same length and the draws.
 
-    The draws ({"snr_db": float | None, "rt60": float | None}) are what the store records per utterance.
+    The draws ({"snr_db": float | None, "rt60": float | None}) are what the store records per utterance;
+    an augmented copy (aug<i>) adds "aug_params", the JSON of the transforms it applied and their parameters.
     Silent input stays silent (its noise level, relative to zero power, is zero).
     """
     cond = _lookup(condition) if isinstance(condition, str) else condition
@@ -166,6 +304,9 @@ def apply_with_params(
     if x.ndim != 1:
         raise ValueError(f"expected mono 1-D samples, got shape {x.shape}")
     params: dict[str, Any] = {"snr_db": None, "rt60": None}
+    if cond.augment:
+        y, drawn = augment_with_params(x, sample_rate, cond.name, utt_id, seed)
+        return y, {**params, "aug_params": json.dumps(drawn, sort_keys=True)}
     if cond.is_clean:
         return x.astype(np.float32, copy=True), params
     h = seed_for(utt_id, cond.name, seed)

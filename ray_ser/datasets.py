@@ -179,9 +179,9 @@ def collate(batch: dict[str, np.ndarray], device=None) -> dict:
     dims = np.asarray(batch["dims"], np.float32).reshape(len(xs), -1)
     out = {"x": torch.from_numpy(x), "lengths": torch.from_numpy(lengths),
            "pdf": torch.from_numpy(np.stack(batch["pdf"]).astype(np.float32)),
-           "label_index": torch.from_numpy(np.asarray(batch["label_index"], np.int64)),
+           "label_index": torch.from_numpy(np.array(batch["label_index"], np.int64)),
            "dims": torch.from_numpy(np.nan_to_num(dims)), "dims_mask": torch.from_numpy(~np.isnan(dims)),
-           "domain": torch.from_numpy(np.asarray(batch["domain"], np.int64))}
+           "domain": torch.from_numpy(np.array(batch["domain"], np.int64))}
     if "frame_ids" in batch:
         ids = np.full((len(xs), T), IGNORE, np.int64)
         for i, a in enumerate(batch["frame_ids"]):

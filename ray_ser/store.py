@@ -8,9 +8,12 @@ Layout of a store (a LanceDB directory):
   touches the frame matrices. The schema metadata records model id, weights hash, sample rate, code
   version and extraction options.
 - ``errors``: (utt_id, condition, stage, path, message, model, run_id, time), one row per failure.
-- ``manifest__<corpus>``: the manifest the embeddings were made from, so readers can join labels.
+- ``manifest__<corpus>``: the manifest the embeddings were made from, so readers can join labels; a changed
+  manifest updates its rows (merge on ``utt_id``), one with another category list is refused.
 - ``runs``: one row per extraction run, with its options and counts.
-Every write is one Lance commit (atomic): a crash leaves whole commits, never half of one.
+- ``lease__<table>``: who writes a table now (:mod:`ray_ser.lease`), so two runs never write one table at once.
+Every write is one Lance commit (atomic): a crash leaves whole commits, never half of one. Compaction keeps
+superseded versions for ``CLEANUP_GRACE`` (an hour) so a reader that opened an older version keeps its files.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from ray_ser.corpora.manifest import CATEGORIES_KEY, Manifest
+from ray_ser.corpora.manifest import CATEGORIES_KEY, REJECTED_KEY, Manifest
 
 META_KEY = b"ray_ser.extraction"
+CLEANUP_GRACE = timedelta(hours=1)
+"""Superseded table versions are deleted this long after compaction replaced them (readers keep their files)."""
 
 ERRORS_SCHEMA = pa.schema([
     ("utt_id", pa.string()), ("condition", pa.string()), ("stage", pa.string()), ("path", pa.string()),
@@ -39,7 +44,12 @@ RUNS_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("model", pa.string()), ("table", pa.string()), ("corpus", pa.string()),
     ("started", pa.float64()), ("finished", pa.float64()), ("options", pa.string()),
     ("extracted", pa.int64()), ("errors", pa.int64()), ("skipped", pa.int64()),
+    # added later (null in older stores): skipped = done_before + failed_before
+    ("done_before", pa.int64()), ("failed_before", pa.int64()), ("manifest_errors", pa.int64()),
+    ("duplicates_removed", pa.int64()),
 ])
+MANIFEST_CONDITION = "*"
+"""``condition`` of an errors row for a manifest row left out (it fails every condition)."""
 
 
 def safe_name(model: str) -> str:
@@ -64,6 +74,7 @@ def embedding_schema(dim: int, meta: dict[str, Any] | None = None) -> pa.Schema:
         ("n_frames", pa.int32()), ("duration", pa.float32()), ("snr_db", pa.float32()), ("rt60", pa.float32()),
         ("mean", pa.list_(pa.float32(), dim)), ("std", pa.list_(pa.float32(), dim)),
         ("frames", pa.list_(pa.list_(pa.float16(), dim))),
+        ("aug_params", pa.string()),  # JSON of an augmented copy's draws (aug<i> conditions); null otherwise
     ])
     return schema.with_metadata({META_KEY: json.dumps(meta or {}, sort_keys=True).encode()})
 
@@ -99,8 +110,10 @@ class Store:
             return self.open(name)
         try:
             return self.db.create_table(name, schema=schema)
-        except ValueError:  # made by a concurrent writer between the check and the create
-            return self.open(name)
+        except Exception:  # made by a concurrent writer between the check and the create ("already exists", or
+            if self.has(name):  # Lance's commit conflict when both created it at once)
+                return self.open(name)
+            raise
 
     def embeddings(self, model: str, dim: int | None = None, meta: dict[str, Any] | None = None):
         """Open the model's table; create it when ``dim`` is given. Refuse other weights under the same key."""
@@ -120,26 +133,73 @@ class Store:
         return self.open_or_create(name, embedding_schema(dim, meta))
 
     def extraction_meta(self, model: str) -> dict[str, Any]:
+        """What the model's table records about how its rows were made ({} when there is no such table)."""
+        if not self.has(table_name(model)):
+            return {}
         schema = self.open(table_name(model)).schema
         return json.loads((schema.metadata or {}).get(META_KEY, b"{}"))
+
+    def update_extraction_meta(self, model: str, meta: dict[str, Any]) -> None:
+        """Replace the recorded extraction metadata (e.g. to add a new condition's parameters)."""
+        self.open(table_name(model)).to_lance().update_schema_metadata(
+            {META_KEY.decode(): json.dumps(meta, sort_keys=True, default=str)})
 
     def errors(self):
         return self.open_or_create("errors", ERRORS_SCHEMA)
 
     def runs(self):
-        return self.open_or_create("runs", RUNS_SCHEMA)
+        """The runs table, given the columns added since it was made (null in its older rows)."""
+        table = self.open_or_create("runs", RUNS_SCHEMA)
+        missing = [f for f in RUNS_SCHEMA if f.name not in table.schema.names]
+        if missing:
+            try:
+                table.add_columns({f.name: "CAST(NULL AS BIGINT)" for f in missing})
+            except Exception:  # added by a concurrent run meanwhile
+                pass
+            table = self.open("runs")
+        return table
 
     # manifests -----------------------------------------------------------------------------------
-    def put_manifest(self, manifest: Manifest) -> None:
-        """Add the manifest's utterances not yet stored (keyed by utt_id) to ``manifest__<corpus>``."""
-        name = f"manifest__{manifest.corpus}"
-        table = self.open_or_create(name, manifest.table.schema)
-        table.merge_insert("utt_id").when_not_matched_insert_all().execute(manifest.table)
+    def put_manifest(self, manifest: Manifest, wait: float = 300.0) -> tuple[int, int]:
+        """Store the manifest in ``manifest__<corpus>``: new utterances are added and changed ones updated (merge
+        on utt_id, all columns); returns (added, updated). A manifest whose category list differs from the stored
+        one of the same corpus name is refused (its ``pdf``/``votes`` would be read in the wrong order)."""
+        from ray_ser.lease import Lease
+
+        name = table_name(manifest.corpus, "manifest")
+        meta = {k: v for k, v in (manifest.table.schema.metadata or {}).items() if k != REJECTED_KEY}
+        data = manifest.table.replace_schema_metadata(meta)
+        with Lease.acquire(self, name, _run_id(), what=f"manifest of {manifest.corpus}", wait=wait):
+            if not self.has(name):
+                try:
+                    self.db.create_table(name, data=data, schema=data.schema)
+                    return data.num_rows, 0
+                except ValueError:  # made meanwhile by a writer that did not take the lease (an older version)
+                    pass
+            table = self.open(name)
+            stored_categories = json.loads((table.schema.metadata or {}).get(CATEGORIES_KEY, b"null"))
+            if stored_categories is not None and stored_categories != manifest.categories:
+                raise ValueError(
+                    f"store {self.uri} table {name} holds corpus {manifest.corpus!r} with categories "
+                    f"{stored_categories}; this manifest has {manifest.categories}. Their pdf/votes columns would be "
+                    "read in the wrong order: keep the category list, give the corpus another name, or use another store")
+            stored = table.to_arrow()
+            data = data.select([n for n in stored.column_names if n in data.column_names])
+            old = dict(zip(stored.column("utt_id").to_pylist(), stored.select(data.column_names).to_pylist()))
+            rows = data.to_pylist()
+            changed = [i for i, r in enumerate(rows) if old.get(r["utt_id"]) != r]
+            if not changed:
+                return 0, 0
+            added = sum(1 for i in changed if rows[i]["utt_id"] not in old)
+            (table.merge_insert("utt_id").when_matched_update_all().when_not_matched_insert_all()
+             .execute(data.take(pa.array(changed, pa.int64()))))
+            return added, len(changed) - added
 
     def manifest(self, corpus: str) -> Manifest:
-        table = self.open(f"manifest__{corpus}").to_arrow()
+        name = table_name(corpus, "manifest")
+        table = self.open(name).to_arrow()
         meta = table.schema.metadata or {}
-        return Manifest(table, json.loads(meta[CATEGORIES_KEY]), source=f"{self.uri}/manifest__{corpus}")
+        return Manifest(table, json.loads(meta[CATEGORIES_KEY]), source=f"{self.uri}/{name}")
 
     def manifests(self) -> pa.Table | None:
         """All stored manifests concatenated (without their category metadata), or None."""
@@ -149,20 +209,39 @@ class Store:
         return pa.concat_tables([t.replace_schema_metadata(None) for t in tables], promote_options="default")
 
     # resume bookkeeping --------------------------------------------------------------------------
-    def keys(self, model: str, num_layers: int) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
-        """(complete, partial) sets of (utt_id, condition): complete ones have all ``num_layers`` rows once."""
+    def scan_keys(self, model: str, num_layers: int) -> "KeyScan":
+        """What the model's table holds per (utt_id, condition): complete (every layer 0..num_layers-1), partial
+        (some layers missing: a crash cut its commits) and the row ids of exact duplicates to drop (a layer
+        stored more than once, e.g. by two runs before leases existed: the first copy is kept)."""
+        import polars as pl
+
         name = table_name(model)
         if not self.has(name):
-            return set(), set()
-        t = self.open(name).to_lance().to_table(columns=["utt_id", "condition", "layer"])
+            return KeyScan(set(), set(), [])
+        t = self.open(name).to_lance().to_table(columns=["utt_id", "condition", "layer"], with_row_id=True)
         if t.num_rows == 0:
-            return set(), set()
-        grouped = t.group_by(["utt_id", "condition"]).aggregate([("layer", "count"), ("layer", "count_distinct")])
-        complete, partial = set(), set()
-        for u, c, n, nd in zip(*(grouped.column(k).to_pylist() for k in
-                                 ("utt_id", "condition", "layer_count", "layer_count_distinct"))):
-            (complete if n == nd == num_layers else partial).add((u, c))
-        return complete, partial
+            return KeyScan(set(), set(), [])
+        df = pl.from_arrow(t)
+        first = pl.col("_rowid").min().over(["utt_id", "condition", "layer"])
+        duplicates = df.filter(pl.col("_rowid") != first)["_rowid"].to_list()
+        per_key = df.group_by(["utt_id", "condition"]).agg(
+            pl.col("layer").filter((pl.col("layer") >= 0) & (pl.col("layer") < num_layers)).n_unique().alias("n"))
+        done = per_key["n"] == num_layers
+        keys = lambda frame: set(zip(frame["utt_id"].to_list(), frame["condition"].to_list()))  # noqa: E731
+        return KeyScan(keys(per_key.filter(done)), keys(per_key.filter(~done)), duplicates)
+
+    def keys(self, model: str, num_layers: int) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+        """(complete, partial) sets of (utt_id, condition), as :meth:`scan_keys` (duplicated ones count as complete)."""
+        scan = self.scan_keys(model, num_layers)
+        return scan.complete, scan.partial
+
+    @staticmethod
+    def delete_rows(table, row_ids: Sequence[int], chunk: int = 2000) -> int:
+        """Delete rows by Lance row id (a commit per ``chunk`` ids); used to drop exact duplicates."""
+        ids = [int(i) for i in row_ids]
+        for i in range(0, len(ids), chunk):
+            table.delete("_rowid IN (" + ", ".join(map(str, ids[i:i + chunk])) + ")")
+        return len(ids)
 
     def error_keys(self, model: str) -> set[tuple[str, str]]:
         if not self.has("errors"):
@@ -182,21 +261,38 @@ class Store:
         return len(keys)
 
     @staticmethod
-    def compact(table) -> None:
-        """Merge a table's fragments, then drop the superseded versions' files (they would double the store
-        on disk). Only for a table whose one writer has finished: readers open the latest version."""
+    def compact(table, keep: timedelta | None = None) -> None:
+        """Merge a table's fragments, then delete the files of versions superseded more than ``keep`` ago
+        (default :data:`CLEANUP_GRACE`, an hour): a reader that opened an older version within that time keeps
+        reading its files, and the disk is not doubled for longer than that."""
+        keep = CLEANUP_GRACE if keep is None else keep
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="optimize\\(cleanup_older_than=0\\)")
-            table.optimize(cleanup_older_than=timedelta(0))
+            table.optimize(cleanup_older_than=keep)
 
-    def finalize(self, model: str, max_fragments: int = 64) -> None:
+    def finalize(self, model: str, max_fragments: int = 64, keep: timedelta | None = None) -> None:
         """Index the columns readers filter on; compact first once re-runs have left many small fragments."""
         table = self.embeddings(model)
         if len(table.to_lance().get_fragments()) > max_fragments:
-            self.compact(table)
+            self.compact(table, keep)
         ds = table.to_lance()
         for column, kind in (("layer", "BITMAP"), ("condition", "BITMAP"), ("utt_id", "BTREE")):
             ds.create_scalar_index(column, index_type=kind, replace=True)
+
+
+@dataclass
+class KeyScan:
+    """Resume bookkeeping of one model table (see :meth:`Store.scan_keys`)."""
+
+    complete: set[tuple[str, str]]
+    partial: set[tuple[str, str]]
+    duplicates: list[int]
+
+
+def _run_id() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:12]
 
 
 def _sql(value: str) -> str:

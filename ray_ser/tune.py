@@ -114,6 +114,11 @@ def trainable(config: dict) -> None:
             ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(d))
 
 
+def trial_dirname(trial) -> str:
+    """Short trial folder names (Tune's default spells out every parameter, the whole base config included)."""
+    return f"trial_{trial.trial_id}"
+
+
 def _fixed(opts: SearchOptions, held_out: Sequence[int], folds: Sequence[int], metric: str) -> dict:
     return {"base": opts.base.model_dump(), "max_epochs": opts.max_epochs, "held_out": list(held_out),
             "search_folds": list(folds), "metric": metric}
@@ -167,7 +172,8 @@ def run_search(opts: SearchOptions, out_dir: str | Path, resume: bool = False):
             param_space={**search_space(layers), **_fixed(opts, held_out, folds, metric)},
             tune_config=tune.TuneConfig(metric=metric, mode="max", search_alg=searcher, scheduler=scheduler,
                                         num_samples=opts.num_samples, time_budget_s=opts.time_budget_s,
-                                        max_concurrent_trials=opts.max_concurrent),
+                                        max_concurrent_trials=opts.max_concurrent,
+                                        trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
             run_config=tune.RunConfig(name=opts.name, storage_path=str(out_dir), callbacks=[TBXLoggerCallback()],
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
@@ -194,7 +200,7 @@ def trials_table(results, metric: str) -> pl.DataFrame:
             "trial_id": (r.metrics or {}).get("trial_id") or Path(r.path).name,
             **{k: cfg.get(k) for k in SEARCHED},
             metric: best, f"{metric}_last": last, "best_epoch": best_epoch, "epochs": epochs,
-            "status": "ERROR" if r.error else "TERMINATED",
+            "status": "ERROR" if r.error else ("TERMINATED" if epochs else "NO_RESULT"),  # NO_RESULT: budget ended first
             "seconds": float((r.metrics or {}).get("time_total_s") or 0.0),
         })
     df = pl.DataFrame(rows, schema_overrides={"layer": pl.Int32, "keep_ratio": pl.Float64, "n_clusters": pl.Int32,

@@ -251,3 +251,123 @@ def test_reverb_plus_noise_records_both():
     y, params = C.apply_with_params(x, SR, "reverb+15dB", "u1")
     assert 10.0 <= params["snr_db"] <= 20.0 and 0.2 <= params["rt60"] <= 0.8
     assert not np.array_equal(y, C.apply(x, SR, "reverb", "u1"))
+
+
+# --- the augmentation suite (seed 002): aug<i> copies --------------------------------------------------------
+
+
+def test_aug_names_parse_and_others_are_rejected():
+    parsed = C.parse_conditions("clean,aug0,aug12,aug0")
+    assert [c.name for c in parsed] == ["clean", "aug0", "aug12"]
+    assert [c.augment for c in parsed] == [False, True, True] and not parsed[1].is_clean
+    assert C.aug_conditions(3) == ["aug0", "aug1", "aug2"] and C.aug_conditions(0) == []
+    for bad in ("aug", "aug01", "augx", "aug-1", "Aug1", "aug10000"):
+        with pytest.raises(ValueError, match="unknown condition"):
+            C.parse_conditions(["clean", bad])
+    with pytest.raises(ValueError, match="aug<i>"):
+        C.parse_conditions("aug")
+
+
+def test_aug_plan_is_reproducible_per_utterance_copy_and_seed():
+    plans = {(u, c, s): C.aug_plan(f"utt{u}", f"aug{c}", s) for u in range(40) for c in range(3) for s in (0, 1)}
+    assert all(C.aug_plan(f"utt{u}", f"aug{c}", s) == p for (u, c, s), p in plans.items())
+    # another copy, seed or utterance draws anew: the seeds of the applied transforms never coincide
+    seeds = [sub for p in plans.values() for _, sub in p]
+    assert len(seeds) == len(set(seeds)) > 100
+    assert sum(plans[u, 0, 0] != plans[u, 1, 0] for u in range(40)) > 20
+
+
+def test_each_transform_appears_at_about_20_percent_independently():
+    n = 4000
+    drawn = np.zeros((n, len(C.AUG_TRANSFORMS)), bool)
+    for i in range(n):
+        names = [t for t, _ in C.aug_plan(f"Actor_{i % 24:02d}/utt{i}", f"aug{i % 5}", seed=2)]
+        assert names == [t for t in C.AUG_TRANSFORMS if t in names]  # always in the suite's order
+        drawn[i] = [t in names for t in C.AUG_TRANSFORMS]
+    sd = np.sqrt(C.AUG_P * (1 - C.AUG_P) / n)
+    rates = drawn.mean(0)
+    assert np.all(np.abs(rates - C.AUG_P) < 4 * sd), dict(zip(C.AUG_TRANSFORMS, rates))
+    # independence: every pair co-occurs at about 0.2 x 0.2, and no copy at all at 0.8^7
+    both = (drawn[:, :, None] & drawn[:, None, :]).mean(0)[np.triu_indices(len(C.AUG_TRANSFORMS), 1)]
+    assert np.all(np.abs(both - C.AUG_P**2) < 4 * np.sqrt(C.AUG_P**2 * (1 - C.AUG_P**2) / n)), both
+    none = (~drawn.any(1)).mean()
+    assert abs(none - 0.8**7) < 4 * np.sqrt(0.8**7 * (1 - 0.8**7) / n), none
+
+
+def test_each_transform_does_what_its_parameters_say():
+    from scipy.signal import lfilter
+
+    x = voiced(1.0)
+    y, p = C.apply_transform("polarity_inversion", x, SR, 1)
+    assert np.array_equal(y, -x) and p == {}
+    y, p = C.apply_transform("reverse", x, SR, 1)
+    assert np.array_equal(y, x[::-1]) and p == {}
+    y, p = C.apply_transform("gain", x, SR, 1)
+    assert -12 <= p["gain_db"] <= 12
+    np.testing.assert_allclose(y, x * 10 ** (p["gain_db"] / 20), rtol=1e-5, atol=1e-7)
+    y, p = C.apply_transform("noise", x, SR, 1)
+    assert 5 <= p["snr_db"] <= 40 and abs(snr(x, y) - p["snr_db"]) < 0.3
+    y, p = C.apply_transform("echo", x, SR, 1)
+    d = int(round(p["delay_s"] * SR))
+    assert 0.05 <= p["delay_s"] <= 0.3 and 0.2 <= p["gain"] <= 0.6
+    b = np.zeros(d + 1)
+    b[0], b[d] = 1.0, p["gain"]
+    np.testing.assert_allclose(y, lfilter(b, [1.0], x.astype(np.float64)), atol=1e-6)
+    white = (0.1 * np.random.default_rng(0).standard_normal(SR)).astype(np.float32)
+    y, p = C.apply_transform("resample", white, SR, 1)
+    assert y.shape == white.shape and 8000 <= p["sample_rate"] <= 16000
+    f = np.fft.rfftfreq(SR, 1 / SR)
+    power = np.abs(np.fft.rfft(y)) ** 2
+    cut = p["sample_rate"] / 2
+    assert power[f > cut + 400].mean() < 1e-3 * power[f < cut - 400].mean()  # band-limited to the drawn rate
+    y, p = C.apply_transform("equalization", x, SR, 1)
+    bands = p["bands"]
+    assert len(bands) == 7 and all(-12 <= band["gain_db"] <= 12 for band in bands)
+    assert [band["center_freq"] for band in bands] == sorted(band["center_freq"] for band in bands)
+    assert y.shape == x.shape and not np.allclose(y, x)
+
+
+def test_augmented_copy_records_what_it_applied_and_is_reproducible():
+    import json
+
+    x = voiced(0.8)
+    seen = set()
+    for i in range(12):
+        y, params = C.apply_with_params(x, SR, f"aug{i}", "Actor_01/u7", seed=5)
+        drawn = json.loads(params["aug_params"])
+        assert list(drawn) == sorted(t for t, _ in C.aug_plan("Actor_01/u7", f"aug{i}", 5))
+        assert params["snr_db"] is None and params["rt60"] is None and y.shape == x.shape and y.dtype == np.float32
+        again, params2 = C.apply_with_params(x, SR, f"aug{i}", "Actor_01/u7", seed=5)
+        assert sha(again) == sha(y) and params2 == params
+        seen.update(drawn)
+        if not drawn:
+            assert np.array_equal(y, x)
+    assert len(seen) >= 3
+
+
+def test_augmentation_leaves_the_global_random_state_alone():
+    np.random.seed(7)
+    random.seed(7)
+    want_np, want_py = np.random.random(3), [random.random() for _ in range(3)]
+    np.random.seed(7)
+    random.seed(7)
+    for name in C.AUG_TRANSFORMS:
+        C.apply_transform(name, voiced(0.3), SR, 11)
+    assert np.array_equal(np.random.random(3), want_np) and [random.random() for _ in range(3)] == want_py
+
+
+def test_augmented_copies_identical_in_a_fresh_process(tmp_path):
+    x = voiced(0.6)
+    np.save(tmp_path / "x.npy", x)
+    names = [f"aug{i}" for i in range(8)]
+    here = {n: sha(C.apply(x, SR, n, "u/9", seed=4)) for n in names}
+    code = (
+        "import hashlib, numpy as np\n"
+        "np.random.seed(1); import random; random.seed(2)\n"
+        "from ray_ser.conditions import apply\n"
+        f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
+        f"for n in {list(reversed(names))!r}:\n"
+        f"    print(n, hashlib.sha256(np.ascontiguousarray(apply(x, {SR}, n, 'u/9', seed=4)).tobytes()).hexdigest())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert dict(line.split() for line in out.strip().splitlines()) == here

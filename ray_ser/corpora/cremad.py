@@ -3,7 +3,8 @@
 Labels come from ``processedResults/tabulatedVotes.csv``: the voice-only rows (ids 1xxxxx) give per-clip
 vote counts for A, D, F, H, N, S, turned into a PDF by normalising the counts. A tied vote (``N:S``) has no
 consensus ``label``. Actor sex comes from ``VideoDemographics.csv``. Audio is expected at
-``crema-d/AudioWAV/<clip>.wav`` (the published layout); durations are read when the audio is present.
+``crema-d/AudioWAV/<clip>.wav`` (the published layout); durations are read when the audio is present
+(an unreadable file leaves ``duration`` null and its reason in ``extra["audio_error"]``).
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from ray_ser import audio
 from ray_ser.corpora.labels import votes_to_pdf
-from ray_ser.corpora.manifest import Manifest, Utterance
+from ray_ser.corpora.manifest import Manifest, Utterance, read_duration
 
 NAME = "cremad"
 LABELS_DIR = "crema-d-labels"
@@ -46,16 +46,17 @@ def build(data_root: Path, modality: str = "voice", audio_dir: str | None = None
             vote = row["emoVote"]
             path = wav_dir / f"{clip}.wav"
             d = demo.get(actor, {})
+            extra = {"sentence": sentence, "intended": INTENDED.get(emo), "level": level,
+                     "age": int(d["Age"]) if d.get("Age") else None, "race": d.get("Race"),
+                     "ethnicity": d.get("Ethnicity"), "modality": modality}
             utts.append(
                 Utterance(
                     utt_id=f"cremad/{clip}", path=str(path), speaker=f"cremad/{actor}", corpus=NAME,
-                    duration=audio.info(str(path)).duration if path.exists() else None,
+                    duration=read_duration(str(path), extra),
                     gender=d.get("Sex", "").lower() or None, language="en",
                     label=CODES[vote] if vote in CODES else None, pdf=votes_to_pdf(votes).tolist(), votes=votes,
                     n_raters=int(row["numResponses"]), agreement=float(row["agreement"]),
-                    extra={"sentence": sentence, "intended": INTENDED.get(emo), "level": level,
-                           "age": int(d["Age"]) if d.get("Age") else None, "race": d.get("Race"),
-                           "ethnicity": d.get("Ethnicity"), "modality": modality},
+                    extra=extra,
                 )
             )
     return Manifest.from_utterances(utts, CATEGORIES)

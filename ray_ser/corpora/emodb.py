@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ray_ser import audio
 from ray_ser.corpora.labels import Smoothing, smoothed
-from ray_ser.corpora.manifest import Manifest, Utterance
+from ray_ser.corpora.manifest import Manifest, Utterance, read_duration
 
 NAME = "emodb"
 EMOTIONS = {"W": "angry", "L": "bored", "E": "disgust", "A": "fear", "F": "happy", "T": "sad", "N": "neutral"}
@@ -51,12 +50,13 @@ def build(data_root: Path, smoothing: Smoothing | str = Smoothing.UNIFORM, **_: 
         gender, age = SPEAKERS[spk]
         rate, natural = test.get(name, (None, None))
         pdf = smoothed(label, CATEGORIES, rate, smoothing) if rate is not None else smoothed(label, CATEGORIES, 1.0, smoothing)
+        extra = {"text": text, "version": name[6], "age": age, "naturalness": natural}
         utts.append(
             Utterance(
                 utt_id=f"emodb/{wav.stem}", path=str(wav), speaker=f"emodb/{spk}", corpus=NAME,
-                duration=audio.info(str(wav)).duration, gender=gender, language="de", label=label,
+                duration=read_duration(str(wav), extra), gender=gender, language="de", label=label,
                 pdf=pdf.tolist(), n_raters=LISTENERS if rate is not None else None, agreement=rate,
-                extra={"text": text, "version": name[6], "age": age, "naturalness": natural},
+                extra=extra,
             )
         )
     return Manifest.from_utterances(utts, CATEGORIES)

@@ -8,7 +8,8 @@ Columns (header names are case-sensitive, surrounding spaces ignored; a UTF-8 BO
 * ``utt_id``: defaults to the audio file's stem.
 * ``label``: a category name, or empty for an unlabelled utterance.
 * ``gender`` (``male``/``female``/``m``/``f``, any case, or empty), ``duration`` (seconds; read from the
-  audio header when the column is absent or empty and the file exists), ``split``, ``language``, ``fold``,
+  audio header when the column is absent or empty and the file exists; a file that exists but cannot be
+  read leaves it null, with the reason in ``extra["audio_error"]``), ``split``, ``language``, ``fold``,
   ``n_raters``, ``agreement``, ``arousal``/``valence``/``dominance`` and their ``*_std``.
 * ``p_<category>``: a probability per category, summing to 1 in each row, or ``votes_<category>``: vote
   counts per category. A category without a column gets 0. ``pdf`` is the ``p_`` columns when present,
@@ -17,8 +18,11 @@ Columns (header names are case-sensitive, surrounding spaces ignored; a UTF-8 BO
 
 ``categories`` defaults to the sorted union of the labels and the categories named by ``p_``/``votes_``
 columns. utt_ids and speakers are prefixed with the corpus name (``corpus``, default the CSV's stem) unless
-they already are. Every error is a :class:`ManifestError` naming the CSV file, the data row (1-based, the
-header is not counted), its line in the file, and the reason.
+they already are. Every fault names the CSV file, the data row (1-based, the header is not counted), its line
+in the file, and the reason. A faulty header raises :class:`ManifestError`. A faulty row (empty path or
+speaker, duplicate utt_id, a cell of the wrong type, an unknown label, a PDF that does not sum to 1, ...) is
+left out and listed in :attr:`Manifest.rejected`, so one bad row among 100,000 never stops a job (extraction
+records each as an ``errors`` row, stage ``manifest``); ``strict=True`` raises on the first faulty row instead.
 
 A relative ``csv`` is looked up under ``data_root`` first, then in the working directory.
 """
@@ -34,9 +38,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ray_ser import audio
 from ray_ser.corpora.labels import one_hot, votes_to_pdf
-from ray_ser.corpora.manifest import PDF_TOLERANCE, SCHEMA, Manifest, ManifestError, Utterance
+from ray_ser.corpora.manifest import PDF_TOLERANCE, SCHEMA, Manifest, ManifestError, Utterance, read_duration
 
 NAME = "csv"
 REQUIRED = ("path", "speaker")
@@ -68,6 +71,17 @@ class _Row:
 
     def fail(self, reason: str) -> None:
         raise ManifestError(f"{self.source} row {self.index} (line {self.line}): {reason}")
+
+    def rejection(self, reason: str, corpus: str, base: Path) -> dict[str, Any]:
+        """What :attr:`Manifest.rejected` keeps of this row: best-effort utt_id and path, and the reason."""
+        rel = self.text("path")
+        path = None
+        if rel is not None:
+            p = Path(rel).expanduser()
+            path = str(p if p.is_absolute() else Path(os.path.normpath(base / p)))
+        uid = self.text("utt_id") or (Path(rel).stem if rel else f"row{self.index}")
+        return {"utt_id": _prefixed(uid, corpus), "path": path, "source": str(self.source), "row": self.index,
+                "line": self.line, "reason": reason}
 
     def text(self, name: str) -> str | None:
         v = (self.cells.get(name) or "").strip()
@@ -115,9 +129,12 @@ def build(
     categories: list[str] | None = None,
     audio_root: str | None = None,
     corpus: str | None = None,
+    strict: bool = False,
     **_: Any,
 ) -> Manifest:
-    """Manifest of every row of ``csv``; see the module docstring for the columns."""
+    """Manifest of every valid row of ``csv``: faulty rows go to ``rejected`` (or raise, with ``strict``).
+
+    See the module docstring for the columns."""
     if csv is None:
         raise ValueError("the csv adapter needs csv=<path to the CSV file>")
     source = _resolve_csv(Path(data_root), csv)
@@ -126,6 +143,13 @@ def build(
     if audio_root is not None:
         base = Path(audio_root).expanduser()
         base = base if base.is_absolute() else source.parent / base
+
+    rejected: list[dict[str, Any]] = []
+
+    def reject(row: _Row, error: ManifestError) -> None:
+        if strict:
+            raise error
+        rejected.append(row.rejection(str(error), corpus, base))
 
     with open(source, newline="", encoding="utf-8-sig") as f:
         reader = csvlib.DictReader(f)
@@ -141,9 +165,11 @@ def build(
             raise ManifestError(f"{source} header (line 1): duplicate columns {dupes}")
         rows = []
         for i, cells in enumerate(reader, start=1):
+            row = _Row(source, i, reader.line_num, cells)
             if None in cells:
-                raise ManifestError(f"{source} row {i} (line {reader.line_num}): more cells than header columns")
-            rows.append(_Row(source, i, reader.line_num, cells))
+                reject(row, ManifestError(f"{source} row {i} (line {reader.line_num}): more cells than header columns"))
+                continue
+            rows.append(row)
 
     p_cols = {h[2:]: h for h in header if h.startswith("p_") and len(h) > 2}
     v_cols = {h[6:]: h for h in header if h.startswith("votes_") and len(h) > 6}
@@ -162,65 +188,72 @@ def build(
     utts: list[Utterance] = []
     seen: dict[str, int] = {}
     for r in rows:
-        rel = r.text("path")
-        if rel is None:
-            r.fail("empty path")
-        path = Path(rel).expanduser()
-        path = path if path.is_absolute() else Path(os.path.normpath(base / path))
-        speaker = r.text("speaker")
-        if speaker is None:
-            r.fail("empty speaker")
-        utt_id = _prefixed(r.text("utt_id") or path.stem, corpus)
-        if utt_id in seen:
-            r.fail(f"duplicate utt_id {utt_id!r} (first in row {seen[utt_id]})")
-        seen[utt_id] = r.index
-
-        label = r.text("label")
-        if label is not None and label not in categories:
-            r.fail(f"label {label!r} is not in the categories {categories}")
-        gender = r.text("gender")
-        if gender is not None:
-            if gender.lower() not in GENDERS:
-                r.fail(f"gender must be male/female/m/f or empty, got {gender!r}")
-            gender = GENDERS[gender.lower()]
-
-        pdf = r.vector(p_cols, categories, "p_") if p_cols else None
-        if pdf is not None and abs(pdf.sum() - 1.0) > PDF_TOLERANCE:
-            r.fail(f"p_ columns sum to {pdf.sum():.4f}, not 1")
-        votes = r.vector(v_cols, categories, "votes_") if v_cols else None
-        if votes is not None and votes.sum() <= 0:
-            r.fail("votes_ columns are all zero")
-        if pdf is None and votes is not None:
-            pdf = votes_to_pdf(votes).astype(np.float64)
-        if pdf is None and label is not None:
-            pdf = one_hot(label, categories).astype(np.float64)
-
-        n_raters = r.integer("n_raters")
-        if n_raters is None and votes is not None and float(votes.sum()).is_integer():
-            n_raters = int(votes.sum())
-        agreement = r.number("agreement")
-        if agreement is not None and not 0.0 <= agreement <= 1.0:
-            r.fail(f"agreement must be in [0, 1], got {agreement}")
-        if agreement is None and votes is not None and label is not None:
-            agreement = float(votes[categories.index(label)] / votes.sum())
-
-        duration = r.number("duration")
-        if duration is not None and duration <= 0:
-            r.fail(f"duration must be positive, got {duration}")
-        if duration is None and path.exists():
-            duration = audio.info(str(path)).duration
-
-        utts.append(
-            Utterance(
-                utt_id=utt_id, path=str(path), speaker=_prefixed(speaker, corpus), corpus=corpus,
-                duration=duration, gender=gender, language=r.text("language"), split=r.text("split"),
-                fold=r.integer("fold"), label=label,
-                pdf=None if pdf is None else pdf.tolist(), votes=None if votes is None else votes.tolist(),
-                n_raters=n_raters, agreement=agreement,
-                **{k: r.number(k) for k in ("arousal", "valence", "dominance",
-                                            "arousal_std", "valence_std", "dominance_std")},
-                extra={c: v for c in extra_cols if (v := r.text(c)) is not None},
-            )
-        )
+        try:
+            u = _utterance(r, corpus, base, categories, p_cols, v_cols, extra_cols)
+            if u.utt_id in seen:
+                r.fail(f"duplicate utt_id {u.utt_id!r} (first in row {seen[u.utt_id]})")
+        except ManifestError as e:
+            reject(r, e)
+            continue
+        seen[u.utt_id] = r.index
+        utts.append(u)
     table = pa.Table.from_pylist([u.to_dict() for u in utts], schema=SCHEMA) if utts else SCHEMA.empty_table()
-    return Manifest(table, categories, source=str(source))
+    return Manifest(table, categories, source=str(source), rejected=rejected)
+
+
+def _utterance(r: _Row, corpus: str, base: Path, categories: list[str], p_cols: dict[str, str],
+               v_cols: dict[str, str], extra_cols: list[str]) -> Utterance:
+    """One CSV row as an Utterance; a fault raises ManifestError naming the file, row and line."""
+    rel = r.text("path")
+    if rel is None:
+        r.fail("empty path")
+    path = Path(rel).expanduser()
+    path = path if path.is_absolute() else Path(os.path.normpath(base / path))
+    speaker = r.text("speaker")
+    if speaker is None:
+        r.fail("empty speaker")
+    utt_id = _prefixed(r.text("utt_id") or path.stem, corpus)
+
+    label = r.text("label")
+    if label is not None and label not in categories:
+        r.fail(f"label {label!r} is not in the categories {categories}")
+    gender = r.text("gender")
+    if gender is not None:
+        if gender.lower() not in GENDERS:
+            r.fail(f"gender must be male/female/m/f or empty, got {gender!r}")
+        gender = GENDERS[gender.lower()]
+
+    pdf = r.vector(p_cols, categories, "p_") if p_cols else None
+    if pdf is not None and abs(pdf.sum() - 1.0) > PDF_TOLERANCE:
+        r.fail(f"p_ columns sum to {pdf.sum():.4f}, not 1")
+    votes = r.vector(v_cols, categories, "votes_") if v_cols else None
+    if votes is not None and votes.sum() <= 0:
+        r.fail("votes_ columns are all zero")
+    if pdf is None and votes is not None:
+        pdf = votes_to_pdf(votes).astype(np.float64)
+    if pdf is None and label is not None:
+        pdf = one_hot(label, categories).astype(np.float64)
+
+    n_raters = r.integer("n_raters")
+    if n_raters is None and votes is not None and float(votes.sum()).is_integer():
+        n_raters = int(votes.sum())
+    agreement = r.number("agreement")
+    if agreement is not None and not 0.0 <= agreement <= 1.0:
+        r.fail(f"agreement must be in [0, 1], got {agreement}")
+    if agreement is None and votes is not None and label is not None:
+        agreement = float(votes[categories.index(label)] / votes.sum())
+
+    duration = r.number("duration")
+    if duration is not None and duration <= 0:
+        r.fail(f"duration must be positive, got {duration}")
+    dims = {k: r.number(k) for k in ("arousal", "valence", "dominance", "arousal_std", "valence_std", "dominance_std")}
+    fold, language, split = r.integer("fold"), r.text("language"), r.text("split")
+    extra = {c: v for c in extra_cols if (v := r.text(c)) is not None}
+    if duration is None:  # last: a row that fails above never costs a header read
+        duration = read_duration(str(path), extra)
+    return Utterance(
+        utt_id=utt_id, path=str(path), speaker=_prefixed(speaker, corpus), corpus=corpus,
+        duration=duration, gender=gender, language=language, split=split, fold=fold, label=label,
+        pdf=None if pdf is None else pdf.tolist(), votes=None if votes is None else votes.tolist(),
+        n_raters=n_raters, agreement=agreement, **dims, extra=extra,
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -17,6 +18,10 @@ import pyarrow.parquet as pq
 
 CATEGORIES_KEY = b"ray_ser.categories"
 CORPUS_KEY = b"ray_ser.corpus"
+REJECTED_KEY = b"ray_ser.rejected"
+"""Parquet schema metadata: JSON list of the rows an adapter left out (see :attr:`Manifest.rejected`)."""
+AUDIO_ERROR = "audio_error"
+"""Key in ``extra`` of a row whose audio file exists but cannot be read; its ``duration`` is null."""
 GENDERS = ("male", "female")
 PDF_TOLERANCE = 1e-3
 
@@ -100,11 +105,18 @@ DIMENSIONS = ("arousal", "valence", "dominance")
 class Manifest:
     """An immutable table of utterances plus the category list its ``pdf``/``votes`` columns index."""
 
-    def __init__(self, table: pa.Table, categories: Sequence[str], source: str = "<memory>"):
+    def __init__(self, table: pa.Table, categories: Sequence[str], source: str = "<memory>",
+                 rejected: Sequence[dict[str, Any]] = ()):
         self.categories = list(categories)
         self.source = source
+        self.rejected: list[dict[str, Any]] = [dict(r) for r in rejected]
+        """Rows an adapter left out because they break the contract (``utt_id``, ``path``, ``reason`` naming
+        the file, row and line); extraction records each as an ``errors`` row (stage ``manifest``)."""
         self.table = _conform(table, self.categories)
         validate(self.table, self.categories, source)
+        if self.rejected:
+            meta = {**(self.table.schema.metadata or {}), REJECTED_KEY: json.dumps(self.rejected).encode()}
+            self.table = self.table.replace_schema_metadata(meta)
 
     # construction -------------------------------------------------------------------------------
     @classmethod
@@ -124,7 +136,8 @@ class Manifest:
         meta = table.schema.metadata or {}
         if CATEGORIES_KEY not in meta:
             raise ManifestError(f"{path}: schema metadata lacks {CATEGORIES_KEY.decode()!r}")
-        return cls(table, json.loads(meta[CATEGORIES_KEY]), source=path)
+        rejected = json.loads(meta[REJECTED_KEY]) if REJECTED_KEY in meta else []
+        return cls(table, json.loads(meta[CATEGORIES_KEY]), source=path, rejected=rejected)
 
     def write(self, path: str | Path) -> Path:
         """Write as Parquet, atomically (temp file + rename), so a crash never leaves half a manifest."""
@@ -154,7 +167,36 @@ class Manifest:
         return pl.from_arrow(self.table)
 
     def with_table(self, table: pa.Table) -> "Manifest":
-        return Manifest(table, self.categories, self.source)
+        return Manifest(table, self.categories, self.source, self.rejected)
+
+    def audio_problems(self) -> list[tuple[str, str, str]]:
+        """(utt_id, path, reason) of the rows kept with a null duration because their audio file could not be
+        read when the manifest was built; extraction turns each into an ``errors`` row when it decodes it."""
+        out = []
+        cols = (self.table.column(k).to_pylist() for k in ("utt_id", "path", "extra"))
+        for uid, path, extra in zip(*cols):
+            if extra and AUDIO_ERROR in extra:
+                reason = json.loads(extra).get(AUDIO_ERROR)
+                if reason:
+                    out.append((uid, path, reason))
+        return out
+
+    def missing_audio(self) -> list[tuple[str, str]]:
+        """(utt_id, path) of the rows whose audio file does not exist (yet): a label-only manifest is allowed."""
+        return [(u, p) for u, p in zip(self.column("utt_id"), self.column("path")) if not os.path.lexists(p)]
+
+    def summary(self) -> str:
+        """One line on what a user should look at: rows left out, unreadable and missing audio files."""
+        parts = [f"{len(self)} utterances"]
+        if self.rejected:
+            parts.append(f"{len(self.rejected)} rows left out (manifest faults)")
+        problems = self.audio_problems()
+        if problems:
+            parts.append(f"{len(problems)} with unreadable audio (duration null)")
+        missing = self.missing_audio()
+        if missing:
+            parts.append(f"{len(missing)} whose audio file is missing")
+        return ", ".join(parts)
 
     def head(self, n: int) -> "Manifest":
         return self.with_table(self.table.slice(0, n))
@@ -230,3 +272,16 @@ def validate(table: pa.Table, categories: Sequence[str], source: str = "<memory>
                 fail(f"{name} has a negative, missing or non-finite entry: {vec}")
         if row["pdf"] is not None and abs(sum(row["pdf"]) - 1.0) > PDF_TOLERANCE:
             fail(f"pdf sums to {sum(row['pdf']):.4f}, not 1")
+
+
+def read_duration(path: str, extra: dict[str, Any]) -> float | None:
+    """The audio file's duration from its header; None when the file is missing (a label-only manifest), and None
+    plus ``extra[AUDIO_ERROR]`` = the reason when it exists but cannot be read, so one bad file never stops a build."""
+    from ray_ser import audio
+
+    if not os.path.lexists(path):
+        return None
+    duration, problem = audio.probe(str(path))
+    if problem is not None:
+        extra[AUDIO_ERROR] = problem
+    return duration

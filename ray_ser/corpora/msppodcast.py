@@ -37,7 +37,8 @@ workers' scores. ``split`` is ``Split_Set`` mapped by :data:`SPLITS` (Train -> t
 Test1 -> test1, ...). Speakers are ``msppodcast/<SpkrID>``; an ``Unknown`` speaker becomes
 ``msppodcast/unknown-<file stem>`` (one pseudo-speaker per turn, so the unidentified turns are never
 pooled into one giant fake speaker) or, with ``unknown_speakers="shared"``, the single
-``msppodcast/unknown``. Durations come from the audio header when the file is present, else None.
+``msppodcast/unknown``. Durations come from the audio header when the file is present, else None
+(an unreadable file: None, and the reason in ``extra["audio_error"]``).
 """
 
 from __future__ import annotations
@@ -50,9 +51,8 @@ from typing import Iterable
 
 import numpy as np
 
-from ray_ser import audio
 from ray_ser.corpora.labels import one_hot, votes_to_pdf
-from ray_ser.corpora.manifest import Manifest, ManifestError, Utterance
+from ray_ser.corpora.manifest import Manifest, ManifestError, Utterance, read_duration
 
 NAME = "msppodcast"
 ROOT_DIR = "msp-podcast"
@@ -213,16 +213,17 @@ def build(data_root: Path, folder: str = ROOT_DIR, unknown_speakers: str = "per_
         gender = (row["Gender"] or "").strip().lower()
         split = (row["Split_Set"] or "").strip()
         path = root / AUDIO_DIR / name
+        extra = {"emo_class": code or None, "speaker_known": speaker_known}
         utts.append(
             Utterance(
                 utt_id=f"{NAME}/{stem}", path=str(path), speaker=speaker, corpus=NAME,
-                duration=audio.info(str(path)).duration if path.exists() else None,
+                duration=read_duration(str(path), extra),
                 gender=gender if gender in ("male", "female") else None, language="en",
                 split=SPLITS.get(split.lower(), split.lower()) if split else None,
                 label=label, pdf=pdf, votes=votes, n_raters=n_raters, agreement=agreement,
                 arousal=arousal, valence=valence, dominance=dominance,
                 arousal_std=stds["A"], valence_std=stds["V"], dominance_std=stds["D"],
-                extra={"emo_class": code or None, "speaker_known": speaker_known},
+                extra=extra,
             )
         )
     return Manifest.from_utterances(utts, CATEGORIES)

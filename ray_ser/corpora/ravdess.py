@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ray_ser import audio
 from ray_ser.corpora.labels import Smoothing, smoothed
-from ray_ser.corpora.manifest import Manifest, Utterance
+from ray_ser.corpora.manifest import Manifest, Utterance, read_duration
 
 NAME = "ravdess"
 EMOTIONS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry", "06": "fear",
@@ -32,13 +31,14 @@ def build(data_root: Path, smoothing: float = 0.2, strong_factor: float = 0.5, *
         modality, channel, emo, intensity, statement, repetition, actor = f.stem.split("-")
         label = EMOTIONS[emo]
         eps = smoothing * (strong_factor if intensity == "02" else 1.0)
+        extra = {"intensity": "strong" if intensity == "02" else "normal", "statement": STATEMENTS[statement],
+                 "repetition": int(repetition), "vocal_channel": "speech" if channel == "01" else "song"}
         utts.append(
             Utterance(
                 utt_id=f"ravdess/{f.stem}", path=str(f), speaker=f"ravdess/{actor}", corpus=NAME,
-                duration=audio.info(str(f)).duration, gender="male" if int(actor) % 2 else "female",
+                duration=read_duration(str(f), extra), gender="male" if int(actor) % 2 else "female",
                 language="en", label=label, pdf=smoothed(label, CATEGORIES, 1.0 - eps, Smoothing.UNIFORM).tolist(),
-                extra={"intensity": "strong" if intensity == "02" else "normal", "statement": STATEMENTS[statement],
-                       "repetition": int(repetition), "vocal_channel": "speech" if channel == "01" else "song"},
+                extra=extra,
             )
         )
     return Manifest.from_utterances(utts, CATEGORIES)

@@ -34,6 +34,28 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+"""Model precisions by the name ``--dtype`` takes (besides ``auto``)."""
+
+
+def resolve_dtype(name: str, device: str | torch.device) -> str:
+    """The precision a run uses: ``auto`` is float16 on CUDA and float32 elsewhere; other names pass through.
+
+    The store records the resolved name, so a CPU run and a GPU run under ``auto`` never mix silently."""
+    if name == "auto":
+        return "float16" if torch.device(device).type == "cuda" else "float32"
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use auto, {', '.join(DTYPES)}")
+    return name
+
+
+def torch_dtype(name: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
+    """The torch dtype for a ``--dtype`` name (``auto`` resolved for ``device``) or a torch dtype itself."""
+    if isinstance(name, torch.dtype):
+        return name
+    return DTYPES[resolve_dtype(name, device)]
+
+
 class SpeechEncoder(abc.ABC):
     """A frozen speech model that returns every layer's hidden states for a padded batch."""
 
@@ -47,6 +69,18 @@ class SpeechEncoder(abc.ABC):
     @abc.abstractmethod
     def num_frames(self, num_samples: int) -> int:
         """Frames the model emits for ``num_samples`` of audio at ``sample_rate``."""
+
+    def sequence_frames(self, num_samples: int) -> int:
+        """Frames the transformer layers process for ``num_samples`` (padding context included): what a batch costs."""
+        return self.num_frames(num_samples)
+
+    def prepare(self, waves: Sequence[np.ndarray]):
+        """The batch's model input on the device, features included; ``run`` takes it (default: the waves)."""
+        return waves
+
+    def run(self, inputs) -> EncoderOutput:
+        """The network alone on ``prepare``'s output, so benchmarks can time it apart (default: ``_forward``)."""
+        return self._forward(inputs)
 
     @abc.abstractmethod
     def _forward(self, waves: Sequence[np.ndarray]) -> EncoderOutput:

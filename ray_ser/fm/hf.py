@@ -11,6 +11,7 @@ import torch
 
 from ray_ser.fm import hashing
 from ray_ser.fm.base import EncoderOutput, SpeechEncoder, pick_device
+from ray_ser.fm.features import normalize_batch, to_device_batch
 
 CTC_STYLE = {"hubert", "wavlm", "wav2vec2", "wav2vec2-conformer", "data2vec-audio", "unispeech-sat"}
 
@@ -42,6 +43,8 @@ class CTCStyleEncoder(SpeechEncoder):
 
     Models whose feature extractor uses layer norm (the "large" ones) take an attention mask; the
     group-norm ("base") ones were trained without one and get zero-padded input, as transformers advises.
+    The input is prepared as the checkpoint's feature extractor prepares it (``do_normalize``: zero-mean
+    unit-variance per utterance), batched on the model's device.
     """
 
     def __init__(self, model: torch.nn.Module, extractor, name: str, weights: str,
@@ -56,18 +59,33 @@ class CTCStyleEncoder(SpeechEncoder):
         self.hidden_size = model.config.hidden_size
         self.num_layers = model.config.num_hidden_layers + 1
         self.use_mask = getattr(model.config, "feat_extract_norm", "group") == "layer"
+        self.normalize = bool(getattr(extractor, "do_normalize", False))
+        self.padding_value = float(getattr(extractor, "padding_value", 0.0))
 
     def num_frames(self, num_samples: int) -> int:
         return int(self.model._get_feat_extract_output_lengths(torch.tensor(num_samples)).item())
 
+    def prepare(self, waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_values (batch, samples) float32 on the device, samples per row): the extractor's output, batched."""
+        x, lens = to_device_batch(waves, self.device)
+        if self.normalize:
+            x = normalize_batch(x, lens)
+        if self.padding_value:
+            x = x.masked_fill(torch.arange(x.shape[1], device=x.device)[None, :] >= lens.to(x.device)[:, None],
+                              self.padding_value)
+        return x, lens
+
     def _forward(self, waves: Sequence[np.ndarray]) -> EncoderOutput:
-        batch = self.extractor(list(waves), sampling_rate=self.sample_rate, padding="longest",
-                               return_attention_mask=True, return_tensors="pt")
-        kwargs = {"input_values": batch["input_values"].to(self.device, self.dtype)}
+        return self.run(self.prepare(waves))
+
+    def run(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> EncoderOutput:
+        x, lens = inputs
+        kwargs = {"input_values": x.to(self.dtype)}
         if self.use_mask:
-            kwargs["attention_mask"] = batch["attention_mask"].to(self.device)
+            kwargs["attention_mask"] = (torch.arange(x.shape[1], device=x.device)[None, :]
+                                        < lens.to(x.device)[:, None]).long()
         out = self.model(**kwargs, output_hidden_states=True)
-        lengths = torch.tensor([self.num_frames(len(w)) for w in waves])
+        lengths = self.model._get_feat_extract_output_lengths(lens).long()
         return EncoderOutput(hidden=torch.stack(out.hidden_states), lengths=lengths)
 
 

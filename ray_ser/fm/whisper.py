@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ray_ser.fm.base import EncoderOutput, SpeechEncoder, key_padding_mask, pick_device
+from ray_ser.fm.features import WhisperLogMel
 
 HOP = 160  # samples per mel frame
 SAMPLES_PER_FRAME = 2 * HOP  # conv2 has stride 2: one encoder frame per 320 samples (20 ms)
@@ -112,6 +113,7 @@ class WhisperSpeechEncoder(SpeechEncoder):
         self.num_layers = cfg.encoder_layers + 1
         self.max_frames = cfg.max_source_positions
         self.features = WhisperFeatureExtractor(feature_size=cfg.num_mel_bins, sampling_rate=self.sample_rate)
+        self.mel = WhisperLogMel(self.features.mel_filters, self.device, self.sample_rate)  # batched, on the device
 
     def describe(self) -> dict:
         return {**super().describe(), "whisper_mode": self.mode}
@@ -126,43 +128,67 @@ class WhisperSpeechEncoder(SpeechEncoder):
         frames = min(math.ceil(want / SAMPLES_PER_FRAME), self.max_frames)
         return frames * SAMPLES_PER_FRAME
 
+    def sequence_frames(self, num_samples: int) -> int:
+        """Frames the layers process: the window's (all 1500 when padded), real plus kept tail frames when strided."""
+        step = self.max_frames * SAMPLES_PER_FRAME
+        total = 0
+        for start in range(0, max(num_samples, 1), step):
+            n = min(step, num_samples - start)
+            if self.stride is not None:
+                real = min(self.num_frames(n), self.max_frames)
+                total += real + math.ceil((self.max_frames - real) / self.stride)
+            else:
+                total += self.context_samples(n) // SAMPLES_PER_FRAME
+        return total
+
     def log_mel(self, wave: np.ndarray, context: int) -> np.ndarray:
-        """Whisper's log-mel of ``wave`` zero-padded (or cut) to ``context`` samples: (mels, context/160)."""
+        """Whisper's log-mel of ``wave`` zero-padded (or cut) to ``context`` samples: (mels, context/160).
+
+        transformers' extractor, one utterance at a time: the reference the batched ``self.mel`` is tested against."""
         wave = wave[:context]
         feats = self.features(wave, sampling_rate=self.sample_rate, padding="max_length", max_length=context,
                               truncation=True, return_tensors="np")
         return feats["input_features"][0]
 
-    def _forward(self, waves: Sequence[np.ndarray]) -> EncoderOutput:
+    def prepare(self, waves: Sequence[np.ndarray]) -> "WhisperInputs":
+        """Everything before the convolutions: the <= 30 s pieces and their log-mel, batched on the device."""
         step = self.max_frames * SAMPLES_PER_FRAME  # 30 s: longer audio is cut into whole windows
         owner, pieces = [], []
         for b, w in enumerate(waves):
             for start in range(0, max(len(w), 1), step):
                 owner.append(b)
                 pieces.append(w[start:start + step])
-        hidden = self._encode(pieces)
-        lengths = [self.num_frames(len(w)) for w in waves]
-        if len(pieces) == len(waves):
+        if self.stride is None:
+            contexts = [self.context_samples(len(p)) for p in pieces]
+        else:  # the strided mode's conv head: the speech plus a margin (see _strided_layout)
+            chunk, _ = self._strided_layout([self._real_frames(len(p)) for p in pieces])
+            contexts = [c * SAMPLES_PER_FRAME for c in chunk]
+        return WhisperInputs(self.mel(pieces, contexts), [len(p) for p in pieces], owner,
+                             [self.num_frames(len(w)) for w in waves])
+
+    def run(self, inputs: "WhisperInputs") -> EncoderOutput:
+        """The encoder on prepared inputs; audio longer than 30 s gets its windows' frames appended."""
+        hidden = self._encode_strided(inputs) if self.stride is not None else self._encode(inputs)
+        lengths = inputs.lengths
+        if len(inputs.owner) == len(lengths):
             return EncoderOutput(hidden=hidden, lengths=torch.tensor(lengths))
-        out = hidden.new_zeros(hidden.shape[0], len(waves), max(lengths), hidden.shape[-1])
-        filled = [0] * len(waves)
-        for p, (b, piece) in enumerate(zip(owner, pieces)):
-            n = self.num_frames(len(piece))
+        out = hidden.new_zeros(hidden.shape[0], len(lengths), max(lengths), hidden.shape[-1])
+        filled = [0] * len(lengths)
+        for p, (b, samples) in enumerate(zip(inputs.owner, inputs.piece_samples)):
+            n = self.num_frames(samples)
             out[:, b, filled[b]:filled[b] + n] = hidden[:, p, :n]
             filled[b] += n
         return EncoderOutput(hidden=out, lengths=torch.tensor(lengths))
 
-    def _encode(self, waves: Sequence[np.ndarray]) -> torch.Tensor:
-        """Hidden states (layers, batch, frames, dim) of waves no longer than one 30 s window each."""
-        if self.stride is not None:
-            return self._encode_strided(waves)
-        contexts = [self.context_samples(len(w)) for w in waves]
+    def _forward(self, waves: Sequence[np.ndarray]) -> EncoderOutput:
+        return self.run(self.prepare(waves))
+
+    def _encode(self, inputs: "WhisperInputs") -> torch.Tensor:
+        """Hidden states (layers, pieces, frames, dim) of pieces no longer than one 30 s window each."""
+        contexts = [self.context_samples(n) for n in inputs.piece_samples]
         frames = [c // SAMPLES_PER_FRAME for c in contexts]
         total = max(frames)
-        mels = np.zeros((len(waves), self.encoder.config.num_mel_bins, 2 * total), np.float32)
-        for b, (w, c) in enumerate(zip(waves, contexts)):
-            mels[b, :, : c // HOP] = self.log_mel(w, c)
-        x = torch.from_numpy(mels).to(self.device, self.dtype)
+        x = inputs.mels.to(self.dtype)  # (pieces, mels, 2 * total), zero past each window
         enc = self.encoder
         x = nn.functional.gelu(enc.conv1(x))
         x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
@@ -179,7 +205,18 @@ class WhisperSpeechEncoder(SpeechEncoder):
         states[-1] = self.encoder.layer_norm(x)
         return torch.stack(states)
 
-    def _strided_conv(self, waves: Sequence[np.ndarray], real: list[int]):
+    def _real_frames(self, samples: int) -> int:
+        return min(self.num_frames(samples), self.max_frames)
+
+    def _strided_layout(self, real: list[int]) -> tuple[list[int], list[int]]:
+        """(chunk, exact) per piece: the conv head's frames (the speech plus a margin of silence; the whole window
+        if that nearly fills it) and how many of its leading frames equal the padded window's conv output."""
+        chunk = [T + HEAD_MARGIN if T + HEAD_MARGIN + TAIL_MELS < self.max_frames else self.max_frames for T in real]
+        # conv2 frame p reads mel frames 2p-2 .. 2p+2, so the chunk's last frame sees the chunk's zero padding
+        exact = [c - 1 if c < self.max_frames else c for c in chunk]
+        return chunk, exact
+
+    def _strided_conv(self, inputs: "WhisperInputs", real: list[int]):
         """The padded window's conv outputs (before positions), computed only where they differ.
 
         Returns ``head`` (batch, H, dim) with ``exact[b]`` leading frames equal to the padded mode's, and
@@ -187,22 +224,17 @@ class WhisperSpeechEncoder(SpeechEncoder):
         Frames in [exact[b], 1499) equal ``inner[b]``; frame 1499 equals ``last[b]``.
         """
         enc = self.encoder
-        n_mels = enc.config.num_mel_bins
-        # frames of each head chunk: the speech plus a margin of silence; the whole window if that nearly fills it
-        chunk = [T + HEAD_MARGIN if T + HEAD_MARGIN + TAIL_MELS < self.max_frames else self.max_frames for T in real]
-        # conv2 frame p reads mel frames 2p-2 .. 2p+2, so the chunk's last frame sees the chunk's zero padding
-        exact = [c - 1 if c < self.max_frames else c for c in chunk]
-        mels = np.zeros((len(waves), n_mels, 2 * max(chunk)), np.float32)
-        tail = np.zeros((len(waves), n_mels, TAIL_MELS), np.float32)
-        for b, (w, c) in enumerate(zip(waves, chunk)):
-            # The chunk ends in >= 10 mel frames of pure silence, so its STFT frames (reflect-padded silence) and its
-            # max (-8 clamp) are the full window's: these are the padded mode's first 2c mel frames exactly.
-            m = self.log_mel(w, c * SAMPLES_PER_FRAME)
-            mels[b, :, : m.shape[1]] = m
-            tail[b] = m[:, -1:]  # the silent tail's log-mel: one constant per utterance
+        chunk, exact = self._strided_layout(real)
+        # The chunk ends in >= 10 mel frames of pure silence, so its STFT frames (reflect-padded silence) and its
+        # max (-8 clamp) are the full window's: these are the padded mode's first 2c mel frames exactly.
+        mels = inputs.mels
+        last = torch.tensor([2 * c - 1 for c in chunk], device=mels.device)
+        rows = torch.arange(len(chunk), device=mels.device)
+        # the silent tail's log-mel (each chunk's last mel frame): one constant per utterance
+        tail = mels[rows, :, last][:, :, None].expand(-1, -1, TAIL_MELS)
 
-        def conv(m: np.ndarray) -> torch.Tensor:
-            x = nn.functional.gelu(enc.conv1(torch.from_numpy(m).to(self.device, self.dtype)))
+        def conv(m: torch.Tensor) -> torch.Tensor:
+            x = nn.functional.gelu(enc.conv1(m.to(self.dtype)))
             return nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
 
         head = conv(mels)
@@ -213,34 +245,44 @@ class WhisperSpeechEncoder(SpeechEncoder):
         inner, last = t[:, 1], t[:, -1]
         return head, exact, inner, last
 
-    def _encode_strided(self, waves: Sequence[np.ndarray]) -> torch.Tensor:
-        """Strided-silence mode: real frames, every s-th silent frame with a log-count attention bias."""
+    def _encode_strided(self, inputs: "WhisperInputs") -> torch.Tensor:
+        """Strided-silence mode: real frames, every s-th silent frame with a log-count attention bias.
+
+        Slot j of piece b holds position j for j < T_b (real frames), then T_b + (j - T_b) s (kept silent frames),
+        built for the whole batch at once."""
         enc = self.encoder
         s, total = self.stride, self.max_frames
-        real = [min(self.num_frames(len(w)), total) for w in waves]
-        head, exact, inner, last = self._strided_conv(waves, real)
-        pos = enc.embed_positions.weight
+        real = [self._real_frames(n) for n in inputs.piece_samples]
+        head, exact, inner, last = self._strided_conv(inputs, real)
         device, dtype = head.device, head.dtype
-        kept_pos, kept_bias = [], []
-        for T in real:
-            pad = torch.arange(T, total, s, device=device)
-            count = torch.clamp(total - pad, max=s).to(dtype)
-            kept_pos.append(torch.cat([torch.arange(T, device=device), pad]))
-            kept_bias.append(torch.cat([torch.zeros(T, dtype=dtype, device=device), torch.log(count)]))
-        n = max(len(p) for p in kept_pos)
-        x = torch.zeros(len(waves), n, head.shape[-1], dtype=dtype, device=device)
-        bias = torch.full((len(waves), n), torch.finfo(dtype).min, dtype=dtype, device=device)
-        for b, (p, bb) in enumerate(zip(kept_pos, kept_bias)):
-            k = len(p)
-            conv = torch.where((p == total - 1)[:, None], last[b], inner[b])
-            from_head = p < exact[b]
-            conv[from_head] = head[b, p[from_head]]
-            x[b, :k] = conv + pos[p]
-            bias[b, :k] = bb
+        T = torch.tensor(real, device=device)[:, None]
+        kept = T + (total - T + s - 1) // s  # slots per piece
+        n = int(kept.max())
+        j = torch.arange(n, device=device)[None, :]
+        is_real = j < T
+        p = torch.where(is_real, j, T + (j - T) * s)
+        valid = j < kept
+        p = torch.where(valid, p, torch.zeros_like(p))
+        count = torch.clamp(total - p, max=s).to(dtype)
+        bias = torch.where(is_real, torch.zeros_like(count), torch.log(count))
+        bias = bias.masked_fill(~valid, torch.finfo(dtype).min)
+        from_head = p < torch.tensor(exact, device=device)[:, None]
+        idx = p.clamp(max=head.shape[1] - 1)[:, :, None].expand(-1, -1, head.shape[-1])
+        conv = torch.where((p == total - 1)[:, :, None], last[:, None], inner[:, None])
+        conv = torch.where(from_head[:, :, None], torch.gather(head, 1, idx), conv)
+        x = (conv + enc.embed_positions.weight[p]) * valid[:, :, None]
         hidden = self._layers(x, bias[:, None, None, :].expand(-1, 1, n, n))
-        # only the real frames are returned (real first, as in the other modes); slots past an utterance's
-        # real frames held its kept silent frames and are zeroed
+        # only the real frames are returned (real first, as in the other modes); slots past a piece's real
+        # frames held its kept silent frames and are zeroed
         out = hidden[:, :, : max(real)]
-        for b, T in enumerate(real):
-            out[:, b, T:] = 0
-        return out
+        return out.masked_fill_(~is_real[:, : max(real)][None, :, :, None], 0)
+
+
+@dataclass
+class WhisperInputs:
+    """A batch prepared for the encoder: each <= 30 s piece's log-mel on the device, and what reassembles them."""
+
+    mels: torch.Tensor  # (pieces, mels, mel frames), zero past each piece's window
+    piece_samples: list[int]  # samples of audio in each piece
+    owner: list[int]  # the utterance each piece belongs to
+    lengths: list[int]  # real frames per utterance

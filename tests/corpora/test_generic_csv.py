@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -114,8 +116,40 @@ def test_errors_name_file_row_and_reason(soft_csv, edit, message):
     soft_csv.write_text(edit(SOFT))
     categories = ["angry", "happy", "neutral"]
     with pytest.raises(ManifestError, match=message) as e:
-        generic_csv.build(soft_csv.parent, csv=soft_csv, categories=categories)
+        generic_csv.build(soft_csv.parent, csv=soft_csv, categories=categories, strict=True)
     assert str(soft_csv) in str(e.value)
+    if "header" in message:  # a faulty header stops the build in either mode
+        with pytest.raises(ManifestError, match=message):
+            generic_csv.build(soft_csv.parent, csv=soft_csv, categories=categories)
+        return
+    # By default the faulty row is left out and named; every other row is kept.
+    m = generic_csv.build(soft_csv.parent, csv=soft_csv, categories=categories)
+    assert len(m) == 3 and len(m.rejected) == 1
+    bad = m.rejected[0]
+    assert re.search(message, bad["reason"]) and str(soft_csv) in bad["reason"] and bad["source"] == str(soft_csv)
+    assert bad["utt_id"] not in m.column("utt_id") or bad["reason"].count("duplicate") == 1
+    row = int(re.search(r"row (\d)", message).group(1))
+    assert bad["row"] == row and bad["line"] == row + 1
+
+
+def test_rejected_rows_survive_parquet(soft_csv, tmp_path):
+    soft_csv.write_text(SOFT.replace("0.1,0.2,0.7", "0.1,0.2,0.9").replace(",M,", ",x,"))
+    m = generic_csv.build(soft_csv.parent, csv=soft_csv)
+    assert [r["utt_id"] for r in m.rejected] == ["meta/a02", "meta/spk2_b01"]
+    back = Manifest.read(m.write(tmp_path / "m.parquet"))
+    assert back.rejected == m.rejected and back.column("utt_id") == ["meta/a01", "meta/b02"]
+    assert "2 rows left out" in back.summary()
+
+
+def test_unreadable_audio_keeps_the_row_with_a_null_duration(soft_csv):
+    (soft_csv.parent / "wav" / "spk1_a01.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk")  # corrupt header
+    m = generic_csv.build(soft_csv.parent, csv=soft_csv)
+    a01 = by_id(m)["meta/a01"]
+    assert len(m) == 4 and not m.rejected and a01.duration is None
+    assert a01.extra["audio_error"].startswith("corrupt audio header") and a01.extra["session"] == "s1"
+    assert m.audio_problems() == [("meta/a01", a01.path, a01.extra["audio_error"])]
+    assert by_id(m)["meta/spk2_b01"].duration == pytest.approx(0.75)  # the neighbour is unaffected
+    assert "1 with unreadable audio" in m.summary() and "2 whose audio file is missing" in m.summary()  # a02, b02
 
 
 def test_p_column_outside_explicit_categories_is_an_error(soft_csv):
@@ -126,3 +160,22 @@ def test_p_column_outside_explicit_categories_is_an_error(soft_csv):
 def test_missing_csv(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.csv"):
         generic_csv.build(tmp_path, csv="nope.csv")
+
+
+def test_manifest_job_reports_left_out_and_unreadable_rows(soft_csv, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (soft_csv.parent / "wav" / "spk1_a01.wav").write_bytes(b"not audio at all" * 10)
+    soft_csv.write_text(SOFT.replace(",M,", ",x,"))
+    job = Path(__file__).resolve().parents[2] / "jobs" / "manifest.py"
+    out = subprocess.run([sys.executable, str(job), "--corpus", "csv", "--csv", str(soft_csv),
+                          "--out", str(tmp_path / "m.parquet")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "1 rows left out for manifest faults, 1 with unreadable audio" in out.stdout
+    assert "gender must be male/female/m/f or empty, got 'x'" in out.stdout and "not an audio file" in out.stdout
+    assert Manifest.read(tmp_path / "m.parquet").rejected[0]["utt_id"] == "meta/spk2_b01"
+    strict = subprocess.run([sys.executable, str(job), "--corpus", "csv", "--csv", str(soft_csv), "--strict",
+                             "--out", str(tmp_path / "s.parquet")], capture_output=True, text=True, timeout=300)
+    assert strict.returncode != 0 and "row 3 (line 4): gender must be" in strict.stderr
