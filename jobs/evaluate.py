@@ -52,14 +52,13 @@ def main(argv: list[str] | None = None) -> dict:
     paths = write_tables(path, out, categories=categories, by=args.by, n_boot=args.n_boot, seed=args.seed)
     report = write_report(out, pred, paths["metrics"], paths["confusion"], run_config=config, categories=categories)
     m = pl.read_parquet(paths["metrics"])
-    pl.Config.set_tbl_rows(60)
-    pl.Config.set_tbl_hide_dataframe_shape(True)
     overall = (m.filter((pl.col("group_by") == "all") & (pl.col("metric") == "uar") & (pl.col("k") == 1))
                .select("condition", "value", "ci_low", "ci_high", "n", "n_speakers"))
     print(f"{pred.height} predictions ({pred['utt_id'].n_unique()} utterances x {pred['condition'].n_unique()} "
           f"conditions, {pred['fold'].n_unique()} folds) in {t_pred:.1f} s")
     print("UAR (1-best) per condition, speaker-bootstrap 95 % interval:")
-    print(overall)
+    with pl.Config(tbl_rows=60, tbl_hide_dataframe_shape=True):
+        print(overall)
     print(f"wrote {path}, {paths['metrics']}, {paths['confusion']}, {report}; total {time.perf_counter() - t0:.1f} s")
     return {"predictions": pred, "metrics": m, "report": report, "seconds": time.perf_counter() - t0}
 

@@ -69,10 +69,8 @@ def main(argv: list[str] | None = None):
     init_ray()
     t0 = time.perf_counter()
     trials = run_search(opts, args.out, resume=args.resume)
-    pl.Config.set_tbl_rows(30)
-    pl.Config.set_tbl_cols(20)
-    pl.Config.set_tbl_hide_dataframe_shape(True)
-    print(trials.head(5))
+    with pl.Config(tbl_rows=30, tbl_cols=20, tbl_hide_dataframe_shape=True):
+        print(trials.head(5))
     print(f"{trials.height} trials in {time.perf_counter() - t0:.1f} s; best config: {args.out}/best_config.json")
     print(f"tensorboard --logdir {args.out}/{args.name}")
     return trials

@@ -87,7 +87,7 @@ def test_readme_polars_examples_run(evals, monkeypatch):
     assert len(snippets) >= 5
     monkeypatch.chdir(evals)
     outputs = []
-    with pl.Config(tbl_rows=20):
+    with pl.Config(tbl_rows=20, tbl_hide_dataframe_shape=False):  # as a fresh interpreter prints
         for snippet in snippets:
             if snippet.startswith("python -c "):
                 argv = shlex.split(snippet)
