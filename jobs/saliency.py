@@ -62,11 +62,8 @@ def study_main(args: argparse.Namespace) -> dict:
     """--study: per condition the per-layer table of every criterion, then the criteria x conditions table."""
     from ray_ser import layer_selection as lsel
 
-    pl.Config.set_tbl_cols(-1)
-    pl.Config.set_tbl_width_chars(400)
-    pl.Config.set_float_precision(3)
-    if args.markdown:
-        pl.Config.set_tbl_formatting("MARKDOWN")
+    fmt = dict(tbl_rows=200, tbl_cols=-1, tbl_width_chars=400, float_precision=3, tbl_hide_dataframe_shape=True,
+               **({"tbl_formatting": "MARKDOWN"} if args.markdown else {}))
     conditions = [c for c in (args.conditions or args.condition).split(",") if c]
     criteria = [c for c in args.criteria.split(",") if c] if args.criteria else None
     results = {}
@@ -78,12 +75,14 @@ def study_main(args: argparse.Namespace) -> dict:
               f"scores on each fold's training speakers, averaged over folds; probe = out-of-fold UAR; "
               f"regret_folds = mean over folds of best probe UAR - probe UAR of that fold's pick "
               f"({time.perf_counter() - t0:.0f} s)")
-        print(lsel.study_table(r))
+        with pl.Config(**fmt):
+            print(lsel.study_table(r))
         results[cond] = r
     table = lsel.comparison_table(results)
     print(f"criteria by condition (rho: Spearman vs probe UAR; regret: mean per-fold regret; * = default "
           f"{lsel.DEFAULT_CRITERION}):")
-    print(table)
+    with pl.Config(**fmt):
+        print(table)
     return {"results": results, "table": table}
 
 

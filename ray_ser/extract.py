@@ -242,7 +242,11 @@ def check_gpu_workers(gpus: int, timeout: float = 600.0) -> None:
 
         return torch.cuda.is_available(), torch.__version__, torch.version.cuda, socket.gethostname()
 
-    ok, version, cuda_build, host = ray.get(probe.remote(), timeout=timeout)
+    try:
+        ok, version, cuda_build, host = ray.get(probe.remote(), timeout=timeout)
+    except ray.exceptions.GetTimeoutError:  # every GPU busy: the actors check for themselves when they start
+        log.warning("no GPU free for %.0f s to check that torch can use CUDA; the model actors will check", timeout)
+        return
     if not ok:
         raise RuntimeError(gpu_unusable_message(gpus, host, version, cuda_build))
 

@@ -64,6 +64,7 @@ __all__ = [
     "available_criteria",
     "choose_layer",
     "choose_from_arrays",
+    "choose_layers",
     "comparison_table",
     "layer_scores",
     "scores_from_arrays",
@@ -83,10 +84,12 @@ __all__ = [
     "summarise",
 ]
 
-DEFAULT_CRITERION = "probe_inner"
-"""The pipeline's layer criterion (see the README, "Does saliency pick the layer?"): on EmoDB and
-RAVDESS, clean and 5 dB, no saliency score kept the regret low on both corpora, while the inner-split
-probe on the training speakers did."""
+DEFAULT_CRITERION = "lda_inner"
+"""The pipeline's layer criterion (README, "Does saliency pick the layer?").  Measured with whisper-base on
+EmoDB and RAVDESS, clean and 5 dB: every per-dimension score (CCS, its direct term, MIS, ANOVA F) favours
+layer 0, the worst layer, with a worst-case mean per-fold regret of 0.178 or more; the inner-split LDA and
+probe kept it at most 0.012 (mean over the four 0.008), the Fisher criterion at most 0.031.  LDA ties the
+probe on regret at half its cost."""
 
 TOP_FRACTION = 0.1
 """Share of a layer's dimensions averaged by the ``*_top10`` scores (as ray_ser.saliency.layer_score)."""
@@ -412,6 +415,15 @@ def choose_layer(store, model: str, fold: int, condition: str = "clean", criteri
     """The pipeline's automatic layer: the layer ``criterion`` ranks first on the training speakers of
     outer fold ``fold`` of the saliency's folds (``fold=-1``: every speaker, for new speakers only)."""
     return pick(layer_scores(store, model, fold, condition, criterion, folds=folds, seed=seed))
+
+
+def choose_layers(store, model: str, folds_to_choose: Sequence[int] | None = None, condition: str = "clean",
+                  criterion: str = DEFAULT_CRITERION, *, folds: str | int = "auto", seed: int = 0) -> dict[int, int]:
+    """{outer fold: :func:`choose_layer`} for several folds (default: every outer fold and -1), reading the
+    store once."""
+    data, layers = load_layer_data(store, model, condition, folds, seed)
+    wanted = list(folds_to_choose) if folds_to_choose is not None else [-1, *sorted(set(data.fold.tolist()))]
+    return {int(f): choose_from_arrays(layers, data, int(f), criterion, seed) for f in wanted}
 
 
 # --------------------------------------------------------------------------------------------------

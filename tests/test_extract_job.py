@@ -42,10 +42,13 @@ def ray_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """`ray start --head --block` in its own process group: teardown stops this cluster and no other Ray."""
-    port, dash = free_port(), free_port()
+    port, dash, agent, client = free_port(), free_port(), free_port(), free_port()
     log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
+         # the job agent's HTTP port (default 52365) and the client port (10001) are fixed: another Ray cluster on
+         # this machine would hold them and every `ray job submit` would get "No available agent"
+         f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
          "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env=cli_env(),

@@ -168,6 +168,7 @@ def test_choose_layer_reads_the_store_rows_and_folds(monkeypatch, case):
     assert lsel.choose_layer("S", "m", 2) == SIGNAL
     assert lsel.choose_layer("S", "m", 2, "5dB", criterion="ccs_top10:pdf") == COPY
     assert calls == [("S", "m", "clean"), ("S", "m", "5dB")]
+    assert lsel.choose_layers("S", "m", criterion="fisher") == {f: SIGNAL for f in range(-1, N_SPK)}
     scores = lsel.layer_scores("S", "m", 2, criterion="fisher")
     assert scores == lsel.scores_from_arrays(layers, data, 2, "fisher") and lsel.pick(scores) == SIGNAL
     with pytest.raises(ValueError, match="no outer fold 9"):
