@@ -6,6 +6,7 @@ Reasons say what a user has to fix ("file not found", "is a directory", "permiss
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import struct
@@ -96,9 +97,10 @@ def _wav_truncation(f, size: int) -> str | None:
     return None
 
 
-def info(path: str) -> AudioInfo:
-    """Read the header of ``path``; raises AudioError (with a reason a user can act on) when it cannot."""
-    path = str(path)
+@contextlib.contextmanager
+def _checked_file(path: str):
+    """The open file of ``path``, rewound, once it exists, is readable, is not empty and is not a truncated WAV;
+    otherwise an AudioError with a reason a user can act on (shared by :func:`info` and :func:`load`)."""
     try:
         f = _open(path)
     except OSError as e:
@@ -111,6 +113,13 @@ def info(path: str) -> AudioInfo:
         if truncated:
             raise AudioError(path, truncated)
         f.seek(0)
+        yield f
+
+
+def info(path: str) -> AudioInfo:
+    """Read the header of ``path``; raises AudioError (with a reason a user can act on) when it cannot."""
+    path = str(path)
+    with _checked_file(path) as f:
         try:
             with sf.SoundFile(f, closefd=False) as s:
                 return AudioInfo(sample_rate=int(s.samplerate), channels=int(s.channels), frames=int(s.frames))
@@ -165,18 +174,7 @@ def load(path: str, target_rate: int = 16000, min_seconds: float = MIN_SECONDS,
     ``max_seconds`` rejects longer audio from its header, before decoding it (a 10-minute file would
     otherwise take a model's memory for one utterance)."""
     path = str(path)
-    try:
-        f = _open(path)
-    except OSError as e:
-        raise AudioError(path, _os_reason(e)) from e
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            raise AudioError(path, "empty file (0 bytes)")
-        truncated = _wav_truncation(f, size)
-        if truncated:
-            raise AudioError(path, truncated)
-        f.seek(0)
+    with _checked_file(path) as f:
         try:
             s = sf.SoundFile(f, closefd=False)
         except Exception as e:
