@@ -66,6 +66,7 @@ __all__ = [
     "choose_from_arrays",
     "choose_layers",
     "comparison_table",
+    "layer_rank_rows",
     "layer_scores",
     "scores_from_arrays",
     "study_table",
@@ -424,6 +425,22 @@ def choose_layers(store, model: str, folds_to_choose: Sequence[int] | None = Non
     data, layers = load_layer_data(store, model, condition, folds, seed)
     wanted = list(folds_to_choose) if folds_to_choose is not None else [-1, *sorted(set(data.fold.tolist()))]
     return {int(f): choose_from_arrays(layers, data, int(f), criterion, seed) for f in wanted}
+
+
+def layer_rank_rows(store, model: str, condition: str = "clean", criterion: str = DEFAULT_CRITERION,
+                    folds_to_score: Sequence[int] | None = None, *, folds: str | int = "auto",
+                    seed: int = 0) -> pl.DataFrame:
+    """Rows for ``layer_rank__<model>``: fold, layer, layer_score, layer_rank (0 = the layer
+    :func:`choose_layer` returns), criterion; one store read for every fold (default: -1 and each outer fold)."""
+    data, layers = load_layer_data(store, model, condition, folds, seed)
+    wanted = list(folds_to_score) if folds_to_score is not None else [-1, *sorted(set(data.fold.tolist()))]
+    rows = []
+    for f in wanted:
+        scores = scores_from_arrays(layers, data, int(f), criterion, seed)
+        order = sorted(scores, key=lambda k: (-(scores[k] if np.isfinite(scores[k]) else -np.inf), k))
+        rows += [(int(f), k, float(scores[k]), order.index(k), criterion) for k in sorted(scores)]
+    return pl.DataFrame(rows, schema={"fold": pl.Int32, "layer": pl.Int32, "layer_score": pl.Float64,
+                                      "layer_rank": pl.Int32, "criterion": pl.Utf8}, orient="row")
 
 
 # --------------------------------------------------------------------------------------------------

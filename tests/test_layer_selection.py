@@ -169,7 +169,15 @@ def test_choose_layer_reads_the_store_rows_and_folds(monkeypatch, case):
     assert lsel.choose_layer("S", "m", 2, "5dB", criterion="ccs_top10:pdf") == COPY
     assert calls == [("S", "m", "clean"), ("S", "m", "5dB")]
     assert lsel.choose_layers("S", "m", criterion="fisher") == {f: SIGNAL for f in range(-1, N_SPK)}
+    rank = lsel.layer_rank_rows("S", "m", criterion="fisher", folds_to_score=[2, -1])
+    assert rank.columns == ["fold", "layer", "layer_score", "layer_rank", "criterion"]
+    assert rank.filter(pl.col("layer_rank") == 0)["layer"].to_list() == [SIGNAL, SIGNAL]
+    assert set(rank["criterion"]) == {"fisher"}
     scores = lsel.layer_scores("S", "m", 2, criterion="fisher")
+    f2 = rank.filter(pl.col("fold") == 2)
+    assert f2["layer_score"].to_list() == [scores[k] for k in sorted(scores)]
+    by_rank = f2.sort("layer_rank")["layer"].to_list()
+    assert by_rank[:2] == [SIGNAL, COPY] and by_rank == sorted(scores, key=lambda k: -scores[k])
     assert scores == lsel.scores_from_arrays(layers, data, 2, "fisher") and lsel.pick(scores) == SIGNAL
     with pytest.raises(ValueError, match="no outer fold 9"):
         lsel.choose_layer("S", "m", 9)
