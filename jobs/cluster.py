@@ -63,15 +63,14 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     conditions = args.conditions.split(",") if args.conditions else None
     rows, t_fit = 0, 0.0
-    layers = {}
+    if args.layer == "auto":  # every fold's choice from one read of the store
+        from ray_ser.layer_selection import choose_layers
+
+        layers = choose_layers(args.store, args.model, folds, condition=args.condition)
+    else:
+        layers = {fold: int(args.layer) for fold in folds}
     for fold in folds:
         t1 = time.perf_counter()
-        if args.layer == "auto":
-            from ray_ser.layer_selection import choose_layer
-
-            layers[fold] = int(choose_layer(args.store, args.model, fold, condition=args.condition))
-        else:
-            layers[fold] = int(args.layer)
         centroids = fit_kmeans(args.store, args.model, layers[fold], ks, assignment, fold, condition=args.condition,
                                sample_frames=args.sample_frames, seed=args.seed)
         t_fit += time.perf_counter() - t1
