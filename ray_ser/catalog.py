@@ -76,7 +76,7 @@ FRAME_CLUSTERS = TableSpec(
     made_by="jobs/cluster.py")
 
 SPECS: dict[str, TableSpec] = {s.kind: s for s in (FOLDS, SALIENCY, LAYER_RANK, CENTROIDS, FRAME_CLUSTERS)}
-EXTRACTION_TABLES = ("emb__<model>", "errors", "runs", "manifest__<corpus>")
+EXTRACTION_TABLES = ("emb__<model>", "errors", "runs", "manifest__<corpus>", "lease__<table>")
 """Tables of :mod:`ray_ser.store` (appended by extraction, merged on utt_id for manifests)."""
 
 

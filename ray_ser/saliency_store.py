@@ -40,7 +40,7 @@ from ray_ser.corpora.folds import loso, speaker_folds
 from ray_ser.corpora.manifest import DIMENSIONS, Manifest
 from ray_ser import catalog
 from ray_ser.corpora.folds import FoldAssignment
-from ray_ser.store import Store, _sql, as_store, read_pooled_arrow
+from ray_ser.store import Store, _sql, as_store, read_pooled_arrow, table_name
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def _categories(store: Store, corpora: Sequence[str]) -> list[str] | None:
     """The category list shared by the stored manifests of ``corpora`` (None when they differ)."""
     lists = []
     for corpus in sorted(set(corpora)):
-        if store.has(f"manifest__{corpus}"):
+        if store.has(table_name(corpus, "manifest")):
             lists.append(store.manifest(corpus).categories)
     if lists and all(c == lists[0] for c in lists):
         return lists[0]
