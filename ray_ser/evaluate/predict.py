@@ -79,13 +79,13 @@ def _snr_of(store, model: str, utt_ids: Sequence[str], conditions: Sequence[str]
 
 
 def predict_fold(store: str, checkpoint: str | Path, conditions: Sequence[str] | None = None,
-                 batch_size: int = 32, num_gpus: float = 0.0, cpus: float = 1.0) -> pl.DataFrame:
+                 batch_size: int = 32, num_gpus: float = 0.0, cpus: float = 1.0, fm=None) -> pl.DataFrame:
     """Predictions of one fold's checkpoint on its test speakers, for ``conditions`` (default: every
     evaluation condition of the store): utt_id, condition, fold, probs, pred_arousal/valence/dominance."""
     from ray_ser.datasets import frames_dataset, load_labels
     from ray_ser.train import load_fold_model
 
-    fm = load_fold_model(checkpoint, store=store)
+    fm = fm or load_fold_model(checkpoint, store=store)  # the caller's already-loaded copy, when it has one
     conds = list(conditions) if conditions else evaluation_conditions(store, fm.cfg.model)
     labels = load_labels(store, fm.plan.test)
     ds = frames_dataset(store, fm.cfg.model, fm.plan.layer, fm.plan.test, labels, conditions=conds, mask=fm.mask)
@@ -148,7 +148,7 @@ def predict_run(store: str, run_dir: str | Path, conditions: Sequence[str] | Non
         config = config or {"train": fm.cfg.model_dump(), "fold_id": fm.plan.fold_id}
         if fm.plan.categories != categories:
             raise ValueError(f"{path}: categories {fm.plan.categories} differ from the other folds' {categories}")
-        parts.append(predict_fold(store, path, conditions, batch_size, num_gpus=gpus))
+        parts.append(predict_fold(store, path, conditions, batch_size, num_gpus=gpus, fm=fm))
         log.info("fold %d: %d predictions", fold, parts[-1].height)
     pred = pl.concat(parts, how="diagonal_relaxed")
     snr = _snr_of(store, config["train"]["model"], pred["utt_id"].unique().to_list(), pred["condition"].unique().to_list())
