@@ -64,9 +64,10 @@ def main(argv: list[str] | None = None) -> dict:
     conditions = args.conditions.split(",") if args.conditions else None
     rows, t_fit = 0, 0.0
     if args.layer == "auto":  # every fold's choice from one read of the store
-        from ray_ser.layer_selection import choose_layers
+        from ray_ser.layer_selection import layers_for_folds
 
-        layers = choose_layers(args.store, args.model, folds, condition=args.condition)
+        layers, source = layers_for_folds(args.store, args.model, assignment, folds, condition=args.condition)
+        print(f"layers per fold from {source}: {layers}")
     else:
         layers = {fold: int(args.layer) for fold in folds}
     for fold in folds:

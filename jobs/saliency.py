@@ -4,7 +4,9 @@ layer ranking and masks in the store; with --probe, a linear probe per layer and
     python jobs/saliency.py --store store --model whisper-base --probe
 
 Writes saliency__<model>, layer_rank__<model> and saliency_folds__<model> (rows of this condition are
-replaced on a re-run).  Fold f's saliency uses only the utterances outside fold f; fold -1 uses all of them
+replaced on a re-run).  layer_rank holds two criteria: ``ccs_top10`` (the saliency score, for reference) and
+the pipeline's layer choice ``--layer-criterion`` (default lda_inner, see the README's "does saliency pick
+the layer?"); the cluster, train and tune jobs read the latter back.  Fold f's saliency uses only the utterances outside fold f; fold -1 uses all of them
 (a mask for new speakers only).  With --probe the last line is ``spearman: <value>``: the rank correlation
 between the layer score averaged over the training folds and the probe's out-of-fold UAR.
 
@@ -43,6 +45,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--n-bins", type=int, default=sal.DEFAULT_BINS, help="quantile bins of the MI estimator")
     p.add_argument("--seed", type=int, default=0, help="seed of the K-fold split")
     p.add_argument("--probe", action="store_true", help="fit a linear probe per layer and compare with saliency")
+    p.add_argument("--layer-criterion", default=None,
+                   help="criterion of the pipeline's layer choice written to layer_rank (default: "
+                        "ray_ser.layer_selection.DEFAULT_CRITERION, lda_inner); none = skip")
     p.add_argument("--plot", default=None, help="PNG path (default: <store>/plots/<model>_layers.png)")
     p.add_argument("--study", action="store_true",
                    help="the layer-selection study instead (ray_ser.layer_selection): every layer score on each "
@@ -86,6 +91,22 @@ def study_main(args: argparse.Namespace) -> dict:
     return {"results": results, "table": table}
 
 
+def write_choice(args: argparse.Namespace, assignment) -> pl.DataFrame | None:
+    """The pipeline's layer ranking (``--layer-criterion``) per outer fold into layer_rank__<model>; None when
+    skipped or when the rows have no categorical label to score (dimensional-only corpora)."""
+    from ray_ser import layer_selection as lsel
+
+    criterion = args.layer_criterion or lsel.DEFAULT_CRITERION
+    if criterion == "none":
+        return None
+    try:
+        return lsel.write_layer_rank(args.store, args.model, args.condition, assignment, criterion,
+                                     folds=args.folds, seed=args.seed)
+    except ValueError as e:
+        logging.warning("layer choice (%s) not written: %s", criterion, e)
+        return None
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -100,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     ranking = ss.layer_ranking(df)
     ss.write_saliency(args.store, df, ranking, info["assignment"])
     t_sal = time.perf_counter() - t0
+    chosen = write_choice(args, info["assignment"])
     print(f"saliency of {args.model} / {args.condition}: {info['n']} utterances, {info['n_speakers']} speakers, "
           f"folds {info['folds']}, targets {','.join(info['targets'])}, MIS {'off' if args.no_mis else 'on'}")
     all_rank = ranking.filter(pl.col("fold") == -1).select(
@@ -118,7 +140,13 @@ def main(argv: list[str] | None = None) -> dict:
           + ", ".join(f"keep {r} -> {n}" for r, n in sizes.items()))
     print(f"wrote {catalog.SALIENCY.name(args.model)} ({df.height} rows), {catalog.LAYER_RANK.name(args.model)} "
           f"({ranking.height} rows), {catalog.FOLDS.name(args.model)} (fold assignment {info['assignment'].id})")
-    result = {"best_layer": best, "ranking": table, "saliency_seconds": t_sal}
+    if chosen is not None:
+        per_fold = chosen.filter((pl.col("layer_rank") == 0) & (pl.col("fold") >= 0))
+        print(f"pipeline layer choice ({chosen['criterion'][0]}, each fold's training speakers; used by "
+              f"jobs/cluster.py --layer auto, jobs/train.py without --layer and jobs/tune.py's prior): "
+              + ", ".join(f"fold {f}: {k}" for f, k in zip(per_fold["fold"], per_fold["layer"]))
+              + f"; all speakers: {int(chosen.filter((pl.col('layer_rank') == 0) & (pl.col('fold') == -1))['layer'][0])}")
+    result = {"best_layer": best, "ranking": table, "saliency_seconds": t_sal, "layer_choice": chosen}
     if not args.probe:
         print(f"time: saliency {t_sal:.1f} s")
         return result

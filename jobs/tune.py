@@ -38,7 +38,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--held-out-folds", default=None,
                    help="outer folds whose speakers the search never reads; report the best config on these (default: first 3)")
     p.add_argument("--search-folds", type=int, default=2, help="folds of the remaining speakers each trial trains on")
-    p.add_argument("--layers", default=None, help="comma-separated layers to search (default: all stored)")
+    p.add_argument("--layers", default=None,
+                   help="comma-separated layers to search (default: the --top-layers best by the layer prior)")
+    p.add_argument("--top-layers", type=int, default=3,
+                   help="layers the prior (lda_inner on the pool's speakers) ranks first to search; 0 = every layer")
     p.add_argument("--arch", choices=("tcgru", "mlp"), default="tcgru")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--cpus-per-trial", type=float, default=0.5)
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None):
         max_concurrent=args.max_concurrent, name=args.name,
         held_out_folds=[int(f) for f in args.held_out_folds.split(",")] if args.held_out_folds else None,
         search_folds=args.search_folds,
-        layers=[int(x) for x in args.layers.split(",")] if args.layers else None)
+        layers=[int(x) for x in args.layers.split(",")] if args.layers else None, top_layers=args.top_layers)
     init_ray()
     t0 = time.perf_counter()
     trials = run_search(opts, args.out, resume=args.resume)

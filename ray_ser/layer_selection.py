@@ -67,6 +67,10 @@ __all__ = [
     "choose_layers",
     "comparison_table",
     "layer_rank_rows",
+    "layer_prior",
+    "layers_for_folds",
+    "stored_layers",
+    "write_layer_rank",
     "layer_scores",
     "scores_from_arrays",
     "study_table",
@@ -387,11 +391,18 @@ def choose_from_arrays(layers: Mapping[int, np.ndarray], data: LayerData, fold: 
 
 
 def load_layer_data(store, model: str, condition: str = "clean", folds: str | int = "auto", seed: int = 0,
-                    layers: Sequence[int] | None = None) -> tuple[LayerData, dict[int, np.ndarray]]:
+                    layers: Sequence[int] | None = None, assignment=None) -> tuple[LayerData, dict[int, np.ndarray]]:
     """(LayerData, {layer: (n, N) mean vectors}) of the labelled utterances of ``model``/``condition``:
     the saliency's rows and folds (:func:`ray_ser.saliency_store.labelled_rows`) less those without a
-    categorical label (the probe needs one), as :func:`ray_ser.probe.layer_probe` does."""
+    categorical label (the probe needs one), as :func:`ray_ser.probe.layer_probe` does.  With ``assignment``
+    (a :class:`~ray_ser.corpora.folds.FoldAssignment`) only its utterances, in its folds: e.g. a search's
+    pool, whose held-out speakers must not be read."""
     rows, _, _, fold, desc = labelled_rows(store, model, condition, folds, seed)
+    if assignment is not None:
+        fold_of = assignment.fold_of()
+        inside = np.asarray([u in fold_of for u in rows["utt_id"].to_list()], bool)
+        rows = rows.filter(pl.Series(inside))
+        fold, desc = np.asarray([fold_of[u] for u in rows["utt_id"].to_list()], np.int64), assignment.description
     has_label = rows["label"].is_not_null().to_numpy()
     rows, fold = rows.filter(pl.Series(has_label)), fold[has_label]
     if rows.height == 0:
@@ -429,10 +440,11 @@ def choose_layers(store, model: str, folds_to_choose: Sequence[int] | None = Non
 
 def layer_rank_rows(store, model: str, condition: str = "clean", criterion: str = DEFAULT_CRITERION,
                     folds_to_score: Sequence[int] | None = None, *, folds: str | int = "auto",
-                    seed: int = 0) -> pl.DataFrame:
+                    seed: int = 0, assignment=None) -> pl.DataFrame:
     """Rows for ``layer_rank__<model>``: fold, layer, layer_score, layer_rank (0 = the layer
-    :func:`choose_layer` returns), criterion; one store read for every fold (default: -1 and each outer fold)."""
-    data, layers = load_layer_data(store, model, condition, folds, seed)
+    :func:`choose_layer` returns), criterion; one store read for every fold (default: -1 and each outer fold).
+    With ``assignment``, its utterances and folds (see :func:`load_layer_data`)."""
+    data, layers = load_layer_data(store, model, condition, folds, seed, assignment=assignment)
     wanted = list(folds_to_score) if folds_to_score is not None else [-1, *sorted(set(data.fold.tolist()))]
     rows = []
     for f in wanted:
@@ -441,6 +453,61 @@ def layer_rank_rows(store, model: str, condition: str = "clean", criterion: str 
         rows += [(int(f), k, float(scores[k]), order.index(k), criterion) for k in sorted(scores)]
     return pl.DataFrame(rows, schema={"fold": pl.Int32, "layer": pl.Int32, "layer_score": pl.Float64,
                                       "layer_rank": pl.Int32, "criterion": pl.Utf8}, orient="row")
+
+
+def write_layer_rank(store, model: str, condition: str, assignment, criterion: str = DEFAULT_CRITERION,
+                     *, folds: str | int = "auto", seed: int = 0) -> pl.DataFrame:
+    """Score every layer under ``criterion`` on each outer fold's training speakers of ``assignment`` (and
+    fold -1) and replace that criterion's rows of ``layer_rank__<model>`` with them (one commit); the rows
+    carry the criterion and the assignment's ``fold_id``, so the pipeline's choice is read back, not redone."""
+    from ray_ser import catalog
+
+    rows = layer_rank_rows(store, model, condition, criterion, folds=folds, seed=seed, assignment=assignment)
+    rows = rows.with_columns(pl.lit(model).alias("model"), pl.lit(condition).alias("condition"),
+                             pl.lit(assignment.id).alias("fold_id"))
+    catalog.replace(store, catalog.LAYER_RANK, model, rows.to_arrow(),
+                    {"model": model, "condition": condition, "criterion": criterion})
+    return rows
+
+
+def stored_layers(store, model: str, assignment, folds_wanted: Sequence[int], condition: str = "clean",
+                  criterion: str = DEFAULT_CRITERION) -> dict[int, int] | None:
+    """{fold: rank-0 layer} from ``layer_rank__<model>`` rows of ``criterion`` made with ``assignment``;
+    None when the table, the criterion, the assignment or any wanted fold is missing there."""
+    from ray_ser import catalog
+
+    try:
+        t = catalog.read(store, catalog.LAYER_RANK, model, columns=["fold", "layer", "layer_rank", "fold_id"],
+                         model=model, condition=condition, criterion=criterion)
+    except KeyError:
+        return None
+    df = pl.from_arrow(t).filter((pl.col("fold_id") == assignment.id) & (pl.col("layer_rank") == 0))
+    found = dict(zip(df["fold"].to_list(), df["layer"].to_list()))
+    if any(int(f) not in found for f in folds_wanted):
+        return None
+    return {int(f): int(found[int(f)]) for f in folds_wanted}
+
+
+def layers_for_folds(store, model: str, assignment, folds_wanted: Sequence[int], condition: str = "clean",
+                     criterion: str = DEFAULT_CRITERION, seed: int = 0) -> tuple[dict[int, int], str]:
+    """({fold: layer}, where from) for the pipeline's automatic layer: the stored ranking of ``criterion``
+    under ``assignment`` when jobs/saliency.py wrote one, else computed now from one read of the store on each
+    fold's training speakers of ``assignment`` (never on its test speakers)."""
+    found = stored_layers(store, model, assignment, folds_wanted, condition, criterion)
+    if found is not None:
+        return found, f"layer_rank ({criterion}, fold assignment {assignment.id})"
+    data, layers = load_layer_data(store, model, condition, seed=seed, assignment=assignment)
+    return ({int(f): choose_from_arrays(layers, data, int(f), criterion, seed) for f in folds_wanted},
+            f"computed ({criterion} on each fold's training speakers)")
+
+
+def layer_prior(store, model: str, assignment, condition: str = "clean", criterion: str = DEFAULT_CRITERION,
+                seed: int = 0) -> list[int]:
+    """Every layer, best first, by ``criterion`` on all speakers of ``assignment`` (for a search: its pool,
+    so the held-out speakers are never read): the order the Tune search starts from."""
+    data, layers = load_layer_data(store, model, condition, seed=seed, assignment=assignment)
+    scores = scores_from_arrays(layers, data, -1, criterion, seed)
+    return sorted(scores, key=lambda k: (-(scores[k] if np.isfinite(scores[k]) else -np.inf), k))
 
 
 # --------------------------------------------------------------------------------------------------

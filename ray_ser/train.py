@@ -377,9 +377,10 @@ def _in_corpora(cfg: TrainConfig, labels_rows: dict, utts: Sequence[str]) -> lis
     return [u for u in utts if labels_rows[u]["corpus"] in cfg.corpora]
 
 
-def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int) -> tuple[FoldPlan, Any, np.ndarray | None]:
+def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
+              layer: int | None = None) -> tuple[FoldPlan, Any, np.ndarray | None]:
     """(plan, labels, centroids) of outer ``fold``: inner split, layer, mask and centroids, all fitted or
-    chosen on the fold's training speakers."""
+    chosen on the fold's training speakers (``layer``: the fold's automatic choice, when the caller made it)."""
     from ray_ser import saliency_store as ss
     from ray_ser.datasets import frame_stats, load_labels
     from ray_ser.store import as_store
@@ -392,11 +393,11 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int) -> tuple[
     labels = load_labels(store, [*inner, *val, *test], domain_utts=inner, domain_key=cfg.domain)
     if not inner or not val:
         raise ValueError(f"fold {fold}: no inner training or validation utterances of corpora {cfg.corpora}")
-    layer = cfg.layer
+    layer = cfg.layer if cfg.layer is not None else layer
     if layer is None:
-        from ray_ser.layer_selection import choose_layer
+        from ray_ser.layer_selection import layers_for_folds
 
-        layer = int(choose_layer(store, cfg.model, fold))
+        layer = layers_for_folds(store, cfg.model, assignment, [fold])[0][fold]
     dim = int(store.embeddings(cfg.model).schema.field("mean").type.list_size)
     keep = None
     if cfg.keep_ratio < 1.0:
@@ -522,7 +523,8 @@ def _scaling(cfg: TrainConfig):
                          resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if use_gpu else {})})
 
 
-def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir: str | os.PathLike) -> dict:
+def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir: str | os.PathLike,
+               layer: int | None = None) -> dict:
     """Train outer ``fold`` with Ray Train (resuming its run if one was interrupted) and write its best
     checkpoint; returns the fold's summary (best epoch and validation score, seconds, layer)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
@@ -530,7 +532,7 @@ def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir:
 
     out_dir = Path(out_dir).resolve()
     t0 = time.perf_counter()
-    plan, labels, centroids = plan_fold(cfg, assignment, fold)
+    plan, labels, centroids = plan_fold(cfg, assignment, fold, layer)
     datasets = fold_datasets(cfg, plan, labels, centroids)
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -590,7 +592,14 @@ def run(cfg: TrainConfig, folds: str | Sequence[int], out_dir: str | os.PathLike
     assignment = resolve_assignment(cfg)
     summaries = []
     done = fold_checkpoints(out_dir)
-    for fold in select_folds(folds, assignment):
+    wanted = select_folds(folds, assignment)
+    layers: dict[int, int] = {}
+    if cfg.layer is None:  # every fold's automatic layer from one read (the stored ranking when there is one)
+        from ray_ser.layer_selection import layers_for_folds
+
+        layers, source = layers_for_folds(cfg.store, cfg.model, assignment, wanted)
+        log.info("layers per fold from %s: %s", source, layers)
+    for fold in wanted:
         if fold in done and json.loads((done[fold] / "config.json").read_text())["train"] == cfg.model_dump():
             log.info("fold %d already trained: %s", fold, done[fold])
             info = json.loads((done[fold] / "config.json").read_text())
@@ -598,7 +607,7 @@ def run(cfg: TrainConfig, folds: str | Sequence[int], out_dir: str | os.PathLike
                        "best_val_score": info["best_val_score"], "epochs": info["epochs_run"], "seconds": 0.0,
                        "skipped": True}
         else:
-            summary = train_fold(cfg, assignment, fold, out_dir)
+            summary = train_fold(cfg, assignment, fold, out_dir, layers.get(fold))
         summaries.append(summary)
         if on_fold is not None:
             on_fold(summary)

@@ -59,6 +59,9 @@ class SearchOptions:
     cpus_per_trial: float = 0.5
     max_concurrent: int = 2
     layers: Sequence[int] | None = None
+    """Layers to search; None: the ``top_layers`` best by the layer prior."""
+    top_layers: int = 3
+    """With ``layers`` None: search the this-many layers the prior ranks first (0: every stored layer)."""
     name: str = "search"
 
 
@@ -69,6 +72,30 @@ def search_space(layers: Sequence[int]) -> dict:
     return {"layer": tune.choice(list(layers)), "keep_ratio": tune.choice(list(KEEP_RATIOS)),
             "n_clusters": tune.choice(list(CLUSTER_COUNTS)), "adv_weight": tune.choice(list(ADV_WEIGHTS)),
             "lr": tune.loguniform(1e-4, 3e-3), "pooling": tune.choice(list(POOLINGS)), "target": tune.choice(list(TARGETS))}
+
+
+def layer_prior(opts: SearchOptions, held_out: Sequence[int]) -> tuple[list[int], list[int]]:
+    """(layers to search, every stored layer best first) from the pipeline's layer criterion
+    (:func:`ray_ser.layer_selection.layer_prior`) on the pool's speakers only, so the held-out folds stay
+    unread; ``opts.layers`` overrides the searched set (the order is still reported)."""
+    from ray_ser.layer_selection import layer_prior as prior
+
+    order = prior(opts.base.store, opts.base.model, resolve_assignment(opts.base).without(held_out))
+    if opts.layers is not None:
+        return [k for k in order if k in set(opts.layers)] or list(opts.layers), order
+    return (order[:opts.top_layers] if opts.top_layers else order), order
+
+
+def first_point(opts: SearchOptions, layer: int) -> dict:
+    """The search's first trial: the prior's layer with the base configuration's other values (the
+    sampler's start), snapped onto the search space's choices."""
+    base = opts.base
+    snap = lambda v, choices: min(choices, key=lambda c: abs(c - v))  # noqa: E731
+    return {"layer": layer, "keep_ratio": snap(base.keep_ratio, KEEP_RATIOS),
+            "n_clusters": base.n_clusters if base.n_clusters in CLUSTER_COUNTS else 0,
+            "adv_weight": snap(base.adv_weight, ADV_WEIGHTS), "lr": min(max(base.lr, 1e-4), 3e-3),
+            "pooling": base.pooling if base.pooling in POOLINGS else POOLINGS[0],
+            "target": base.target if base.target in TARGETS else TARGETS[0]}
 
 
 def trial_config(base: dict, params: dict) -> TrainConfig:
@@ -151,19 +178,19 @@ def run_search(opts: SearchOptions, out_dir: str | Path, resume: bool = False):
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from ray_ser.saliency_store import layers_of
-
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     held_out, folds = plan_search(opts)
-    layers = list(opts.layers) if opts.layers is not None else layers_of(opts.base.store, opts.base.model)
+    layers, order = layer_prior(opts, held_out)
+    log.info("layer prior (pool speakers only): %s; searching layers %s", order, layers)
     metric = metric_name(opts)
     fn = tune.with_resources(tune.with_parameters(trainable), {"CPU": opts.cpus_per_trial})
     path = out_dir / opts.name
     if resume and tune.Tuner.can_restore(str(path)):
         tuner = tune.Tuner.restore(str(path), trainable=fn, resume_errored=True)
     else:
-        searcher = ConcurrencyLimiter(OptunaSearch(metric=metric, mode="max", seed=opts.seed),
+        searcher = ConcurrencyLimiter(OptunaSearch(metric=metric, mode="max", seed=opts.seed,
+                                                   points_to_evaluate=[first_point(opts, layers[0])]),
                                       max_concurrent=opts.max_concurrent)
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=opts.max_epochs,
                                   grace_period=min(opts.grace_period, opts.max_epochs), reduction_factor=2)
@@ -179,7 +206,7 @@ def run_search(opts: SearchOptions, out_dir: str | Path, resume: bool = False):
         )
     results = tuner.fit()
     trials = trials_table(results, metric)
-    write_outputs(trials, opts, metric, out_dir, held_out, folds)
+    write_outputs(trials, opts, metric, out_dir, held_out, folds, {"layer_order": order, "layers_searched": layers})
     return trials
 
 
@@ -213,7 +240,7 @@ def trials_table(results, metric: str) -> pl.DataFrame:
 
 
 def write_outputs(trials: pl.DataFrame, opts: SearchOptions, metric: str, out_dir: Path, held_out: Sequence[int],
-                  folds: Sequence[int]) -> dict:
+                  folds: Sequence[int], prior: dict | None = None) -> dict:
     """``trials.parquet`` and ``best_config.json`` (a TrainConfig that jobs/train.py --config takes as is)."""
     tmp = out_dir / "trials.parquet.tmp"
     trials.write_parquet(tmp)
@@ -229,7 +256,8 @@ def write_outputs(trials: pl.DataFrame, opts: SearchOptions, metric: str, out_di
     text = json.dumps(cfg.model_dump(), indent=1)
     (out_dir / "best_config.json").write_text(text)
     (out_dir / "search.json").write_text(json.dumps({"metric": metric, "held_out_folds": list(held_out), "search_folds": list(folds), "best": best,
-                                                     "num_samples": opts.num_samples, "max_epochs": opts.max_epochs},
+                                                     "num_samples": opts.num_samples, "max_epochs": opts.max_epochs,
+                                                     "layer_prior": prior},
                                                     indent=1, default=str))
     return json.loads(text)
 

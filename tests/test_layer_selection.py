@@ -300,3 +300,42 @@ def test_study_job_prints_the_table(monkeypatch, case, probe, capsys):
     assert out["table"]["criterion"].to_list() == ["direct_top10:pdf", "fisher"]
     assert out["results"]["clean"].probe_uar == pytest.approx({k: probe[k] for k in two})
     assert out["table"]["regret clean"].to_list() == [0.0, 0.0]
+
+
+# ---- the stored choice the pipeline reads ----------------------------------------------------------
+def test_saliency_job_stores_the_choice_train_cluster_and_tune_read(synth_store, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from ray_ser import saliency_store as ss
+
+    store = str(tmp_path / "store")
+    shutil.copytree(synth_store, store)
+    if str(JOBS) not in sys.path:
+        sys.path.insert(0, str(JOBS))
+    spec = importlib.util.spec_from_file_location("saliency_job_choice", JOBS / "saliency.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    out = job.main(["--store", store, "--model", "tiny", "--no-mis"])
+    assert "pipeline layer choice (lda_inner" in capsys.readouterr().out
+    a = ss.stored_assignment(store, "tiny")
+    rank = ss.read_layer_ranking(store, "tiny")
+    assert set(rank["criterion"]) == {"ccs_top10", lsel.DEFAULT_CRITERION}  # both criteria side by side
+    mine = rank.filter(pl.col("criterion") == lsel.DEFAULT_CRITERION)
+    assert set(mine["fold_id"]) == {a.id} and set(mine["fold"]) == {-1, *a.fold_ids}
+    assert mine.height == out["layer_choice"].height == 3 * (len(a.fold_ids) + 1)
+    # what is stored is what choose_layers computes on each fold's training speakers
+    computed = lsel.choose_layers(store, "tiny")
+    assert lsel.stored_layers(store, "tiny", a, [-1, *a.fold_ids]) == computed
+    layers, source = lsel.layers_for_folds(store, "tiny", a, a.fold_ids)
+    assert source.startswith("layer_rank") and layers == {f: computed[f] for f in a.fold_ids}
+    # another assignment (a search's pool) is not described by the stored rows: computed on its own folds,
+    # and the prior over the pool never scores a held-out utterance
+    pool = a.without([0])
+    assert lsel.stored_layers(store, "tiny", pool, pool.fold_ids) is None
+    seen: list[str] = []
+    real = lsel.layer_matrix
+    monkeypatch.setattr(lsel, "layer_matrix", lambda s, m, c, k, utts: seen.extend(utts) or real(s, m, c, k, utts))
+    _, source = lsel.layers_for_folds(store, "tiny", pool, pool.fold_ids)
+    order = lsel.layer_prior(store, "tiny", pool)
+    assert source.startswith("computed") and sorted(order) == [0, 1, 2]
+    assert seen and not set(seen) & set(a.test_utts(0))

@@ -52,7 +52,17 @@ def test_search_writes_trials_tensorboard_and_a_config_the_train_job_takes(synth
     a = resolve_assignment(TrainConfig(store=synth_store, model="tiny"))
     read = set(log.read_text().split())
     assert read and not read & set(a.test_utts(0) + a.test_utts(1))
-    assert json.loads((out / "search.json").read_text())["held_out_folds"] == [0, 1]
+    search = json.loads((out / "search.json").read_text())
+    assert search["held_out_folds"] == [0, 1]
+    # the layer prior (pool speakers only) orders every layer; the first trial starts at its best layer with
+    # the base configuration's other values
+    prior = search["layer_prior"]
+    assert sorted(prior["layer_order"]) == [0, 1, 2] and prior["layers_searched"] == prior["layer_order"][:3]
+    base = TrainConfig(store=synth_store, model="tiny")
+    first = trials.filter((pl.col("layer") == prior["layer_order"][0]) & (pl.col("keep_ratio") == 1.0)
+                          & (pl.col("adv_weight") == 0.0) & pl.col("n_clusters").is_null()
+                          & (pl.col("pooling") == base.pooling) & (pl.col("lr") - base.lr).abs().lt(1e-12))
+    assert first.height == 1
     # best_config.json is a TrainConfig the train job takes as is
     best = json.loads((out / "best_config.json").read_text())
     cfg = TrainConfig(**best)
