@@ -170,12 +170,17 @@ def collate(batch: dict[str, np.ndarray], device=None) -> dict:
     ``lengths`` (B,), ``frame_ids`` padded with IGNORE; targets as tensors; ``dims_mask`` marks present A/V/D."""
     import torch
 
-    xs = list(batch["x"])
-    lengths = np.array([len(x) for x in xs], np.int64)
-    T, D = int(lengths.max()), xs[0].shape[1]
-    x = np.zeros((len(xs), T, D), np.float32)
-    for i, a in enumerate(xs):
-        x[i, :len(a)] = a
+    xs = batch["x"]
+    if isinstance(xs, np.ndarray) and xs.dtype != object and xs.ndim == 3:  # equal lengths: one cast, no padding
+        x = xs.astype(np.float32)
+        lengths = np.full(len(x), x.shape[1], np.int64)
+    else:
+        xs = list(xs)
+        lengths = np.array([len(a) for a in xs], np.int64)
+        T, D = int(lengths.max()), xs[0].shape[1]
+        x = np.zeros((len(xs), T, D), np.float32)
+        for i, a in enumerate(xs):
+            x[i, :len(a)] = a
     dims = np.asarray(batch["dims"], np.float32).reshape(len(xs), -1)
     out = {"x": torch.from_numpy(x), "lengths": torch.from_numpy(lengths),
            "pdf": torch.from_numpy(np.stack(batch["pdf"]).astype(np.float32)),
@@ -200,6 +205,46 @@ def pick_condition(utt_id: str, epoch: int, seed: int, conditions: Sequence[str]
 
 def _take(batch: dict, idx: np.ndarray) -> dict:
     return {k: v[idx] for k, v in batch.items()}
+
+
+def _concat(parts: list[dict]) -> dict:
+    if len(parts) == 1:
+        return parts[0]
+    out = {}
+    for k in parts[0]:
+        vs = [p[k] for p in parts]
+        if any(v.dtype == object for v in vs) or len({v.shape[1:] for v in vs}) > 1:  # ragged: an object array
+            merged = np.empty(sum(len(v) for v in vs), dtype=object)
+            merged[:] = [a for v in vs for a in v]
+            out[k] = merged
+        else:
+            out[k] = np.concatenate(vs)
+    return out
+
+
+def window_shuffled(chunks: Iterator[dict], rng: np.random.Generator) -> Iterator[dict]:
+    """Rows of consecutive chunks mixed in numpy: the first chunk is held back; each later one is pooled with
+    the rows held, the pool permuted, a chunk's worth yielded and the rest held, so a row can travel any
+    distance; every row comes out once, in an order fixed by ``rng``. (Ray Data's local shuffle buffer does the
+    same with Arrow takes per batch, which cost more than the rest of an epoch's reading.)"""
+    held: dict | None = None
+    size = 0
+    for chunk in chunks:
+        n_new = len(chunk["utt_id"])
+        if n_new == 0:
+            continue
+        size = max(size, n_new)
+        if held is None:
+            held = chunk
+            continue
+        pool = _concat([held, chunk])
+        order = rng.permutation(len(pool["utt_id"]))
+        yield _take(pool, order[:n_new])
+        held = _take(pool, order[n_new:])
+    if held is not None:
+        order = rng.permutation(len(held["utt_id"]))
+        for s in range(0, len(order), size):
+            yield _take(held, order[s:s + size])
 
 
 def bucketed(chunks: Iterator[dict], batch_size: int, rng: np.random.Generator, epoch: int | None = None,

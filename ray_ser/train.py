@@ -191,7 +191,7 @@ def evaluate_batches(model, batches: Iterator[dict], device, target: str) -> tup
 def epoch_batches(source, cfg: TrainConfig, epoch: int, train: bool, device=None) -> Iterator[dict]:
     """Collated batches of a Ray Dataset or DataIterator: shuffled and length-bucketed for training (with the
     epoch's condition per utterance in multi-condition training), in order for evaluation."""
-    from ray_ser.datasets import bucketed, collate
+    from ray_ser.datasets import bucketed, collate, window_shuffled
 
     bs = cfg.batch_size
     if not train:
@@ -199,9 +199,8 @@ def epoch_batches(source, cfg: TrainConfig, epoch: int, train: bool, device=None
             yield collate(b, device)
         return
     rng = np.random.default_rng([cfg.seed, epoch])
-    chunks = source.iter_batches(batch_size=bs * 8 * max(1, len(cfg.conditions)), batch_format="numpy",
-                                 local_shuffle_buffer_size=bs * 16, local_shuffle_seed=cfg.seed * 1000 + epoch)
-    for b in bucketed(chunks, bs, rng, epoch, cfg.seed, cfg.conditions):
+    chunks = source.iter_batches(batch_size=bs * 8 * max(1, len(cfg.conditions)), batch_format="numpy")
+    for b in bucketed(window_shuffled(chunks, rng), bs, rng, epoch, cfg.seed, cfg.conditions):
         yield collate(b, device)
 
 
