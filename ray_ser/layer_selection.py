@@ -396,7 +396,7 @@ def load_layer_data(store, model: str, condition: str = "clean", folds: str | in
     the saliency's rows and folds (:func:`ray_ser.saliency_store.labelled_rows`) less those without a
     categorical label (the probe needs one), as :func:`ray_ser.probe.layer_probe` does.  With ``assignment``
     (a :class:`~ray_ser.corpora.folds.FoldAssignment`) only its utterances, in its folds: e.g. a search's
-    pool, whose held-out speakers must not be read."""
+    pool, whose held-out speakers must not be scored."""
     rows, _, _, fold, desc = labelled_rows(store, model, condition, folds, seed)
     if assignment is not None:
         fold_of = assignment.fold_of()
@@ -504,7 +504,7 @@ def layers_for_folds(store, model: str, assignment, folds_wanted: Sequence[int],
 def layer_prior(store, model: str, assignment, condition: str = "clean", criterion: str = DEFAULT_CRITERION,
                 seed: int = 0) -> list[int]:
     """Every layer, best first, by ``criterion`` on all speakers of ``assignment`` (for a search: its pool,
-    so the held-out speakers are never read): the order the Tune search starts from."""
+    so no held-out speaker is scored): the order the Tune search starts from."""
     data, layers = load_layer_data(store, model, condition, seed=seed, assignment=assignment)
     scores = scores_from_arrays(layers, data, -1, criterion, seed)
     return sorted(scores, key=lambda k: (-(scores[k] if np.isfinite(scores[k]) else -np.inf), k))

@@ -76,8 +76,8 @@ def search_space(layers: Sequence[int]) -> dict:
 
 def layer_prior(opts: SearchOptions, held_out: Sequence[int]) -> tuple[list[int], list[int]]:
     """(layers to search, every stored layer best first) from the pipeline's layer criterion
-    (:func:`ray_ser.layer_selection.layer_prior`) on the pool's speakers only, so the held-out folds stay
-    unread; ``opts.layers`` overrides the searched set (the order is still reported)."""
+    (:func:`ray_ser.layer_selection.layer_prior`) on the pool's speakers only, so no held-out speaker
+    is scored; ``opts.layers`` overrides the searched set (the order is still reported)."""
     from ray_ser.layer_selection import layer_prior as prior
 
     order = prior(opts.base.store, opts.base.model, resolve_assignment(opts.base).without(held_out))
