@@ -367,7 +367,7 @@ def pick(scores: Mapping[int, float]) -> int:
     """The layer with the highest score; ties to the lower layer, NaN never picked (unless all are)."""
     if not scores:
         raise ValueError("no layers to pick from")
-    return min(scores, key=lambda k: (-(scores[k] if np.isfinite(scores[k]) else -np.inf), k))
+    return best_first(scores)[0]
 
 
 def regret(scores: Mapping[int, float], probe_uar: Mapping[int, float]) -> float:
@@ -430,12 +430,18 @@ def choose_layer(store, model: str, fold: int, condition: str = "clean", criteri
 
 
 def choose_layers(store, model: str, folds_to_choose: Sequence[int] | None = None, condition: str = "clean",
-                  criterion: str = DEFAULT_CRITERION, *, folds: str | int = "auto", seed: int = 0) -> dict[int, int]:
+                  criterion: str = DEFAULT_CRITERION, *, folds: str | int = "auto", seed: int = 0,
+                  assignment=None) -> dict[int, int]:
     """{outer fold: :func:`choose_layer`} for several folds (default: every outer fold and -1), reading the
-    store once."""
-    data, layers = load_layer_data(store, model, condition, folds, seed)
+    store once; with ``assignment``, its utterances and folds (see :func:`load_layer_data`)."""
+    data, layers = load_layer_data(store, model, condition, folds, seed, assignment=assignment)
     wanted = list(folds_to_choose) if folds_to_choose is not None else [-1, *sorted(set(data.fold.tolist()))]
     return {int(f): choose_from_arrays(layers, data, int(f), criterion, seed) for f in wanted}
+
+
+def best_first(scores: Mapping[int, float]) -> list[int]:
+    """Layers by score, best first (a non-finite score last, ties to the lower layer); :func:`pick` is the first."""
+    return sorted(scores, key=lambda k: (-(scores[k] if np.isfinite(scores[k]) else -np.inf), k))
 
 
 def layer_rank_rows(store, model: str, condition: str = "clean", criterion: str = DEFAULT_CRITERION,
@@ -449,7 +455,7 @@ def layer_rank_rows(store, model: str, condition: str = "clean", criterion: str 
     rows = []
     for f in wanted:
         scores = scores_from_arrays(layers, data, int(f), criterion, seed)
-        order = sorted(scores, key=lambda k: (-(scores[k] if np.isfinite(scores[k]) else -np.inf), k))
+        order = best_first(scores)
         rows += [(int(f), k, float(scores[k]), order.index(k), criterion) for k in sorted(scores)]
     return pl.DataFrame(rows, schema={"fold": pl.Int32, "layer": pl.Int32, "layer_score": pl.Float64,
                                       "layer_rank": pl.Int32, "criterion": pl.Utf8}, orient="row")
@@ -496,8 +502,7 @@ def layers_for_folds(store, model: str, assignment, folds_wanted: Sequence[int],
     found = stored_layers(store, model, assignment, folds_wanted, condition, criterion)
     if found is not None:
         return found, f"layer_rank ({criterion}, fold assignment {assignment.id})"
-    data, layers = load_layer_data(store, model, condition, seed=seed, assignment=assignment)
-    return ({int(f): choose_from_arrays(layers, data, int(f), criterion, seed) for f in folds_wanted},
+    return (choose_layers(store, model, folds_wanted, condition, criterion, seed=seed, assignment=assignment),
             f"computed ({criterion} on each fold's training speakers)")
 
 
@@ -506,8 +511,7 @@ def layer_prior(store, model: str, assignment, condition: str = "clean", criteri
     """Every layer, best first, by ``criterion`` on all speakers of ``assignment`` (for a search: its pool,
     so no held-out speaker is scored): the order the Tune search starts from."""
     data, layers = load_layer_data(store, model, condition, seed=seed, assignment=assignment)
-    scores = scores_from_arrays(layers, data, -1, criterion, seed)
-    return sorted(scores, key=lambda k: (-(scores[k] if np.isfinite(scores[k]) else -np.inf), k))
+    return best_first(scores_from_arrays(layers, data, -1, criterion, seed))
 
 
 # --------------------------------------------------------------------------------------------------
