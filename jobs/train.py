@@ -24,7 +24,8 @@ OVERRIDES = {
     "store": "store", "model": "model", "layer": "layer", "epochs": "epochs", "seed": "seed", "keep_ratio": "keep_ratio",
     "n_clusters": "n_clusters", "adv_weight": "adv_weight", "target": "target", "arch": "arch", "pooling": "pooling",
     "lr": "lr", "batch_size": "batch_size", "patience": "patience", "num_workers": "num_workers",
-    "cpus_per_worker": "cpus_per_worker", "fold_rule": "folds",
+    "cpus_per_worker": "cpus_per_worker", "fold_rule": "folds", "mlp_hidden": "mlp_hidden",
+    "weight_decay": "weight_decay", "dropout": "dropout", "refit": "refit", "spec_augment": "spec_augment",
 }
 
 
@@ -38,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", default="all", help="all | F[,F...] outer folds to train")
     p.add_argument("--fold-rule", default=None, help="auto | loso | K, when the store has no saliency folds")
     p.add_argument("--layer", type=int, default=None, help="layer to read (default: chosen per fold on its training speakers)")
+    p.add_argument("--layers", default=None,
+                   help="several layers, e.g. 2,3,4: each frame is their vectors concatenated (overrides --layer)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--keep-ratio", type=float, default=None, help="saliency keep ratio of the layer's dims (1.0 = all)")
@@ -49,6 +52,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--patience", type=int, default=None)
+    p.add_argument("--weight-decay", type=float, default=None, help="AdamW decoupled weight decay")
+    p.add_argument("--dropout", type=float, default=None)
+    p.add_argument("--mlp-hidden", type=int, default=None, help="MLP hidden width (0 = a linear model)")
+    p.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="time and feature masking of the training frames")
+    p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
+                   help="after early stopping, retrain on all of the fold's training speakers for the selected epochs")
     p.add_argument("--conditions", default=None, help="training copies, e.g. clean,25dB,15dB,5dB (multi-condition)")
     p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers per fold (DDP)")
     p.add_argument("--cpus-per-worker", type=float, default=None)
@@ -62,6 +72,8 @@ def build_config(args):
     overrides = {field: getattr(args, flag) for flag, field in OVERRIDES.items() if getattr(args, flag) is not None}
     if args.corpus:
         overrides["corpora"] = [c for c in args.corpus.split(",") if c]
+    if args.layers:
+        overrides["layers"] = [int(x) for x in args.layers.split(",") if x.strip()]
     if args.conditions:
         overrides["conditions"] = [c for c in args.conditions.split(",") if c]
     return TrainConfig.from_file(args.config, **overrides) if args.config else TrainConfig(**overrides)

@@ -9,6 +9,7 @@ outer fold (fitted without its test speakers), so nothing read for fold f depend
 
 from __future__ import annotations
 
+import itertools
 import os
 import zlib
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ray_ser import catalog
 from ray_ser.corpora.manifest import DIMENSIONS
@@ -94,23 +96,14 @@ def _targets(labels: Labels, utt_ids: Sequence[str]) -> dict[str, np.ndarray]:
             "domain": np.array([labels.domain_of(u) for u in utt_ids], np.int64)}
 
 
-def to_examples(batch: pa.Table, keep: np.ndarray | None, labels: Labels, centroids: np.ndarray | None) -> dict:
-    """Ray Data map function: stored rows (utt_id, condition, frames) -> examples with the masked float16
-    frames as a ragged ``x``, the targets, and frame-cluster ids (nearest centroid in the full space)."""
+def _as_examples(ids: list[str], conditions: list, X: np.ndarray, lengths: np.ndarray, keep: np.ndarray | None,
+                 labels: Labels, centroids: np.ndarray | None) -> dict:
+    """Rows of stacked frames ``X`` (sum of ``lengths``, dim) -> examples: ragged masked ``x``, targets and
+    frame-cluster ids (nearest centroid in the full space)."""
     from ray_ser.clusters import nearest
 
-    frames = batch.column("frames").combine_chunks()
-    ids = batch.column("utt_id").to_pylist()
-    if frames.null_count:
-        bad = [u for u, ok in zip(ids, frames.is_valid().to_pylist()) if not ok]
-        raise ValueError(f"{bad[:3]}: stored without frames (extracted with --no-frames): train the MLP on pooled "
-                         "vectors or re-extract with frames")
-    lengths = frames.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
-    flat = frames.flatten()
-    dim = flat.type.list_size
-    X = flat.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
     bounds = np.concatenate([[0], np.cumsum(lengths)])
-    out = {"utt_id": np.array(ids, dtype=object), "condition": np.array(batch.column("condition").to_pylist(), dtype=object),
+    out = {"utt_id": np.array(ids, dtype=object), "condition": np.array(conditions, dtype=object),
            "n_frames": lengths, **_targets(labels, ids)}
     kept = X if keep is None else X[:, keep]
     out["x"] = np.array([kept[bounds[i]:bounds[i + 1]] for i in range(len(ids))] + [None], dtype=object)[:-1]
@@ -120,14 +113,71 @@ def to_examples(batch: pa.Table, keep: np.ndarray | None, labels: Labels, centro
     return out
 
 
-def frames_dataset(store: str | Store, model: str, layer: int, utt_ids: Sequence[str], labels: Labels,
+def _frame_matrix(batch: pa.Table) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(utt_ids, frames stacked (sum of n_frames, dim) float16, n_frames) of stored rows; a row stored without
+    frames is an error naming it."""
+    frames = batch.column("frames").combine_chunks()
+    ids = batch.column("utt_id").to_pylist()
+    if frames.null_count:
+        bad = [u for u, ok in zip(ids, frames.is_valid().to_pylist()) if not ok]
+        raise ValueError(f"{bad[:3]}: stored without frames (extracted with --no-frames): train the MLP on pooled "
+                         "vectors or re-extract with frames")
+    lengths = frames.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = frames.flatten()
+    return ids, flat.flatten().to_numpy(zero_copy_only=False).reshape(-1, flat.type.list_size), lengths
+
+
+def to_examples(batch: pa.Table, keep: np.ndarray | None, labels: Labels, centroids: np.ndarray | None) -> dict:
+    """Ray Data map function: stored rows (utt_id, condition, frames) -> examples with the masked float16
+    frames as a ragged ``x``, the targets, and frame-cluster ids (nearest centroid in the full space)."""
+    ids, X, lengths = _frame_matrix(batch)
+    return _as_examples(ids, batch.column("condition").to_pylist(), X, lengths, keep, labels, centroids)
+
+
+def read_layers(batch: dict, uri: str, layers: Sequence[int], conditions: Sequence[str], keep: np.ndarray | None,
+                labels: Labels) -> dict:
+    """Ray Data map function over a batch of utt_ids: every (utterance, condition) row of ``layers`` read from
+    the Lance table at ``uri``, each frame the concatenation of its layers' vectors in ``layers`` order."""
+    import lance
+
+    ids = [str(u) for u in batch["utt_id"]]
+    t = lance.dataset(uri).to_table(columns=["utt_id", "condition", "layer", "frames"],
+                                    filter=catalog.where(layer=[int(l) for l in layers], condition=list(conditions),
+                                                         utt_id=ids))
+    t = t.sort_by([("utt_id", "ascending"), ("condition", "ascending")])
+    per_layer = []
+    for layer in layers:
+        part = t.filter(pc.equal(t.column("layer"), layer))
+        keys = list(zip(part.column("utt_id").to_pylist(), part.column("condition").to_pylist()))
+        per_layer.append((keys, *_frame_matrix(part)[1:]))
+    keys = per_layer[0][0]
+    for layer, (k, _, n) in zip(layers, per_layer):
+        if k != keys or not np.array_equal(n, per_layer[0][2]):
+            missing = sorted(set(keys) ^ set(k))[:3]
+            raise ValueError(f"layer {layer} of {uri} does not hold the same (utterance, condition) rows and frame "
+                             f"counts as layer {layers[0]}: e.g. {missing or 'frame counts differ'}")
+    X = np.hstack([x for _, x, _ in per_layer])
+    return _as_examples([u for u, _ in keys], [c for _, c in keys], X, per_layer[0][2], keep, labels, None)
+
+
+def input_layers(layer: int | Sequence[int]) -> list[int]:
+    """A layer or a list of layers as a list (several layers are concatenated per frame)."""
+    return [int(layer)] if isinstance(layer, (int, np.integer)) else [int(l) for l in layer]
+
+
+def frames_dataset(store: str | Store, model: str, layer: int | Sequence[int], utt_ids: Sequence[str], labels: Labels,
                    conditions: Sequence[str] = ("clean",), mask: np.ndarray | None = None,
                    centroids: np.ndarray | None = None, batch_rows: int = 64):
-    """A Ray Dataset of one model x layer x conditions x utterance set: rows ``utt_id``, ``condition``,
+    """A Ray Dataset of one model x layer(s) x conditions x utterance set: rows ``utt_id``, ``condition``,
     ``n_frames``, ``x`` (n_frames, kept dims) float16, ``label_index``, ``pdf``, ``dims`` (A/V/D, NaN when
     absent), ``domain`` and, with ``centroids`` (k, dim), ``frame_ids``. ``mask`` (bool over the layer's
-    dims) keeps the saliency-selected dimensions."""
+    dims) keeps the saliency-selected dimensions.
+
+    Several layers (a list) give each frame the concatenation of their vectors (``mask`` then spans the
+    concatenated dims); lance-ray's scan returns one layer's rows in storage order, so that path reads by key
+    instead: the utt_ids in batches of ``batch_rows``, each batch's rows of every layer in one filtered read."""
     import lance_ray
+    import ray
 
     if os.environ.get(READ_LOG_ENV):
         with open(os.environ[READ_LOG_ENV], "a") as fh:
@@ -135,30 +185,45 @@ def frames_dataset(store: str | Store, model: str, layer: int, utt_ids: Sequence
     store = as_store(store)
     uri = store.embeddings(model).to_lance().uri
     keep = None if mask is None else np.flatnonzero(np.asarray(mask, bool))
-    where = catalog.where(layer=int(layer), condition=list(conditions), utt_id=list(utt_ids))
+    layers = input_layers(layer)
+    if len(layers) > 1:
+        if centroids is not None:
+            raise ValueError(f"frame-cluster ids come from one layer's k-means: train on one layer, not {layers}, "
+                             "or turn the cluster head off")
+        keys = ray.data.from_items([{"utt_id": u} for u in sorted(set(utt_ids))],
+                                   override_num_blocks=max(1, min(64, -(-len(set(utt_ids)) // batch_rows))))
+        return keys.map_batches(read_layers, fn_kwargs={"uri": uri, "layers": layers, "conditions": list(conditions),
+                                                        "keep": keep, "labels": labels},
+                                batch_format="numpy", batch_size=batch_rows)
+    where = catalog.where(layer=layers[0], condition=list(conditions), utt_id=list(utt_ids))
     ds = lance_ray.read_lance(uri, columns=["utt_id", "condition", "frames"], filter=where)
     return ds.map_batches(to_examples, fn_kwargs={"keep": keep, "labels": labels, "centroids": centroids},
                           batch_format="pyarrow", batch_size=batch_rows)
 
 
-def frame_stats(store: str | Store, model: str, layer: int, utt_ids: Sequence[str], conditions: Sequence[str] = ("clean",),
-                keep: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def frame_stats(store: str | Store, model: str, layer: int | Sequence[int], utt_ids: Sequence[str],
+                conditions: Sequence[str] = ("clean",), keep: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension mean and standard deviation over every frame of ``utt_ids``, exactly, from the stored pooled
     rows (frame mean, frame std and frame count per utterance), so a fold's scaler reads no frame matrix; pass a
-    fold's inner training utterances only (a scaler is fitted on training speakers, like everything else)."""
+    fold's inner training utterances only (a scaler is fitted on training speakers, like everything else).
+    Several layers: their statistics concatenated in order, as :func:`frames_dataset` concatenates frames."""
     store = as_store(store)
-    t = store.embeddings(model).to_lance().to_table(
-        columns=["n_frames", "mean", "std"],
-        filter=catalog.where(layer=int(layer), condition=list(conditions), utt_id=list(utt_ids)))
-    if t.num_rows == 0:
-        raise ValueError(f"no rows of {model} layer {layer} for the {len(utt_ids)} training utterances")
-    n = t.column("n_frames").to_numpy().astype(np.float64)[:, None]
-    dim = t.schema.field("mean").type.list_size
-    mu = t.column("mean").combine_chunks().flatten().to_numpy().reshape(-1, dim).astype(np.float64)
-    sd = t.column("std").combine_chunks().flatten().to_numpy().reshape(-1, dim).astype(np.float64)
-    mean = (n * mu).sum(0) / n.sum()
-    var = (n * (sd ** 2 + mu ** 2)).sum(0) / n.sum() - mean ** 2
-    std = np.sqrt(np.clip(var, 1e-10, None))
+    means, stds = [], []
+    for one in input_layers(layer):
+        t = store.embeddings(model).to_lance().to_table(
+            columns=["n_frames", "mean", "std"],
+            filter=catalog.where(layer=one, condition=list(conditions), utt_id=list(utt_ids)))
+        if t.num_rows == 0:
+            raise ValueError(f"no rows of {model} layer {one} for the {len(utt_ids)} training utterances")
+        n = t.column("n_frames").to_numpy().astype(np.float64)[:, None]
+        dim = t.schema.field("mean").type.list_size
+        mu = t.column("mean").combine_chunks().flatten().to_numpy().reshape(-1, dim).astype(np.float64)
+        sd = t.column("std").combine_chunks().flatten().to_numpy().reshape(-1, dim).astype(np.float64)
+        mean = (n * mu).sum(0) / n.sum()
+        var = (n * (sd ** 2 + mu ** 2)).sum(0) / n.sum() - mean ** 2
+        means.append(mean)
+        stds.append(np.sqrt(np.clip(var, 1e-10, None)))
+    mean, std = np.concatenate(means), np.concatenate(stds)
     if keep is not None:
         mean, std = mean[list(keep)], std[list(keep)]
     return mean.astype(np.float32), std.astype(np.float32)
@@ -245,6 +310,64 @@ def window_shuffled(chunks: Iterator[dict], rng: np.random.Generator) -> Iterato
         order = rng.permutation(len(held["utt_id"]))
         for s in range(0, len(order), size):
             yield _take(held, order[s:s + size])
+
+
+def _nbytes(chunk: dict) -> int:
+    n = 0
+    for v in chunk.values():
+        n += sum(getattr(a, "nbytes", 0) for a in v) if v.dtype == object else v.nbytes
+    return n
+
+
+def _as_row_views(rows: dict) -> dict:
+    """Equal-length frames ``x`` (n, T, D) as an object array of per-row views, so shuffling and bucketing move
+    pointers, not frames; the collate copies each row once."""
+    x = rows.get("x")
+    if x is None or x.dtype == object:
+        return rows
+    views = np.empty(len(x), dtype=object)
+    views[:] = list(x)
+    return {**rows, "x": views}
+
+
+class ShardCache:
+    """A worker's shard kept in memory after its first full read, when it fits in ``max_bytes``: later epochs
+    draw their rows from it in numpy instead of re-reading through Ray Data, whose fixed per-epoch cost (iterator
+    and executor set-up) exceeds a small fold's whole read. A shard larger than the budget is streamed every
+    epoch, shuffled in a window (:func:`window_shuffled`)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self.rows: dict | None = None
+        self.streaming = self.max_bytes <= 0
+
+    def _read(self, source, chunk_rows: int) -> Iterator[dict]:
+        return source.iter_batches(batch_size=chunk_rows, batch_format="numpy")
+
+    def chunks(self, source, chunk_rows: int, rng: np.random.Generator | None = None) -> Iterator[dict]:
+        """The shard's rows in chunks of ``chunk_rows``: all rows permuted by ``rng`` (in stored order when None).
+        The first call reads ``source`` once, whole, before yielding, so an epoch's order never depends on whether
+        the cache was warm (a resumed run draws the same batches as an uninterrupted one)."""
+        if self.rows is None and not self.streaming:
+            parts, size = [], 0
+            it = self._read(source, chunk_rows)
+            for chunk in it:
+                parts.append(chunk)
+                size += _nbytes(chunk)
+                if size > self.max_bytes:  # too big to hold: stream this epoch and every later one
+                    self.streaming = True
+                    rest = itertools.chain(parts, it)
+                    yield from (rest if rng is None else window_shuffled(rest, rng))
+                    return
+            self.rows = _as_row_views(_concat(parts)) if parts else {}
+        if self.streaming:
+            it = self._read(source, chunk_rows)
+            yield from (it if rng is None else window_shuffled(it, rng))
+            return
+        n = len(self.rows.get("utt_id", ()))
+        order = np.arange(n) if rng is None else rng.permutation(n)
+        for start in range(0, n, chunk_rows):
+            yield _take(self.rows, order[start:start + chunk_rows])
 
 
 def bucketed(chunks: Iterator[dict], batch_size: int, rng: np.random.Generator, epoch: int | None = None,

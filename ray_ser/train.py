@@ -52,6 +52,9 @@ class TrainConfig(BaseModel):
     """Corpora to train on (empty: every labelled utterance of the store)."""
     layer: int | None = None
     """None: chosen per outer fold on its training speakers (ray_ser.layer_selection)."""
+    layers: list[int] = []
+    """Several layers, each frame their vectors concatenated in this order (overrides ``layer``; the mask, when
+    keep_ratio < 1, is each layer's own fold mask)."""
     conditions: list[str] = ["clean"]
     """Training copies: more than one = multi-condition training (one copy per utterance and epoch)."""
     keep_ratio: float = 1.0
@@ -69,6 +72,8 @@ class TrainConfig(BaseModel):
     conv_channels: int = 256
     gru_hidden: int = 256
     embed_dim: int = 128
+    mlp_hidden: int = 256
+    """MLP hidden width (0: a linear model on the pooled input)."""
     dropout: float = 0.2
     spec_augment: bool = True
     lr: float = 5e-4
@@ -76,6 +81,9 @@ class TrainConfig(BaseModel):
     batch_size: int = 64
     epochs: int = 30
     patience: int = 8
+    refit: bool = False
+    """After early stopping on the inner validation speakers, train a fresh model on all of the fold's training
+    speakers (inner + validation) for the selected number of epochs; that model is the fold's checkpoint."""
     seed: int = 0
     folds: str = "auto"
     """Fold rule when the store has no saliency folds (auto: LOSO up to 12 speakers, else 5 folds)."""
@@ -83,6 +91,9 @@ class TrainConfig(BaseModel):
     inner_share: float = 0.15
     num_workers: int = 1
     cpus_per_worker: float = 1.0
+    cache_mb: int = 2048
+    """A worker's training (and validation) shard up to this size stays in memory after the first epoch's read
+    (0: stream from Ray Data every epoch)."""
     use_gpu: bool | None = None
     """None: use GPUs when the cluster has them."""
 
@@ -113,6 +124,12 @@ class FoldPlan:
     norm_mean: list[float] | None = None
     norm_std: list[float] | None = None
     """Per-dimension scaler of the input frames, fitted on the inner training utterances."""
+    layers: list[int] | None = None
+    """Every layer read, concatenated per frame (None: ``layer`` alone)."""
+
+    @property
+    def read_layers(self) -> list[int]:
+        return list(self.layers) if self.layers else [self.layer]
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -188,19 +205,21 @@ def evaluate_batches(model, batches: Iterator[dict], device, target: str) -> tup
     return metrics, stacked
 
 
-def epoch_batches(source, cfg: TrainConfig, epoch: int, train: bool, device=None) -> Iterator[dict]:
+def epoch_batches(source, cfg: TrainConfig, epoch: int, train: bool, device=None, cache=None) -> Iterator[dict]:
     """Collated batches of a Ray Dataset or DataIterator: shuffled and length-bucketed for training (with the
-    epoch's condition per utterance in multi-condition training), in order for evaluation."""
-    from ray_ser.datasets import bucketed, collate, window_shuffled
+    epoch's condition per utterance in multi-condition training), in order for evaluation. ``cache`` (a
+    :class:`~ray_ser.datasets.ShardCache`, kept across epochs) holds a small shard in memory after one read."""
+    from ray_ser.datasets import ShardCache, bucketed, collate
 
     bs = cfg.batch_size
+    cache = cache or ShardCache(0)
     if not train:
-        for b in source.iter_batches(batch_size=bs, batch_format="numpy"):
+        for b in cache.chunks(source, bs):
             yield collate(b, device)
         return
     rng = np.random.default_rng([cfg.seed, epoch])
-    chunks = source.iter_batches(batch_size=bs * 8 * max(1, len(cfg.conditions)), batch_format="numpy")
-    for b in bucketed(window_shuffled(chunks, rng), bs, rng, epoch, cfg.seed, cfg.conditions):
+    chunks = cache.chunks(source, bs * 8 * max(1, len(cfg.conditions)), rng)
+    for b in bucketed(chunks, bs, rng, epoch, cfg.seed, cfg.conditions):
         yield collate(b, device)
 
 
@@ -209,17 +228,22 @@ class EpochRunner:
     the end; a Tune trial interleaves several folds' runners). ``state()`` is everything needed to resume."""
 
     def __init__(self, cfg: TrainConfig, plan: FoldPlan, train_source, val_source, state: dict | None = None,
-                 device=None, prepare: Callable | None = None, rank: int = 0, tb_dir: str | None = None):
+                 device=None, prepare: Callable | None = None, rank: int = 0, tb_dir: str | None = None,
+                 train_split: str = "train"):
         import torch
 
         from ray_ser.nn import LossWeights, SpecAugment
 
         self.cfg, self.plan, self.train_source, self.val_source = cfg, plan, train_source, val_source
+        self.train_split = train_split
+        from ray_ser.datasets import ShardCache
+
+        self.caches = {split: ShardCache(cfg.cache_mb * 2 ** 20) for split in ("train", "val")}
         self.device = device or torch.device("cpu")
         torch.manual_seed(cfg.seed * 7919 + plan.fold + 17 * rank)
         self.net = build_fold_model(plan).to(self.device)
         self.model = prepare(self.net) if prepare else self.net
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.aug = SpecAugment(seed=cfg.seed + plan.fold) if cfg.spec_augment else None
         self.weights = LossWeights(domain=1.0, cluster=cfg.cluster_weight)
         self.st = {"epoch": 0, "best_score": -float("inf"), "best_epoch": -1, "best_model": None, "bad_epochs": 0,
@@ -258,7 +282,7 @@ class EpochRunner:
             self.aug.manual_seed(cfg.seed * 100003 + self.plan.fold * 1009 + epoch)
         sums: dict[str, float] = {}
         n = 0
-        for batch in epoch_batches(self.train_source, cfg, epoch, True, self.device):
+        for batch in epoch_batches(self.train_source, cfg, epoch, True, self.device, self.caches["train"]):
             if self.aug is not None:
                 batch["x"] = self.aug.train()(batch["x"], batch["lengths"])
             out = self.model(batch["x"], batch["lengths"])
@@ -271,16 +295,20 @@ class EpochRunner:
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v * b
         train_metrics = {("loss" if k == "total" else f"loss_{k}"): v / max(n, 1) for k, v in sums.items()}
-        val_metrics, _ = evaluate_batches(self.net, epoch_batches(self.val_source, cfg, epoch, False, self.device),
-                                          self.device, cfg.target)
-        score = _val_score(val_metrics)
+        if self.val_source is None:  # refit: no validation speakers left, the last epoch is the model
+            val_metrics, score = {}, float(epoch)
+        else:
+            val_metrics, _ = evaluate_batches(
+                self.net, epoch_batches(self.val_source, cfg, epoch, False, self.device, self.caches["val"]),
+                self.device, cfg.target)
+            score = _val_score(val_metrics)
         if score > st["best_score"]:
             st.update(best_score=score, best_epoch=epoch, bad_epochs=0,
                       best_model={k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()})
         else:
             st["bad_epochs"] += 1
         st["epoch"], st["last_score"] = epoch + 1, score
-        for split, metrics in (("train", train_metrics), ("val", val_metrics)):
+        for split, metrics in ((self.train_split, train_metrics), ("val", val_metrics)):
             for name, value in metrics.items():
                 st["history"].append({"fold": self.plan.fold, "epoch": epoch, "split": split, "metric": name,
                                       "value": float(value)})
@@ -288,8 +316,9 @@ class EpochRunner:
                     self.writer.add_scalar(f"{split}/{name}", value, epoch)
         if self.writer is not None:
             self.writer.flush()
-        return {"epoch": epoch, "fold": self.plan.fold, "seconds": time.perf_counter() - t0, "val_score": score,
-                "best_val_score": st["best_score"], "best_epoch": st["best_epoch"],
+        scores = {} if self.val_source is None else {"val_score": score, "best_val_score": st["best_score"]}
+        return {"epoch": epoch, "fold": self.plan.fold, "seconds": time.perf_counter() - t0, **scores,
+                "best_epoch": st["best_epoch"],
                 **{f"train_{k}": v for k, v in train_metrics.items()}, **{f"val_{k}": v for k, v in val_metrics.items()}}
 
     def state(self) -> dict:
@@ -312,6 +341,47 @@ def fit_epochs(cfg: TrainConfig, plan: FoldPlan, train_source, val_source, repor
         report(metrics, runner.state())
     runner.close()
     return runner.state()
+
+
+def refit_cfg(cfg: TrainConfig, selected: dict) -> TrainConfig:
+    """The refit phase's config: as many epochs as the selection phase's best, no early stopping."""
+    n = int(selected["best_epoch"]) + 1
+    return cfg.model_copy(update={"epochs": n, "patience": n + 1})
+
+
+def fit_fold(cfg: TrainConfig, plan: FoldPlan, train_source, val_source, report: Callable[[dict, dict], None],
+             refit_source=None, state: dict | None = None, **runner_options) -> dict:
+    """:func:`fit_epochs` (the selection phase), then with ``cfg.refit`` a fresh model trained on
+    ``refit_source`` (all training speakers) for the selected epoch count. Every reported state carries its
+    ``phase`` ("select"/"refit") and, in the refit, the selection's result, so a resumed run goes on in the
+    right phase. The returned state's best model is the fold's model."""
+    state = dict(state) if state else None
+    if state is None or state.get("phase", "select") == "select":
+        state = fit_epochs(cfg, plan, train_source, val_source,
+                           lambda m, st: report(m, {**st, "phase": "select"}), state=state, **runner_options)
+        state = {**state, "phase": "select"}
+        if not cfg.refit:
+            return state
+        selected, state = {k: state[k] for k in ("best_epoch", "best_score", "epoch", "history")}, None
+    else:
+        selected = state["selected"]
+    if refit_source is None:
+        raise ValueError("refit=True needs the fold's full training set (refit_source)")
+    extra = {"phase": "refit", "selected": selected}
+    runner_options = {**runner_options, "train_split": "refit"}
+    final = fit_epochs(refit_cfg(cfg, selected), plan, refit_source, None,
+                       lambda m, st: report(m, {**st, **extra}), state=state, **runner_options)
+    return final_state({**final, **extra})
+
+
+def final_state(state: dict) -> dict:
+    """A fold's last reported state as its result: after a refit, the refit's last weights with the selection's
+    best epoch and validation score, and the history of both phases."""
+    if state.get("phase") != "refit":
+        return state
+    selected = state["selected"]
+    return {**state, "best_epoch": selected["best_epoch"], "best_score": selected["best_score"],
+            "refit_epochs": state["epoch"], "history": selected["history"] + state["history"]}
 
 
 def save_state(state: dict, directory: str | os.PathLike) -> Path:
@@ -354,8 +424,9 @@ def train_loop_per_worker(config: dict) -> None:
             save_state(st, d)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
-    fit_epochs(cfg, plan, ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val"), report,
-               state=state, device=device, prepare=ray.train.torch.prepare_model, rank=rank, tb_dir=config.get("tb_dir"))
+    fit_fold(cfg, plan, ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val"), report,
+             refit_source=ray.train.get_dataset_shard("refit") if cfg.refit else None, state=state, device=device,
+             prepare=ray.train.torch.prepare_model, rank=rank, tb_dir=config.get("tb_dir"))
 
 
 # ---- planning a fold ------------------------------------------------------------------------------
@@ -393,19 +464,29 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
     if not inner or not val:
         raise ValueError(f"fold {fold}: no inner training or validation utterances of corpora {cfg.corpora}")
     layer = cfg.layer if cfg.layer is not None else layer
+    if cfg.layers:
+        layer = cfg.layers[0]
     if layer is None:
         from ray_ser.layer_selection import layers_for_folds
 
         layer = layers_for_folds(store, cfg.model, assignment, [fold])[0][fold]
+    read = list(cfg.layers) or [layer]
     dim = int(store.embeddings(cfg.model).schema.field("mean").type.list_size)
     keep = None
-    if cfg.keep_ratio < 1.0:
-        try:
-            mask = ss.saliency_mask(store, cfg.model, layer, cfg.keep_ratio, fold=fold, fold_id=assignment.id)
-        except (KeyError, ValueError):  # no stored saliency for this assignment: compute it on f's training speakers
-            mask = ss.mask_on_utts(store, cfg.model, layer, assignment.train_utts(fold), cfg.keep_ratio)
-        keep = np.flatnonzero(mask).tolist()
+    if cfg.keep_ratio < 1.0:  # each layer's own mask of fold f, offset to its place in the concatenated frame
+        parts = []
+        for i, one in enumerate(read):
+            try:
+                mask = ss.saliency_mask(store, cfg.model, one, cfg.keep_ratio, fold=fold, fold_id=assignment.id)
+            except (KeyError, ValueError):  # no stored saliency for this assignment: compute it on f's training speakers
+                mask = ss.mask_on_utts(store, cfg.model, one, assignment.train_utts(fold), cfg.keep_ratio)
+            parts.append(np.flatnonzero(mask) + i * dim)
+        keep = np.concatenate(parts).tolist()
+    dim *= len(read)
     centroids = None
+    if cfg.n_clusters and len(read) > 1:
+        raise ValueError(f"the frame-cluster head predicts one layer's k-means ids: set n_clusters=0 to train on "
+                         f"layers {read}")
     if cfg.n_clusters:
         from ray_ser.clusters import ensure_centroids
 
@@ -414,28 +495,39 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
     n_domains = len(labels.domains) if cfg.adv_weight > 0 else 0
     model_cfg = {"input_dim": len(keep) if keep is not None else dim, "arch": cfg.arch, "pooling": cfg.pooling,
                  "conv_channels": cfg.conv_channels, "gru_hidden": cfg.gru_hidden, "embed_dim": cfg.embed_dim,
+                 "mlp_hidden": cfg.mlp_hidden,
                  "dropout": cfg.dropout, "n_classes": len(labels.categories),
                  "n_dims": 3 if (has_dims and cfg.dimensional) else 0, "n_domains": n_domains,
                  "adv_weight": cfg.adv_weight, "n_clusters": cfg.n_clusters}
-    norm_mean, norm_std = frame_stats(store, cfg.model, layer, inner, cfg.conditions, keep)
+    norm_mean, norm_std = frame_stats(store, cfg.model, read, inner, cfg.conditions, keep)
     plan = FoldPlan(fold, assignment.id, layer, inner, val, test, labels.categories, keep, model_cfg["input_dim"],
                     n_domains, labels.domains if n_domains else [], bool(model_cfg["n_dims"]), model_cfg,
-                    norm_mean.tolist(), norm_std.tolist())
+                    norm_mean.tolist(), norm_std.tolist(), read if len(read) > 1 else None)
     return plan, labels, centroids
 
 
+def plan_mask(cfg: TrainConfig, plan: FoldPlan) -> np.ndarray | None:
+    """The plan's kept dimensions as a bool mask over the (concatenated) input layers' dims."""
+    if plan.keep is None:
+        return None
+    mask = np.zeros(_layer_dim(cfg) * len(plan.read_layers), bool)
+    mask[plan.keep] = True
+    return mask
+
+
 def fold_datasets(cfg: TrainConfig, plan: FoldPlan, labels, centroids) -> dict:
-    """The fold's materialised Ray Datasets: "train" (inner speakers, every training condition) and "val"
-    (validation speakers, clean)."""
+    """The fold's materialised Ray Datasets: "train" (inner speakers, every training condition), "val"
+    (validation speakers, clean) and, for a refit, "refit" (inner + validation speakers, every training condition)."""
     from ray_ser.datasets import frames_dataset
 
-    mask = None
-    if plan.keep is not None:
-        mask = np.zeros(int(_layer_dim(cfg)), bool)
-        mask[plan.keep] = True
-    common = {"labels": labels, "mask": mask, "centroids": centroids}
-    return {"train": frames_dataset(cfg.store, cfg.model, plan.layer, plan.inner, conditions=cfg.conditions, **common).materialize(),
-            "val": frames_dataset(cfg.store, cfg.model, plan.layer, plan.val, conditions=["clean"], **common).materialize()}
+    common = {"labels": labels, "mask": plan_mask(cfg, plan), "centroids": centroids}
+    layers = plan.read_layers
+    out = {"train": frames_dataset(cfg.store, cfg.model, layers, plan.inner, conditions=cfg.conditions, **common).materialize(),
+           "val": frames_dataset(cfg.store, cfg.model, layers, plan.val, conditions=["clean"], **common).materialize()}
+    if cfg.refit:
+        out["refit"] = frames_dataset(cfg.store, cfg.model, layers, [*plan.inner, *plan.val], conditions=cfg.conditions,
+                                      **common).materialize()
+    return out
 
 
 def _layer_dim(cfg: TrainConfig) -> int:
@@ -457,6 +549,8 @@ def write_best(out_dir: Path, cfg: TrainConfig, plan: FoldPlan, state: dict) -> 
     torch.save(state["best_model"], tmp / "model.pt")
     info = {"train": cfg.model_dump(), "plan": plan.to_dict(), "best_epoch": state["best_epoch"],
             "best_val_score": state["best_score"], "epochs_run": state["epoch"]}
+    if state.get("phase") == "refit":
+        info.update(epochs_run=state["selected"]["epoch"], refit_epochs=state["refit_epochs"])
     (tmp / "config.json").write_text(json.dumps(info, indent=1))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -474,11 +568,7 @@ class FoldModel:
 
     @property
     def mask(self) -> np.ndarray | None:
-        if self.plan.keep is None:
-            return None
-        m = np.zeros(_layer_dim(self.cfg), bool)
-        m[self.plan.keep] = True
-        return m
+        return plan_mask(self.cfg, self.plan)
 
 
 def load_fold_model(path: str | os.PathLike, store: str | None = None) -> FoldModel:
@@ -542,18 +632,19 @@ def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir:
                              checkpoint_config=CheckpointConfig(num_to_keep=1),
                              failure_config=FailureConfig(max_failures=2)),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(datasets_to_split=["train", "refit"] if cfg.refit else ["train"]),
     )
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"fold {fold}: training reported no checkpoint ({result.error})")
     with result.checkpoint.as_directory() as d:
-        state = load_state(d)
+        state = final_state(load_state(d))
     write_best(out_dir, cfg, plan, state)
     pl.DataFrame(state["history"], schema={"fold": pl.Int32, "epoch": pl.Int32, "split": pl.Utf8, "metric": pl.Utf8,
                                            "value": pl.Float64}).write_parquet(out_dir / f"fold_{fold}" / "epochs.parquet")
     return {"fold": fold, "layer": plan.layer, "best_epoch": state["best_epoch"], "best_val_score": state["best_score"],
-            "epochs": state["epoch"], "seconds": time.perf_counter() - t0, "n_train": len(plan.inner),
+            "epochs": state.get("selected", state)["epoch"], "refit_epochs": state.get("refit_epochs"),
+            "seconds": time.perf_counter() - t0, "n_train": len(plan.inner),
             "n_val": len(plan.val), "n_test": len(plan.test)}
 
 
@@ -593,7 +684,7 @@ def run(cfg: TrainConfig, folds: str | Sequence[int], out_dir: str | os.PathLike
     done = fold_checkpoints(out_dir)
     wanted = select_folds(folds, assignment)
     layers: dict[int, int] = {}
-    if cfg.layer is None:  # every fold's automatic layer from one read (the stored ranking when there is one)
+    if cfg.layer is None and not cfg.layers:  # every fold's automatic layer from one read (the stored ranking when there is one)
         from ray_ser.layer_selection import layers_for_folds
 
         layers, source = layers_for_folds(cfg.store, cfg.model, assignment, wanted)

@@ -1,11 +1,11 @@
-"""The training reader's in-memory steps: the numpy window shuffle, length buckets and the collate."""
+"""The training reader's in-memory steps: the numpy window shuffle, the shard cache, length buckets and the collate."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ray_ser.datasets import bucketed, collate, window_shuffled
+from ray_ser.datasets import _concat, bucketed, collate, window_shuffled
 
 
 def chunks(n: int = 100, size: int = 16, ragged: bool = False):
@@ -58,3 +58,45 @@ def test_collate_equal_lengths_matches_the_padding_path():
     assert (a["x"] == b["x"]).all() and (a["lengths"] == b["lengths"]).all() and (a["lengths"] == 5).all()
     r = collate({**next(chunks(ragged=True)), **common})
     assert r["x"].shape[1] == int(r["lengths"].max()) and float(r["x"][0, int(r["lengths"][0]):].abs().sum()) == 0
+
+
+class CountingSource:
+    """iter_batches over fixed chunks, counting full reads (a stand-in for a Ray DataIterator)."""
+
+    def __init__(self, ragged: bool = True):
+        self.reads = 0
+        self.ragged = ragged
+
+    def iter_batches(self, batch_size: int, batch_format: str = "numpy"):
+        self.reads += 1
+        yield from chunks(100, batch_size, ragged=self.ragged)
+
+
+def test_shard_cache_reads_once_and_orders_like_a_cold_read():
+    from ray_ser.datasets import ShardCache
+
+    src = CountingSource()
+    warm = ShardCache(10 ** 9)
+    ids = lambda cache, seed: [u for c in cache.chunks(src, 16, np.random.default_rng(seed)) for u in c["utt_id"]]  # noqa: E731
+    first = ids(warm, 0)
+    assert sorted(first) == sorted(f"u{i:03d}" for i in range(100))
+    again = [ids(warm, e) for e in (1, 2)]
+    assert src.reads == 1  # later epochs come from memory
+    cold = ShardCache(10 ** 9)  # a resumed run: its first epoch is a cold read
+    assert ids(cold, 2) == again[1] and again[0] != again[1]
+    ordered = [u for c in warm.chunks(src, 16) for u in c["utt_id"]]
+    assert ordered == [f"u{i:03d}" for i in range(100)]  # no rng: stored order (evaluation)
+    x = [c["x"] for c in warm.chunks(src, 100)][0]
+    ref = _concat(list(chunks(100, 16, ragged=True)))["x"]
+    assert all(np.array_equal(a, b) for a, b in zip(x, ref))
+
+
+def test_shard_cache_over_budget_streams_every_epoch():
+    from ray_ser.datasets import ShardCache
+
+    src = CountingSource()
+    cache = ShardCache(1000)  # smaller than two chunks
+    for epoch in range(3):
+        got = [u for c in cache.chunks(src, 16, np.random.default_rng(epoch)) for u in c["utt_id"]]
+        assert sorted(got) == sorted(f"u{i:03d}" for i in range(100))
+    assert src.reads == 3 and cache.rows is None and cache.streaming

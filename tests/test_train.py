@@ -157,3 +157,79 @@ def test_killed_run_resumes_from_its_last_checkpoint(synth_store, tmp_path):
     assert info["epochs_run"] == 12
     epochs = pl.read_parquet(out / "epochs.parquet").filter((pl.col("split") == "train") & (pl.col("metric") == "loss"))
     assert sorted(epochs["epoch"].to_list()) == list(range(12))  # every epoch once: resumed, not restarted or repeated
+
+
+def test_several_layers_are_read_side_by_side(synth_store):
+    from ray_ser.datasets import frame_stats, frames_dataset, load_labels
+
+    cfg = small_cfg(synth_store, layers=[1, 2], keep_ratio=0.6, arch="mlp", mlp_hidden=0)
+    a = resolve_assignment(cfg)
+    plan, labels, _ = plan_fold(cfg, a, 2)
+    assert plan.read_layers == [1, 2] and plan.input_dim == 2 * 19 and len(plan.norm_mean) == 38
+    one = {l: ss.saliency_mask(synth_store, "tiny", l, 0.6, fold=2, fold_id=a.id) for l in (1, 2)}
+    assert plan.keep == np.flatnonzero(one[1]).tolist() + (np.flatnonzero(one[2]) + 32).tolist()
+    utts = plan.val
+    both = {(r["utt_id"], r["condition"]): r for r in
+            frames_dataset(synth_store, "tiny", [1, 2], utts, labels, conditions=["clean", "5dB"]).take_all()}
+    assert len(both) == 2 * len(utts)
+    for layer, lo in ((1, 0), (2, 32)):
+        for r in frames_dataset(synth_store, "tiny", layer, utts, labels, conditions=["clean", "5dB"]).take_all():
+            got = both[(r["utt_id"], r["condition"])]
+            np.testing.assert_array_equal(got["x"][:, lo:lo + 32], r["x"])
+            assert got["label_index"] == r["label_index"] and got["n_frames"] == r["n_frames"]
+    mean, std = frame_stats(synth_store, "tiny", [1, 2], plan.inner)
+    for layer, lo in ((1, 0), (2, 32)):
+        m1, s1 = frame_stats(synth_store, "tiny", layer, plan.inner)
+        np.testing.assert_array_equal(mean[lo:lo + 32], m1)
+        np.testing.assert_array_equal(std[lo:lo + 32], s1)
+    with pytest.raises(ValueError, match="one layer's k-means"):
+        plan_fold(small_cfg(synth_store, layers=[1, 2], n_clusters=4), a, 2)
+
+
+def test_refit_trains_on_every_training_speaker_for_the_selected_epochs(synth_store, tmp_path):
+    from ray_ser.evaluate.predict import predict_fold
+
+    out = tmp_path / "run"
+    cfg = small_cfg(synth_store, layer=None, layers=[1, 2], arch="mlp", mlp_hidden=0, epochs=5, patience=2,
+                    lr=3e-3, refit=True, spec_augment=False)
+    summary = run(cfg, "0", out)[0]
+    info = json.loads((fold_checkpoints(out)[0] / "config.json").read_text())
+    assert info["refit_epochs"] == info["best_epoch"] + 1 == summary["refit_epochs"]
+    assert info["epochs_run"] == summary["epochs"] >= info["best_epoch"] + 1
+    epochs = pl.read_parquet(out / "epochs.parquet")
+    refit = epochs.filter((pl.col("split") == "refit") & (pl.col("metric") == "loss"))
+    assert sorted(refit["epoch"].to_list()) == list(range(info["refit_epochs"]))
+    assert epochs.filter(pl.col("split") == "train")["epoch"].max() == info["epochs_run"] - 1
+    fm = load_fold_model(fold_checkpoints(out)[0])
+    assert fm.plan.read_layers == [1, 2] and fm.plan.layers == [1, 2]
+    pred = predict_fold(synth_store, fold_checkpoints(out)[0])
+    assert set(pred["utt_id"].to_list()) == set(fm.plan.test)
+
+
+def test_refit_resumes_in_its_own_phase(synth_store):
+    from ray_ser.train import fit_fold, fold_datasets
+
+    cfg = small_cfg(synth_store, arch="mlp", mlp_hidden=0, epochs=4, patience=10, refit=True, spec_augment=False)
+    plan, labels, centroids = plan_fold(cfg, resolve_assignment(cfg), 0)
+    data = fold_datasets(cfg, plan, labels, centroids)
+    states: list[dict] = []
+
+    class Killed(Exception):
+        pass
+
+    def report_then_die(metrics, state):
+        states.append(state)
+        if state["phase"] == "refit":
+            raise Killed  # the first refit epoch is checkpointed, then the worker dies
+
+    with pytest.raises(Killed):
+        fit_fold(cfg, plan, data["train"], data["val"], report_then_die, refit_source=data["refit"])
+    assert [s["phase"] for s in states] == ["select"] * 4 + ["refit"]
+    last = states[-1]
+    final = fit_fold(cfg, plan, data["train"], data["val"], lambda m, s: states.append(s), refit_source=data["refit"],
+                     state=last)
+    selected = last["selected"]
+    assert final["refit_epochs"] == selected["best_epoch"] + 1 and final["best_epoch"] == selected["best_epoch"]
+    refit_epochs = [r["epoch"] for r in final["history"] if r["split"] == "refit" and r["metric"] == "loss"]
+    assert refit_epochs == list(range(selected["best_epoch"] + 1))  # resumed after epoch 0, nothing repeated
+    assert len([r for r in final["history"] if r["split"] == "train" and r["metric"] == "loss"]) == 4

@@ -88,7 +88,7 @@ def predict_fold(store: str, checkpoint: str | Path, conditions: Sequence[str] |
     fm = fm or load_fold_model(checkpoint, store=store)  # the caller's already-loaded copy, when it has one
     conds = list(conditions) if conditions else evaluation_conditions(store, fm.cfg.model)
     labels = load_labels(store, fm.plan.test)
-    ds = frames_dataset(store, fm.cfg.model, fm.plan.layer, fm.plan.test, labels, conditions=conds, mask=fm.mask)
+    ds = frames_dataset(store, fm.cfg.model, fm.plan.read_layers, fm.plan.test, labels, conditions=conds, mask=fm.mask)
     ds = ds.map_batches(FoldPredictor, fn_constructor_kwargs={"checkpoint": str(checkpoint), "store": store,
                                                               "threads": max(1, int(cpus))},
                         batch_size=batch_size, batch_format="numpy", concurrency=1, num_cpus=cpus, num_gpus=num_gpus)

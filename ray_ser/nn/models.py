@@ -38,6 +38,7 @@ class ModelConfig:
     n_clusters: int = 0
     dropout: float = 0.2
     mlp_hidden: int = 256
+    """MLP hidden width; 0 makes the MLP a linear model: the pooled (standardised) input is the embedding."""
 
     def __post_init__(self) -> None:
         for name in ("n_classes", "n_dims", "n_domains", "n_clusters"):  # None (e.g. Tune's "none") = head off
@@ -49,7 +50,9 @@ class ModelConfig:
             raise ValueError(f"ModelConfig: unknown pooling {self.pooling!r}; expected one of {POOLINGS}")
         if self.n_dims not in (0, 3):
             raise ValueError(f"ModelConfig: n_dims must be 0 or 3 (arousal, valence, dominance), got {self.n_dims}")
-        for name in ("input_dim", "conv_channels", "kernel", "gru_hidden", "gru_layers", "embed_dim", "mlp_hidden"):
+        if self.mlp_hidden < 0:
+            raise ValueError(f"ModelConfig: mlp_hidden must be >= 0 (0 = linear), got {self.mlp_hidden}")
+        for name in ("input_dim", "conv_channels", "kernel", "gru_hidden", "gru_layers", "embed_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ModelConfig: {name} must be >= 1, got {getattr(self, name)}")
         for name in ("n_classes", "n_domains", "n_clusters"):
@@ -74,9 +77,9 @@ class ModelConfig:
 class Heads(nn.Module):
     """The utterance-level heads on the embedding: categorical, A/V/D, and the domain classifier behind a GRL."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, width: int | None = None):
         super().__init__()
-        E = cfg.embed_dim
+        E = width or cfg.embed_dim
         self.categorical = nn.Linear(E, cfg.n_classes) if cfg.n_classes else None
         self.dimensional = nn.Linear(E, cfg.n_dims) if cfg.n_dims else None
         self.domain = nn.Sequential(
@@ -148,7 +151,8 @@ class TCGRU(nn.Module):
 
 
 class MLPHead(nn.Module):
-    """EmoBox-style baseline: masked mean of the frames -> Linear-ReLU-Dropout-Linear(-ReLU) embedding -> heads."""
+    """EmoBox-style baseline: masked mean of the frames -> Linear-ReLU-Dropout-Linear(-ReLU) embedding -> heads;
+    with ``mlp_hidden=0`` the mean itself is the embedding (dropout, then linear heads: a multinomial probe)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -156,11 +160,15 @@ class MLPHead(nn.Module):
             raise ValueError(f"MLPHead pools the frames first, so it has no frame-cluster head: set n_clusters=0 "
                              f"(got {cfg.n_clusters}) or use arch='tcgru'")
         self.cfg = cfg
-        self.embed = nn.Sequential(
-            nn.Linear(cfg.input_dim, cfg.mlp_hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
-            nn.Linear(cfg.mlp_hidden, cfg.embed_dim), nn.ReLU(),
-        )
-        self.heads = Heads(cfg)
+        if cfg.mlp_hidden == 0:
+            self.embed = nn.Identity()
+            self.heads = Heads(cfg, width=cfg.input_dim)
+        else:
+            self.embed = nn.Sequential(
+                nn.Linear(cfg.input_dim, cfg.mlp_hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
+                nn.Linear(cfg.mlp_hidden, cfg.embed_dim), nn.ReLU(),
+            )
+            self.heads = Heads(cfg)
 
     def forward(self, x: Tensor, lengths: Tensor) -> dict[str, Tensor]:
         _check_input(x, lengths, self.cfg.input_dim)

@@ -76,6 +76,19 @@ def test_config_round_trip_and_validation():
             ModelConfig(**{**SMALL, **bad})
 
 
+def test_mlp_without_hidden_layer_is_linear_in_the_mean_frame():
+    cfg = ModelConfig(**{**SMALL, "mlp_hidden": 0}, arch="mlp", n_classes=4, n_dims=3)
+    model = build_model(cfg).eval()
+    x, lengths = inputs()
+    out = model(x, lengths)
+    assert out["embedding"].shape == (3, 6) and out["logits"].shape == (3, 4) and out["dims"].shape == (3, 3)
+    mean = torch.stack([x[i, :n].mean(0) for i, n in enumerate(lengths.tolist())])
+    head = model.heads.categorical
+    torch.testing.assert_close(out["logits"], mean @ head.weight.T + head.bias)
+    with pytest.raises(ValueError, match="mlp_hidden"):
+        ModelConfig(**{**SMALL, "mlp_hidden": -1})
+
+
 def test_rejects_bad_inputs():
     model = build_model(ModelConfig(**SMALL, n_classes=2))
     x, lengths = inputs()
