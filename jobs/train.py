@@ -26,6 +26,7 @@ OVERRIDES = {
     "lr": "lr", "batch_size": "batch_size", "patience": "patience", "num_workers": "num_workers",
     "cpus_per_worker": "cpus_per_worker", "fold_rule": "folds", "mlp_hidden": "mlp_hidden",
     "weight_decay": "weight_decay", "dropout": "dropout", "refit": "refit", "spec_augment": "spec_augment",
+    "auto_layers": "auto_layers",
 }
 
 
@@ -41,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=int, default=None, help="layer to read (default: chosen per fold on its training speakers)")
     p.add_argument("--layers", default=None,
                    help="several layers, e.g. 2,3,4: each frame is their vectors concatenated (overrides --layer)")
+    p.add_argument("--auto-layers", type=int, default=None,
+                   help="without --layer/--layers: concatenate each fold's K best layers on its training speakers (default 1)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--keep-ratio", type=float, default=None, help="saliency keep ratio of the layer's dims (1.0 = all)")
@@ -79,6 +82,11 @@ def build_config(args):
     return TrainConfig.from_file(args.config, **overrides) if args.config else TrainConfig(**overrides)
 
 
+def _layers(summary: dict) -> str:
+    layers = summary.get("layers") or [summary["layer"]]
+    return f"layer {layers[0]}" if len(layers) == 1 else "layers " + ",".join(str(l) for l in layers)
+
+
 def test_report(cfg, summary: dict, out: str) -> None:
     """The fold's best checkpoint's UAR on its test speakers per condition (the evaluation job makes the tables)."""
     from pathlib import Path
@@ -101,7 +109,7 @@ def test_report(cfg, summary: dict, out: str) -> None:
         yp = [int(max(range(len(p)), key=p.__getitem__)) for p in sub["probs"].to_list()]
         ok = [i for i, v in enumerate(y) if v >= 0]
         parts.append(f"{cond} {balanced_accuracy_score([y[i] for i in ok], [yp[i] for i in ok]):.3f}")
-    print(f"fold {summary['fold']} test UAR ({Path(path).parent.name}, layer {summary['layer']}, best epoch "
+    print(f"fold {summary['fold']} test UAR ({Path(path).parent.name}, {_layers(summary)}, best epoch "
           f"{summary['best_epoch']}): " + ", ".join(parts), flush=True)
 
 
@@ -116,8 +124,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     t0 = time.perf_counter()
 
     def on_fold(summary: dict) -> None:
-        print(f"fold {summary['fold']}: layer {summary['layer']}, best epoch {summary['best_epoch']} of "
-              f"{summary['epochs']}, val score {summary['best_val_score']:.4f}, {summary['seconds']:.1f} s", flush=True)
+        refit = f", refit {summary['refit_epochs']} epochs on all training speakers" if summary.get("refit_epochs") else ""
+        print(f"fold {summary['fold']}: {_layers(summary)}, best epoch {summary['best_epoch']} of "
+              f"{summary['epochs']}, val score {summary['best_val_score']:.4f}{refit}, {summary['seconds']:.1f} s",
+              flush=True)
         if not args.no_test_report:
             test_report(cfg, summary, args.out)
 

@@ -1,5 +1,6 @@
-"""Training reader over the store: one layer's frames of chosen utterances and conditions, labels joined,
-saliency mask and frame-cluster ids applied at read time, as a Ray Dataset; plus collate and length buckets.
+"""Training reader over the store: one layer's frames (or several layers', concatenated per frame) of chosen
+utterances and conditions, labels joined, saliency mask and frame-cluster ids applied at read time, as a Ray
+Dataset; plus the worker-side shard cache, shuffle, length buckets and collate.
 
 Speaker independence is the caller's contract made easy: :func:`frames_dataset` reads exactly the
 ``utt_ids`` it is given (a fold's inner-training, validation or test utterances from

@@ -69,6 +69,7 @@ __all__ = [
     "layer_rank_rows",
     "layer_prior",
     "layers_for_folds",
+    "ranked_layers",
     "stored_layers",
     "write_layer_rank",
     "layer_scores",
@@ -477,9 +478,9 @@ def write_layer_rank(store, model: str, condition: str, assignment, criterion: s
 
 
 def stored_layers(store, model: str, assignment, folds_wanted: Sequence[int], condition: str = "clean",
-                  criterion: str = DEFAULT_CRITERION) -> dict[int, int] | None:
-    """{fold: rank-0 layer} from ``layer_rank__<model>`` rows of ``criterion`` made with ``assignment``;
-    None when the table, the criterion, the assignment or any wanted fold is missing there."""
+                  criterion: str = DEFAULT_CRITERION, k: int = 1) -> dict[int, list[int]] | None:
+    """{fold: its ``k`` best layers, best first} from ``layer_rank__<model>`` rows of ``criterion`` made with
+    ``assignment``; None when the table, the criterion, the assignment or any wanted fold is missing there."""
     from ray_ser import catalog
 
     try:
@@ -487,23 +488,34 @@ def stored_layers(store, model: str, assignment, folds_wanted: Sequence[int], co
                          model=model, condition=condition, criterion=criterion)
     except KeyError:
         return None
-    df = pl.from_arrow(t).filter((pl.col("fold_id") == assignment.id) & (pl.col("layer_rank") == 0))
-    found = dict(zip(df["fold"].to_list(), df["layer"].to_list()))
-    if any(int(f) not in found for f in folds_wanted):
+    df = pl.from_arrow(t).filter((pl.col("fold_id") == assignment.id) & (pl.col("layer_rank") < k)).sort("layer_rank")
+    found: dict[int, list[int]] = {}
+    for f, layer in zip(df["fold"].to_list(), df["layer"].to_list()):
+        found.setdefault(int(f), []).append(int(layer))
+    if any(len(found.get(int(f), [])) < k for f in folds_wanted):
         return None
-    return {int(f): int(found[int(f)]) for f in folds_wanted}
+    return {int(f): found[int(f)] for f in folds_wanted}
+
+
+def ranked_layers(store, model: str, assignment, folds_wanted: Sequence[int], k: int = 1, condition: str = "clean",
+                  criterion: str = DEFAULT_CRITERION, seed: int = 0) -> tuple[dict[int, list[int]], str]:
+    """({fold: its ``k`` best layers, best first}, where from): the stored ranking of ``criterion`` under
+    ``assignment`` when jobs/saliency.py wrote one, else computed now from one read of the store on each fold's
+    training speakers of ``assignment`` (never on its test speakers)."""
+    found = stored_layers(store, model, assignment, folds_wanted, condition, criterion, k)
+    if found is not None:
+        return found, f"layer_rank ({criterion}, fold assignment {assignment.id})"
+    data, layers = load_layer_data(store, model, condition, seed=seed, assignment=assignment)
+    return ({int(f): best_first(scores_from_arrays(layers, data, int(f), criterion, seed))[:k] for f in folds_wanted},
+            f"computed ({criterion} on each fold's training speakers)")
 
 
 def layers_for_folds(store, model: str, assignment, folds_wanted: Sequence[int], condition: str = "clean",
                      criterion: str = DEFAULT_CRITERION, seed: int = 0) -> tuple[dict[int, int], str]:
-    """({fold: layer}, where from) for the pipeline's automatic layer: the stored ranking of ``criterion``
-    under ``assignment`` when jobs/saliency.py wrote one, else computed now from one read of the store on each
-    fold's training speakers of ``assignment`` (never on its test speakers)."""
-    found = stored_layers(store, model, assignment, folds_wanted, condition, criterion)
-    if found is not None:
-        return found, f"layer_rank ({criterion}, fold assignment {assignment.id})"
-    return (choose_layers(store, model, folds_wanted, condition, criterion, seed=seed, assignment=assignment),
-            f"computed ({criterion} on each fold's training speakers)")
+    """({fold: layer}, where from) for the pipeline's automatic layer: each fold's best layer by
+    :func:`ranked_layers`."""
+    ranked, source = ranked_layers(store, model, assignment, folds_wanted, 1, condition, criterion, seed)
+    return {f: v[0] for f, v in ranked.items()}, source
 
 
 def layer_prior(store, model: str, assignment, condition: str = "clean", criterion: str = DEFAULT_CRITERION,

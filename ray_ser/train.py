@@ -4,10 +4,13 @@ inner validation speakers, the best weights kept as that fold's checkpoint.
 Per outer fold f of the fold assignment (the one the stored saliency used):
 - inner training and validation speakers are drawn from f's training speakers (:meth:`FoldAssignment.inner_split`);
   the saliency mask (keep ratio r) and the k-means centroids are fold f's, fitted without its speakers; the
-  layer, when not given, is chosen on f's training speakers (:func:`ray_ser.layer_selection.choose_layer`);
+  layer (or the K best layers, concatenated), when not given, is chosen on f's training speakers
+  (:func:`ray_ser.layer_selection.ranked_layers`);
 - Ray Data reads the frames (:func:`ray_ser.datasets.frames_dataset`), materialised once; Ray Train runs
   :func:`train_loop_per_worker` on ``num_workers`` workers (DDP), reporting metrics and a checkpoint every
   epoch; a killed run restarts from the last checkpoint when started again with the same ``--out``;
+- with ``refit``, a fresh model is then trained on all of f's training speakers for the early-stopped epoch count
+  (:func:`fit_fold`): the validation speakers pick the epochs, then they train too;
 - ``DIR/fold_<f>/best/`` gets ``model.pt`` and ``config.json`` (everything evaluation needs to predict),
   ``DIR/epochs.parquet`` the per-epoch metrics, ``DIR/tensorboard/fold_<f>`` TensorBoard scalars.
 
@@ -29,7 +32,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ray_ser.corpora.folds import FoldAssignment
 from ray_ser.corpora.manifest import DIMENSIONS
@@ -55,6 +58,9 @@ class TrainConfig(BaseModel):
     layers: list[int] = []
     """Several layers, each frame their vectors concatenated in this order (overrides ``layer``; the mask, when
     keep_ratio < 1, is each layer's own fold mask)."""
+    auto_layers: int = Field(1, ge=1)
+    """Without ``layer``/``layers``: concatenate each outer fold's this many best layers by the layer criterion on
+    its training speakers (ray_ser.layer_selection.ranked_layers), in layer order."""
     conditions: list[str] = ["clean"]
     """Training copies: more than one = multi-condition training (one copy per utterance and epoch)."""
     keep_ratio: float = 1.0
@@ -448,9 +454,10 @@ def _in_corpora(cfg: TrainConfig, labels_rows: dict, utts: Sequence[str]) -> lis
 
 
 def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
-              layer: int | None = None) -> tuple[FoldPlan, Any, np.ndarray | None]:
-    """(plan, labels, centroids) of outer ``fold``: inner split, layer, mask and centroids, all fitted or
-    chosen on the fold's training speakers (``layer``: the fold's automatic choice, when the caller made it)."""
+              layer: int | Sequence[int] | None = None) -> tuple[FoldPlan, Any, np.ndarray | None]:
+    """(plan, labels, centroids) of outer ``fold``: inner split, layer(s), mask and centroids, all fitted or
+    chosen on the fold's training speakers (``layer``: the fold's automatic choice, one layer or several, when
+    the caller made it)."""
     from ray_ser import saliency_store as ss
     from ray_ser.datasets import frame_stats, load_labels
     from ray_ser.store import as_store
@@ -463,14 +470,15 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
     labels = load_labels(store, [*inner, *val, *test], domain_utts=inner, domain_key=cfg.domain)
     if not inner or not val:
         raise ValueError(f"fold {fold}: no inner training or validation utterances of corpora {cfg.corpora}")
-    layer = cfg.layer if cfg.layer is not None else layer
     if cfg.layers:
-        layer = cfg.layers[0]
-    if layer is None:
-        from ray_ser.layer_selection import layers_for_folds
-
-        layer = layers_for_folds(store, cfg.model, assignment, [fold])[0][fold]
-    read = list(cfg.layers) or [layer]
+        read = list(cfg.layers)
+    elif cfg.layer is not None:
+        read = [cfg.layer]
+    elif layer is not None:
+        read = [int(layer)] if isinstance(layer, (int, np.integer)) else list(layer)
+    else:
+        read = auto_layers(cfg, assignment, [fold])[fold]
+    layer = read[0]
     dim = int(store.embeddings(cfg.model).schema.field("mean").type.list_size)
     keep = None
     if cfg.keep_ratio < 1.0:  # each layer's own mask of fold f, offset to its place in the concatenated frame
@@ -513,6 +521,16 @@ def plan_mask(cfg: TrainConfig, plan: FoldPlan) -> np.ndarray | None:
     mask = np.zeros(_layer_dim(cfg) * len(plan.read_layers), bool)
     mask[plan.keep] = True
     return mask
+
+
+def auto_layers(cfg: TrainConfig, assignment: FoldAssignment, folds: Sequence[int]) -> dict[int, list[int]]:
+    """{fold: the layers it reads when the config names none}: its ``cfg.auto_layers`` best layers on its training
+    speakers, in layer order (from the stored ranking when there is one)."""
+    from ray_ser.layer_selection import ranked_layers
+
+    ranked, source = ranked_layers(cfg.store, cfg.model, assignment, folds, cfg.auto_layers)
+    log.info("layers per fold from %s: %s", source, ranked)
+    return {f: sorted(v) for f, v in ranked.items()}
 
 
 def fold_datasets(cfg: TrainConfig, plan: FoldPlan, labels, centroids) -> dict:
@@ -600,7 +618,16 @@ def config_hash(cfg: TrainConfig) -> str:
     """8 hex digits naming a configuration: a Ray Train run resumes only a run of the same configuration."""
     import hashlib
 
-    return hashlib.sha1(json.dumps(cfg.model_dump(), sort_keys=True).encode()).hexdigest()[:8]
+    return hashlib.sha1(json.dumps(defining(cfg.model_dump()), sort_keys=True).encode()).hexdigest()[:8]
+
+
+RUNTIME_FIELDS = ("cache_mb",)
+"""TrainConfig fields that change how a run is executed, not what it learns (a resumed run may change them)."""
+
+
+def defining(config: dict) -> dict:
+    """A config dict without its runtime-only fields: what two runs must share to be the same run."""
+    return {k: v for k, v in config.items() if k not in RUNTIME_FIELDS}
 
 
 def _scaling(cfg: TrainConfig):
@@ -613,7 +640,7 @@ def _scaling(cfg: TrainConfig):
 
 
 def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir: str | os.PathLike,
-               layer: int | None = None) -> dict:
+               layer: int | Sequence[int] | None = None) -> dict:
     """Train outer ``fold`` with Ray Train (resuming its run if one was interrupted) and write its best
     checkpoint; returns the fold's summary (best epoch and validation score, seconds, layer)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
@@ -642,7 +669,7 @@ def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir:
     write_best(out_dir, cfg, plan, state)
     pl.DataFrame(state["history"], schema={"fold": pl.Int32, "epoch": pl.Int32, "split": pl.Utf8, "metric": pl.Utf8,
                                            "value": pl.Float64}).write_parquet(out_dir / f"fold_{fold}" / "epochs.parquet")
-    return {"fold": fold, "layer": plan.layer, "best_epoch": state["best_epoch"], "best_val_score": state["best_score"],
+    return {"fold": fold, "layer": plan.layer, "layers": plan.read_layers, "best_epoch": state["best_epoch"], "best_val_score": state["best_score"],
             "epochs": state.get("selected", state)["epoch"], "refit_epochs": state.get("refit_epochs"),
             "seconds": time.perf_counter() - t0, "n_train": len(plan.inner),
             "n_val": len(plan.val), "n_test": len(plan.test)}
@@ -683,17 +710,15 @@ def run(cfg: TrainConfig, folds: str | Sequence[int], out_dir: str | os.PathLike
     summaries = []
     done = fold_checkpoints(out_dir)
     wanted = select_folds(folds, assignment)
-    layers: dict[int, int] = {}
-    if cfg.layer is None and not cfg.layers:  # every fold's automatic layer from one read (the stored ranking when there is one)
-        from ray_ser.layer_selection import layers_for_folds
-
-        layers, source = layers_for_folds(cfg.store, cfg.model, assignment, wanted)
-        log.info("layers per fold from %s: %s", source, layers)
+    layers: dict[int, list[int]] = {}
+    if cfg.layer is None and not cfg.layers:  # every fold's automatic layers from one read (the stored ranking when there is one)
+        layers = auto_layers(cfg, assignment, wanted)
     for fold in wanted:
-        if fold in done and json.loads((done[fold] / "config.json").read_text())["train"] == cfg.model_dump():
+        if fold in done and defining(json.loads((done[fold] / "config.json").read_text())["train"]) == defining(cfg.model_dump()):
             log.info("fold %d already trained: %s", fold, done[fold])
             info = json.loads((done[fold] / "config.json").read_text())
-            summary = {"fold": fold, "layer": info["plan"]["layer"], "best_epoch": info["best_epoch"],
+            summary = {"fold": fold, "layer": info["plan"]["layer"],
+                       "layers": info["plan"].get("layers") or [info["plan"]["layer"]], "best_epoch": info["best_epoch"],
                        "best_val_score": info["best_val_score"], "epochs": info["epochs_run"], "seconds": 0.0,
                        "skipped": True}
         else:

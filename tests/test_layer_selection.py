@@ -325,9 +325,14 @@ def test_saliency_job_stores_the_choice_train_cluster_and_tune_read(synth_store,
     assert mine.height == out["layer_choice"].height == 3 * (len(a.fold_ids) + 1)
     # what is stored is what choose_layers computes on each fold's training speakers
     computed = lsel.choose_layers(store, "tiny")
-    assert lsel.stored_layers(store, "tiny", a, [-1, *a.fold_ids]) == computed
+    assert lsel.stored_layers(store, "tiny", a, [-1, *a.fold_ids]) == {f: [v] for f, v in computed.items()}
     layers, source = lsel.layers_for_folds(store, "tiny", a, a.fold_ids)
     assert source.startswith("layer_rank") and layers == {f: computed[f] for f in a.fold_ids}
+    # the k best layers: stored order = the ranking computed on each fold's training speakers
+    top2, source = lsel.ranked_layers(store, "tiny", a, a.fold_ids, k=2)
+    assert source.startswith("layer_rank") and all(v[0] == computed[f] and len(set(v)) == 2 for f, v in top2.items())
+    rows = lsel.layer_rank_rows(store, "tiny", assignment=a).filter(pl.col("layer_rank") < 2).sort("layer_rank")
+    assert top2 == {f: rows.filter(pl.col("fold") == f)["layer"].to_list() for f in a.fold_ids}
     # another assignment (a search's pool) is not described by the stored rows: computed on its own folds,
     # and the prior over the pool never scores a held-out utterance
     pool = a.without([0])
@@ -338,4 +343,6 @@ def test_saliency_job_stores_the_choice_train_cluster_and_tune_read(synth_store,
     _, source = lsel.layers_for_folds(store, "tiny", pool, pool.fold_ids)
     order = lsel.layer_prior(store, "tiny", pool)
     assert source.startswith("computed") and sorted(order) == [0, 1, 2]
+    computed_top2, source = lsel.ranked_layers(store, "tiny", pool, pool.fold_ids, k=2)
+    assert source.startswith("computed") and all(len(v) == 2 for v in computed_top2.values())
     assert seen and not set(seen) & set(a.test_utts(0))

@@ -184,6 +184,11 @@ def test_several_layers_are_read_side_by_side(synth_store):
         np.testing.assert_array_equal(std[lo:lo + 32], s1)
     with pytest.raises(ValueError, match="one layer's k-means"):
         plan_fold(small_cfg(synth_store, layers=[1, 2], n_clusters=4), a, 2)
+    # no layer named: the fold's K best layers on its training speakers, in layer order
+    from ray_ser.layer_selection import ranked_layers
+
+    auto = plan_fold(small_cfg(synth_store, layer=None, auto_layers=2), a, 2)[0]
+    assert auto.read_layers == sorted(ranked_layers(synth_store, "tiny", a, [2], k=2)[0][2]) and auto.input_dim == 64
 
 
 def test_refit_trains_on_every_training_speaker_for_the_selected_epochs(synth_store, tmp_path):
