@@ -101,6 +101,8 @@ def first_point(opts: SearchOptions, layer: int) -> dict:
 def trial_config(base: dict, params: dict) -> TrainConfig:
     """A trial's TrainConfig: the base with the searched parameters (an MLP cannot take a cluster head)."""
     params = {k: params[k] for k in SEARCHED if k in params}
+    if "layer" in params:  # the searched layer is the trial's only input layer (a base's layer list would override it)
+        params["layers"] = []
     cfg = TrainConfig(**{**base, **params})
     if cfg.arch == "mlp" and cfg.n_clusters:
         cfg.n_clusters = 0

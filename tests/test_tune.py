@@ -100,3 +100,12 @@ def test_killed_search_resumes_with_all_trials(synth_store, tmp_path):
     run_job(args + ["--resume"], env)
     trials = pl.read_parquet(out / "trials.parquet")
     assert trials.height == 4 and trials["val_uar"].null_count() == 0
+
+
+def test_a_trials_searched_layer_replaces_the_base_layer_list():
+    from ray_ser.tune import trial_config
+
+    base = TrainConfig(store="s", layers=[2, 3, 4], arch="mlp", n_clusters=0).model_dump()
+    cfg = trial_config(base, {"layer": 1, "keep_ratio": 0.8, "n_clusters": 50})
+    assert (cfg.layer, cfg.layers, cfg.keep_ratio, cfg.n_clusters) == (1, [], 0.8, 0)  # an MLP takes no cluster head
+    assert trial_config(base, {"keep_ratio": 0.8}).layers == [2, 3, 4]
