@@ -77,6 +77,8 @@ def build_config(args):
         overrides["corpora"] = [c for c in args.corpus.split(",") if c]
     if args.layers:
         overrides["layers"] = [int(x) for x in args.layers.split(",") if x.strip()]
+    elif args.layer is not None:  # --layer over a --config that lists layers: the flag wins
+        overrides["layers"] = []
     if args.conditions:
         overrides["conditions"] = [c for c in args.conditions.split(",") if c]
     return TrainConfig.from_file(args.config, **overrides) if args.config else TrainConfig(**overrides)

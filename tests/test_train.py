@@ -238,3 +238,19 @@ def test_refit_resumes_in_its_own_phase(synth_store):
     refit_epochs = [r["epoch"] for r in final["history"] if r["split"] == "refit" and r["metric"] == "loss"]
     assert refit_epochs == list(range(selected["best_epoch"] + 1))  # resumed after epoch 0, nothing repeated
     assert len([r for r in final["history"] if r["split"] == "train" and r["metric"] == "loss"]) == 4
+
+
+def test_train_job_flags_override_the_config_file(tmp_path):
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT / "jobs"))
+    spec = importlib.util.spec_from_file_location("train_job_flags", ROOT / "jobs" / "train.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    cfg_file = tmp_path / "best_config.json"
+    cfg_file.write_text(json.dumps({"layers": [2, 3], "mlp_hidden": 0, "refit": True}))
+    parse = lambda *a: job.build_config(job.parser().parse_args(["--out", "x", "--config", str(cfg_file), *a]))  # noqa: E731
+    assert parse().layers == [2, 3] and parse().refit is True
+    one = parse("--layer", "1", "--no-refit")
+    assert (one.layer, one.layers, one.refit, one.mlp_hidden) == (1, [], False, 0)
+    assert parse("--layers", "1,4", "--auto-layers", "2").layers == [1, 4]
