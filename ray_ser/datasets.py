@@ -208,10 +208,10 @@ def frame_stats(store: str | Store, model: str, layer: int | Sequence[int], utt_
     rows (frame mean, frame std and frame count per utterance), so a fold's scaler reads no frame matrix; pass a
     fold's inner training utterances only (a scaler is fitted on training speakers, like everything else).
     Several layers: their statistics concatenated in order, as :func:`frames_dataset` concatenates frames."""
-    store = as_store(store)
+    table = as_store(store).embeddings(model).to_lance()
     means, stds = [], []
     for one in input_layers(layer):
-        t = store.embeddings(model).to_lance().to_table(
+        t = table.to_table(
             columns=["n_frames", "mean", "std"],
             filter=catalog.where(layer=one, condition=list(conditions), utt_id=list(utt_ids)))
         if t.num_rows == 0:
@@ -349,7 +349,10 @@ class ShardCache:
         """The shard's rows in chunks of ``chunk_rows``: all rows permuted by ``rng`` (in stored order when None).
         The first call reads ``source`` once, whole, before yielding, so an epoch's order never depends on whether
         the cache was warm (a resumed run draws the same batches as an uninterrupted one)."""
-        if self.rows is None and not self.streaming:
+        stream = None
+        if self.streaming:
+            stream = self._read(source, chunk_rows)
+        elif self.rows is None:
             parts, size = [], 0
             it = self._read(source, chunk_rows)
             for chunk in it:
@@ -357,13 +360,12 @@ class ShardCache:
                 size += _nbytes(chunk)
                 if size > self.max_bytes:  # too big to hold: stream this epoch and every later one
                     self.streaming = True
-                    rest = itertools.chain(parts, it)
-                    yield from (rest if rng is None else window_shuffled(rest, rng))
-                    return
-            self.rows = _as_row_views(_concat(parts)) if parts else {}
-        if self.streaming:
-            it = self._read(source, chunk_rows)
-            yield from (it if rng is None else window_shuffled(it, rng))
+                    stream = itertools.chain(parts, it)
+                    break
+            else:
+                self.rows = _as_row_views(_concat(parts)) if parts else {}
+        if stream is not None:
+            yield from (stream if rng is None else window_shuffled(stream, rng))
             return
         n = len(self.rows.get("utt_id", ()))
         order = np.arange(n) if rng is None else rng.permutation(n)

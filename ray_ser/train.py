@@ -459,7 +459,7 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
     chosen on the fold's training speakers (``layer``: the fold's automatic choice, one layer or several, when
     the caller made it)."""
     from ray_ser import saliency_store as ss
-    from ray_ser.datasets import frame_stats, load_labels
+    from ray_ser.datasets import frame_stats, input_layers, load_labels
     from ray_ser.store import as_store
 
     store = as_store(cfg.store)
@@ -475,7 +475,7 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
     elif cfg.layer is not None:
         read = [cfg.layer]
     elif layer is not None:
-        read = [int(layer)] if isinstance(layer, (int, np.integer)) else list(layer)
+        read = input_layers(layer)
     else:
         read = auto_layers(cfg, assignment, [fold])[fold]
     layer = read[0]
