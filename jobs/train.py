@@ -26,7 +26,7 @@ OVERRIDES = {
     "lr": "lr", "batch_size": "batch_size", "patience": "patience", "num_workers": "num_workers",
     "cpus_per_worker": "cpus_per_worker", "fold_rule": "folds", "mlp_hidden": "mlp_hidden",
     "weight_decay": "weight_decay", "dropout": "dropout", "refit": "refit", "spec_augment": "spec_augment",
-    "auto_layers": "auto_layers",
+    "auto_layers": "auto_layers", "inner_folds": "inner_folds",
 }
 
 
@@ -62,6 +62,9 @@ def parser() -> argparse.ArgumentParser:
                    help="time and feature masking of the training frames")
     p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
                    help="after early stopping, retrain on all of the fold's training speakers for the selected epochs")
+    p.add_argument("--inner-folds", type=int, default=None,
+                   help="choose the epoch count on the mean validation curve of K speaker-disjoint inner folds, then "
+                        "refit on all training speakers (default 1: early stopping on one inner split)")
     p.add_argument("--conditions", default=None, help="training copies, e.g. clean,25dB,15dB,5dB (multi-condition)")
     p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers per fold (DDP)")
     p.add_argument("--cpus-per-worker", type=float, default=None)

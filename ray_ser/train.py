@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ray_ser.corpora.folds import FoldAssignment
 from ray_ser.corpora.manifest import DIMENSIONS
@@ -95,13 +95,31 @@ class TrainConfig(BaseModel):
     """Fold rule when the store has no saliency folds (auto: LOSO up to 12 speakers, else 5 folds)."""
     fold_seed: int = 0
     inner_share: float = 0.15
+    inner_folds: int = Field(1, ge=1)
+    """1: the selection phase early-stops on one inner split (``inner_share`` of the training speakers). k > 1: the
+    epoch count is chosen on the mean validation curve of k speaker-disjoint inner folds of all training speakers
+    (each fold trains every epoch), then the model is refit on all of them (implies ``refit``): on a small corpus
+    one validation speaker makes a noisy choice."""
     num_workers: int = 1
     cpus_per_worker: float = 1.0
+    checkpoint_every_s: float = 30.0
+    """A worker reports to Ray Train (the epoch's metrics and a checkpoint of the fold's state) at most this often
+    and after the last epoch (0: every epoch). Train V2 takes one report per controller poll (2 s), more than a
+    small model's epoch; a killed run redoes at most this much. Every epoch is in the history and TensorBoard."""
     cache_mb: int = 2048
     """A worker's training (and validation) shard up to this size stays in memory after the first epoch's read
     (0: stream from Ray Data every epoch)."""
     use_gpu: bool | None = None
     """None: use GPUs when the cluster has them."""
+
+    @model_validator(mode="after")
+    def _cv_refits(self) -> "TrainConfig":
+        if self.inner_folds > 1:
+            if self.conditions != ["clean"]:
+                raise ValueError(f"inner_folds > 1 trains and validates on the clean copies: multi-condition "
+                                 f"training ({self.conditions}) needs inner_folds=1")
+            self.refit = True  # cross-validation picks an epoch count: only a refit can use it
+        return self
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, **overrides: Any) -> "TrainConfig":
@@ -129,9 +147,13 @@ class FoldPlan:
     model_cfg: dict = field(default_factory=dict)
     norm_mean: list[float] | None = None
     norm_std: list[float] | None = None
-    """Per-dimension scaler of the input frames, fitted on the inner training utterances."""
+    """Per-dimension scaler of the input frames, fitted on the inner training utterances (with inner folds: on
+    all of the fold's training utterances)."""
     layers: list[int] | None = None
     """Every layer read, concatenated per frame (None: ``layer`` alone)."""
+    cv_val: list[list[str]] | None = None
+    """With ``inner_folds`` > 1: each inner fold's validation utterances (speaker-disjoint; every training
+    utterance is in exactly one), the rest of the fold's training utterances train that inner fold."""
 
     @property
     def read_layers(self) -> list[int]:
@@ -148,6 +170,8 @@ def build_fold_model(plan: FoldPlan):
     from torch import nn
 
     from ray_ser.nn import ModelConfig, build_model
+    from ray_ser.nn.models import MLPHead
+    from ray_ser.nn.pooling import masked_mean
 
     class Standardized(nn.Module):
         def __init__(self, net: nn.Module, mean, std):
@@ -157,6 +181,8 @@ def build_fold_model(plan: FoldPlan):
             self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
 
         def forward(self, x, lengths):
+            if isinstance(self.net, MLPHead):  # the mean of standardised frames = the standardised mean frame
+                return self.net.from_pooled((masked_mean(x, lengths.to(x.device)) - self.mean) / self.std)
             return self.net((x - self.mean) / self.std, lengths)
 
     net = build_model(ModelConfig.from_dict(plan.model_cfg))
@@ -211,20 +237,22 @@ def evaluate_batches(model, batches: Iterator[dict], device, target: str) -> tup
     return metrics, stacked
 
 
-def epoch_batches(source, cfg: TrainConfig, epoch: int, train: bool, device=None, cache=None) -> Iterator[dict]:
+def epoch_batches(source, cfg: TrainConfig, epoch: int, train: bool, device=None, cache=None,
+                  only: frozenset | None = None) -> Iterator[dict]:
     """Collated batches of a Ray Dataset or DataIterator: shuffled and length-bucketed for training (with the
     epoch's condition per utterance in multi-condition training), in order for evaluation. ``cache`` (a
-    :class:`~ray_ser.datasets.ShardCache`, kept across epochs) holds a small shard in memory after one read."""
+    :class:`~ray_ser.datasets.ShardCache`, kept across epochs) holds a small shard in memory after one read;
+    ``only``: the utt_ids to keep (an inner fold's part of the shard)."""
     from ray_ser.datasets import ShardCache, bucketed, collate
 
     bs = cfg.batch_size
     cache = cache or ShardCache(0)
     if not train:
-        for b in cache.chunks(source, bs):
+        for b in cache.chunks(source, bs, only=only):
             yield collate(b, device)
         return
     rng = np.random.default_rng([cfg.seed, epoch])
-    chunks = cache.chunks(source, bs * 8 * max(1, len(cfg.conditions)), rng)
+    chunks = cache.chunks(source, bs * 8 * max(1, len(cfg.conditions)), rng, only=only)
     for b in bucketed(chunks, bs, rng, epoch, cfg.seed, cfg.conditions):
         yield collate(b, device)
 
@@ -235,16 +263,18 @@ class EpochRunner:
 
     def __init__(self, cfg: TrainConfig, plan: FoldPlan, train_source, val_source, state: dict | None = None,
                  device=None, prepare: Callable | None = None, rank: int = 0, tb_dir: str | None = None,
-                 train_split: str = "train"):
+                 train_split: str = "train", val_split: str = "val", caches: dict | None = None,
+                 subsets: dict[str, frozenset] | None = None):
         import torch
 
         from ray_ser.nn import LossWeights, SpecAugment
 
         self.cfg, self.plan, self.train_source, self.val_source = cfg, plan, train_source, val_source
-        self.train_split = train_split
+        self.train_split, self.val_split = train_split, val_split
         from ray_ser.datasets import ShardCache
 
-        self.caches = {split: ShardCache(cfg.cache_mb * 2 ** 20) for split in ("train", "val")}
+        self.caches = caches or {split: ShardCache(cfg.cache_mb * 2 ** 20) for split in ("train", "val")}
+        self.subsets = subsets or {}
         self.device = device or torch.device("cpu")
         torch.manual_seed(cfg.seed * 7919 + plan.fold + 17 * rank)
         self.net = build_fold_model(plan).to(self.device)
@@ -253,11 +283,13 @@ class EpochRunner:
         self.aug = SpecAugment(seed=cfg.seed + plan.fold) if cfg.spec_augment else None
         self.weights = LossWeights(domain=1.0, cluster=cfg.cluster_weight)
         self.st = {"epoch": 0, "best_score": -float("inf"), "best_epoch": -1, "best_model": None, "bad_epochs": 0,
-                   "last_score": -float("inf"), "history": []}
+                   "last_score": -float("inf"), "scores": [], "history": []}
         if state:
             self.net.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optimizer"])
             self.st.update({k: state[k] for k in self.st if k in state})
+            if state.get("rng") is not None:  # dropout draws go on where they stopped: a resumed run is the same run
+                torch.set_rng_state(state["rng"])
         self.writer = None
         if tb_dir and rank == 0:
             from tensorboardX import SummaryWriter
@@ -288,7 +320,8 @@ class EpochRunner:
             self.aug.manual_seed(cfg.seed * 100003 + self.plan.fold * 1009 + epoch)
         sums: dict[str, float] = {}
         n = 0
-        for batch in epoch_batches(self.train_source, cfg, epoch, True, self.device, self.caches["train"]):
+        for batch in epoch_batches(self.train_source, cfg, epoch, True, self.device, self.caches["train"],
+                                   self.subsets.get("train")):
             if self.aug is not None:
                 batch["x"] = self.aug.train()(batch["x"], batch["lengths"])
             out = self.model(batch["x"], batch["lengths"])
@@ -305,7 +338,8 @@ class EpochRunner:
             val_metrics, score = {}, float(epoch)
         else:
             val_metrics, _ = evaluate_batches(
-                self.net, epoch_batches(self.val_source, cfg, epoch, False, self.device, self.caches["val"]),
+                self.net, epoch_batches(self.val_source, cfg, epoch, False, self.device, self.caches["val"],
+                                        self.subsets.get("val")),
                 self.device, cfg.target)
             score = _val_score(val_metrics)
         if score > st["best_score"]:
@@ -314,7 +348,8 @@ class EpochRunner:
         else:
             st["bad_epochs"] += 1
         st["epoch"], st["last_score"] = epoch + 1, score
-        for split, metrics in ((self.train_split, train_metrics), ("val", val_metrics)):
+        st["scores"] = [*st["scores"], score]
+        for split, metrics in ((self.train_split, train_metrics), (self.val_split, val_metrics)):
             for name, value in metrics.items():
                 st["history"].append({"fold": self.plan.fold, "epoch": epoch, "split": split, "metric": name,
                                       "value": float(value)})
@@ -328,8 +363,10 @@ class EpochRunner:
                 **{f"train_{k}": v for k, v in train_metrics.items()}, **{f"val_{k}": v for k, v in val_metrics.items()}}
 
     def state(self) -> dict:
+        import torch
+
         return {**self.st, "model": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
-                "optimizer": self.opt.state_dict()}
+                "optimizer": self.opt.state_dict(), "rng": torch.get_rng_state()}
 
     def close(self) -> None:
         if self.writer is not None:
@@ -355,14 +392,65 @@ def refit_cfg(cfg: TrainConfig, selected: dict) -> TrainConfig:
     return cfg.model_copy(update={"epochs": n, "patience": n + 1})
 
 
+def mean_curves(history: list[dict], rounds: int) -> list[dict]:
+    """The inner folds' per-epoch metrics averaged over folds, as split "train"/"val" rows (an epoch counts
+    only when every inner fold has it)."""
+    groups: dict[tuple, list[float]] = {}
+    for row in history:
+        split = row["split"].rsplit("_r", 1)[0]
+        groups.setdefault((row["fold"], row["epoch"], split, row["metric"]), []).append(row["value"])
+    return [{"fold": f, "epoch": e, "split": sp, "metric": m, "value": float(np.mean(v))}
+            for (f, e, sp, m), v in sorted(groups.items()) if len(v) == rounds]
+
+
+def cross_validate(cfg: TrainConfig, plan: FoldPlan, pool_source, report: Callable[[dict, dict], None],
+                   state: dict | None = None, **runner_options) -> dict:
+    """The selection phase by inner cross-validation: for each of ``plan.cv_val``, a fresh model trained for all
+    ``cfg.epochs`` epochs on the pool (all of the fold's training utterances) without that inner fold and scored
+    on it; the epoch count is the argmax of the mean validation curve. Inner folds run one after another on
+    the worker's whole pool without DDP (every worker computes the same curves; the refit uses all workers).
+    Reported states carry ``cv`` (the inner fold running, finished curves and history), so a resumed run goes
+    on inside the inner fold it was in. Returns the selection (best_epoch, best_score, epoch, history)."""
+    from ray_ser.datasets import ShardCache
+
+    if pool_source is None:
+        raise ValueError("inner_folds > 1 needs the fold's training utterances as one unsplit source (pool)")
+    cv = state["cv"] if state else {"round": 0, "curves": [], "history": []}
+    curves, history = list(cv["curves"]), list(cv["history"])
+    pool = frozenset([*plan.inner, *plan.val])
+    cache = ShardCache(cfg.cache_mb * 2 ** 20)
+    round_cfg = cfg.model_copy(update={"patience": cfg.epochs + 1})  # whole curves: the mean picks the epoch
+    options = {k: v for k, v in runner_options.items() if k not in ("prepare", "tb_dir")}
+    tb = runner_options.get("tb_dir")
+
+    def reporter(r: int) -> Callable[[dict, dict], None]:
+        extra = {"phase": "cv", "cv": {"round": r, "curves": curves, "history": history}}
+        return lambda metrics, st: report({**metrics, "inner_fold": r}, {**st, **extra})
+
+    for r in range(len(curves), len(plan.cv_val)):
+        val = frozenset(plan.cv_val[r])
+        final = fit_epochs(round_cfg, plan, pool_source, pool_source, reporter(r),
+                           state=state if state and state["cv"]["round"] == r else None, **options,
+                           tb_dir=f"{tb}/inner_{r}" if tb else None, train_split=f"train_r{r}", val_split=f"val_r{r}",
+                           caches={"train": cache, "val": cache}, subsets={"train": pool - val, "val": val})
+        curves, history = [*curves, list(final["scores"])], [*history, *final["history"]]
+    mean = np.mean(np.asarray(curves, dtype=float), axis=0)
+    best = int(np.argmax(mean))
+    return {"best_epoch": best, "best_score": float(mean[best]), "epoch": len(mean),
+            "history": history + mean_curves(history, len(curves))}
+
+
 def fit_fold(cfg: TrainConfig, plan: FoldPlan, train_source, val_source, report: Callable[[dict, dict], None],
-             refit_source=None, state: dict | None = None, **runner_options) -> dict:
-    """:func:`fit_epochs` (the selection phase), then with ``cfg.refit`` a fresh model trained on
-    ``refit_source`` (all training speakers) for the selected epoch count. Every reported state carries its
-    ``phase`` ("select"/"refit") and, in the refit, the selection's result, so a resumed run goes on in the
-    right phase. The returned state's best model is the fold's model."""
+             refit_source=None, state: dict | None = None, pool_source=None, **runner_options) -> dict:
+    """:func:`fit_epochs` (the selection phase; with ``plan.cv_val``, :func:`cross_validate` over
+    ``pool_source``), then with ``cfg.refit`` a fresh model trained on ``refit_source`` (all training speakers)
+    for the selected epoch count. Every reported state carries its ``phase`` ("select"/"cv"/"refit") and, in the
+    refit, the selection's result, so a resumed run goes on in the right phase. The returned state's best model
+    is the fold's model."""
     state = dict(state) if state else None
-    if state is None or state.get("phase", "select") == "select":
+    if plan.cv_val and (state is None or state.get("phase") == "cv"):
+        selected, state = cross_validate(cfg, plan, pool_source, report, state, **runner_options), None
+    elif state is None or state.get("phase", "select") == "select":
         state = fit_epochs(cfg, plan, train_source, val_source,
                            lambda m, st: report(m, {**st, "phase": "select"}), state=state, **runner_options)
         state = {**state, "phase": "select"}
@@ -406,7 +494,7 @@ def load_state(directory: str | os.PathLike) -> dict:
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker: :func:`fit_epochs` on this worker's shard of "train" and all of "val"; rank 0
-    writes the epoch's checkpoint (resumable state) and the TensorBoard scalars."""
+    writes the checkpoints (resumable state, throttled by ``checkpoint_every_s``) and the TensorBoard scalars."""
     import ray.train
     import ray.train.torch
     import torch
@@ -422,7 +510,19 @@ def train_loop_per_worker(config: dict) -> None:
         with checkpoint.as_directory() as d:
             state = load_state(d)
 
-    def report(metrics: dict, st: dict | None) -> None:
+    last = {"saved": -float("inf"), "report": None}
+    group = torch.distributed.is_available() and torch.distributed.is_initialized() and ctx.get_world_size() > 1
+
+    def report(metrics: dict, st: dict, final: bool = False) -> None:
+        """Report when ``cfg.checkpoint_every_s`` has passed since the last report (rank 0's clock, shared so every
+        worker reports as often) and at the end; rank 0 adds the checkpoint of the state."""
+        last["report"] = (metrics, st)
+        due = [final or time.monotonic() - last["saved"] >= cfg.checkpoint_every_s]
+        if group:
+            torch.distributed.broadcast_object_list(due, src=0)
+        if not due[0]:
+            return
+        last["saved"] = time.monotonic()
         if rank != 0:
             ray.train.report(metrics)
             return
@@ -430,9 +530,12 @@ def train_loop_per_worker(config: dict) -> None:
             save_state(st, d)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
-    fit_fold(cfg, plan, ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val"), report,
-             refit_source=ray.train.get_dataset_shard("refit") if cfg.refit else None, state=state, device=device,
-             prepare=ray.train.torch.prepare_model, rank=rank, tb_dir=config.get("tb_dir"))
+    shard = {n: ray.train.get_dataset_shard(n) for n in config["datasets"]}
+    fit_fold(cfg, plan, shard.get("train"), shard.get("val"), report, refit_source=shard.get("refit"),
+             pool_source=shard.get("pool"), state=state, device=device, prepare=ray.train.torch.prepare_model,
+             rank=rank, tb_dir=config.get("tb_dir"))
+    if last["report"] is not None:  # the last epoch's state, whatever the clock said
+        report(*last["report"], final=True)
 
 
 # ---- planning a fold ------------------------------------------------------------------------------
@@ -467,9 +570,18 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
     test = assignment.test_utts(fold)
     labels = load_labels(store, [*inner, *val, *test], domain_key=cfg.domain)
     inner, val, test = (_in_corpora(cfg, labels.rows, u) for u in (inner, val, test))
-    labels = load_labels(store, [*inner, *val, *test], domain_utts=inner, domain_key=cfg.domain)
     if not inner or not val:
         raise ValueError(f"fold {fold}: no inner training or validation utterances of corpora {cfg.corpora}")
+    cv_val = None
+    if cfg.inner_folds > 1:  # every training speaker validates once; scaler and domains from all of them
+        from ray_ser.layer_selection import inner_folds
+
+        pool = [*inner, *val]
+        ids = inner_folds([labels.rows[u]["speaker"] for u in pool], [labels.rows[u]["label"] for u in pool],
+                          cfg.inner_folds, cfg.seed)
+        cv_val = [[u for u, i in zip(pool, ids) if i == k] for k in range(int(ids.max()) + 1)]
+    fitted_on = [*inner, *val] if cv_val else inner
+    labels = load_labels(store, [*inner, *val, *test], domain_utts=fitted_on, domain_key=cfg.domain)
     if cfg.layers:
         read = list(cfg.layers)
     elif cfg.layer is not None:
@@ -499,7 +611,7 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
         from ray_ser.clusters import ensure_centroids
 
         centroids = ensure_centroids(store, cfg.model, layer, cfg.n_clusters, assignment, fold, seed=cfg.seed)
-    has_dims = any(all(labels.rows[u].get(d) is not None for d in DIMENSIONS) for u in inner)
+    has_dims = any(all(labels.rows[u].get(d) is not None for d in DIMENSIONS) for u in fitted_on)
     n_domains = len(labels.domains) if cfg.adv_weight > 0 else 0
     model_cfg = {"input_dim": len(keep) if keep is not None else dim, "arch": cfg.arch, "pooling": cfg.pooling,
                  "conv_channels": cfg.conv_channels, "gru_hidden": cfg.gru_hidden, "embed_dim": cfg.embed_dim,
@@ -507,10 +619,10 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
                  "dropout": cfg.dropout, "n_classes": len(labels.categories),
                  "n_dims": 3 if (has_dims and cfg.dimensional) else 0, "n_domains": n_domains,
                  "adv_weight": cfg.adv_weight, "n_clusters": cfg.n_clusters}
-    norm_mean, norm_std = frame_stats(store, cfg.model, read, inner, cfg.conditions, keep)
+    norm_mean, norm_std = frame_stats(store, cfg.model, read, fitted_on, cfg.conditions, keep)
     plan = FoldPlan(fold, assignment.id, layer, inner, val, test, labels.categories, keep, model_cfg["input_dim"],
                     n_domains, labels.domains if n_domains else [], bool(model_cfg["n_dims"]), model_cfg,
-                    norm_mean.tolist(), norm_std.tolist(), read if len(read) > 1 else None)
+                    norm_mean.tolist(), norm_std.tolist(), read if len(read) > 1 else None, cv_val)
     return plan, labels, centroids
 
 
@@ -535,11 +647,16 @@ def auto_layers(cfg: TrainConfig, assignment: FoldAssignment, folds: Sequence[in
 
 def fold_datasets(cfg: TrainConfig, plan: FoldPlan, labels, centroids) -> dict:
     """The fold's materialised Ray Datasets: "train" (inner speakers, every training condition), "val"
-    (validation speakers, clean) and, for a refit, "refit" (inner + validation speakers, every training condition)."""
+    (validation speakers, clean) and, for a refit, "refit" (inner + validation speakers, every training condition).
+    With inner folds (``plan.cv_val``): "refit" and, the same rows unsplit across workers, "pool"."""
     from ray_ser.datasets import frames_dataset
 
     common = {"labels": labels, "mask": plan_mask(cfg, plan), "centroids": centroids}
     layers = plan.read_layers
+    if plan.cv_val:
+        both = frames_dataset(cfg.store, cfg.model, layers, [*plan.inner, *plan.val], conditions=["clean"],
+                              **common).materialize()
+        return {"pool": both, "refit": both}
     out = {"train": frames_dataset(cfg.store, cfg.model, layers, plan.inner, conditions=cfg.conditions, **common).materialize(),
            "val": frames_dataset(cfg.store, cfg.model, layers, plan.val, conditions=["clean"], **common).materialize()}
     if cfg.refit:
@@ -621,7 +738,7 @@ def config_hash(cfg: TrainConfig) -> str:
     return hashlib.sha1(json.dumps(defining(cfg.model_dump()), sort_keys=True).encode()).hexdigest()[:8]
 
 
-RUNTIME_FIELDS = ("cache_mb",)
+RUNTIME_FIELDS = ("cache_mb", "checkpoint_every_s")
 """TrainConfig fields that change how a run is executed, not what it learns (a resumed run may change them)."""
 
 
@@ -652,14 +769,14 @@ def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir:
     datasets = fold_datasets(cfg, plan, labels, centroids)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(), "plan": plan.to_dict(),
+        train_loop_config={"cfg": cfg.model_dump(), "plan": plan.to_dict(), "datasets": sorted(datasets),
                            "tb_dir": str(out_dir / "tensorboard" / f"fold_{fold}")},
         scaling_config=_scaling(cfg),
         run_config=RunConfig(name=f"fold_{fold}-{config_hash(cfg)}", storage_path=str(out_dir / "ray_train"),
                              checkpoint_config=CheckpointConfig(num_to_keep=1),
                              failure_config=FailureConfig(max_failures=2)),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train", "refit"] if cfg.refit else ["train"]),
+        dataset_config=DataConfig(datasets_to_split=[n for n in ("train", "refit") if n in datasets]),
     )
     result = trainer.fit()
     if result.checkpoint is None:

@@ -116,7 +116,8 @@ def trainable(config: dict) -> None:
     import torch
 
     cfg = trial_config(config["base"], config)
-    cfg.epochs = int(config["max_epochs"])
+    # a trial is scored on each search fold's inner validation speakers: one inner split, no refit
+    cfg = cfg.model_copy(update={"epochs": int(config["max_epochs"]), "inner_folds": 1, "refit": False})
     torch.set_num_threads(1)
     pool = resolve_assignment(cfg).without(config["held_out"])
     states = {}

@@ -137,9 +137,11 @@ def test_two_worker_run_learns_and_writes_a_loadable_checkpoint(synth_store, tmp
 
 def test_killed_run_resumes_from_its_last_checkpoint(synth_store, tmp_path):
     out = tmp_path / "run"
+    every_epoch = tmp_path / "every_epoch.json"  # a checkpoint every epoch, so the kill lands mid-run
+    every_epoch.write_text(json.dumps({"checkpoint_every_s": 0}))
     args = [sys.executable, str(ROOT / "jobs" / "train.py"), "--store", synth_store, "--model", "tiny", "--out", str(out),
             "--folds", "1", "--layer", "1", "--epochs", "12", "--patience", "50", "--batch-size", "8",
-            "--cpus-per-worker", "0.5", "--no-test-report"]
+            "--cpus-per-worker", "0.5", "--no-test-report", "--config", str(every_epoch)]
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     proc = subprocess.Popen(args, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 400
@@ -254,3 +256,87 @@ def test_train_job_flags_override_the_config_file(tmp_path):
     one = parse("--layer", "1", "--no-refit")
     assert (one.layer, one.layers, one.refit, one.mlp_hidden) == (1, [], False, 0)
     assert parse("--layers", "1,4", "--auto-layers", "2").layers == [1, 4]
+
+
+def test_inner_folds_choose_the_epoch_count_on_the_mean_validation_curve(synth_store, tmp_path):
+    from ray_ser.evaluate.predict import predict_fold
+
+    out = tmp_path / "run"
+    cfg = small_cfg(synth_store, arch="mlp", mlp_hidden=0, epochs=4, lr=3e-3, spec_augment=False, inner_folds=3)
+    assert cfg.refit  # cross-validation only chooses an epoch count: the refit uses it
+    plan = plan_fold(cfg, resolve_assignment(cfg), 0)[0]
+    pool = [*plan.inner, *plan.val]
+    assert len(plan.cv_val) == 3 and sorted(u for part in plan.cv_val for u in part) == sorted(pool)
+    summary = run(cfg, "0", out)[0]
+    epochs = pl.read_parquet(out / "epochs.parquet")
+    uar = epochs.filter(pl.col("metric") == "uar")
+    per_fold = uar.filter(pl.col("split").str.starts_with("val_r"))
+    assert sorted(per_fold["split"].unique().to_list()) == ["val_r0", "val_r1", "val_r2"]
+    assert per_fold.group_by("split").len()["len"].to_list() == [4, 4, 4]  # every inner fold runs every epoch
+    mean = per_fold.group_by("epoch").agg(pl.col("value").mean()).sort("epoch")["value"].to_numpy()
+    val = uar.filter(pl.col("split") == "val").sort("epoch")["value"].to_numpy()
+    np.testing.assert_allclose(val, mean)
+    info = json.loads((fold_checkpoints(out)[0] / "config.json").read_text())
+    assert info["best_epoch"] == summary["best_epoch"] == int(np.argmax(mean))
+    assert info["refit_epochs"] == info["best_epoch"] + 1 and info["best_val_score"] == pytest.approx(mean.max())
+    refit = epochs.filter((pl.col("split") == "refit") & (pl.col("metric") == "loss"))
+    assert refit["epoch"].to_list() == list(range(info["refit_epochs"]))
+    pred = predict_fold(synth_store, fold_checkpoints(out)[0])
+    assert set(pred["utt_id"].to_list()) == set(plan.test)
+
+
+def test_inner_folds_are_speaker_disjoint_and_resume_inside_an_inner_fold(synth_store):
+    from ray_ser.datasets import load_labels
+    from ray_ser.train import fit_fold, fold_datasets
+
+    cfg = small_cfg(synth_store, arch="mlp", mlp_hidden=0, epochs=3, lr=3e-3, spec_augment=False, inner_folds=2)
+    plan, labels, centroids = plan_fold(cfg, resolve_assignment(cfg), 1)
+    rows = load_labels(synth_store, [u for part in plan.cv_val for u in part]).rows
+    spk = [{rows[u]["speaker"] for u in part} for part in plan.cv_val]
+    assert not spk[0] & spk[1] and not set(plan.test) & {u for part in plan.cv_val for u in part}
+    data = fold_datasets(cfg, plan, labels, centroids)
+    assert set(data) == {"pool", "refit"}
+    states: list[dict] = []
+
+    class Killed(Exception):
+        pass
+
+    def report_then_die(metrics, state):
+        states.append(state)
+        if state["phase"] == "cv" and state["cv"]["round"] == 1 and state["epoch"] == 2:
+            raise Killed  # two epochs of the second inner fold are checkpointed, then the worker dies
+
+    with pytest.raises(Killed):
+        fit_fold(cfg, plan, None, None, report_then_die, refit_source=data["refit"], pool_source=data["pool"])
+    assert [(s["phase"], s["cv"]["round"], s["epoch"]) for s in states] == [
+        ("cv", 0, 1), ("cv", 0, 2), ("cv", 0, 3), ("cv", 1, 1), ("cv", 1, 2)]
+    resumed = fit_fold(cfg, plan, None, None, lambda m, s: None, refit_source=data["refit"], pool_source=data["pool"],
+                       state=states[-1])
+    whole = fit_fold(cfg, plan, None, None, lambda m, s: None, refit_source=data["refit"], pool_source=data["pool"])
+    assert resumed["selected"]["history"] == whole["selected"]["history"]  # nothing repeated, nothing lost
+    assert resumed["best_epoch"] == whole["best_epoch"] and resumed["refit_epochs"] == whole["best_epoch"] + 1
+    for k, v in whole["best_model"].items():
+        np.testing.assert_allclose(resumed["best_model"][k].numpy(), v.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_inner_folds_need_clean_training_copies(synth_store):
+    with pytest.raises(ValueError, match="multi-condition"):
+        small_cfg(synth_store, inner_folds=3, conditions=["clean", "5dB"])
+
+
+def test_standardised_mlp_pools_before_scaling_with_the_same_outputs():
+    import torch
+
+    from ray_ser.train import FoldPlan, build_fold_model
+
+    D = 6
+    model_cfg = {"input_dim": D, "arch": "mlp", "pooling": "mean", "conv_channels": 8, "gru_hidden": 8, "embed_dim": 4,
+                 "mlp_hidden": 5, "dropout": 0.0, "n_classes": 3, "n_dims": 0, "n_domains": 0, "adv_weight": 0.0,
+                 "n_clusters": 0}
+    rng = np.random.default_rng(0)
+    mean, std = rng.normal(size=D).tolist(), (rng.random(D) + 0.5).tolist()
+    plan = FoldPlan(0, "a", 1, [], [], [], ["a", "b", "c"], None, D, 0, [], False, model_cfg, mean, std)
+    wrapped = build_fold_model(plan).eval()
+    x, lengths = torch.randn(4, 7, D), torch.tensor([7, 3, 5, 1])
+    scaled = (x - torch.tensor(mean)) / torch.tensor(std)
+    torch.testing.assert_close(wrapped(x, lengths)["logits"], wrapped.net(scaled, lengths)["logits"])

@@ -172,7 +172,12 @@ class MLPHead(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor) -> dict[str, Tensor]:
         _check_input(x, lengths, self.cfg.input_dim)
-        return self.heads(self.embed(masked_mean(x, lengths.to(x.device))))
+        return self.from_pooled(masked_mean(x, lengths.to(x.device)))
+
+    def from_pooled(self, pooled: Tensor) -> dict[str, Tensor]:
+        """The heads' outputs from the mean frames (B, input_dim): a per-dimension affine map of the frames
+        (a scaler) can be applied here instead, to B vectors rather than every frame."""
+        return self.heads(self.embed(pooled))
 
 
 def build_model(cfg: ModelConfig | Mapping[str, Any]) -> nn.Module:

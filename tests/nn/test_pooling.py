@@ -64,3 +64,10 @@ def test_attention_weights_zero_on_padding_and_softmax_on_real_frames():
 def test_make_pooling_rejects_unknown():
     with pytest.raises(ValueError, match="unknown pooling"):
         make_pooling("max", 4)
+
+
+def test_masked_mean_without_padding_is_the_plain_mean():
+    x = torch.randn(3, 5, 4)
+    full = torch.full((3,), 5)
+    torch.testing.assert_close(masked_mean(x, full), x.mean(1))
+    torch.testing.assert_close(masked_mean(x, torch.tensor([5, 5, 4]))[2], x[2, :4].mean(0))
