@@ -171,7 +171,6 @@ def build_fold_model(plan: FoldPlan):
 
     from ray_ser.nn import ModelConfig, build_model
     from ray_ser.nn.models import MLPHead
-    from ray_ser.nn.pooling import masked_mean
 
     class Standardized(nn.Module):
         def __init__(self, net: nn.Module, mean, std):
@@ -182,7 +181,7 @@ def build_fold_model(plan: FoldPlan):
 
         def forward(self, x, lengths):
             if isinstance(self.net, MLPHead):  # the mean of standardised frames = the standardised mean frame
-                return self.net.from_pooled((masked_mean(x, lengths.to(x.device)) - self.mean) / self.std)
+                return self.net.from_pooled((self.net.pool(x, lengths) - self.mean) / self.std)
             return self.net((x - self.mean) / self.std, lengths)
 
     net = build_model(ModelConfig.from_dict(plan.model_cfg))
@@ -290,6 +289,8 @@ class EpochRunner:
             self.st.update({k: state[k] for k in self.st if k in state})
             if state.get("rng") is not None:  # dropout draws go on where they stopped: a resumed run is the same run
                 torch.set_rng_state(state["rng"])
+            if state.get("cuda_rng") is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.writer = None
         if tb_dir and rank == 0:
             from tensorboardX import SummaryWriter
@@ -365,8 +366,9 @@ class EpochRunner:
     def state(self) -> dict:
         import torch
 
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         return {**self.st, "model": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
-                "optimizer": self.opt.state_dict(), "rng": torch.get_rng_state()}
+                "optimizer": self.opt.state_dict(), "rng": torch.get_rng_state(), "cuda_rng": cuda}
 
     def close(self) -> None:
         if self.writer is not None:

@@ -171,12 +171,16 @@ class MLPHead(nn.Module):
             self.heads = Heads(cfg)
 
     def forward(self, x: Tensor, lengths: Tensor) -> dict[str, Tensor]:
+        return self.from_pooled(self.pool(x, lengths))
+
+    def pool(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """The mean of each utterance's real frames (B, input_dim)."""
         _check_input(x, lengths, self.cfg.input_dim)
-        return self.from_pooled(masked_mean(x, lengths.to(x.device)))
+        return masked_mean(x, lengths.to(x.device))
 
     def from_pooled(self, pooled: Tensor) -> dict[str, Tensor]:
-        """The heads' outputs from the mean frames (B, input_dim): a per-dimension affine map of the frames
-        (a scaler) can be applied here instead, to B vectors rather than every frame."""
+        """The heads' outputs from the mean frames: a per-dimension affine map of the frames (a scaler) can be
+        applied here instead, to B vectors rather than every frame."""
         return self.heads(self.embed(pooled))
 
 
