@@ -374,9 +374,8 @@ class ShardCache:
                 stream = (part for part in (_take(c, _in(c["utt_id"], only)) for c in stream) if len(part["utt_id"]))
             yield from (stream if rng is None else window_shuffled(stream, rng))
             return
-        rows = np.arange(len(self.rows.get("utt_id", ())))
-        if only is not None:
-            rows = _in(self.rows.get("utt_id", np.array([], dtype=object)), only)
+        ids = self.rows.get("utt_id", ())
+        rows = np.arange(len(ids)) if only is None else _in(ids, only)
         order = rows if rng is None else rows[rng.permutation(len(rows))]
         for start in range(0, len(order), chunk_rows):
             yield _take(self.rows, order[start:start + chunk_rows])

@@ -495,8 +495,9 @@ def load_state(directory: str | os.PathLike) -> dict:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train worker: :func:`fit_epochs` on this worker's shard of "train" and all of "val"; rank 0
-    writes the checkpoints (resumable state, throttled by ``checkpoint_every_s``) and the TensorBoard scalars."""
+    """Ray Train worker: :func:`fit_fold` on this worker's shards of the fold's datasets (its part of "train" and
+    "refit", all of "val" and "pool"); rank 0 writes the checkpoints (resumable state, throttled by
+    ``checkpoint_every_s``) and the TensorBoard scalars."""
     import ray.train
     import ray.train.torch
     import torch
@@ -512,16 +513,16 @@ def train_loop_per_worker(config: dict) -> None:
         with checkpoint.as_directory() as d:
             state = load_state(d)
 
-    last = {"saved": -float("inf"), "report": None}
+    last = {"saved": -float("inf"), "unsent": None}
     group = torch.distributed.is_available() and torch.distributed.is_initialized() and ctx.get_world_size() > 1
 
     def report(metrics: dict, st: dict, final: bool = False) -> None:
         """Report when ``cfg.checkpoint_every_s`` has passed since the last report (rank 0's clock, shared so every
         worker reports as often) and at the end; rank 0 adds the checkpoint of the state."""
-        last["report"] = (metrics, st)
         due = [final or time.monotonic() - last["saved"] >= cfg.checkpoint_every_s]
         if group:
             torch.distributed.broadcast_object_list(due, src=0)
+        last["unsent"] = None if due[0] else (metrics, st)
         if not due[0]:
             return
         last["saved"] = time.monotonic()
@@ -536,8 +537,8 @@ def train_loop_per_worker(config: dict) -> None:
     fit_fold(cfg, plan, shard.get("train"), shard.get("val"), report, refit_source=shard.get("refit"),
              pool_source=shard.get("pool"), state=state, device=device, prepare=ray.train.torch.prepare_model,
              rank=rank, tb_dir=config.get("tb_dir"))
-    if last["report"] is not None:  # the last epoch's state, whatever the clock said
-        report(*last["report"], final=True)
+    if last["unsent"] is not None:  # the last epoch's state, whatever the clock said (the same on every rank)
+        report(*last["unsent"], final=True)
 
 
 # ---- planning a fold ------------------------------------------------------------------------------
@@ -655,15 +656,16 @@ def fold_datasets(cfg: TrainConfig, plan: FoldPlan, labels, centroids) -> dict:
 
     common = {"labels": labels, "mask": plan_mask(cfg, plan), "centroids": centroids}
     layers = plan.read_layers
-    if plan.cv_val:
-        both = frames_dataset(cfg.store, cfg.model, layers, [*plan.inner, *plan.val], conditions=["clean"],
-                              **common).materialize()
-        return {"pool": both, "refit": both}
-    out = {"train": frames_dataset(cfg.store, cfg.model, layers, plan.inner, conditions=cfg.conditions, **common).materialize(),
-           "val": frames_dataset(cfg.store, cfg.model, layers, plan.val, conditions=["clean"], **common).materialize()}
-    if cfg.refit:
+    out = {}
+    if not plan.cv_val:
+        out["train"] = frames_dataset(cfg.store, cfg.model, layers, plan.inner, conditions=cfg.conditions,
+                                      **common).materialize()
+        out["val"] = frames_dataset(cfg.store, cfg.model, layers, plan.val, conditions=["clean"], **common).materialize()
+    if cfg.refit:  # inner folds imply a refit
         out["refit"] = frames_dataset(cfg.store, cfg.model, layers, [*plan.inner, *plan.val], conditions=cfg.conditions,
                                       **common).materialize()
+    if plan.cv_val:  # one read serves both
+        out["pool"] = out["refit"]
     return out
 
 
