@@ -145,8 +145,14 @@ class Lease:
             if why is not None:
                 token = current.token + 1
                 values = {**mine, "token": token}
-                result = store.open(table_name).update(
-                    where=f"holder = {_sql(current.holder)} AND token = {current.token}", values=values)
+                try:
+                    result = store.open(table_name).update(
+                        where=f"holder = {_sql(current.holder)} AND token = {current.token}", values=values)
+                except RuntimeError as e:  # a concurrent commit (another taker, a racing create) came first
+                    if "transaction" not in str(e).lower() and "conflict" not in str(e).lower():
+                        raise
+                    log.debug("lease %s: update lost a commit race (%s), looking again", name, e)
+                    continue
                 if getattr(result, "rows_updated", 1) == 1 and cls._read(store, table_name).holder == run_id:
                     if current.holder != FREE:
                         log.warning("took over lease %s from %s: %s", name, current.describe(at), why)
