@@ -23,26 +23,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-class InMemory:
-    """The epoch source of (b): the same rows as the dataset, in memory, with the same iter_batches shape."""
-
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
-
-    def iter_batches(self, batch_size: int, batch_format: str = "numpy", local_shuffle_buffer_size=None,
-                     local_shuffle_seed=None):
-        order = np.random.default_rng(local_shuffle_seed).permutation(len(self.rows)) if local_shuffle_seed is not None \
-            else np.arange(len(self.rows))
-        for s in range(0, len(order), batch_size):
-            chunk = [self.rows[i] for i in order[s:s + batch_size]]
-            out = {}
-            for k in chunk[0]:
-                values = [r[k] for r in chunk]
-                out[k] = np.array(values + [None], dtype=object)[:-1] if isinstance(values[0], np.ndarray) and \
-                    values[0].ndim == 2 else np.asarray(values)
-            yield out
-
-
 def one_epoch(source, cfg, epoch: int, cache=None) -> tuple[int, float]:
     from ray_ser.train import epoch_batches
 
@@ -63,7 +43,7 @@ def main() -> None:
     p.add_argument("--keep-ratio", type=float, default=1.0)
     args = p.parse_args()
 
-    from ray_ser.datasets import ShardCache
+    from ray_ser.datasets import InMemorySource, ShardCache
     from ray_ser.runtime import init_ray
     from ray_ser.train import TrainConfig, fold_datasets, plan_fold, resolve_assignment
 
@@ -75,7 +55,7 @@ def main() -> None:
     t0 = time.perf_counter()
     ds = fold_datasets(cfg, plan, labels, centroids)["train"]
     t_read = time.perf_counter() - t0
-    memory = InMemory(ds.take_all())
+    memory = InMemorySource.from_records(ds.take_all())
     cache = ShardCache(cfg.cache_mb * 2 ** 20)
     rates = {"store": [], "store, no cache": [], "memory": []}
     cold = 0.0
@@ -87,7 +67,7 @@ def main() -> None:
             elif c is not None:
                 cold = s
     med = {k: float(np.median(v)) for k, v in rates.items()}
-    n = len(memory.rows)
+    n = len(memory)
     print(f"fold {args.fold}, layer(s) {layers or args.layer}: {n} training utterances, first read + materialise "
           f"{t_read:.1f} s, first (cold) epoch through the cache {1000 * cold:.0f} ms")
     for name, rate in med.items():

@@ -28,15 +28,17 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
-import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ray_ser.corpora.folds import FoldAssignment
 from ray_ser.corpora.manifest import DIMENSIONS
 from ray_ser.fm.registry import DEFAULT_MODEL
+
+if TYPE_CHECKING:  # polars is only needed where tables are written, not in a worker's loop
+    import polars as pl
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +258,14 @@ def epoch_batches(source, cfg: TrainConfig, epoch: int, train: bool, device=None
         yield collate(b, device)
 
 
+def shard_cache(cfg: TrainConfig):
+    """A worker's in-memory cache of one split (``cfg.cache_mb``); it keeps only each row's mean frame when that
+    is all the model sees (the MLP without SpecAugment, which masks frames before the mean)."""
+    from ray_ser.datasets import ShardCache
+
+    return ShardCache(cfg.cache_mb * 2 ** 20, mean_frames=cfg.arch == "mlp" and not cfg.spec_augment)
+
+
 class EpochRunner:
     """One fold's model, optimiser and early-stopping state, advanced one epoch at a time (Ray Train runs it to
     the end; a Tune trial interleaves several folds' runners). ``state()`` is everything needed to resume."""
@@ -270,9 +280,7 @@ class EpochRunner:
 
         self.cfg, self.plan, self.train_source, self.val_source = cfg, plan, train_source, val_source
         self.train_split, self.val_split = train_split, val_split
-        from ray_ser.datasets import ShardCache
-
-        self.caches = caches or {split: ShardCache(cfg.cache_mb * 2 ** 20) for split in ("train", "val")}
+        self.caches = caches or {split: shard_cache(cfg) for split in ("train", "val")}
         self.subsets = subsets or {}
         self.device = device or torch.device("cpu")
         torch.manual_seed(cfg.seed * 7919 + plan.fold + 17 * rank)
@@ -312,11 +320,18 @@ class EpochRunner:
 
     def run_epoch(self) -> dict:
         """Train one epoch, score the validation speakers, keep the best weights; returns the epoch's metrics."""
+        import torch
+
         from ray_ser.nn import multitask_loss
 
         cfg, st, epoch = self.cfg, self.st, self.st["epoch"]
         t0 = time.perf_counter()
         self.model.train()
+        if self.device.type == "cuda":
+            # cuDNN's GRU keeps its own dropout state, outside the generator's saved state; torch re-seeds it from
+            # the CUDA generator whenever that generator's state is set. Setting it at each epoch's start makes an
+            # epoch's draws a function of the state a checkpoint holds, so a resumed run is the same run.
+            torch.cuda.set_rng_state(torch.cuda.get_rng_state(self.device), self.device)
         if self.aug is not None:
             self.aug.manual_seed(cfg.seed * 100003 + self.plan.fold * 1009 + epoch)
         sums: dict[str, float] = {}
@@ -413,14 +428,12 @@ def cross_validate(cfg: TrainConfig, plan: FoldPlan, pool_source, report: Callab
     the worker's whole pool without DDP (every worker computes the same curves; the refit uses all workers).
     Reported states carry ``cv`` (the inner fold running, finished curves and history), so a resumed run goes
     on inside the inner fold it was in. Returns the selection (best_epoch, best_score, epoch, history)."""
-    from ray_ser.datasets import ShardCache
-
     if pool_source is None:
         raise ValueError("inner_folds > 1 needs the fold's training utterances as one unsplit source (pool)")
     cv = state["cv"] if state else {"round": 0, "curves": [], "history": []}
     curves, history = list(cv["curves"]), list(cv["history"])
     pool = frozenset([*plan.inner, *plan.val])
-    cache = ShardCache(cfg.cache_mb * 2 ** 20)
+    cache = shard_cache(cfg)
     round_cfg = cfg.model_copy(update={"patience": cfg.epochs + 1})  # whole curves: the mean picks the epoch
     options = {k: v for k, v in runner_options.items() if k not in ("prepare", "tb_dir")}
     tb = runner_options.get("tb_dir")
@@ -559,6 +572,14 @@ def _in_corpora(cfg: TrainConfig, labels_rows: dict, utts: Sequence[str]) -> lis
     return [u for u in utts if labels_rows[u]["corpus"] in cfg.corpora]
 
 
+def model_config(cfg: TrainConfig, input_dim: int, n_classes: int, has_dims: bool, n_domains: int) -> dict:
+    """The fold model's :class:`~ray_ser.nn.ModelConfig` fields from the run's config and what the fold holds."""
+    return {"input_dim": input_dim, "arch": cfg.arch, "pooling": cfg.pooling, "conv_channels": cfg.conv_channels,
+            "gru_hidden": cfg.gru_hidden, "embed_dim": cfg.embed_dim, "mlp_hidden": cfg.mlp_hidden,
+            "dropout": cfg.dropout, "n_classes": n_classes, "n_dims": 3 if (has_dims and cfg.dimensional) else 0,
+            "n_domains": n_domains, "adv_weight": cfg.adv_weight, "n_clusters": cfg.n_clusters}
+
+
 def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
               layer: int | Sequence[int] | None = None) -> tuple[FoldPlan, Any, np.ndarray | None]:
     """(plan, labels, centroids) of outer ``fold``: inner split, layer(s), mask and centroids, all fitted or
@@ -616,12 +637,7 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
         centroids = ensure_centroids(store, cfg.model, layer, cfg.n_clusters, assignment, fold, seed=cfg.seed)
     has_dims = any(all(labels.rows[u].get(d) is not None for d in DIMENSIONS) for u in fitted_on)
     n_domains = len(labels.domains) if cfg.adv_weight > 0 else 0
-    model_cfg = {"input_dim": len(keep) if keep is not None else dim, "arch": cfg.arch, "pooling": cfg.pooling,
-                 "conv_channels": cfg.conv_channels, "gru_hidden": cfg.gru_hidden, "embed_dim": cfg.embed_dim,
-                 "mlp_hidden": cfg.mlp_hidden,
-                 "dropout": cfg.dropout, "n_classes": len(labels.categories),
-                 "n_dims": 3 if (has_dims and cfg.dimensional) else 0, "n_domains": n_domains,
-                 "adv_weight": cfg.adv_weight, "n_clusters": cfg.n_clusters}
+    model_cfg = model_config(cfg, len(keep) if keep is not None else dim, len(labels.categories), has_dims, n_domains)
     norm_mean, norm_std = frame_stats(store, cfg.model, read, fitted_on, cfg.conditions, keep)
     plan = FoldPlan(fold, assignment.id, layer, inner, val, test, labels.categories, keep, model_cfg["input_dim"],
                     n_domains, labels.domains if n_domains else [], bool(model_cfg["n_dims"]), model_cfg,
@@ -788,6 +804,8 @@ def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir:
     with result.checkpoint.as_directory() as d:
         state = final_state(load_state(d))
     write_best(out_dir, cfg, plan, state)
+    import polars as pl
+
     pl.DataFrame(state["history"], schema={"fold": pl.Int32, "epoch": pl.Int32, "split": pl.Utf8, "metric": pl.Utf8,
                                            "value": pl.Float64}).write_parquet(out_dir / f"fold_{fold}" / "epochs.parquet")
     return {"fold": fold, "layer": plan.layer, "layers": plan.read_layers, "best_epoch": state["best_epoch"], "best_val_score": state["best_score"],
@@ -798,6 +816,8 @@ def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir:
 
 def collect_epochs(out_dir: str | os.PathLike) -> pl.DataFrame:
     """``DIR/epochs.parquet`` from the folds' own tables (fold, epoch, split, metric, value)."""
+    import polars as pl
+
     parts = [pl.read_parquet(p) for p in sorted(Path(out_dir).glob("fold_*/epochs.parquet"))]
     df = pl.concat(parts) if parts else pl.DataFrame(schema={"fold": pl.Int32, "epoch": pl.Int32, "split": pl.Utf8,
                                                               "metric": pl.Utf8, "value": pl.Float64})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ray_ser.datasets import _concat, bucketed, collate, window_shuffled
+from ray_ser.datasets import InMemorySource, ShardCache, _concat, bucketed, collate, window_shuffled
 
 
 def chunks(n: int = 100, size: int = 16, ragged: bool = False):
@@ -58,6 +58,32 @@ def test_collate_equal_lengths_matches_the_padding_path():
     assert (a["x"] == b["x"]).all() and (a["lengths"] == b["lengths"]).all() and (a["lengths"] == 5).all()
     r = collate({**next(chunks(ragged=True)), **common})
     assert r["x"].shape[1] == int(r["lengths"].max()) and float(r["x"][0, int(r["lengths"][0]):].abs().sum()) == 0
+
+
+def test_collate_casts_mixed_dtypes_and_never_returns_a_view_of_the_rows():
+    common = {"pdf": np.full((2, 3), 1 / 3), "dims": np.full((2, 3), np.nan), "domain": np.zeros(2, int),
+              "label_index": np.zeros(2, int)}
+    rows = np.empty(2, dtype=object)
+    rows[:] = [np.full((3, 2), 0.1, np.float32), np.full((2, 2), 0.5, np.float16)]
+    x = collate({"x": rows, **common})["x"]
+    assert x.dtype.is_floating_point and x.dtype.itemsize == 4
+    np.testing.assert_array_equal(x[0].numpy(), np.full((3, 2), 0.1, np.float32))  # float32 rows are not rounded
+    assert x[1, 2].abs().sum() == 0 and float(x[1, 0, 0]) == 0.5
+    same = np.zeros((2, 3, 2), np.float32)
+    collate({"x": same, **common})["x"][:] = 7.0
+    assert not same.any()  # a cached float32 batch is copied, not handed out
+
+
+def test_in_memory_source_reads_back_its_records_in_order():
+    records = [{"utt_id": f"u{i}", "x": np.full((i + 1, 2), i, np.float16), "label_index": i} for i in range(5)]
+    src = InMemorySource.from_records(records)
+    assert len(src) == 5 and src.rows["x"].dtype == object
+    batches = list(src.iter_batches(2))
+    assert [list(b["utt_id"]) for b in batches] == [["u0", "u1"], ["u2", "u3"], ["u4"]]
+    cached = next(ShardCache(1 << 20).chunks(src, 5))
+    assert [len(a) for a in cached["x"]] == [1, 2, 3, 4, 5] and list(cached["label_index"]) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="different lengths"):
+        InMemorySource({"utt_id": np.array(["a", "b"]), "label_index": np.zeros(3)})
 
 
 class CountingSource:

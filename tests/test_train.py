@@ -340,3 +340,25 @@ def test_standardised_mlp_pools_before_scaling_with_the_same_outputs():
     x, lengths = torch.randn(4, 7, D), torch.tensor([7, 3, 5, 1])
     scaled = (x - torch.tensor(mean)) / torch.tensor(std)
     torch.testing.assert_close(wrapped(x, lengths)["logits"], wrapped.net(scaled, lengths)["logits"])
+
+
+def test_the_mlp_trains_on_cached_mean_frames_as_on_the_frames():
+    from ray_ser.datasets import ShardCache
+    from ray_ser.synthetic_fold import synthetic_fold
+    from ray_ser.train import EpochRunner, fit_epochs, shard_cache
+
+    cfg = TrainConfig(arch="mlp", mlp_hidden=8, epochs=3, batch_size=8, spec_augment=False, lr=3e-3, dropout=0.2)
+    assert shard_cache(cfg).mean_frames and not shard_cache(cfg.model_copy(update={"spec_augment": True})).mean_frames
+    assert not shard_cache(cfg.model_copy(update={"arch": "tcgru"})).mean_frames
+    f = synthetic_fold(cfg, n_train=40, n_val=12, dim=6, frames=(3, 9), n_speakers=4, separation=0.5)
+    runner = EpochRunner(cfg, f.plan, f.train, f.val)
+    runner.run_epoch()
+    cached = runner.caches["train"].rows
+    assert {a.shape for a in cached["x"]} == {(1, 6)} and list(cached["n_frames"]) == list(f.train.rows["n_frames"])
+    np.testing.assert_allclose(cached["x"][3][0], f.train.rows["x"][3].astype(np.float64).mean(0), rtol=1e-6)
+    frames = {split: ShardCache(1 << 30) for split in ("train", "val")}
+    a = fit_epochs(cfg, f.plan, f.train, f.val, lambda m, s: None)
+    b = fit_epochs(cfg, f.plan, f.train, f.val, lambda m, s: None, caches=frames)
+    assert [r["metric"] for r in a["history"]] == [r["metric"] for r in b["history"]]
+    np.testing.assert_allclose([r["value"] for r in a["history"]], [r["value"] for r in b["history"]], rtol=1e-4,
+                               atol=1e-6)
