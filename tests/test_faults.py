@@ -157,8 +157,13 @@ def _run_driver(script: Path, args: list[str], markers: Path, pause_at: int, tim
             out, _ = proc.communicate(timeout=timeout)
             return "finished" in out, 0, out[-3000:]
         while not (inside.exists() and inside.read_text()):
-            if proc.poll() is not None or time.time() > deadline:
-                return proc.poll() == 0, 0, ""
+            if proc.poll() is not None or time.time() > deadline:  # ended (or hung) before that commit: say why
+                code = proc.poll()
+                if code is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                why = f"exited {code}" if code is not None else f"no commit {pause_at} in {timeout:.0f} s"
+                return code == 0, 0, f"driver {why}: {proc.stdout.read()[-3000:]}"
             time.sleep(0.01)
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
         proc.wait()
@@ -185,8 +190,8 @@ def test_driver_killed_during_a_commit_loses_and_duplicates_nothing(corpus, tiny
     uri = str(tmp_path / "store")
     corpus = corpus.head(24)  # 3 commits of 8 utterances x 2 conditions
     args = [str(corpus.write(tmp_path / "manifest.parquet")), uri, str(tiny_model_dir)]
-    finished, uncommitted, _ = _run_driver(script, args, tmp_path / "markers", pause_at=2)
-    assert not finished and uncommitted > 0
+    finished, uncommitted, out = _run_driver(script, args, tmp_path / "markers", pause_at=2)
+    assert not finished and uncommitted > 0, out
     at_kill = figures(uri, "tiny", corpus.column("utt_id"), CONDS)
     orphans = orphan_files(uri, "tiny")
     assert orphans >= 1  # the cut commit's data files are on disk, unseen by any reader
