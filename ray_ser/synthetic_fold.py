@@ -23,9 +23,11 @@ class SyntheticFold:
 
 
 def synthetic_rows(n: int, dim: int, frames: tuple[int, int], n_classes: int, n_speakers: int, prefix: str,
-                   centres: np.ndarray, rng: np.random.Generator, n_clusters: int = 0) -> dict[str, np.ndarray]:
+                   centres: np.ndarray, rng: np.random.Generator, n_clusters: int = 0,
+                   training: bool = True) -> dict[str, np.ndarray]:
     """``n`` examples: float16 frames = their class's centre + unit noise, ``frames`` = (min, max) lengths,
-    soft targets (0.7 on the class), A/V/D tied to the class, speakers as domains."""
+    soft targets (0.7 on the class), A/V/D tied to the class, speakers as domains (IGNORE unless ``training``:
+    the domain head only knows training speakers)."""
     labels = np.arange(n) % n_classes
     lengths = rng.integers(frames[0], frames[1] + 1, n)
     x = np.empty(n, dtype=object)
@@ -37,7 +39,7 @@ def synthetic_rows(n: int, dim: int, frames: tuple[int, int], n_classes: int, n_
     rows = {"utt_id": np.array([f"{prefix}/{i:05d}" for i in range(n)], dtype=object),
             "condition": np.array(["clean"] * n, dtype=object), "n_frames": lengths.astype(np.int64), "x": x,
             "label_index": labels.astype(np.int64), "pdf": pdf, "dims": dims,
-            "domain": (np.arange(n) % n_speakers).astype(np.int64) if prefix == "train" else np.full(n, IGNORE)}
+            "domain": (np.arange(n) % n_speakers).astype(np.int64) if training else np.full(n, IGNORE, np.int64)}
     if n_clusters:
         ids = np.empty(n, dtype=object)
         ids[:] = [rng.integers(0, n_clusters, t) for t in lengths]
@@ -53,7 +55,8 @@ def synthetic_fold(cfg: TrainConfig, n_train: int = 480, n_val: int = 55, dim: i
     rng = np.random.default_rng(seed)
     centres = separation * rng.standard_normal((n_classes, dim))
     train = synthetic_rows(n_train, dim, frames, n_classes, n_speakers, "train", centres, rng, cfg.n_clusters)
-    val = synthetic_rows(n_val, dim, frames, n_classes, n_speakers, "val", centres, rng, cfg.n_clusters)
+    val = synthetic_rows(n_val, dim, frames, n_classes, n_speakers, "val", centres, rng, cfg.n_clusters,
+                         training=False)
     total = int(train["n_frames"].sum())
     mean = sum(a.sum(0, dtype=np.float64) for a in train["x"]) / total
     std = np.sqrt(np.maximum(sum((a.astype(np.float64) ** 2).sum(0) for a in train["x"]) / total - mean ** 2, 0))
