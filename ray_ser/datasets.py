@@ -76,6 +76,14 @@ def load_labels(store: str | Store, utt_ids: Sequence[str], domain_utts: Sequenc
     return Labels(categories, rows, domains, key)
 
 
+def ragged(items) -> np.ndarray:
+    """A 1-D object array holding ``items`` as they are: per-utterance frames or ids of any lengths (given
+    equal-shaped arrays, ``np.array`` would stack them into one block instead)."""
+    out = np.empty(len(items), dtype=object)
+    out[:] = list(items)
+    return out
+
+
 def _targets(labels: Labels, utt_ids: Sequence[str]) -> dict[str, np.ndarray]:
     n, C = len(utt_ids), len(labels.categories)
     index = {c: i for i, c in enumerate(labels.categories)}
@@ -107,10 +115,10 @@ def _as_examples(ids: list[str], conditions: list, X: np.ndarray, lengths: np.nd
     out = {"utt_id": np.array(ids, dtype=object), "condition": np.array(conditions, dtype=object),
            "n_frames": lengths, **_targets(labels, ids)}
     kept = X if keep is None else X[:, keep]
-    out["x"] = np.array([kept[bounds[i]:bounds[i + 1]] for i in range(len(ids))] + [None], dtype=object)[:-1]
+    out["x"] = ragged([kept[bounds[i]:bounds[i + 1]] for i in range(len(ids))])
     if centroids is not None:
         cid = nearest(X, centroids).astype(np.int64)
-        out["frame_ids"] = np.array([cid[bounds[i]:bounds[i + 1]] for i in range(len(ids))] + [None], dtype=object)[:-1]
+        out["frame_ids"] = ragged([cid[bounds[i]:bounds[i + 1]] for i in range(len(ids))])
     return out
 
 
@@ -297,9 +305,7 @@ def _concat(parts: list[dict]) -> dict:
     for k in parts[0]:
         vs = [p[k] for p in parts]
         if any(v.dtype == object for v in vs) or len({v.shape[1:] for v in vs}) > 1:  # ragged: an object array
-            merged = np.empty(sum(len(v) for v in vs), dtype=object)
-            merged[:] = [a for v in vs for a in v]
-            out[k] = merged
+            out[k] = ragged([a for v in vs for a in v])
         else:
             out[k] = np.concatenate(vs)
     return out
@@ -343,17 +349,14 @@ def _as_row_views(rows: dict) -> dict:
     x = rows.get("x")
     if x is None or x.dtype == object:
         return rows
-    views = np.empty(len(x), dtype=object)
-    views[:] = list(x)
-    return {**rows, "x": views}
+    return {**rows, "x": ragged(list(x))}
 
 
 def mean_frames(chunk: dict) -> dict:
     """Rows with ``x`` replaced by each row's mean frame, shape (1, D), float32 (computed in float64 from the
     stored frames); ``n_frames`` keeps the real length, so length bucketing is unchanged."""
-    means = np.empty(len(chunk["x"]), dtype=object)
-    means[:] = [np.asarray(a).mean(0, dtype=np.float64, keepdims=True).astype(np.float32) for a in chunk["x"]]
-    return {**chunk, "x": means}
+    return {**chunk, "x": ragged([np.asarray(a).mean(0, dtype=np.float64, keepdims=True).astype(np.float32)
+                                  for a in chunk["x"]])}
 
 
 class ShardCache:
@@ -425,12 +428,7 @@ class InMemorySource:
         rows = {}
         for k in records[0]:
             values = [r[k] for r in records]
-            if k in ("x", "frame_ids"):
-                col = np.empty(len(values), dtype=object)
-                col[:] = values
-                rows[k] = col
-            else:
-                rows[k] = np.asarray(values)
+            rows[k] = ragged(values) if k in ("x", "frame_ids") else np.asarray(values)
         return cls(rows)
 
     def __len__(self) -> int:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ray_ser.datasets import IGNORE, InMemorySource
+from ray_ser.datasets import IGNORE, InMemorySource, ragged
 from ray_ser.train import FoldPlan, TrainConfig, model_config
 
 
@@ -30,8 +30,7 @@ def synthetic_rows(n: int, dim: int, frames: tuple[int, int], n_classes: int, n_
     the domain head only knows training speakers)."""
     labels = np.arange(n) % n_classes
     lengths = rng.integers(frames[0], frames[1] + 1, n)
-    x = np.empty(n, dtype=object)
-    x[:] = [(centres[y] + rng.standard_normal((t, dim))).astype(np.float16) for y, t in zip(labels, lengths)]
+    x = ragged([(centres[y] + rng.standard_normal((t, dim))).astype(np.float16) for y, t in zip(labels, lengths)])
     pdf = np.full((n, n_classes), 0.3 / max(n_classes - 1, 1), np.float32)
     pdf[np.arange(n), labels] = 0.7
     dims = (1.0 + 4.0 * ((labels[:, None] + np.arange(3)) % n_classes) / max(n_classes - 1, 1)
@@ -41,9 +40,7 @@ def synthetic_rows(n: int, dim: int, frames: tuple[int, int], n_classes: int, n_
             "label_index": labels.astype(np.int64), "pdf": pdf, "dims": dims,
             "domain": (np.arange(n) % n_speakers).astype(np.int64) if training else np.full(n, IGNORE, np.int64)}
     if n_clusters:
-        ids = np.empty(n, dtype=object)
-        ids[:] = [rng.integers(0, n_clusters, t) for t in lengths]
-        rows["frame_ids"] = ids
+        rows["frame_ids"] = ragged([rng.integers(0, n_clusters, t) for t in lengths])
     return rows
 
 
