@@ -804,14 +804,19 @@ def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir:
     with result.checkpoint.as_directory() as d:
         state = final_state(load_state(d))
     write_best(out_dir, cfg, plan, state)
-    import polars as pl
-
-    pl.DataFrame(state["history"], schema={"fold": pl.Int32, "epoch": pl.Int32, "split": pl.Utf8, "metric": pl.Utf8,
-                                           "value": pl.Float64}).write_parquet(out_dir / f"fold_{fold}" / "epochs.parquet")
+    epochs_frame(state["history"]).write_parquet(out_dir / f"fold_{fold}" / "epochs.parquet")
     return {"fold": fold, "layer": plan.layer, "layers": plan.read_layers, "best_epoch": state["best_epoch"], "best_val_score": state["best_score"],
             "epochs": state.get("selected", state)["epoch"], "refit_epochs": state.get("refit_epochs"),
             "seconds": time.perf_counter() - t0, "n_train": len(plan.inner),
             "n_val": len(plan.val), "n_test": len(plan.test)}
+
+
+def epochs_frame(rows: list[dict]) -> pl.DataFrame:
+    """History rows as the contract's epochs table (fold, epoch, split, metric, value)."""
+    import polars as pl
+
+    return pl.DataFrame(rows, schema={"fold": pl.Int32, "epoch": pl.Int32, "split": pl.Utf8, "metric": pl.Utf8,
+                                      "value": pl.Float64})
 
 
 def collect_epochs(out_dir: str | os.PathLike) -> pl.DataFrame:
@@ -819,8 +824,7 @@ def collect_epochs(out_dir: str | os.PathLike) -> pl.DataFrame:
     import polars as pl
 
     parts = [pl.read_parquet(p) for p in sorted(Path(out_dir).glob("fold_*/epochs.parquet"))]
-    df = pl.concat(parts) if parts else pl.DataFrame(schema={"fold": pl.Int32, "epoch": pl.Int32, "split": pl.Utf8,
-                                                              "metric": pl.Utf8, "value": pl.Float64})
+    df = pl.concat(parts) if parts else epochs_frame([])
     df = df.sort(["fold", "epoch", "split", "metric"])
     tmp = Path(out_dir) / "epochs.parquet.tmp"
     df.write_parquet(tmp)
