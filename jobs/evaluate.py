@@ -3,6 +3,10 @@ store, tidy metric tables (overall, per speaker, gender, condition, corpus, gend
 column) with speaker-level bootstrap intervals, and an HTML report.
 
     python jobs/evaluate.py --store store --run runs/tcgru --out runs/tcgru/eval [--by naturalness_bin]
+    python jobs/evaluate.py --store store --run runs/seed0 --run runs/seed1 --run runs/seed2 --out runs/ens/eval
+
+Several --run folders (the same folds, e.g. one recipe trained with several --seed) are scored as one ensemble:
+their class probabilities and A/V/D predictions are averaged per utterance and condition.
 
 Writes DIR/predictions.parquet, DIR/metrics.parquet, DIR/confusion.parquet and DIR/report.html (+ plots/).
 Query them with Polars through ray_ser.results (see the README's "Evaluation results").
@@ -21,7 +25,8 @@ import _bootstrap  # noqa: F401  (source checkout on sys.path)
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", required=True, help="LanceDB store URI the run was trained on")
-    p.add_argument("--run", required=True, help="training run folder (jobs/train.py --out)")
+    p.add_argument("--run", required=True, action="append",
+                   help="training run folder (jobs/train.py --out); repeat it to score the runs' mean prediction")
     p.add_argument("--out", required=True, help="evaluation folder")
     p.add_argument("--by", action="append", default=[], help="extra grouping column (manifest column, extra key, or <key>_bin)")
     p.add_argument("--conditions", default=None, help="comma-separated conditions (default: every stored evaluation condition)")
@@ -34,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     import polars as pl
 
-    from ray_ser.evaluate.predict import predict_run, write_predictions
+    from ray_ser.evaluate.predict import ensemble_predictions, predict_run, write_predictions
     from ray_ser.evaluate.report import write_report
     from ray_ser.evaluate.tables import write_tables
     from ray_ser.runtime import init_ray
@@ -46,7 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
     init_ray()
     t0 = time.perf_counter()
     conditions = args.conditions.split(",") if args.conditions else None
-    pred, categories, config = predict_run(args.store, args.run, conditions, args.by, args.batch_size)
+    pred, categories, config = ensemble_predictions(
+        [predict_run(args.store, run, conditions, args.by, args.batch_size) for run in args.run])
     path = write_predictions(pred, categories, config, out / "predictions.parquet")
     t_pred = time.perf_counter() - t0
     paths = write_tables(path, out, categories=categories, by=args.by, n_boot=args.n_boot, seed=args.seed)

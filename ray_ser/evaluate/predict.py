@@ -167,6 +167,45 @@ def predict_run(store: str, run_dir: str | Path, conditions: Sequence[str] | Non
     return pred, categories, config
 
 
+KEYS = ["fold", "condition", "utt_id"]
+
+
+def ensemble_predictions(members: Sequence[tuple[pl.DataFrame, list[str], dict]]) -> tuple[pl.DataFrame, list[str], dict]:
+    """One prediction table from several runs' (predictions, categories, config) of the same fold assignment: the
+    members' class probabilities and A/V/D predictions averaged per (fold, condition, utterance), ``pred`` taken
+    from the mean. Seed or layer ensembles: every member must predict the same rows with the same categories."""
+    if not members:
+        raise ValueError("an ensemble needs at least one run")
+    if len(members) == 1:
+        return members[0]
+    first, categories, config = members[0]
+    names = [m[0]["run"][0] if m[0].height else "?" for m in members]
+    first = first.sort(KEYS)
+    keys = first.select(KEYS)
+    probs, dims = [], {d: [] for d in DIMENSIONS}
+    for (pred, cats, cfg), name in zip(members, names):
+        if cats != categories:
+            raise ValueError(f"run {name}: categories {cats} differ from run {names[0]}'s {categories}")
+        if cfg.get("fold_id") != config.get("fold_id"):
+            raise ValueError(f"run {name}: fold assignment {cfg.get('fold_id')} is not run {names[0]}'s "
+                             f"{config.get('fold_id')}; an ensemble averages predictions of the same folds")
+        pred = pred.sort(KEYS)
+        if not pred.select(KEYS).equals(keys):
+            raise ValueError(f"run {name}: predicts other (fold, condition, utterance) rows than run {names[0]} "
+                             "(other folds or conditions)")
+        probs.append(np.asarray(pred["probs"].to_list(), np.float64))
+        for d in DIMENSIONS:
+            dims[d].append(pred[f"pred_{d}"].to_numpy().astype(np.float64))
+    mean = np.mean(probs, axis=0)
+    out = first.with_columns(
+        pl.lit("+".join(names)).alias("run"),
+        pl.Series("probs", mean.astype(np.float32).tolist(), dtype=pl.List(pl.Float32)),
+        pl.Series("pred", [categories[i] for i in mean.argmax(1)], dtype=pl.Utf8),
+        *[pl.Series(f"pred_{d}", np.mean(dims[d], axis=0).astype(np.float32)) for d in DIMENSIONS])
+    config = {**config, "ensemble": [{"run": n, "train": m[2].get("train")} for n, m in zip(names, members)]}
+    return out, categories, config
+
+
 def write_predictions(pred: pl.DataFrame, categories: list[str], config: dict, path: str | Path) -> Path:
     """``predictions.parquet`` with the category list and run configuration in the schema metadata; atomic."""
     import pyarrow.parquet as pq

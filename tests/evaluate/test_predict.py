@@ -13,23 +13,32 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("local_ray")
 
 
-@pytest.fixture(scope="module")
-def run_dir(synth_store, tmp_path_factory) -> Path:
+def _write_run(out: Path, store: str, seed: int, folds=None) -> Path:
     """A training run folder with one (untrained, seeded) best checkpoint per outer fold: what evaluation reads."""
     import torch
 
     from ray_ser.train import TrainConfig, build_fold_model, plan_fold, resolve_assignment, write_best
 
-    out = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(store=synth_store, model="tiny", layer=1, conv_channels=16, gru_hidden=16, embed_dim=8,
+    cfg = TrainConfig(store=store, model="tiny", layer=1, conv_channels=16, gru_hidden=16, embed_dim=8,
                       keep_ratio=0.6)
     a = resolve_assignment(cfg)
-    for fold in a.fold_ids:
+    for fold in folds if folds is not None else a.fold_ids:
         plan = plan_fold(cfg, a, fold)[0]
-        torch.manual_seed(fold)
+        torch.manual_seed(seed + fold)
         state = {"best_model": build_fold_model(plan).state_dict(), "best_epoch": 0, "best_score": 0.5, "epoch": 1}
         write_best(out, cfg, plan, state)
     return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(synth_store, tmp_path_factory) -> Path:
+    return _write_run(tmp_path_factory.mktemp("run"), synth_store, seed=0)
+
+
+@pytest.fixture(scope="module")
+def run_dir_b(synth_store, tmp_path_factory) -> Path:
+    """The same folds as ``run_dir``, other weights: a second ensemble member."""
+    return _write_run(tmp_path_factory.mktemp("run_b"), synth_store, seed=100)
 
 
 def test_out_of_fold_predictions_cover_each_utterance_and_condition_once(synth_store, run_dir):
@@ -64,3 +73,52 @@ def test_evaluate_job_writes_predictions_metrics_and_report(synth_store, run_dir
     assert sorted(overall["condition"].to_list()) == ["5dB", "clean"] and (overall["n_speakers"] == 6).all()
     assert {"speaker", "gender", "condition", "gender:condition"} <= set(m["group_by"].unique().to_list())
     assert result["predictions"].height == 2 * 72
+
+
+def test_an_ensemble_averages_its_members_probabilities_row_by_row(synth_store, run_dir, run_dir_b):
+    import numpy as np
+
+    from ray_ser.evaluate.predict import ensemble_predictions, predict_run
+
+    a = predict_run(synth_store, run_dir)
+    b = predict_run(synth_store, run_dir_b)
+    pred, categories, config = ensemble_predictions([a, b])
+    keys = ["fold", "condition", "utt_id"]
+    pa, pb = a[0].sort(keys), b[0].sort(keys)
+    assert pred.select(keys).equals(pa.select(keys))
+    mean = (np.asarray(pa["probs"].to_list()) + np.asarray(pb["probs"].to_list())) / 2
+    assert np.abs(np.asarray(pa["probs"].to_list()) - np.asarray(pb["probs"].to_list())).max() > 1e-3  # members differ
+    np.testing.assert_allclose(np.asarray(pred["probs"].to_list()), mean, atol=1e-6)
+    assert pred["pred"].to_list() == [categories[i] for i in mean.argmax(1)]
+    assert pred["run"].unique().to_list() == [f"{run_dir.name}+{run_dir_b.name}"]
+    assert [m["run"] for m in config["ensemble"]] == [run_dir.name, run_dir_b.name]
+    assert pred["label"].equals(pa["label"]) and pred["speaker"].equals(pa["speaker"])  # metadata kept
+    assert ensemble_predictions([a])[0] is a[0]
+
+
+def test_an_ensemble_refuses_runs_that_predict_other_rows(synth_store, run_dir, tmp_path):
+    from ray_ser.evaluate.predict import ensemble_predictions, predict_run
+    from ray_ser.train import TrainConfig, resolve_assignment
+
+    folds = resolve_assignment(TrainConfig(store=synth_store, model="tiny")).fold_ids
+    partial = _write_run(tmp_path / "partial", synth_store, seed=7, folds=folds[:1])
+    with pytest.raises(ValueError, match="partial: predicts other"):
+        ensemble_predictions([predict_run(synth_store, run_dir), predict_run(synth_store, partial)])
+    a = predict_run(synth_store, run_dir)
+    other = (a[0], ["x", "y", "z"], a[2])
+    with pytest.raises(ValueError, match="categories"):
+        ensemble_predictions([a, other])
+
+
+def test_evaluate_job_scores_several_runs_as_one_ensemble(synth_store, run_dir, run_dir_b, tmp_path):
+    sys.path.insert(0, str(ROOT / "jobs"))
+    import evaluate as job
+
+    out = tmp_path / "eval"
+    result = job.main(["--store", synth_store, "--run", str(run_dir), "--run", str(run_dir_b), "--out", str(out),
+                       "--n-boot", "20"])
+    pred = pl.read_parquet(out / "predictions.parquet")
+    assert pred.height == result["predictions"].height == 2 * 72
+    assert pred["run"].unique().to_list() == [f"{run_dir.name}+{run_dir_b.name}"]
+    m = pl.read_parquet(out / "metrics.parquet")
+    assert m["run"].unique().to_list() == [f"{run_dir.name}+{run_dir_b.name}"]
