@@ -167,7 +167,8 @@ def predict_run(store: str, run_dir: str | Path, conditions: Sequence[str] | Non
     return pred, categories, config
 
 
-KEYS = ["fold", "condition", "utt_id"]
+ROW_KEYS = ["fold", "condition", "utt_id"]
+"""What identifies a prediction row within one run: an ensemble matches its members on these."""
 
 
 def ensemble_predictions(members: Sequence[tuple[pl.DataFrame, list[str], dict]]) -> tuple[pl.DataFrame, list[str], dict]:
@@ -180,8 +181,8 @@ def ensemble_predictions(members: Sequence[tuple[pl.DataFrame, list[str], dict]]
         return members[0]
     first, categories, config = members[0]
     names = [m[0]["run"][0] if m[0].height else "?" for m in members]
-    first = first.sort(KEYS)
-    keys = first.select(KEYS)
+    first = first.sort(ROW_KEYS)
+    keys = first.select(ROW_KEYS)
     probs, dims = [], {d: [] for d in DIMENSIONS}
     for (pred, cats, cfg), name in zip(members, names):
         if cats != categories:
@@ -189,8 +190,8 @@ def ensemble_predictions(members: Sequence[tuple[pl.DataFrame, list[str], dict]]
         if cfg.get("fold_id") != config.get("fold_id"):
             raise ValueError(f"run {name}: fold assignment {cfg.get('fold_id')} is not run {names[0]}'s "
                              f"{config.get('fold_id')}; an ensemble averages predictions of the same folds")
-        pred = pred.sort(KEYS)
-        if not pred.select(KEYS).equals(keys):
+        pred = pred.sort(ROW_KEYS)
+        if not pred.select(ROW_KEYS).equals(keys):
             raise ValueError(f"run {name}: predicts other (fold, condition, utterance) rows than run {names[0]} "
                              "(other folds or conditions)")
         probs.append(np.asarray(pred["probs"].to_list(), np.float64))
