@@ -349,7 +349,7 @@ def _as_row_views(rows: dict) -> dict:
     x = rows.get("x")
     if x is None or x.dtype == object:
         return rows
-    return {**rows, "x": ragged(list(x))}
+    return {**rows, "x": ragged(x)}
 
 
 def mean_frames(chunk: dict) -> dict:

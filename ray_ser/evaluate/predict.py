@@ -179,6 +179,8 @@ def ensemble_predictions(members: Sequence[tuple[pl.DataFrame, list[str], dict]]
         raise ValueError("an ensemble needs at least one run")
     if len(members) == 1:
         return members[0]
+    from ray_ser.evaluate.tables import list_matrix
+
     first, categories, config = members[0]
     names = [m[0]["run"][0] if m[0].height else "?" for m in members]
     first = first.sort(ROW_KEYS)
@@ -194,7 +196,7 @@ def ensemble_predictions(members: Sequence[tuple[pl.DataFrame, list[str], dict]]
         if not pred.select(ROW_KEYS).equals(keys):
             raise ValueError(f"run {name}: predicts other (fold, condition, utterance) rows than run {names[0]} "
                              "(other folds or conditions)")
-        probs.append(np.asarray(pred["probs"].to_list(), np.float64))
+        probs.append(list_matrix(pred, "probs", len(categories)))
         for d in DIMENSIONS:
             dims[d].append(pred[f"pred_{d}"].to_numpy().astype(np.float64))
     mean = np.mean(probs, axis=0)

@@ -58,7 +58,9 @@ class _Cell:
     dims: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)  # d -> (x, y, ok)
 
 
-def _matrix(df: pl.DataFrame, col: str, c: int) -> np.ndarray:
+def list_matrix(df: pl.DataFrame, col: str, c: int) -> np.ndarray:
+    """A list column of per-class values (``probs``, ``pdf``) as an (n, c) float64 matrix; NaN where the column is
+    absent, an error naming it when its lists are not c long."""
     if col not in df.columns:
         return np.full((df.height, c), np.nan)
     s = df[col]
@@ -115,8 +117,8 @@ def _cells(df: pl.DataFrame, categories: Sequence[str], group_cols: Sequence[str
     cells = []
     for (run, cond), part in df.partition_by("run", "condition", as_dict=True, maintain_order=True).items():
         y = _true_index(part, categories)
-        probs = _matrix(part, "probs", c)
-        pdf = _matrix(part, "pdf", c)
+        probs = list_matrix(part, "probs", c)
+        pdf = list_matrix(part, "pdf", c)
         has_probs = np.isfinite(probs).all(axis=1)
         has_votes = part["has_votes"].fill_null(False).to_numpy() if "has_votes" in part.columns else \
             np.zeros(part.height, bool)
