@@ -1,4 +1,4 @@
-"""The whole pipeline on one corpus: manifest -> all-layer extraction -> saliency + probe -> frame clusters per
+"""The whole pipeline on one corpus: manifest -> all-layer extraction -> saliency + probes -> frame clusters per
 fold -> an emotion model per fold (Ray Train) -> out-of-fold evaluation tables and report.
 
 ``python jobs/pipeline.py --corpus emodb --model whisper-base --store store`` is the README's main command.
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     common = ["--store", args.store, "--model", args.model]
     extract_job.main(["--corpus", args.corpus, *common, *(["--data-root", args.data_root] if args.data_root else []),
                       *(["--limit", str(args.limit)] if args.limit else [])])
-    saliency_job.main([*common, "--probe"])
+    # per-layer probe, and the baseline to beat: one probe on each fold's 3 best layers, C chosen on its training speakers
+    saliency_job.main([*common, "--probe", "--probe-layers", "auto:3"])
     # frame clusters per outer fold, of the layer the default criterion picks on that fold's training speakers
     cluster_job.main([*common, "--layer", "auto", "--k", args.k])
     # emotion models per outer fold (layers chosen per fold on its training speakers), then the evaluation report

@@ -8,7 +8,9 @@ replaced on a re-run).  layer_rank holds two criteria: ``ccs_top10`` (the salien
 the pipeline's layer choice ``--layer-criterion`` (default lda_inner, see the README's "does saliency pick
 the layer?"); the cluster, train and tune jobs read the latter back.  Fold f's saliency uses only the utterances outside fold f; fold -1 uses all of them
 (a mask for new speakers only).  With --probe the last line is ``spearman: <value>``: the rank correlation
-between the layer score averaged over the training folds and the probe's out-of-fold UAR.
+between the layer score averaged over the training folds and the probe's out-of-fold UAR.  --probe-layers 2,3,4
+adds the baseline to beat: one probe on those layers side by side, its C chosen per outer fold on that fold's
+training speakers.
 
     python jobs/saliency.py --store store --model whisper-base --study --conditions clean,5dB
 
@@ -30,6 +32,7 @@ from ray_ser import catalog
 from ray_ser import saliency as sal
 from ray_ser import saliency_store as ss
 from ray_ser.fm.registry import DEFAULT_MODEL
+from ray_ser.probe import DEFAULT_CS
 from ray_ser.store import safe_name
 
 KEEP_RATIOS = (0.8, 0.6, 0.4)
@@ -45,6 +48,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--n-bins", type=int, default=sal.DEFAULT_BINS, help="quantile bins of the MI estimator")
     p.add_argument("--seed", type=int, default=0, help="seed of the K-fold split")
     p.add_argument("--probe", action="store_true", help="fit a linear probe per layer and compare with saliency")
+    p.add_argument("--probe-layers", default=None,
+                   help="with --probe: also probe these layers' mean vectors side by side (e.g. 2,3,4, or auto:3 for "
+                        "each fold's 3 best layers on its training speakers), C chosen per outer fold by a CV over "
+                        "its training speakers")
+    p.add_argument("--probe-c", default=",".join(str(c) for c in DEFAULT_CS),
+                   help="with --probe-layers: the C values (inverse L2 strength) to choose among, comma-separated")
     p.add_argument("--layer-criterion", default=None,
                    help="criterion of the pipeline's layer choice written to layer_rank (default: "
                         "ray_ser.layer_selection.DEFAULT_CRITERION, lda_inner); none = skip")
@@ -107,8 +116,27 @@ def write_choice(args: argparse.Namespace, assignment) -> pl.DataFrame | None:
         return None
 
 
+def probe_layer_set(args: argparse.Namespace, assignment) -> tuple[list[int] | dict[int, list[int]], str]:
+    """--probe-layers as the probe takes it, and its words: a list ("2,3,4"), or with "auto:K" each fold's K best
+    layers by the pipeline's criterion on its training speakers (what jobs/train.py --auto-layers K reads)."""
+    spec = args.probe_layers.strip()
+    if spec.startswith("auto:"):
+        from ray_ser import layer_selection as lsel
+
+        k = int(spec.split(":", 1)[1])
+        criterion = args.layer_criterion if args.layer_criterion not in (None, "none") else lsel.DEFAULT_CRITERION
+        ranked, source = lsel.ranked_layers(args.store, args.model, assignment, assignment.fold_ids, k,
+                                            args.condition, criterion, args.seed)
+        return {f: sorted(v) for f, v in ranked.items()}, f"each fold's {k} best layers ({source})"
+    layers = [int(v) for v in spec.split(",") if v.strip()]
+    return layers, "layers " + "+".join(map(str, layers))
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.probe_layers and not args.probe:
+        p.error("--probe-layers needs --probe")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     pl.Config.set_tbl_rows(200)
     pl.Config.set_tbl_hide_dataframe_shape(True)
@@ -151,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"time: saliency {t_sal:.1f} s")
         return result
 
-    from ray_ser.probe import layer_probe, plot_layers, spearman
+    from ray_ser.probe import layer_probe, layer_set_probe, plot_layers, spearman
 
     t1 = time.perf_counter()
     probe = layer_probe(args.store, args.model, args.condition, folds=args.folds, seed=args.seed)
@@ -169,6 +197,18 @@ def main(argv: list[str] | None = None) -> dict:
                        title=f"{args.model} / {args.condition}", rho=rho)
     print(f"plot: {path}")
     print(f"spearman (fold -1 layer score vs probe UAR): {rho_all:.4f}")
+    if args.probe_layers:
+        t2 = time.perf_counter()
+        cs = [float(c) for c in args.probe_c.split(",") if c.strip()]
+        layers, what = probe_layer_set(args, info["assignment"])
+        result["set_probe"] = sp = layer_set_probe(args.store, args.model, layers, args.condition,
+                                                   folds=args.folds, seed=args.seed, Cs=cs)
+        t_probe += time.perf_counter() - t2
+        print(f"probe on {what} (C per outer fold from {cs} by a CV over its training speakers): UAR "
+              f"{sp['uar']:.4f}, mean over folds {sp['mean_fold_uar']:.4f}; per fold "
+              + " ".join(f"{u:.3f}" for u in sp["fold_uar"]) + "; C per fold " + " ".join(f"{c:g}" for c in sp["fold_c"])
+              + ("; layers per fold " + " ".join("+".join(map(str, v)) for v in sp["fold_layers"])
+                 if isinstance(layers, dict) else ""))
     print(f"time: saliency {t_sal:.1f} s, probe {t_probe:.1f} s, total {time.perf_counter() - t0:.1f} s")
     print(f"spearman: {rho:.4f}")
     result.update(probe=probe, spearman=rho, plot=str(path), probe_seconds=t_probe)

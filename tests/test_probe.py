@@ -16,7 +16,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.preprocessing import StandardScaler
 
 from ray_ser import saliency_store as ss
-from ray_ser.probe import layer_probe, plot_layers, spearman
+from ray_ser.probe import inner_c, layer_probe, layer_set_probe, plot_layers, probe_layer, probe_nested, spearman
 
 from test_saliency_store import shared_store
 
@@ -94,3 +94,98 @@ def test_saliency_job_ends_with_spearman(store_uri, tmp_path, capsys):
     assert float(lines[-1].split(": ")[1]) == pytest.approx(result["spearman"], abs=1e-4)
     assert png.read_bytes()[:8] == PNG_MAGIC
     assert ss.read_saliency(copy, "tiny")["fold"].n_unique() == 4  # folds -1, 0, 1, 2
+
+
+def _blobs(seed: int = 0, speakers: int = 6, per: int = 12, dim: int = 8):
+    """Three classes a few units apart in ``dim`` dimensions, ``per`` utterances per speaker, one fold per speaker."""
+    rng = np.random.default_rng(seed)
+    y = np.array(["a", "b", "c"] * (speakers * per // 3), dtype=object)
+    centres = {c: rng.normal(0, 1.0, dim) for c in "abc"}
+    H = np.stack([centres[c] for c in y]) + rng.normal(0, 1.5, (len(y), dim))
+    fold = np.repeat(np.arange(speakers), per)
+    return H, y, fold
+
+
+def test_nested_probe_with_one_c_is_the_plain_probe():
+    H, y, fold = _blobs()
+    uar, per_fold = probe_layer(H, y, fold, C=0.1)
+    uar_n, per_fold_n, chosen = probe_nested(H, y, fold, Cs=[0.1])
+    assert uar_n == pytest.approx(uar) and per_fold_n == pytest.approx(per_fold)
+    assert chosen == {f: 0.1 for f in range(6)}
+
+
+def test_inner_c_is_the_best_inner_cv_score_and_ignores_the_test_speaker():
+    H, y, fold = _blobs(1)
+    train = fold != 2
+    best, scores = inner_c(H, y, fold, train, Cs=[1e-6, 1.0])
+    assert set(scores) == {1e-6, 1.0}
+    # an inner CV by hand over the training speakers 0, 1, 3, 4, 5
+    for C in (1e-6, 1.0):
+        per = []
+        for v in (0, 1, 3, 4, 5):
+            it, vv = train & (fold != v), fold == v
+            scaler = StandardScaler().fit(H[it])
+            clf = LogisticRegression(max_iter=2000, C=C).fit(scaler.transform(H[it]), y[it])
+            per.append(balanced_accuracy_score(y[vv], clf.predict(scaler.transform(H[vv]))))
+        assert scores[C] == pytest.approx(np.mean(per))
+    assert best == max(scores, key=scores.get)
+    # scrambling the held-out speaker's vectors and labels changes nothing of the choice
+    H2, y2 = H.copy(), y.copy()
+    rng = np.random.default_rng(5)
+    H2[fold == 2] = rng.normal(0, 50, H2[fold == 2].shape)
+    y2[fold == 2] = rng.permutation(y2[fold == 2])
+    assert inner_c(H2, y2, fold, train, Cs=[1e-6, 1.0]) == (best, scores)
+
+
+def test_nested_probe_needs_three_folds():
+    H, y, fold = _blobs()
+    with pytest.raises(ValueError, match="at least 2 folds among the training rows"):
+        probe_nested(H, y, fold % 2, Cs=[0.1, 1.0])
+
+
+def test_layer_set_probe_stacks_the_layers(store_uri):
+    rows, _, _, fold, _ = ss.labelled_rows(store_uri, "tiny", "clean")
+    y = np.asarray(rows["label"].to_list(), dtype=object)
+    H = np.hstack([ss.layer_matrix(store_uri, "tiny", "clean", k, rows["utt_id"].to_list()) for k in (1, 2)])
+    uar, per_fold, chosen = probe_nested(H, y, fold, Cs=[0.01, 1.0])
+    got = layer_set_probe(store_uri, "tiny", [1, 2], "clean", Cs=[0.01, 1.0])
+    assert got["fold_layers"] == [[1, 2]] * 10 and len(got["fold_uar"]) == 10
+    assert got["uar"] == pytest.approx(uar)
+    assert got["fold_uar"] == pytest.approx([per_fold[f] for f in sorted(per_fold)])
+    assert got["fold_c"] == [chosen[f] for f in sorted(chosen)] and set(got["fold_c"]) <= {0.01, 1.0}
+
+
+def test_layer_set_probe_reads_each_folds_own_layers(store_uri):
+    """{fold: layers}: each outer fold's C choice and fit see only its own layers' vectors."""
+    rows, _, _, fold, _ = ss.labelled_rows(store_uri, "tiny", "clean")
+    y = np.asarray(rows["label"].to_list(), dtype=object)
+    ids = rows["utt_id"].to_list()
+    per_fold = {f: ([0] if f % 2 else [1, 2]) for f in range(10)}
+    got = layer_set_probe(store_uri, "tiny", per_fold, "clean", Cs=[0.01, 1.0])
+    assert got["fold_layers"] == [per_fold[f] for f in range(10)]
+    H = {f: np.hstack([ss.layer_matrix(store_uri, "tiny", "clean", k, ids) for k in v]) for f, v in per_fold.items()}
+    for f in (0, 1):
+        alone = probe_nested(H[f], y, fold, Cs=[0.01, 1.0])
+        assert got["fold_uar"][f] == pytest.approx(alone[1][f]) and got["fold_c"][f] == alone[2][f]
+
+
+def test_saliency_job_probes_a_layer_set(store_uri, tmp_path, capsys):
+    job = load_job("saliency")
+    copy = str(tmp_path / "store")
+    shutil.copytree(store_uri, copy)
+    result = job.main(["--store", copy, "--model", "tiny", "--probe", "--no-mis", "--folds", "3",
+                       "--plot", str(tmp_path / "p.png"), "--probe-layers", "1,2", "--probe-c", "0.1,1"])
+    out = capsys.readouterr().out
+    sp = result["set_probe"]
+    assert sp["fold_layers"] == [[1, 2]] * 3 and len(sp["fold_uar"]) == 3 and set(sp["fold_c"]) <= {0.1, 1.0}
+    assert f"probe on layers 1+2 (C per outer fold from [0.1, 1.0]" in out and f"UAR {sp['uar']:.4f}" in out
+    assert out.strip().splitlines()[-1].startswith("spearman: ")
+    # auto:2 = each fold's 2 best layers of the layer_rank the job has just written (its training speakers)
+    result = job.main(["--store", copy, "--model", "tiny", "--probe", "--no-mis", "--folds", "3",
+                       "--plot", str(tmp_path / "p.png"), "--probe-layers", "auto:2", "--probe-c", "0.1,1"])
+    ranks = result["layer_choice"]  # the lda_inner rows the job wrote for these 3 folds
+    want = [sorted(ranks.filter((pl.col("fold") == f) & (pl.col("layer_rank") < 2))["layer"].to_list()) for f in range(3)]
+    assert result["set_probe"]["fold_layers"] == want
+    assert "probe on each fold's 2 best layers (layer_rank (lda_inner" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        job.main(["--store", copy, "--model", "tiny", "--probe-layers", "1,2"])
