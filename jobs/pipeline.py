@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     extract_job.main(["--corpus", args.corpus, *common, *(["--data-root", args.data_root] if args.data_root else []),
                       *(["--limit", str(args.limit)] if args.limit else [])])
     # per-layer probe, and the baseline to beat: one probe on each fold's 3 best layers, C chosen on its training speakers
-    saliency_job.main([*common, "--probe", "--probe-layers", "auto:3"])
+    probes = saliency_job.main([*common, "--probe", "--probe-layers", "auto:3"])
     # frame clusters per outer fold, of the layer the default criterion picks on that fold's training speakers
     cluster_job.main([*common, "--layer", "auto", "--k", args.k])
     # emotion models per outer fold (layers chosen per fold on its training speakers), then the evaluation report
@@ -60,7 +60,21 @@ def main(argv: list[str] | None = None) -> None:
     overrides = [*(["--epochs", str(args.epochs)] if args.epochs else []), *(["--lr", str(args.lr)] if args.lr else [])]
     train_job.main([*common, "--corpus", args.corpus, "--out", run_dir, "--arch", args.arch, "--batch-size", "16",
                     *RECIPES[args.arch], *overrides])
-    evaluate_job.main(["--store", args.store, "--run", run_dir, "--out", f"{run_dir}/eval"])
+    evaluation = evaluate_job.main(["--store", args.store, "--run", run_dir, "--out", f"{run_dir}/eval"])
+    print(versus_baseline(evaluation["metrics"], probes.get("set_probe"), args.arch))
+
+
+def versus_baseline(metrics, set_probe: dict | None, arch: str) -> str:
+    """One line: the trained model's pooled clean UAR next to the probe baseline's on the same utterances."""
+    import polars as pl
+
+    clean = metrics.filter((pl.col("group_by") == "all") & (pl.col("metric") == "uar") & (pl.col("k") == 1)
+                           & (pl.col("condition") == "clean"))
+    if clean.height == 0 or not set_probe:
+        return "no clean UAR or no probe baseline to compare"
+    return (f"clean UAR, pooled over the outer folds: {arch} model {clean['value'][0]:.3f} "
+            f"[{clean['ci_low'][0]:.3f}, {clean['ci_high'][0]:.3f}] vs the probe baseline (each fold's 3 best layers, "
+            f"C by inner CV) {set_probe['uar']:.3f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,19 @@
+"""jobs/pipeline.py's closing line: the trained model's clean UAR next to the probe baseline's."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from test_probe import load_job
+
+
+def test_versus_baseline_reads_the_pooled_clean_uar():
+    job = load_job("pipeline")
+    m = pl.DataFrame({"group_by": ["all", "all", "speaker"], "metric": ["uar"] * 3, "k": [1, 1, 1],
+                      "condition": ["clean", "5dB", "clean"], "value": [0.914, 0.6, 0.5],
+                      "ci_low": [0.891, 0.5, 0.4], "ci_high": [0.938, 0.7, 0.6]})
+    line = job.versus_baseline(m, {"uar": 0.9252}, "mlp")
+    assert line == ("clean UAR, pooled over the outer folds: mlp model 0.914 [0.891, 0.938] vs the probe baseline "
+                    "(each fold's 3 best layers, C by inner CV) 0.925")
+    assert job.versus_baseline(m, None, "mlp").startswith("no clean UAR")
+    assert job.versus_baseline(m.filter(pl.col("condition") == "5dB"), {"uar": 0.9}, "mlp").startswith("no clean UAR")
