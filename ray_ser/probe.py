@@ -105,6 +105,17 @@ def probe_nested(H: np.ndarray | Mapping[int, np.ndarray], labels: Sequence[str]
     return _uar(y, pred), per_fold, chosen
 
 
+def probe_rows(store: Store, model: str, condition: str, folds: str | int, seed: int) -> tuple[pl.DataFrame, np.ndarray]:
+    """(rows, fold per row): the saliency's utterances and folds (:func:`ray_ser.saliency_store.labelled_rows`),
+    less those without a categorical label."""
+    rows, _, _, fold, _ = labelled_rows(store, model, condition, folds, seed)
+    has_label = rows["label"].is_not_null().to_numpy()
+    rows, fold = rows.filter(pl.Series(has_label)), fold[has_label]
+    if rows.height == 0:
+        raise ValueError(f"no labelled utterances of {model}/{condition} to probe")
+    return rows, fold
+
+
 def layer_probe(store: str | Store, model: str, condition: str = "clean", folds: str | int = "auto",
                 seed: int = 0, layers: Sequence[int] | None = None, C: float = 1.0) -> pl.DataFrame:
     """One row per layer: ``layer``, ``uar`` (pooled out-of-fold balanced accuracy), ``fold_uar``
@@ -112,12 +123,7 @@ def layer_probe(store: str | Store, model: str, condition: str = "clean", folds:
     (:func:`ray_ser.saliency_store.labelled_rows`, same ``folds`` and ``seed``) less those without a label."""
     store = as_store(store)
     layers = list(layers) if layers is not None else layers_of(store, model, condition)
-    # the saliency's rows and folds, less the utterances without a categorical label
-    rows, _, _, fold, _ = labelled_rows(store, model, condition, folds, seed)
-    has_label = rows["label"].is_not_null().to_numpy()
-    rows, fold = rows.filter(pl.Series(has_label)), fold[has_label]
-    if rows.height == 0:
-        raise ValueError(f"no labelled utterances of {model}/{condition} to probe")
+    rows, fold = probe_rows(store, model, condition, folds, seed)
     utt_ids, labels = rows["utt_id"].to_list(), rows["label"].to_list()
     out = []
     for layer in layers:
@@ -136,12 +142,10 @@ def layer_set_probe(store: str | Store, model: str, layers: Sequence[int] | Mapp
     utterances and folds as :func:`layer_probe`: ``uar``, ``fold_uar``, ``mean_fold_uar``, ``fold_c`` and
     ``fold_layers``, per fold in fold order."""
     store = as_store(store)
-    rows, _, _, fold, _ = labelled_rows(store, model, condition, folds, seed)
-    has_label = rows["label"].is_not_null().to_numpy()
-    rows, fold = rows.filter(pl.Series(has_label)), fold[has_label]
-    if rows.height == 0:
-        raise ValueError(f"no labelled utterances of {model}/{condition} to probe")
+    rows, fold = probe_rows(store, model, condition, folds, seed)
     fold_ids = sorted(int(x) for x in np.unique(fold))
+    if isinstance(layers, Mapping) and (missing := [f for f in fold_ids if f not in layers]):
+        raise ValueError(f"layer_set_probe: no layers given for folds {missing} (got folds {sorted(layers)})")
     per_fold = {f: [int(k) for k in (layers[f] if isinstance(layers, Mapping) else layers)] for f in fold_ids}
     if not all(per_fold.values()):
         raise ValueError(f"layer_set_probe needs at least one layer for every fold, got {per_fold}")

@@ -167,6 +167,8 @@ def test_layer_set_probe_reads_each_folds_own_layers(store_uri):
     for f in (0, 1):
         alone = probe_nested(H[f], y, fold, Cs=[0.01, 1.0])
         assert got["fold_uar"][f] == pytest.approx(alone[1][f]) and got["fold_c"][f] == alone[2][f]
+    with pytest.raises(ValueError, match=r"no layers given for folds \[9\]"):
+        layer_set_probe(store_uri, "tiny", {f: [0] for f in range(9)}, "clean", Cs=[1.0])
 
 
 def test_saliency_job_probes_a_layer_set(store_uri, tmp_path, capsys):
