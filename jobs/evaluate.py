@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     with pl.Config(tbl_rows=60, tbl_hide_dataframe_shape=True):
         print(overall)
     print(f"wrote {path}, {paths['metrics']}, {paths['confusion']}, {report}; total {time.perf_counter() - t0:.1f} s")
-    return {"predictions": pred, "metrics": m, "report": report, "seconds": time.perf_counter() - t0}
+    return {"predictions": pred, "metrics": m, "overall": overall, "report": report, "seconds": time.perf_counter() - t0}
 
 
 if __name__ == "__main__":

@@ -61,15 +61,15 @@ def main(argv: list[str] | None = None) -> None:
     train_job.main([*common, "--corpus", args.corpus, "--out", run_dir, "--arch", args.arch, "--batch-size", "16",
                     *RECIPES[args.arch], *overrides])
     evaluation = evaluate_job.main(["--store", args.store, "--run", run_dir, "--out", f"{run_dir}/eval"])
-    print(versus_baseline(evaluation["metrics"], probes.get("set_probe"), args.arch))
+    print(versus_baseline(evaluation["overall"], probes.get("set_probe"), args.arch))
 
 
-def versus_baseline(metrics, set_probe: dict | None, arch: str) -> str:
-    """One line: the trained model's pooled clean UAR next to the probe baseline's on the same utterances."""
+def versus_baseline(overall, set_probe: dict | None, arch: str) -> str:
+    """One line: the trained model's pooled clean UAR (from jobs/evaluate.py's per-condition ``overall`` table)
+    next to the probe baseline's on the same utterances."""
     import polars as pl
 
-    clean = metrics.filter((pl.col("group_by") == "all") & (pl.col("metric") == "uar") & (pl.col("k") == 1)
-                           & (pl.col("condition") == "clean"))
+    clean = overall.filter(pl.col("condition") == "clean")
     if clean.height == 0 or not set_probe:
         return "no clean UAR or no probe baseline to compare"
     return (f"clean UAR, pooled over the outer folds: {arch} model {clean['value'][0]:.3f} "

@@ -51,7 +51,7 @@ import polars as pl
 
 from ray_ser import saliency as sal
 from ray_ser.corpora.manifest import DIMENSIONS
-from ray_ser.probe import MAX_ITER, probe_layer, spearman
+from ray_ser.probe import MAX_ITER, one_thread, probe_layer, spearman
 from ray_ser.saliency_store import labelled_rows, layer_matrix, layers_of
 
 __all__ = [
@@ -268,17 +268,16 @@ def inner_uar(H: np.ndarray, labels: Sequence, inner: np.ndarray, kind: str = "p
     """UAR (balanced accuracy) of the pooled inner out-of-fold predictions: for each inner fold i a
     ``kind`` classifier (``probe``: StandardScaler + LogisticRegression as :mod:`ray_ser.probe`;
     ``lda``: shrinkage LDA) is fitted on the rows with ``inner != i`` and predicts the rows of i.
-    On one BLAS thread, as the probe's fits (small problems; 11x faster for ``probe`` on a 2-core VM)."""
+    On one BLAS thread (:func:`ray_ser.probe.one_thread`; 11x faster for ``probe`` on a 2-core VM)."""
     from sklearn.metrics import balanced_accuracy_score
-    from threadpoolctl import threadpool_limits
 
     y = np.asarray(labels, dtype=object)
     pred = np.empty(len(y), dtype=object)
-    for i in np.unique(inner):
-        fit, test = inner != i, inner == i
-        clf = _make_classifier(kind)
-        with threadpool_limits(limits=1), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # convergence on small folds
+    with one_thread(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence on small folds
+        for i in np.unique(inner):
+            fit, test = inner != i, inner == i
+            clf = _make_classifier(kind)
             clf.fit(H[fit], y[fit])
             pred[test] = clf.predict(H[test])
     with warnings.catch_warnings():

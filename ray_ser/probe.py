@@ -36,18 +36,23 @@ def _uar(y_true, y_pred) -> float:
         return float(balanced_accuracy_score(y_true, y_pred))
 
 
-def _fit_predict(H: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, C: float) -> np.ndarray:
-    """StandardScaler + LogisticRegression fitted on the ``train`` rows, predicting the ``test`` rows.
+def one_thread():
+    """One BLAS/OpenMP thread around a loop of fits: they are small, and with numpy's and scipy's thread pools both
+    spinning on a 2-core machine one fit of 1,536 dimensions took 7x longer than on one thread. (Entering costs
+    ~4 ms, so it wraps loops, not single fits.)"""
+    from threadpoolctl import threadpool_limits
 
-    One BLAS/OpenMP thread: these fits are small, and with numpy's and scipy's thread pools both spinning on a
-    2-core machine one fit of 1,536 dimensions took 7x longer than on one thread."""
+    return threadpool_limits(limits=1)
+
+
+def _fit_predict(H: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, C: float) -> np.ndarray:
+    """StandardScaler + LogisticRegression fitted on the ``train`` rows, predicting the ``test`` rows."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
 
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=MAX_ITER, C=C))
-    with threadpool_limits(limits=1), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence on tiny folds
         clf.fit(H[train], y[train])
         return clf.predict(H[test])
@@ -58,10 +63,11 @@ def probe_layer(H: np.ndarray, labels: Sequence[str], fold: np.ndarray, C: float
     y = np.asarray(labels, dtype=object)
     pred = np.empty(len(y), dtype=object)
     per_fold = {}
-    for f in sorted(int(x) for x in np.unique(fold)):
-        train, test = fold != f, fold == f
-        pred[test] = _fit_predict(H, y, train, test, C)
-        per_fold[f] = _uar(y[test], pred[test])
+    with one_thread():
+        for f in sorted(int(x) for x in np.unique(fold)):
+            train, test = fold != f, fold == f
+            pred[test] = _fit_predict(H, y, train, test, C)
+            per_fold[f] = _uar(y[test], pred[test])
     return _uar(y, pred), per_fold
 
 
@@ -79,12 +85,12 @@ def inner_c(H: np.ndarray, labels: Sequence[str], fold: np.ndarray, train: np.nd
     if len(inner) < 2:
         raise ValueError(f"choosing C needs at least 2 folds among the training rows (so 3 in all), got {len(inner)}")
     scores = {}
-    for C in Cs:
-        per = [_uar(y[train & (fold == v)], _fit_predict(H, y, train & (fold != v), train & (fold == v), C))
-               for v in inner]
-        scores[float(C)] = float(np.mean(per))
-    best = max(scores.values())
-    return next(c for c, s in scores.items() if s == best), scores
+    with one_thread():
+        for C in Cs:
+            per = [_uar(y[train & (fold == v)], _fit_predict(H, y, train & (fold != v), train & (fold == v), C))
+                   for v in inner]
+            scores[float(C)] = float(np.mean(per))
+    return max(scores, key=scores.get), scores  # max keeps the first of equal scores
 
 
 def probe_nested(H: np.ndarray | Mapping[int, np.ndarray], labels: Sequence[str], fold: np.ndarray,
@@ -96,12 +102,13 @@ def probe_nested(H: np.ndarray | Mapping[int, np.ndarray], labels: Sequence[str]
     y = np.asarray(labels, dtype=object)
     pred = np.empty(len(y), dtype=object)
     per_fold, chosen = {}, {}
-    for f in sorted(int(x) for x in np.unique(fold)):
-        train, test = fold != f, fold == f
-        Hf = H[f] if isinstance(H, Mapping) else H
-        chosen[f], _ = inner_c(Hf, y, fold, train, Cs)
-        pred[test] = _fit_predict(Hf, y, train, test, chosen[f])
-        per_fold[f] = _uar(y[test], pred[test])
+    with one_thread():
+        for f in sorted(int(x) for x in np.unique(fold)):
+            train, test = fold != f, fold == f
+            Hf = H[f] if isinstance(H, Mapping) else H
+            chosen[f], _ = inner_c(Hf, y, fold, train, Cs)
+            pred[test] = _fit_predict(Hf, y, train, test, chosen[f])
+            per_fold[f] = _uar(y[test], pred[test])
     return _uar(y, pred), per_fold, chosen
 
 

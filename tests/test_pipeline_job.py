@@ -9,9 +9,9 @@ from test_probe import load_job
 
 def test_versus_baseline_reads_the_pooled_clean_uar():
     job = load_job("pipeline")
-    m = pl.DataFrame({"group_by": ["all", "all", "speaker"], "metric": ["uar"] * 3, "k": [1, 1, 1],
-                      "condition": ["clean", "5dB", "clean"], "value": [0.914, 0.6, 0.5],
-                      "ci_low": [0.891, 0.5, 0.4], "ci_high": [0.938, 0.7, 0.6]})
+    # jobs/evaluate.py's "overall": the 1-best UAR over all speakers per condition
+    m = pl.DataFrame({"condition": ["5dB", "clean"], "value": [0.6, 0.914], "ci_low": [0.5, 0.891],
+                      "ci_high": [0.7, 0.938], "n": [535, 535], "n_speakers": [10, 10]})
     line = job.versus_baseline(m, {"uar": 0.9252}, "mlp")
     assert line == ("clean UAR, pooled over the outer folds: mlp model 0.914 [0.891, 0.938] vs the probe baseline "
                     "(each fold's 3 best layers, C by inner CV) 0.925")

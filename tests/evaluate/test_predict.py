@@ -71,6 +71,8 @@ def test_evaluate_job_writes_predictions_metrics_and_report(synth_store, run_dir
     assert set(required) <= set(m.columns)
     overall = m.filter((pl.col("group_by") == "all") & (pl.col("metric") == "uar") & (pl.col("k") == 1))
     assert sorted(overall["condition"].to_list()) == ["5dB", "clean"] and (overall["n_speakers"] == 6).all()
+    # what jobs/pipeline.py sets beside the probe baseline: the same rows, returned by the job
+    assert result["overall"].sort("condition")["value"].to_list() == overall.sort("condition")["value"].to_list()
     assert {"speaker", "gender", "condition", "gender:condition"} <= set(m["group_by"].unique().to_list())
     assert result["predictions"].height == 2 * 72
 
