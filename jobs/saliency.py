@@ -10,7 +10,7 @@ the layer?"); the cluster, train and tune jobs read the latter back.  Fold f's s
 (a mask for new speakers only).  With --probe the last line is ``spearman: <value>``: the rank correlation
 between the layer score averaged over the training folds and the probe's out-of-fold UAR.  --probe-layers 2,3,4
 adds the baseline to beat: one probe on those layers side by side, its C chosen per outer fold on that fold's
-training speakers.
+training speakers; --probe-readout none,l2,ssqrt fuses one such probe per read-out of the mean vectors.
 
     python jobs/saliency.py --store store --model whisper-base --study --conditions clean,5dB
 
@@ -32,7 +32,7 @@ from ray_ser import catalog
 from ray_ser import saliency as sal
 from ray_ser import saliency_store as ss
 from ray_ser.fm.registry import DEFAULT_MODEL
-from ray_ser.probe import DEFAULT_CS
+from ray_ser.probe import DEFAULT_CS, READOUTS
 from ray_ser.store import safe_name
 
 KEEP_RATIOS = (0.8, 0.6, 0.4)
@@ -54,6 +54,9 @@ def parser() -> argparse.ArgumentParser:
                         "its training speakers")
     p.add_argument("--probe-c", default=",".join(str(c) for c in DEFAULT_CS),
                    help="with --probe-layers: the C values (inverse L2 strength) to choose among, comma-separated")
+    p.add_argument("--probe-readout", default="none",
+                   help=f"with --probe-layers: per-utterance read-outs of the mean vectors, comma-separated, among "
+                        f"{','.join(READOUTS)}; several fuse one probe each (mean probability), e.g. none,l2,ssqrt")
     p.add_argument("--layer-criterion", default=None,
                    help="criterion of the pipeline's layer choice written to layer_rank (default: "
                         "ray_ser.layer_selection.DEFAULT_CRITERION, lda_inner); none = skip")
@@ -137,6 +140,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.probe_layers and not args.probe:
         p.error("--probe-layers needs --probe")
+    readouts = [r.strip() for r in args.probe_readout.split(",") if r.strip()]
+    if not readouts or any(r not in READOUTS for r in readouts):
+        p.error(f"--probe-readout: expected a comma-separated list among {','.join(READOUTS)}, got {args.probe_readout!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     pl.Config.set_tbl_rows(200)
     pl.Config.set_tbl_hide_dataframe_shape(True)
@@ -202,11 +208,13 @@ def main(argv: list[str] | None = None) -> dict:
         cs = [float(c) for c in args.probe_c.split(",") if c.strip()]
         layers, what = probe_layer_set(args, info["assignment"])
         result["set_probe"] = sp = layer_set_probe(args.store, args.model, layers, args.condition,
-                                                   folds=args.folds, seed=args.seed, Cs=cs)
+                                                   folds=args.folds, seed=args.seed, Cs=cs, readouts=readouts)
         t_probe += time.perf_counter() - t2
-        print(f"probe on {what} (C per outer fold from {cs} by a CV over its training speakers): UAR "
+        fused = f"read-outs {'+'.join(readouts)} fused, " if len(readouts) > 1 else ""
+        print(f"probe on {what} ({fused}C per outer fold from {cs} by a CV over its training speakers): UAR "
               f"{sp['uar']:.4f}, mean over folds {sp['mean_fold_uar']:.4f}; per fold "
-              + " ".join(f"{u:.3f}" for u in sp["fold_uar"]) + "; C per fold " + " ".join(f"{c:g}" for c in sp["fold_c"])
+              + " ".join(f"{u:.3f}" for u in sp["fold_uar"]) + "; C per fold "
+              + " ".join("/".join(f"{c[r]:g}" for r in readouts) for c in sp["fold_c"])
               + ("; layers per fold " + " ".join("+".join(map(str, v)) for v in sp["fold_layers"])
                  if isinstance(layers, dict) else ""))
     print(f"time: saliency {t_sal:.1f} s, probe {t_probe:.1f} s, total {time.perf_counter() - t0:.1f} s")

@@ -8,7 +8,9 @@ speaker); the per-fold UARs are reported too.  :func:`spearman` compares a layer
 :func:`plot_layers` draws both against the layer index.
 
 :func:`layer_set_probe` is the baseline to beat: the same probe on several layers' mean vectors side by
-side, its regularisation chosen per outer fold by a CV over that fold's training speakers only.
+side, its regularisation chosen per outer fold by a CV over that fold's training speakers only.  Optionally it
+fuses several per-utterance read-outs of the mean vectors (:data:`READOUTS`): one probe each, probabilities
+averaged, so no read-out is picked on anyone's scores.
 """
 
 from __future__ import annotations
@@ -26,6 +28,24 @@ from ray_ser.store import Store, as_store
 MAX_ITER = 2000
 # the inverse L2 strengths a nested probe chooses among, strongest first (ties go to the stronger one)
 DEFAULT_CS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+# per-utterance read-outs of one layer's mean vector, applied before the (training-fold) scaler
+READOUTS = ("none", "l2", "ssqrt")
+
+
+def readout(H: np.ndarray, kind: str) -> np.ndarray:
+    """One layer's mean vectors (N, D) as the probe reads them: ``none`` as they are; ``l2`` each row scaled to
+    unit length (the utterance's overall activation scale removed); ``ssqrt`` the signed square root of every
+    value (power normalisation: heavy-tailed dimensions compressed).  Each row depends on that row alone, so the
+    transform is fitted on no one."""
+    H = np.asarray(H, dtype=np.float64)
+    if kind == "none":
+        return H
+    if kind == "l2":
+        norm = np.linalg.norm(H, axis=1, keepdims=True)
+        return H / np.where(norm > 0, norm, 1.0)
+    if kind == "ssqrt":
+        return np.sign(H) * np.sqrt(np.abs(H))
+    raise ValueError(f"unknown read-out {kind!r}; expected one of {READOUTS}")
 
 
 def _uar(y_true, y_pred) -> float:
@@ -45,8 +65,8 @@ def one_thread():
     return threadpool_limits(limits=1)
 
 
-def _fit_predict(H: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, C: float) -> np.ndarray:
-    """StandardScaler + LogisticRegression fitted on the ``train`` rows, predicting the ``test`` rows."""
+def _fit(H: np.ndarray, y: np.ndarray, train: np.ndarray, C: float):
+    """StandardScaler + LogisticRegression fitted on the ``train`` rows."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -54,8 +74,12 @@ def _fit_predict(H: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarr
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=MAX_ITER, C=C))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence on tiny folds
-        clf.fit(H[train], y[train])
-        return clf.predict(H[test])
+        return clf.fit(H[train], y[train])
+
+
+def _fit_predict(H: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, C: float) -> np.ndarray:
+    """The probe fitted on the ``train`` rows, predicting the ``test`` rows."""
+    return _fit(H, y, train, C).predict(H[test])
 
 
 def probe_layer(H: np.ndarray, labels: Sequence[str], fold: np.ndarray, C: float = 1.0) -> tuple[float, dict[int, float]]:
@@ -93,23 +117,42 @@ def inner_c(H: np.ndarray, labels: Sequence[str], fold: np.ndarray, train: np.nd
     return max(scores, key=scores.get), scores  # max keeps the first of equal scores
 
 
-def probe_nested(H: np.ndarray | Mapping[int, np.ndarray], labels: Sequence[str], fold: np.ndarray,
-                 Cs: Sequence[float] = DEFAULT_CS) -> tuple[float, dict[int, float], dict[int, float]]:
-    """The probe with its C chosen per outer fold on that fold's training speakers (:func:`inner_c`), then refit
-    on all of them: (pooled out-of-fold UAR, {fold: UAR}, {fold: chosen C}). Speaker-independent end to end.
+def probe_fused(H: Mapping[str, np.ndarray | Mapping[int, np.ndarray]], labels: Sequence[str], fold: np.ndarray,
+                Cs: Sequence[float] = DEFAULT_CS) -> tuple[float, dict[int, float], dict[int, dict[str, float]]]:
+    """Nested probes on several views of the same utterances, fused: per outer fold, each view (e.g. a read-out)
+    gets its own C by :func:`inner_c` on that fold's training speakers and is refitted on all of them; the test
+    rows take the class of the views' mean probability.  (pooled out-of-fold UAR, {fold: UAR},
+    {fold: {view: chosen C}}).  One view is the plain nested probe.
 
-    ``H`` is one matrix, or {outer fold: its matrix} when each fold reads its own features (its own layers)."""
+    ``H`` maps a view's name to one matrix, or to {outer fold: its matrix} when each fold reads its own layers."""
+    if not H:
+        raise ValueError("probe_fused needs at least one view")
     y = np.asarray(labels, dtype=object)
     pred = np.empty(len(y), dtype=object)
     per_fold, chosen = {}, {}
     with one_thread():
         for f in sorted(int(x) for x in np.unique(fold)):
             train, test = fold != f, fold == f
-            Hf = H[f] if isinstance(H, Mapping) else H
-            chosen[f], _ = inner_c(Hf, y, fold, train, Cs)
-            pred[test] = _fit_predict(Hf, y, train, test, chosen[f])
+            chosen[f], proba, classes = {}, [], None
+            for name, view in H.items():
+                Hf = view[f] if isinstance(view, Mapping) else view
+                chosen[f][name], _ = inner_c(Hf, y, fold, train, Cs)
+                clf = _fit(Hf, y, train, chosen[f][name])
+                classes = clf.classes_ if classes is None else classes  # the same training rows: the same classes
+                proba.append(clf.predict_proba(Hf[test]))
+            pred[test] = classes[np.mean(proba, axis=0).argmax(axis=1)]
             per_fold[f] = _uar(y[test], pred[test])
     return _uar(y, pred), per_fold, chosen
+
+
+def probe_nested(H: np.ndarray | Mapping[int, np.ndarray], labels: Sequence[str], fold: np.ndarray,
+                 Cs: Sequence[float] = DEFAULT_CS) -> tuple[float, dict[int, float], dict[int, float]]:
+    """The probe with its C chosen per outer fold on that fold's training speakers (:func:`inner_c`), then refit
+    on all of them: (pooled out-of-fold UAR, {fold: UAR}, {fold: chosen C}). Speaker-independent end to end.
+
+    ``H`` is one matrix, or {outer fold: its matrix} when each fold reads its own features (its own layers)."""
+    uar, per_fold, chosen = probe_fused({"H": H}, labels, fold, Cs)
+    return uar, per_fold, {f: c["H"] for f, c in chosen.items()}
 
 
 def probe_rows(store: Store, model: str, condition: str, folds: str | int, seed: int) -> tuple[pl.DataFrame, np.ndarray]:
@@ -143,11 +186,16 @@ def layer_probe(store: str | Store, model: str, condition: str = "clean", folds:
 
 def layer_set_probe(store: str | Store, model: str, layers: Sequence[int] | Mapping[int, Sequence[int]],
                     condition: str = "clean", folds: str | int = "auto", seed: int = 0,
-                    Cs: Sequence[float] = DEFAULT_CS) -> dict:
+                    Cs: Sequence[float] = DEFAULT_CS, readouts: Sequence[str] = ("none",)) -> dict:
     """The nested probe (:func:`probe_nested`) on the concatenated mean vectors of ``layers`` (one list for every
     fold, or {outer fold: its layers}, e.g. each fold's best layers on its training speakers), over the same
-    utterances and folds as :func:`layer_probe`: ``uar``, ``fold_uar``, ``mean_fold_uar``, ``fold_c`` and
-    ``fold_layers``, per fold in fold order."""
+    utterances and folds as :func:`layer_probe`; with several ``readouts`` (each applied per layer, see
+    :func:`readout`) one such probe per read-out, fused (:func:`probe_fused`).  Returns ``uar``, ``fold_uar``,
+    ``mean_fold_uar``, ``fold_c`` ({read-out: C}) and ``fold_layers``, per fold in fold order, and ``readouts``."""
+    readouts = list(dict.fromkeys(readouts))
+    bad = [r for r in readouts if r not in READOUTS]
+    if not readouts or bad:
+        raise ValueError(f"layer_set_probe: read-outs must be among {READOUTS}, got {readouts} (unknown: {bad})")
     store = as_store(store)
     rows, fold = probe_rows(store, model, condition, folds, seed)
     fold_ids = sorted(int(x) for x in np.unique(fold))
@@ -160,11 +208,11 @@ def layer_set_probe(store: str | Store, model: str, layers: Sequence[int] | Mapp
     cache: dict[int, np.ndarray] = {}
     for k in sorted({k for v in per_fold.values() for k in v}):
         cache[k] = layer_matrix(store, model, condition, k, utt_ids)
-    H = {f: np.hstack([cache[k] for k in v]) for f, v in per_fold.items()}
-    uar, fold_uar, chosen = probe_nested(H, rows["label"].to_list(), fold, Cs)
+    views = {r: {f: np.hstack([readout(cache[k], r) for k in v]) for f, v in per_fold.items()} for r in readouts}
+    uar, fold_uar, chosen = probe_fused(views, rows["label"].to_list(), fold, Cs)
     fu = [fold_uar[f] for f in fold_ids]
     return {"uar": uar, "fold_uar": fu, "mean_fold_uar": float(np.mean(fu)), "fold_c": [chosen[f] for f in fold_ids],
-            "fold_layers": [per_fold[f] for f in fold_ids]}
+            "fold_layers": [per_fold[f] for f in fold_ids], "readouts": readouts}
 
 
 def _by_layer(values) -> dict[int, float]:

@@ -16,7 +16,8 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.preprocessing import StandardScaler
 
 from ray_ser import saliency_store as ss
-from ray_ser.probe import inner_c, layer_probe, layer_set_probe, plot_layers, probe_layer, probe_nested, spearman
+from ray_ser.probe import (inner_c, layer_probe, layer_set_probe, plot_layers, probe_fused, probe_layer, probe_nested,
+                           readout, spearman)
 
 from test_saliency_store import shared_store
 
@@ -143,6 +144,64 @@ def test_nested_probe_needs_three_folds():
         probe_nested(H, y, fold % 2, Cs=[0.1, 1.0])
 
 
+def test_readouts_transform_each_row_alone():
+    H = np.array([[3.0, -4.0, 0.0], [0.0, 0.0, 0.0], [-0.25, 9.0, 1.0]])
+    assert np.array_equal(readout(H, "none"), H)
+    l2 = readout(H, "l2")
+    assert l2[0] == pytest.approx([0.6, -0.8, 0.0]) and np.array_equal(l2[1], [0.0, 0.0, 0.0])  # a zero row stays 0
+    assert np.linalg.norm(l2[2]) == pytest.approx(1.0)
+    assert readout(H, "ssqrt")[2] == pytest.approx([-0.5, 3.0, 1.0])
+    for kind in ("l2", "ssqrt"):  # a row's read-out does not depend on the other rows
+        assert np.array_equal(readout(H, kind)[2], readout(H[2:], kind)[0])
+    with pytest.raises(ValueError, match="unknown read-out 'zscore'"):
+        readout(H, "zscore")
+
+
+def test_probe_fused_averages_each_views_own_nested_probe():
+    H, y, fold = _blobs(2)
+    views = {"a": H, "b": readout(H, "ssqrt")}
+    uar, per_fold, chosen = probe_fused(views, y, fold, Cs=[0.01, 1.0])
+    one = probe_fused({"a": H}, y, fold, Cs=[0.01, 1.0])
+    assert one[0] == pytest.approx(probe_nested(H, y, fold, Cs=[0.01, 1.0])[0])
+    pred = np.empty(len(y), dtype=object)
+    for f in range(6):
+        train, test = fold != f, fold == f
+        proba = []
+        for name, X in views.items():
+            C, _ = inner_c(X, y, fold, train, Cs=[0.01, 1.0])
+            assert chosen[f][name] == C
+            scaler = StandardScaler().fit(X[train])
+            clf = LogisticRegression(max_iter=2000, C=C).fit(scaler.transform(X[train]), y[train])
+            proba.append(clf.predict_proba(scaler.transform(X[test])))
+        pred[test] = clf.classes_[np.mean(proba, axis=0).argmax(axis=1)]
+        assert per_fold[f] == pytest.approx(balanced_accuracy_score(y[test], pred[test]))
+    assert uar == pytest.approx(balanced_accuracy_score(y, pred))
+    # fold 3's choices never see fold 3: scrambling its vectors and labels leaves them as they were
+    H2, y2 = H.copy(), y.copy()
+    rng = np.random.default_rng(3)
+    H2[fold == 3] = rng.normal(0, 50, H2[fold == 3].shape)
+    y2[fold == 3] = rng.permutation(y2[fold == 3])
+    assert probe_fused({"a": H2, "b": readout(H2, "ssqrt")}, y2, fold, Cs=[0.01, 1.0])[2][3] == chosen[3]
+    with pytest.raises(ValueError, match="at least one view"):
+        probe_fused({}, y, fold)
+
+
+def test_layer_set_probe_fuses_readouts_of_each_layer(store_uri):
+    """Each read-out is applied to every layer's vectors before they are set side by side (l2: per layer)."""
+    rows, _, _, fold, _ = ss.labelled_rows(store_uri, "tiny", "clean")
+    y = np.asarray(rows["label"].to_list(), dtype=object)
+    ids = rows["utt_id"].to_list()
+    M = {k: ss.layer_matrix(store_uri, "tiny", "clean", k, ids) for k in (1, 2)}
+    views = {r: np.hstack([readout(M[1], r), readout(M[2], r)]) for r in ("none", "l2")}
+    uar, per_fold, chosen = probe_fused(views, y, fold, Cs=[0.01, 1.0])
+    got = layer_set_probe(store_uri, "tiny", [1, 2], "clean", Cs=[0.01, 1.0], readouts=["none", "l2", "none"])
+    assert got["readouts"] == ["none", "l2"] and got["uar"] == pytest.approx(uar)
+    assert got["fold_uar"] == pytest.approx([per_fold[f] for f in range(10)])
+    assert got["fold_c"] == [chosen[f] for f in range(10)]
+    with pytest.raises(ValueError, match=r"unknown: \['pca'\]"):
+        layer_set_probe(store_uri, "tiny", [1, 2], "clean", readouts=["none", "pca"])
+
+
 def test_layer_set_probe_stacks_the_layers(store_uri):
     rows, _, _, fold, _ = ss.labelled_rows(store_uri, "tiny", "clean")
     y = np.asarray(rows["label"].to_list(), dtype=object)
@@ -152,7 +211,8 @@ def test_layer_set_probe_stacks_the_layers(store_uri):
     assert got["fold_layers"] == [[1, 2]] * 10 and len(got["fold_uar"]) == 10
     assert got["uar"] == pytest.approx(uar)
     assert got["fold_uar"] == pytest.approx([per_fold[f] for f in sorted(per_fold)])
-    assert got["fold_c"] == [chosen[f] for f in sorted(chosen)] and set(got["fold_c"]) <= {0.01, 1.0}
+    assert got["fold_c"] == [{"none": chosen[f]} for f in sorted(chosen)] and got["readouts"] == ["none"]
+    assert {c["none"] for c in got["fold_c"]} <= {0.01, 1.0}
 
 
 def test_layer_set_probe_reads_each_folds_own_layers(store_uri):
@@ -166,7 +226,7 @@ def test_layer_set_probe_reads_each_folds_own_layers(store_uri):
     H = {f: np.hstack([ss.layer_matrix(store_uri, "tiny", "clean", k, ids) for k in v]) for f, v in per_fold.items()}
     for f in (0, 1):
         alone = probe_nested(H[f], y, fold, Cs=[0.01, 1.0])
-        assert got["fold_uar"][f] == pytest.approx(alone[1][f]) and got["fold_c"][f] == alone[2][f]
+        assert got["fold_uar"][f] == pytest.approx(alone[1][f]) and got["fold_c"][f] == {"none": alone[2][f]}
     with pytest.raises(ValueError, match=r"no layers given for folds \[9\]"):
         layer_set_probe(store_uri, "tiny", {f: [0] for f in range(9)}, "clean", Cs=[1.0])
 
@@ -179,7 +239,8 @@ def test_saliency_job_probes_a_layer_set(store_uri, tmp_path, capsys):
                        "--plot", str(tmp_path / "p.png"), "--probe-layers", "1,2", "--probe-c", "0.1,1"])
     out = capsys.readouterr().out
     sp = result["set_probe"]
-    assert sp["fold_layers"] == [[1, 2]] * 3 and len(sp["fold_uar"]) == 3 and set(sp["fold_c"]) <= {0.1, 1.0}
+    assert sp["fold_layers"] == [[1, 2]] * 3 and len(sp["fold_uar"]) == 3
+    assert {c["none"] for c in sp["fold_c"]} <= {0.1, 1.0}
     assert f"probe on layers 1+2 (C per outer fold from [0.1, 1.0]" in out and f"UAR {sp['uar']:.4f}" in out
     assert out.strip().splitlines()[-1].startswith("spearman: ")
     # auto:2 = each fold's 2 best layers of the layer_rank the job has just written (its training speakers)
@@ -191,3 +252,14 @@ def test_saliency_job_probes_a_layer_set(store_uri, tmp_path, capsys):
     assert "probe on each fold's 2 best layers (layer_rank (lda_inner" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         job.main(["--store", copy, "--model", "tiny", "--probe-layers", "1,2"])
+    # several read-outs: one probe each, fused; the C of each per fold
+    result = job.main(["--store", copy, "--model", "tiny", "--probe", "--no-mis", "--folds", "3",
+                       "--plot", str(tmp_path / "p.png"), "--probe-layers", "1,2", "--probe-c", "0.1,1",
+                       "--probe-readout", "none,ssqrt"])
+    out = capsys.readouterr().out
+    sp = result["set_probe"]
+    assert sp["readouts"] == ["none", "ssqrt"] and all(set(c) == {"none", "ssqrt"} for c in sp["fold_c"])
+    assert "probe on layers 1+2 (read-outs none+ssqrt fused, C per outer fold" in out
+    with pytest.raises(SystemExit):
+        job.main(["--store", copy, "--model", "tiny", "--probe", "--probe-layers", "1,2", "--probe-readout", "l1"])
+    assert "--probe-readout: expected a comma-separated list among none,l2,ssqrt, got 'l1'" in capsys.readouterr().err
