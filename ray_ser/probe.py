@@ -37,9 +37,9 @@ def readout(H: np.ndarray, kind: str) -> np.ndarray:
     unit length (the utterance's overall activation scale removed); ``ssqrt`` the signed square root of every
     value (power normalisation: heavy-tailed dimensions compressed).  Each row depends on that row alone, so the
     transform is fitted on no one."""
-    H = np.asarray(H, dtype=np.float64)
     if kind == "none":
-        return H
+        return np.asarray(H)  # unchanged, in its own dtype: the plain probe's input
+    H = np.asarray(H, dtype=np.float64)
     if kind == "l2":
         norm = np.linalg.norm(H, axis=1, keepdims=True)
         return H / np.where(norm > 0, norm, 1.0)
