@@ -208,7 +208,10 @@ def layer_set_probe(store: str | Store, model: str, layers: Sequence[int] | Mapp
     cache: dict[int, np.ndarray] = {}
     for k in sorted({k for v in per_fold.values() for k in v}):
         cache[k] = layer_matrix(store, model, condition, k, utt_ids)
-    views = {r: {f: np.hstack([readout(cache[k], r) for k in v]) for f, v in per_fold.items()} for r in readouts}
+    # each distinct layer set is read out and stacked once per read-out, and shared by the folds that read it
+    stacked = {(r, v): np.hstack([readout(cache[k], r) for k in v]) for r in readouts
+               for v in {tuple(v) for v in per_fold.values()}}
+    views = {r: {f: stacked[r, tuple(v)] for f, v in per_fold.items()} for r in readouts}
     uar, fold_uar, chosen = probe_fused(views, rows["label"].to_list(), fold, Cs)
     fu = [fold_uar[f] for f in fold_ids]
     return {"uar": uar, "fold_uar": fu, "mean_fold_uar": float(np.mean(fu)), "fold_c": [chosen[f] for f in fold_ids],
