@@ -1,17 +1,22 @@
 """Leases in the store: one writer at a time per table, across processes and machines, with a heartbeat.
 
 A lease is a one-row table ``lease__<name>`` in the store itself (so it works wherever the store lives, a
-folder or an object store, with no lock server). The table is created holding a free row (two racing
-creators may both succeed, which is harmless: both wrote a free row), and the lease is only ever taken by a
-conditional ``update`` of that row: Lance detects the concurrent update of the same row and re-evaluates the
-condition, so exactly one taker of a free or stale lease wins. Every ``update`` names the row's ``token``, a
-counter bumped on each hand-over (tested with four processes racing for it, ``tests/test_lease.py``).
+folder or an object store, with no lock server). The table is created holding a free row by committing its
+first version with no retry (:func:`_create_free`): of racing creators exactly one succeeds, and a creator
+that comes late fails instead of overwriting a lease that is already held. (A plain ``create_table`` or
+``lance.write_dataset(mode="create")`` is not exclusive: Lance rebases a racing create onto the dataset as a
+new Overwrite version, which resets a lease taken meanwhile to free, so two processes could hold it.) The
+lease is only ever taken by a conditional ``update`` of that row: Lance detects the concurrent update of the
+same row and re-evaluates the condition, so exactly one taker of a free or stale lease wins. Every
+``update`` names the row's ``token``, a counter bumped on each hand-over (tested with processes racing for
+it, ``tests/test_lease.py``).
 
 The holder refreshes ``heartbeat`` from a background thread every ``ttl / 4`` seconds. A lease whose
 heartbeat is older than ``ttl`` is stale and may be taken over; so is one whose holder ran on this machine
 (same host name and process namespace) in a process that no longer exists, so a re-run after a killed
 driver does not wait for the ttl. A holder that finds its row taken over (its heartbeat stalled past the
-ttl) is told by :meth:`Lease.check`, which the extraction driver calls before every commit.
+ttl) is told by :meth:`Lease.check`, which the extraction driver calls before every commit and which reads
+the row itself, so a takeover is caught at the next commit even between heartbeats.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import pyarrow as pa
 log = logging.getLogger(__name__)
 
 LEASE_TTL_S = 60.0
+UNREADABLE_S = 30.0
+"""How long :meth:`Lease.acquire` retries a lease table it can neither read nor create before it raises."""
 """A lease whose heartbeat is older than this is stale (the holder died or hangs) and may be taken over."""
 
 SCHEMA = pa.schema([
@@ -67,6 +74,28 @@ def _process_gone(pid: int) -> bool:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
+        return False
+
+
+def _table_uri(store, table_name: str) -> str:
+    return f"{str(store.uri).rstrip('/')}/{table_name}.lance"
+
+
+def _create_free(store, table_name: str, row: dict) -> bool:
+    """Create the lease table holding ``row`` (a free lease) unless any version of it exists; True if this
+    call created it. Exclusive: the first version is committed with no retry, so only one racing creator
+    succeeds and a late one can never overwrite a taken lease. A folder without a manifest (a creator that
+    died before committing) does not count as a table and is created over."""
+    import lance
+
+    uri = _table_uri(store, table_name)
+    try:
+        fragments = lance.fragment.write_fragments(pa.Table.from_pylist([row], schema=SCHEMA), uri, schema=SCHEMA)
+        lance.LanceDataset.commit(uri, lance.LanceOperation.Overwrite(SCHEMA, fragments), read_version=None,
+                                  max_retries=0)
+        return True
+    except Exception as e:  # it exists (created by another process now or earlier): never retried
+        log.debug("lease table %s not created here: %s", table_name, e)
         return False
 
 
@@ -125,22 +154,25 @@ class Lease:
         name = safe_name(name)
         table_name = f"lease__{name}"
         deadline = time.time() + wait
+        unreadable_since: float | None = None
         while True:
             at = time.time()
             mine = {"name": name, "holder": run_id, "what": what, "host": socket.gethostname(), "pid": os.getpid(),
                     "pidns": _pidns(), "acquired": at, "heartbeat": at}
-            if not store.has(table_name):
-                free = {**mine, "holder": FREE, "heartbeat": 0.0, "token": 0}
-                try:  # never taken by creating it: concurrent creates are not exclusive, updates are
-                    store.db.create_table(table_name, data=pa.Table.from_pylist([free], schema=SCHEMA))
-                except Exception as e:  # created by another process meanwhile ("already exists", commit conflict)
-                    log.debug("lease %s created concurrently: %s", name, e)
             try:
                 current = cls._read(store, table_name)
-            except Exception as e:  # e.g. a version cleaned up under a concurrent reader: look again
+            except Exception as e:  # missing, never committed, or a version cleaned up under this reader
+                if _create_free(store, table_name, {**mine, "holder": FREE, "heartbeat": 0.0, "token": 0}):
+                    continue
+                if unreadable_since is None:
+                    unreadable_since = at
+                elif at - unreadable_since > UNREADABLE_S:
+                    raise RuntimeError(f"lease table {_table_uri(store, table_name)} can be neither read nor "
+                                       f"created for {at - unreadable_since:.0f} s: {e}") from e
                 log.debug("lease %s unreadable (%s), retrying", name, e)
                 time.sleep(0.2)
                 continue
+            unreadable_since = None
             why = current.stale(ttl, at)
             if why is not None:
                 token = current.token + 1
@@ -196,7 +228,17 @@ class Lease:
             raise LeaseLost(f"lease {self.name} of run {self.run_id} was taken over by another process")
 
     def check(self) -> None:
-        """Raise LeaseLost if the heartbeat thread found the lease taken over (call before each commit)."""
+        """Raise LeaseLost if the lease was taken over (call before each commit): as the heartbeat thread
+        found it, or as the row reads now."""
+        if not self._lost:
+            try:
+                row = self._read(self.store, self.table_name)
+            except Exception as e:  # unreadable for a moment: the heartbeat thread still watches
+                log.debug("lease %s check could not read the row: %s", self.name, e)
+            else:
+                if (row.holder, row.token) != (self.run_id, self.token):
+                    self._lost = (f"lease {self.name} of run {self.run_id} (token {self.token}) is now held by "
+                                  f"{row.holder or 'nobody'} (token {row.token})")
         if self._lost:
             raise LeaseLost(self._lost + ": this run stops before writing more")
 
