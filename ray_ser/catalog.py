@@ -121,12 +121,8 @@ def replace(store: str | Store, spec: TableSpec, model_key: str, data: pa.Table,
             raise ValueError(f"{spec.kind}: rows with {column}={sorted(values - {scope[column]})[:3]} lie outside "
                              f"the replaced scope {column}={scope[column]!r}")
     name = spec.name(model_key)
-    if not store.has(name):
-        try:
-            store.db.create_table(name, data=data, schema=spec.schema)
-            return data.num_rows
-        except ValueError:  # created concurrently: fall through to the merge
-            pass
+    if not store.has(name) and store.create_exclusive(name, spec.schema, data):
+        return data.num_rows  # else another writer created it first: merge into theirs
     table = store.open(name)
     missing_cols = [f for f in spec.schema if f.name not in table.schema.names]
     if missing_cols:

@@ -1,11 +1,11 @@
 """Leases in the store: one writer at a time per table, across processes and machines, with a heartbeat.
 
 A lease is a one-row table ``lease__<name>`` in the store itself (so it works wherever the store lives, a
-folder or an object store, with no lock server). The table is created holding a free row by committing its
-first version with no retry (:func:`_create_free`): of racing creators exactly one succeeds, and a creator
-that comes late fails instead of overwriting a lease that is already held. (A plain ``create_table`` or
-``lance.write_dataset(mode="create")`` is not exclusive: Lance rebases a racing create onto the dataset as a
-new Overwrite version, which resets a lease taken meanwhile to free, so two processes could hold it.) The
+folder or an object store, with no lock server). The table is created holding a free row by
+:meth:`~ray_ser.store.Store.create_exclusive`: of racing creators exactly one succeeds, and a creator that
+comes late fails instead of overwriting a lease that is already held. (A plain ``create_table`` is not
+exclusive: Lance commits a racing create as an Overwrite, which would reset a lease taken meanwhile to free,
+so two processes could hold it.) The
 lease is only ever taken by a conditional ``update`` of that row: Lance detects the concurrent update of the
 same row and re-evaluates the condition, so exactly one taker of a free or stale lease wins. Every
 ``update`` names the row's ``token``, a counter bumped on each hand-over (tested with processes racing for
@@ -77,28 +77,6 @@ def _process_gone(pid: int) -> bool:
         return False
 
 
-def _table_uri(store, table_name: str) -> str:
-    return f"{str(store.uri).rstrip('/')}/{table_name}.lance"
-
-
-def _create_free(store, table_name: str, row: dict) -> bool:
-    """Create the lease table holding ``row`` (a free lease) unless any version of it exists; True if this
-    call created it. Exclusive: the first version is committed with no retry, so only one racing creator
-    succeeds and a late one can never overwrite a taken lease. A folder without a manifest (a creator that
-    died before committing) does not count as a table and is created over."""
-    import lance
-
-    uri = _table_uri(store, table_name)
-    try:
-        fragments = lance.fragment.write_fragments(pa.Table.from_pylist([row], schema=SCHEMA), uri, schema=SCHEMA)
-        lance.LanceDataset.commit(uri, lance.LanceOperation.Overwrite(SCHEMA, fragments), read_version=None,
-                                  max_retries=0)
-        return True
-    except Exception as e:  # it exists (created by another process now or earlier): never retried
-        log.debug("lease table %s not created here: %s", table_name, e)
-        return False
-
-
 def _sql(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
@@ -162,12 +140,16 @@ class Lease:
             try:
                 current = cls._read(store, table_name)
             except Exception as e:  # missing, never committed, or a version cleaned up under this reader
-                if _create_free(store, table_name, {**mine, "holder": FREE, "heartbeat": 0.0, "token": 0}):
-                    continue
+                free = pa.Table.from_pylist([{**mine, "holder": FREE, "heartbeat": 0.0, "token": 0}], schema=SCHEMA)
+                try:
+                    if store.create_exclusive(table_name, SCHEMA, free):
+                        continue
+                except Exception as create_error:  # neither readable nor creatable: try again, then give up
+                    e = create_error
                 if unreadable_since is None:
                     unreadable_since = at
                 elif at - unreadable_since > UNREADABLE_S:
-                    raise RuntimeError(f"lease table {_table_uri(store, table_name)} can be neither read nor "
+                    raise RuntimeError(f"lease table {store.table_uri(table_name)} can be neither read nor "
                                        f"created for {at - unreadable_since:.0f} s: {e}") from e
                 log.debug("lease %s unreadable (%s), retrying", name, e)
                 time.sleep(0.2)

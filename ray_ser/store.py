@@ -19,6 +19,7 @@ superseded versions for ``CLEANUP_GRACE`` (an hour) so a reader that opened an o
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import warnings
@@ -50,6 +51,8 @@ RUNS_SCHEMA = pa.schema([
 ])
 MANIFEST_CONDITION = "*"
 """``condition`` of an errors row for a manifest row left out (it fails every condition)."""
+
+log = logging.getLogger(__name__)
 
 
 def safe_name(model: str) -> str:
@@ -104,16 +107,40 @@ class Store:
     def open(self, name: str):
         return self.db.open_table(name)
 
+    def table_uri(self, name: str) -> str:
+        """Where table ``name`` lives (the layout LanceDB uses for a folder or bucket prefix)."""
+        return f"{self.uri.rstrip('/')}/{name}.lance"
+
+    def create_exclusive(self, name: str, schema: pa.Schema, data: pa.Table | None = None) -> bool:
+        """Create table ``name`` holding ``data`` (or empty) unless a version of it exists; True if this call
+        created it, False if another writer had (now or earlier).
+
+        Its first version is committed with no retry, so of racing creators exactly one succeeds. LanceDB's
+        ``create_table`` is not exclusive: Lance commits a create that races another as an Overwrite of the
+        table, which drops whatever the first creator wrote meanwhile. A folder holding data files but no
+        manifest (a creator that died before its commit) is no table and is created over."""
+        import lance
+
+        uri = self.table_uri(name)
+        try:
+            fragments = ([] if data is None or data.num_rows == 0 else
+                         lance.fragment.write_fragments(data.cast(schema), uri, schema=schema))
+            lance.LanceDataset.commit(uri, lance.LanceOperation.Overwrite(schema, fragments), read_version=None,
+                                      max_retries=0)
+            return True
+        except Exception as e:  # it exists; anything else shows when the table cannot be opened either
+            try:
+                self.open(name)
+            except Exception:
+                raise e from None
+            log.debug("table %s created by another writer: %s", name, e)
+            return False
+
     def open_or_create(self, name: str, schema: pa.Schema):
         """Open ``name``, creating it empty with ``schema`` if no writer has yet."""
-        if self.has(name):
-            return self.open(name)
-        try:
-            return self.db.create_table(name, schema=schema)
-        except Exception:  # made by a concurrent writer between the check and the create ("already exists", or
-            if self.has(name):  # Lance's commit conflict when both created it at once)
-                return self.open(name)
-            raise
+        if not self.has(name):
+            self.create_exclusive(name, schema)
+        return self.open(name)
 
     def embeddings(self, model: str, dim: int | None = None, meta: dict[str, Any] | None = None):
         """Open the model's table; create it when ``dim`` is given. Refuse other weights under the same key."""
@@ -170,12 +197,8 @@ class Store:
         meta = {k: v for k, v in (manifest.table.schema.metadata or {}).items() if k != REJECTED_KEY}
         data = manifest.table.replace_schema_metadata(meta)
         with Lease.acquire(self, name, _run_id(), what=f"manifest of {manifest.corpus}", wait=wait):
-            if not self.has(name):
-                try:
-                    self.db.create_table(name, data=data, schema=data.schema)
-                    return data.num_rows, 0
-                except ValueError:  # made meanwhile by a writer that did not take the lease (an older version)
-                    pass
+            if not self.has(name) and self.create_exclusive(name, data.schema, data):
+                return data.num_rows, 0
             table = self.open(name)
             stored_categories = json.loads((table.schema.metadata or {}).get(CATEGORIES_KEY, b"null"))
             if stored_categories is not None and stored_categories != manifest.categories:

@@ -9,13 +9,13 @@ import sys
 import textwrap
 import time
 
-import pytest
-
 import lance
 import pyarrow as pa
+import pytest
+from racing import race
 
 from ray_ser import lease as lease_mod
-from ray_ser.lease import FREE, SCHEMA, Lease, LeaseHeld, LeaseLost, _create_free, _table_uri
+from ray_ser.lease import FREE, SCHEMA, Lease, LeaseHeld, LeaseLost
 from ray_ser.store import Store
 
 
@@ -65,13 +65,10 @@ def test_lease_of_an_exited_process_is_taken_at_once(tmp_path):
 
 
 RACER = textwrap.dedent("""
-    import json, os, sys, time
+    import json
     from ray_ser.lease import Lease, LeaseHeld
     from ray_ser.store import Store
-    store, me, folder = Store(sys.argv[1]), sys.argv[2], sys.argv[3]
-    open(os.path.join(folder, me + ".ready"), "w").close()
-    while not os.path.exists(os.path.join(folder, "go")):
-        time.sleep(0.001)
+    store = Store(store_path)
     held, stop = [], time.time() + 2
     while time.time() < stop:
         try:
@@ -87,52 +84,36 @@ RACER = textwrap.dedent("""
 """)
 
 
-def _race(tmp_path, code: str, n: int) -> None:
-    """Run ``n`` copies of ``code`` (argv: store, name, folder), released together once all have imported."""
-    script = tmp_path / "racer.py"
-    script.write_text(code)
-    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "store"), f"p{i}", str(tmp_path)])
-             for i in range(n)]
-    deadline = time.time() + 120
-    while not all((tmp_path / f"p{i}.ready").exists() for i in range(n)):  # all imported: start together
-        assert time.time() < deadline and all(p.poll() is None for p in procs)
-        time.sleep(0.05)
-    (tmp_path / "go").touch()
-    assert all(p.wait(timeout=120) == 0 for p in procs)
-
-
 def test_racing_processes_never_hold_it_together(tmp_path):
     """Four processes grab the lease as fast as they can for 2 s: the holding intervals never overlap, and the
     lease table was created once (a second create would have reset a held lease to free)."""
-    _race(tmp_path, RACER, 4)
+    race(tmp_path, RACER, 4)
     intervals = sorted(iv for i in range(4) for iv in json.load(open(tmp_path / f"p{i}.json")))
     assert len(intervals) >= 4
     for (_, end), (begin, _) in zip(intervals, intervals[1:]):
         assert begin >= end, "two processes held the lease at once"
-    table = lance.dataset(_table_uri(Store(str(tmp_path / "store")), "lease__t"))
+    table = lance.dataset(Store(str(tmp_path / "store")).table_uri("lease__t"))
     ops = [type(tx.operation).__name__ for tx in table.get_transactions(table.version)]
     assert ops.count("Overwrite") == 1, ops
 
 
 CREATOR = textwrap.dedent("""
-    import os, sys, time
-    from ray_ser.lease import FREE, _create_free
+    import pyarrow as pa
+    from ray_ser.lease import FREE, SCHEMA
     from ray_ser.store import Store
-    store, me, folder = Store(sys.argv[1]), sys.argv[2], sys.argv[3]
+    store = Store(store_path)
     row = {"name": "t", "holder": FREE, "what": me, "host": "", "pid": 0, "pidns": "", "acquired": 0.0,
            "heartbeat": 0.0, "token": 0}
-    open(os.path.join(folder, me + ".ready"), "w").close()
-    while not os.path.exists(os.path.join(folder, "go")):
-        time.sleep(0.001)
-    open(os.path.join(folder, me + (".created" if _create_free(store, "lease__t", row) else ".refused")), "w")
+    created = store.create_exclusive("lease__t", SCHEMA, pa.Table.from_pylist([row], schema=SCHEMA))
+    open(os.path.join(folder, me + (".created" if created else ".refused")), "w")
 """)
 
 
 def test_racing_creators_create_it_exactly_once(tmp_path):
-    _race(tmp_path, CREATOR, 6)
+    race(tmp_path, CREATOR, 6)
     created = sorted(p.stem for p in tmp_path.glob("p*.created"))
     assert len(created) == 1 and len(list(tmp_path.glob("p*.refused"))) == 5
-    ds = lance.dataset(_table_uri(Store(str(tmp_path / "store")), "lease__t"))
+    ds = lance.dataset(Store(str(tmp_path / "store")).table_uri("lease__t"))
     assert ds.version == 1 and ds.to_table().to_pylist()[0]["what"] == created[0]
 
 
@@ -144,7 +125,8 @@ def _free_row() -> dict:
 def test_a_late_creator_never_frees_a_held_lease(tmp_path):
     store = Store(str(tmp_path))
     with Lease.acquire(store, "t", "run-a", ttl=30) as a:
-        assert not _create_free(store, "lease__t", _free_row())  # what a creator that lost the race does next
+        free = pa.Table.from_pylist([_free_row()], schema=SCHEMA)
+        assert not store.create_exclusive("lease__t", SCHEMA, free)  # what a creator that lost the race does
         assert Lease._read(store, "lease__t").holder == "run-a"
         a.check()
         with pytest.raises(LeaseHeld):
@@ -154,7 +136,7 @@ def test_a_late_creator_never_frees_a_held_lease(tmp_path):
 def test_a_table_folder_without_a_manifest_is_created_over(tmp_path):
     """A creator that died between writing the row and committing it leaves a folder that is no table."""
     store = Store(str(tmp_path))
-    uri = _table_uri(store, "lease__t")
+    uri = store.table_uri("lease__t")
     lance.fragment.write_fragments(pa.Table.from_pylist([_free_row()], schema=SCHEMA), uri, schema=SCHEMA)
     t0 = time.time()
     with Lease.acquire(store, "t", "run-a", ttl=30) as a:

@@ -9,6 +9,7 @@ import lance
 import numpy as np
 import pyarrow as pa
 import pytest
+from racing import race
 
 from ray_ser.corpora import Manifest, Utterance
 from ray_ser.store import META_KEY, RUNS_SCHEMA, Store, embedding_schema, table_name
@@ -119,3 +120,34 @@ def test_extraction_meta_can_be_extended(tmp_path):
     store.update_extraction_meta("m", {"options": {"seed": 0}, "conditions": {"clean": {}}})
     assert store.extraction_meta("m")["conditions"] == {"clean": {}}
     assert json.loads(store.open("emb__m").schema.metadata[META_KEY])["options"] == {"seed": 0}
+
+
+WRITER = """
+import pyarrow as pa
+from ray_ser.store import Store
+Store(store_path).open_or_create("runs_like", pa.schema([("who", pa.string())])).add(pa.table({"who": [me]}))
+"""
+
+
+def test_writers_that_create_a_table_at_once_lose_no_row(tmp_path):
+    """Six processes open-or-create the same new table and append a row at once: a create that lost the race
+    must not become an Overwrite that drops the rows appended before it (LanceDB's create_table would)."""
+    for trial in range(3):
+        race(tmp_path / f"t{trial}", WRITER, 6)
+        rows = Store(str(tmp_path / f"t{trial}" / "store")).open("runs_like").to_arrow().column("who").to_pylist()
+        assert sorted(rows) == [f"p{i}" for i in range(6)], f"trial {trial}"
+
+
+def test_create_exclusive_creates_once_and_keeps_what_is_there(tmp_path):
+    store = Store(str(tmp_path))
+    schema = embedding_schema(2, {"weights_hash": "abc"})
+    assert store.create_exclusive("emb__m", schema)
+    assert store.extraction_meta("m") == {"weights_hash": "abc"}  # schema metadata kept
+    row = {"utt_id": "u", "condition": "clean", "layer": 0, "n_frames": 1, "duration": 1.0, "snr_db": None,
+           "rt60": None, "mean": [1.0, 2.0], "std": [0.0, 0.0], "frames": [[1.0, 2.0]], "aug_params": None}
+    store.open("emb__m").add(pa.Table.from_pylist([row], schema=schema))
+    assert not store.create_exclusive("emb__m", schema)
+    assert not store.create_exclusive("emb__m", schema, pa.Table.from_pylist([row, row], schema=schema))
+    assert store.open("emb__m").count_rows() == 1
+    with pytest.raises(Exception):  # neither created nor openable: the real reason, not a False
+        Store(str(tmp_path / "f")).create_exclusive("x", schema, pa.table({"nope": [1]}))
