@@ -102,7 +102,17 @@ class Store:
         return list(getattr(result, "tables", result))
 
     def has(self, name: str) -> bool:
-        return name in self.names()
+        """True when table ``name`` has a committed version. Listing is not enough: a table's folder appears when
+        its creator writes the first data file, before it commits (or for good, if it died in between)."""
+        if name not in self.names():
+            return False
+        try:
+            self.open(name)
+        except ValueError as e:  # LanceDB: "Table '<name>' was not found"
+            if "not found" not in str(e):
+                raise
+            return False
+        return True
 
     def open(self, name: str):
         return self.db.open_table(name)

@@ -151,3 +151,13 @@ def test_create_exclusive_creates_once_and_keeps_what_is_there(tmp_path):
     assert store.open("emb__m").count_rows() == 1
     with pytest.raises(Exception):  # neither created nor openable: the real reason, not a False
         Store(str(tmp_path / "f")).create_exclusive("x", schema, pa.table({"nope": [1]}))
+
+
+def test_a_table_folder_before_its_first_commit_is_no_table(tmp_path):
+    """What a racing writer sees while another creates the table: data files, no manifest yet."""
+    store = Store(str(tmp_path))
+    schema = pa.schema([("who", pa.string())])
+    lance.fragment.write_fragments(pa.table({"who": ["a"]}), store.table_uri("t"), schema=schema)
+    assert "t" in store.names() and not store.has("t")
+    assert store.open_or_create("t", schema).count_rows() == 0  # created over the uncommitted files
+    assert store.has("t")
