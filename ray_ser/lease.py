@@ -5,11 +5,10 @@ folder or an object store, with no lock server). The table is created holding a 
 :meth:`~ray_ser.store.Store.create_exclusive`: of racing creators exactly one succeeds, and a creator that
 comes late fails instead of overwriting a lease that is already held. (A plain ``create_table`` is not
 exclusive: Lance commits a racing create as an Overwrite, which would reset a lease taken meanwhile to free,
-so two processes could hold it.) The
-lease is only ever taken by a conditional ``update`` of that row: Lance detects the concurrent update of the
-same row and re-evaluates the condition, so exactly one taker of a free or stale lease wins. Every
-``update`` names the row's ``token``, a counter bumped on each hand-over (tested with processes racing for
-it, ``tests/test_lease.py``).
+so two processes could hold it.) The lease is only ever taken by a conditional ``update`` of that row: Lance
+detects the concurrent update of the same row and re-evaluates the condition, so exactly one taker of a free
+or stale lease wins. Every ``update`` names the row's ``token``, a counter bumped on each hand-over (tested
+with processes racing for it, ``tests/test_lease.py``).
 
 The holder refreshes ``heartbeat`` from a background thread every ``ttl / 4`` seconds. A lease whose
 heartbeat is older than ``ttl`` is stale and may be taken over; so is one whose holder ran on this machine
@@ -35,9 +34,9 @@ import pyarrow as pa
 log = logging.getLogger(__name__)
 
 LEASE_TTL_S = 60.0
+"""A lease whose heartbeat is older than this is stale (the holder died or hangs) and may be taken over."""
 UNREADABLE_S = 30.0
 """How long :meth:`Lease.acquire` retries a lease table it can neither read nor create before it raises."""
-"""A lease whose heartbeat is older than this is stale (the holder died or hangs) and may be taken over."""
 
 SCHEMA = pa.schema([
     ("name", pa.string()), ("holder", pa.string()), ("what", pa.string()), ("host", pa.string()),
