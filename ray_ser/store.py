@@ -102,17 +102,20 @@ class Store:
         return list(getattr(result, "tables", result))
 
     def has(self, name: str) -> bool:
-        """True when table ``name`` has a committed version. Listing is not enough: a table's folder appears when
-        its creator writes the first data file, before it commits (or for good, if it died in between)."""
+        """True when table ``name`` has a committed version (see :meth:`open_committed`)."""
+        return self.open_committed(name) is not None
+
+    def open_committed(self, name: str):
+        """Table ``name``, or None when it has no committed version. Listing is not enough: a table's folder
+        appears when its creator writes the first data file, before it commits (or for good, if it died)."""
         if name not in self.names():
-            return False
+            return None
         try:
-            self.open(name)
+            return self.open(name)
         except ValueError as e:  # LanceDB: "Table '<name>' was not found"
             if "not found" not in str(e):
                 raise
-            return False
-        return True
+            return None
 
     def open(self, name: str):
         return self.db.open_table(name)
@@ -148,9 +151,11 @@ class Store:
 
     def open_or_create(self, name: str, schema: pa.Schema):
         """Open ``name``, creating it empty with ``schema`` if no writer has yet."""
-        if not self.has(name):
+        table = self.open_committed(name)
+        if table is None:
             self.create_exclusive(name, schema)
-        return self.open(name)
+            table = self.open(name)
+        return table
 
     def embeddings(self, model: str, dim: int | None = None, meta: dict[str, Any] | None = None):
         """Open the model's table; create it when ``dim`` is given. Refuse other weights under the same key."""

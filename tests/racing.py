@@ -17,13 +17,13 @@ while not os.path.exists(os.path.join(folder, "go")):
 """Each racer's first lines: argv is (store path, its name p<i>, the shared folder); it waits for ``go``."""
 
 
-def race(folder: Path, code: str, n: int, store: Path | None = None) -> None:
+def race(folder: Path, code: str, n: int) -> None:
     """Run ``n`` processes of ``PRELUDE + code`` released together once all have imported; each must exit 0."""
     folder.mkdir(parents=True, exist_ok=True)
     script = folder / "racer.py"
     script.write_text(PRELUDE + code)
-    store = store or folder / "store"
-    procs = [subprocess.Popen([sys.executable, str(script), str(store), f"p{i}", str(folder)]) for i in range(n)]
+    procs = [subprocess.Popen([sys.executable, str(script), str(folder / "store"), f"p{i}", str(folder)])
+             for i in range(n)]
     deadline = time.time() + 120
     while not all((folder / f"p{i}.ready").exists() for i in range(n)):
         assert time.time() < deadline and all(p.poll() is None for p in procs), "a racer failed to start"
