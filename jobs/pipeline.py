@@ -20,10 +20,14 @@ from ray_ser.fm.registry import DEFAULT_MODEL
 RECIPES = {
     # a linear model on the mean frame of each fold's 3 best layers (lda_inner on its training speakers), weight
     # decay, the epoch count early-stopped on the inner validation speakers, then refit on all training speakers
+    # (batch 16: ~380 inner-training utterances make only 6 steps an epoch at 64)
     "mlp": ["--mlp-hidden", "0", "--auto-layers", "3", "--weight-decay", "1e-3", "--no-spec-augment", "--refit",
-            "--epochs", "60", "--patience", "15", "--lr", "1e-3"],
-    # the papers' TC-GRU on each fold's best layer
-    "tcgru": ["--epochs", "20", "--patience", "5", "--lr", "1e-3"],
+            "--epochs", "60", "--patience", "15", "--lr", "1e-3", "--batch-size", "16"],
+    # the papers' TC-GRU (batch 64, lr 5e-4) with mean pooling on the same 3 layers per fold, early-stopped on the
+    # inner validation speakers within 40 epochs, then refit: 0.903 on EmoDB folds 0-7 against 0.800 for 20 epochs
+    # on the best layer alone (README); 10-20 min a fold on a 2-core CPU
+    "tcgru": ["--pooling", "mean", "--auto-layers", "3", "--refit", "--epochs", "40", "--patience", "10",
+              "--lr", "5e-4", "--batch-size", "64"],
 }
 
 
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     # emotion models per outer fold (layers chosen per fold on its training speakers), then the evaluation report
     run_dir = f"{args.runs}/{args.arch}"
     overrides = [*(["--epochs", str(args.epochs)] if args.epochs else []), *(["--lr", str(args.lr)] if args.lr else [])]
-    train_job.main([*common, "--corpus", args.corpus, "--out", run_dir, "--arch", args.arch, "--batch-size", "16",
+    train_job.main([*common, "--corpus", args.corpus, "--out", run_dir, "--arch", args.arch,
                     *RECIPES[args.arch], *overrides])
     evaluation = evaluate_job.main(["--store", args.store, "--run", run_dir, "--out", f"{run_dir}/eval"])
     print(versus_baseline(evaluation["overall"], probes.get("set_probe"), args.arch))
