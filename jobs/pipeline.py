@@ -31,7 +31,7 @@ RECIPES = {
 }
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--corpus", default="emodb")
     p.add_argument("--data-root", default=None)
@@ -45,7 +45,18 @@ def main(argv: list[str] | None = None) -> None:
                         "papers' model, much slower on CPU); its options are RECIPES[arch]")
     p.add_argument("--epochs", type=int, default=None, help="most epochs per fold (default: the recipe's)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
-    args = p.parse_args(argv)
+    return p
+
+
+def train_argv(args: argparse.Namespace, run_dir: str) -> list[str]:
+    """jobs/train.py's arguments for this run: the arch's recipe, then the pipeline's --epochs/--lr (last wins)."""
+    overrides = [*(["--epochs", str(args.epochs)] if args.epochs else []), *(["--lr", str(args.lr)] if args.lr else [])]
+    return ["--store", args.store, "--model", args.model, "--corpus", args.corpus, "--out", run_dir,
+            "--arch", args.arch, *RECIPES[args.arch], *overrides]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     import cluster as cluster_job
     import evaluate as evaluate_job
@@ -61,9 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     cluster_job.main([*common, "--layer", "auto", "--k", args.k])
     # emotion models per outer fold (layers chosen per fold on its training speakers), then the evaluation report
     run_dir = f"{args.runs}/{args.arch}"
-    overrides = [*(["--epochs", str(args.epochs)] if args.epochs else []), *(["--lr", str(args.lr)] if args.lr else [])]
-    train_job.main([*common, "--corpus", args.corpus, "--out", run_dir, "--arch", args.arch,
-                    *RECIPES[args.arch], *overrides])
+    train_job.main(train_argv(args, run_dir))
     evaluation = evaluate_job.main(["--store", args.store, "--run", run_dir, "--out", f"{run_dir}/eval"])
     print(versus_baseline(evaluation["overall"], probes.get("set_probe"), args.arch))
 
