@@ -19,8 +19,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ray_ser.corpora import build_manifest  # noqa: E402
@@ -47,7 +45,7 @@ def main() -> None:
     from ray_ser.runtime import init_ray
 
     full = build_manifest("emodb", args.data_root)
-    manifest = full.take(np.unique(np.linspace(0, len(full) - 1, min(args.limit, len(full))).round().astype(int)).tolist())
+    manifest = full.spread(args.limit)
     audio_s = float(sum(manifest.column("duration")))
     init_ray()
     work = Path(tempfile.mkdtemp(prefix="ray_ser_sizes_"))

@@ -29,7 +29,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, Hugging Face hub id or local folder")
     p.add_argument("--store", required=True, help="LanceDB store URI (a local folder or object-store URI)")
     p.add_argument("--conditions", default=",".join(DEFAULT_CONDITIONS), help="comma-separated, e.g. clean,25dB,15dB,5dB")
-    p.add_argument("--limit", type=int, default=None, help="only the first N utterances (smoke runs)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="only N utterances, taken in turn from each speaker and its categories (smoke runs)")
     p.add_argument("--no-frames", action="store_true", help="store pooled vectors only, no frame matrices")
     p.add_argument("--frame-layers", type=layer_list, default=None,
                    help="store frames of these layers only, e.g. 2,3,4 or -1 (pooled vectors are always stored for all)")
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         adapter = {"csv": args.csv, "audio_root": args.audio_root} if args.corpus == "csv" else {}
         manifest = build_manifest(args.corpus, data_root(args.data_root), **adapter)
     if args.limit:
-        manifest = manifest.head(args.limit)
+        manifest = manifest.spread(args.limit)
     print(f"manifest {manifest.corpus}: {manifest.summary()}", flush=True)
     options = ExtractOptions(
         model=args.model, conditions=[*args.conditions.split(","), *aug_conditions(args.aug_copies)],

@@ -37,7 +37,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None)
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--store", default="store")
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None,
+                   help="only N utterances, spread over the speakers and categories (smoke runs)")
     p.add_argument("--k", default="50,100,150", help="cluster counts of the frame k-means")
     p.add_argument("--runs", default="runs", help="folder of the training run and its evaluation")
     p.add_argument("--arch", choices=tuple(RECIPES), default="mlp",

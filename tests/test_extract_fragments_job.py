@@ -43,5 +43,5 @@ def test_killed_fragment_writing_run_resumes_without_loss_or_duplicates(cluster,
 
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-4000:]
-    utts = build_manifest("emodb", corpora).head(60)
+    utts = build_manifest("emodb", corpora).spread(60)
     assert_exactly_once(store_rows(uri, "tiny"), utts.column("utt_id"), conds, num_layers=3)

@@ -93,7 +93,7 @@ def test_ray_job_submit_fills_the_store(cluster, corpora, tiny_model_dir, tmp_pa
     )
     assert job.returncode == 0, f"job failed:\n{job.stdout[-4000:]}\n{job.stderr[-4000:]}"
     assert "succeeded" in job.stdout + job.stderr
-    utts = build_manifest("emodb", corpora).head(4)
+    utts = build_manifest("emodb", corpora).spread(4)
     assert_exactly_once(store_rows(uri, "tiny"), utts.column("utt_id"), CONDS, num_layers=3)
     df = read_pooled(uri, "tiny", condition="25dB", layer=1)
     for row in df.iter_rows(named=True):
@@ -129,5 +129,5 @@ def test_killed_driver_then_rerun_loses_and_duplicates_nothing(cluster, corpora,
 
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-4000:]
-    utts = build_manifest("emodb", corpora).head(60)
+    utts = build_manifest("emodb", corpora).spread(60)
     assert_exactly_once(store_rows(uri, "tiny"), utts.column("utt_id"), conds, num_layers=3)

@@ -201,6 +201,16 @@ class Manifest:
     def head(self, n: int) -> "Manifest":
         return self.with_table(self.table.slice(0, n))
 
+    def spread(self, n: int) -> "Manifest":
+        """``n`` rows drawn in turn from each speaker and, within a speaker, in turn from each of its categories
+        (manifest order inside a category), returned in manifest order. A smoke run on a slice then keeps the
+        speakers that speaker-independent folds need, which the first ``n`` rows of a sorted corpus do not."""
+        groups: dict[Any, dict[Any, list[int]]] = {}
+        for i, (speaker, label) in enumerate(zip(self.column("speaker"), self.column("label"))):
+            groups.setdefault(speaker, {}).setdefault(label, []).append(i)
+        queues = [_interleave(list(groups[s].values())) for s in sorted(groups, key=lambda s: (s is None, str(s)))]
+        return self.take(sorted(_interleave(queues)[:max(n, 0)]))
+
     def take(self, indices: Sequence[int]) -> "Manifest":
         return self.with_table(self.table.take(pa.array(indices, pa.int64())))
 
@@ -211,6 +221,11 @@ class Manifest:
 
     def column(self, name: str) -> list:
         return self.table.column(name).to_pylist()
+
+
+def _interleave(queues: Sequence[Sequence[int]]) -> list[int]:
+    """Round-robin over ``queues``: the first item of each, then the second of each, ... until all are spent."""
+    return [q[depth] for depth in range(max(map(len, queues), default=0)) for q in queues if depth < len(q)]
 
 
 def _conform(table: pa.Table, categories: Sequence[str]) -> pa.Table:

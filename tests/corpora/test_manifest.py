@@ -125,3 +125,21 @@ def test_non_parquet_file_raises_naming_the_file(tmp_path):
         Manifest.read(path)
     assert str(path) in str(err.value)
     assert "not a readable Parquet manifest" in str(err.value)
+
+
+def test_spread_takes_speakers_then_categories_in_turn():
+    # speaker s0 holds rows 0-5 (angry, angry, angry, happy, happy, neutral), s1 rows 6-8 (all neutral); sorted by
+    # speaker, as corpus adapters write them, so head(4) would be s0's alone
+    spec = [("s0", "angry")] * 3 + [("s0", "happy")] * 2 + [("s0", "neutral")] + [("s1", "neutral")] * 3
+    m = Manifest.from_utterances([_utt(i, speaker=f"toy/{s}", label=lab) for i, (s, lab) in enumerate(spec)], CATS)
+    assert set(m.head(4).column("speaker")) == {"toy/s0"}
+
+    def ids(n):
+        return [int(u.split("/")[1]) for u in m.spread(n).column("utt_id")]
+
+    assert ids(2) == [0, 6]                    # one row of each speaker
+    assert ids(4) == [0, 3, 6, 7]              # s0's second row is its first happy one, not another angry one
+    assert ids(6) == [0, 3, 5, 6, 7, 8]        # s0's three categories, s1's three rows
+    assert ids(9) == ids(50) == list(range(9))  # all rows, once, in manifest order
+    assert ids(0) == []
+    assert m.spread(4).categories == CATS
