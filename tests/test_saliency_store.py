@@ -24,9 +24,8 @@ _SHARED: dict[str, str] = {}
 
 
 def spread_manifest(corpora, n: int):
-    """n EmoDB utterances spread over the whole (id-sorted) manifest, hence over all 10 speakers."""
-    m = build_manifest("emodb", corpora)
-    return m.take(np.linspace(0, len(m) - 1, n).round().astype(int).tolist())
+    """n EmoDB utterances taken in turn from all 10 speakers and their categories (``Manifest.spread``)."""
+    return build_manifest("emodb", corpora).spread(n)
 
 
 def shared_store(request) -> str:
