@@ -75,7 +75,7 @@ def synthetic_audio(n: int, seconds: tuple[float, float], seed: int = 0, sr: int
 
 def corpus_audio(data_root: str | None, limit: int | None) -> list[np.ndarray] | None:
     """EmoDB's wavs at 16 kHz (sorted, first ``limit``), or None when the corpus is not there."""
-    from ray_ser.audio import load
+    from ray_ser.extract.audio import load
     from ray_ser.settings import data_root as find_root
 
     files = sorted((find_root(data_root) / "emodb" / "wav").glob("*.wav"))
@@ -114,7 +114,11 @@ def time_step(step: EmbedStep, batches: list[list[np.ndarray]], arrow: bool) -> 
 def old_prepare(model: SpeechEncoder, waves: list[np.ndarray]):
     """The previous input path: transformers' extractor per utterance (host), then one copy to the device."""
     from ray_ser.fm.hf import CTCStyleEncoder
-    from ray_ser.fm.whisper import SAMPLES_PER_FRAME, WhisperInputs, WhisperSpeechEncoder
+    from ray_ser.fm.whisper import (
+        SAMPLES_PER_FRAME,
+        WhisperInputs,
+        WhisperSpeechEncoder,
+    )
 
     if isinstance(model, WhisperSpeechEncoder):
         step = model.max_frames * SAMPLES_PER_FRAME

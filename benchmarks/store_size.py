@@ -22,8 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ray_ser.corpora import build_manifest  # noqa: E402
-from ray_ser.extract import ExtractOptions, extract  # noqa: E402
-from ray_ser.store import Store, table_name  # noqa: E402
+from ray_ser.extract.program import ExtractOptions, extract  # noqa: E402
+from ray_ser.store.core import Store  # noqa: E402
+from ray_ser.store.names import table_name
 
 
 def table_bytes(uri: str, name: str) -> int:
@@ -40,8 +41,8 @@ def main() -> None:
     p.add_argument("--data-root", default=None)
     args = p.parse_args()
 
-    from ray_ser import saliency_store as ss
-    from ray_ser.pruned_frames import write_pruned_frames
+    from ray_ser.analysis import saliency_store as ss
+    from ray_ser.analysis.pruned_frames import write_pruned_frames
     from ray_ser.runtime import init_ray
 
     full = build_manifest("emodb", args.data_root)

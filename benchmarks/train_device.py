@@ -1,6 +1,6 @@
 """Training speed per device, measured in one run: the seconds of one epoch (train + validation) of a fold's model
-on each device at hand (CPU, and CUDA when torch has it), through ray_ser.train's EpochRunner, the loop a Ray
-Train worker runs, on a synthetic fold held in memory (ray_ser.synthetic_fold; EmoDB-shaped by default: 480
+on each device at hand (CPU, and CUDA when torch has it), through ray_ser.train.loop's EpochRunner, the loop a Ray
+Train worker runs, on a synthetic fold held in memory (ray_ser.train.synthetic_fold; EmoDB-shaped by default: 480
 training and 55 validation utterances of 100 frames of three concatenated whisper-base layers, 1,536 dims).
 Runs without Ray or a store, so it runs on GPU machines where those cannot be installed.
 
@@ -32,7 +32,7 @@ def epoch_seconds(cfg, fold, device, epochs: int) -> list[float]:
     """Wall time of each epoch after one warm-up epoch (device synchronised at each end)."""
     import torch
 
-    from ray_ser.train import EpochRunner
+    from ray_ser.train.loop import EpochRunner
 
     runner = EpochRunner(cfg, fold.plan, fold.train, fold.val, device=device)
     times = []
@@ -60,8 +60,8 @@ def main() -> None:
 
     import torch
 
-    from ray_ser.synthetic_fold import synthetic_fold
-    from ray_ser.train import TrainConfig
+    from ray_ser.train.loop import TrainConfig
+    from ray_ser.train.synthetic_fold import synthetic_fold
 
     if args.threads:
         torch.set_num_threads(args.threads)

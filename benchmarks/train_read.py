@@ -1,7 +1,7 @@
 """Training-reader speed, measured in one run: one epoch of collated, length-bucketed training batches
 
 (a) from the store: the fold's Ray Dataset (lance-ray read + label join + mask, materialised once, as
-    ray_ser.train does), iterated through ray_ser.train.epoch_batches with the trainer's shard cache (the first
+    ray_ser.train.loop does), iterated through ray_ser.train.loop.epoch_batches with the trainer's shard cache (the first
     epoch reads through Ray Data, later ones draw from the worker's memory);
 (a') the same without the cache (Ray Data iterated every epoch), for comparison;
 (b) from the same rows already in memory as Python objects, through the same bucketing and collate.
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def one_epoch(source, cfg, epoch: int, cache=None) -> tuple[int, float]:
-    from ray_ser.train import epoch_batches
+    from ray_ser.train.loop import epoch_batches
 
     t0 = time.perf_counter()
     n = sum(len(b["lengths"]) for b in epoch_batches(source, cfg, epoch, True, cache=cache))
@@ -43,9 +43,14 @@ def main() -> None:
     p.add_argument("--keep-ratio", type=float, default=1.0)
     args = p.parse_args()
 
-    from ray_ser.datasets import InMemorySource, ShardCache
     from ray_ser.runtime import init_ray
-    from ray_ser.train import TrainConfig, fold_datasets, plan_fold, resolve_assignment
+    from ray_ser.train.loop import (
+        TrainConfig,
+        fold_datasets,
+        plan_fold,
+        resolve_assignment,
+    )
+    from ray_ser.train.reader import InMemorySource, ShardCache
 
     init_ray()
     layers = [int(x) for x in args.layers.split(",")] if args.layers else []

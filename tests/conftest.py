@@ -60,9 +60,9 @@ def synth_store(tiny_model_dir, tmp_path_factory) -> str:
     """One store of the synthetic corpus (tests/synthetic.py; clean + 5 dB, tiny HuBERT, key "tiny") with its
     saliency, shared by the training and tuning tests; needs no ../shared. Tests that rewrite it use a copy."""
     import ray
-
-    from ray_ser import saliency_store as ss
     from synthetic import build_store
+
+    from ray_ser.analysis import saliency_store as ss
 
     started = not ray.is_initialized()
     if started:

@@ -39,7 +39,14 @@ import numpy as np
 import pyarrow as pa
 
 from ray_ser.corpora.labels import one_hot, votes_to_pdf
-from ray_ser.corpora.manifest import PDF_TOLERANCE, SCHEMA, Manifest, ManifestError, Utterance, read_duration
+from ray_ser.corpora.manifest import (
+    PDF_TOLERANCE,
+    SCHEMA,
+    Manifest,
+    ManifestError,
+    Utterance,
+    read_duration,
+)
 
 NAME = "csv"
 REQUIRED = ("path", "speaker")

@@ -292,7 +292,7 @@ def validate(table: pa.Table, categories: Sequence[str], source: str = "<memory>
 def read_duration(path: str, extra: dict[str, Any]) -> float | None:
     """The audio file's duration from its header; None when the file is missing (a label-only manifest), and None
     plus ``extra[AUDIO_ERROR]`` = the reason when it exists but cannot be read, so one bad file never stops a build."""
-    from ray_ser import audio
+    from ray_ser.extract import audio
 
     if not os.path.lexists(path):
         return None

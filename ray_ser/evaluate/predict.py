@@ -24,12 +24,12 @@ TRAINING_ONLY = ("aug",)
 
 class FoldPredictor:
     """Ray Data actor: loads one fold's best model once (on the GPU when the actor has one) and maps batches of
-    :func:`ray_ser.datasets.frames_dataset` rows to class probabilities and A/V/D predictions."""
+    :func:`ray_ser.train.reader.frames_dataset` rows to class probabilities and A/V/D predictions."""
 
     def __init__(self, checkpoint: str, store: str, threads: int = 1):
         import torch
 
-        from ray_ser.train import load_fold_model
+        from ray_ser.train.loop import load_fold_model
 
         torch.set_num_threads(max(1, threads))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -39,7 +39,7 @@ class FoldPredictor:
     def __call__(self, batch: dict) -> dict:
         import torch
 
-        from ray_ser.datasets import collate
+        from ray_ser.train.reader import collate
 
         x = collate(batch, self.device)
         with torch.no_grad():
@@ -62,7 +62,7 @@ def evaluation_conditions(store, model: str) -> list[str]:
     """The stored conditions of ``model`` that evaluation scores (augmentation copies are training-only)."""
     import pyarrow.compute as pc
 
-    from ray_ser.store import as_store
+    from ray_ser.store.core import as_store
 
     t = as_store(store).embeddings(model).to_lance().to_table(columns=["condition"], filter="layer = 0")
     conds = sorted(pc.unique(t.column("condition")).to_pylist())
@@ -70,8 +70,8 @@ def evaluation_conditions(store, model: str) -> list[str]:
 
 
 def _snr_of(store, model: str, utt_ids: Sequence[str], conditions: Sequence[str]) -> dict[tuple[str, str], float | None]:
-    from ray_ser import catalog
-    from ray_ser.store import as_store
+    from ray_ser.store import catalog
+    from ray_ser.store.core import as_store
 
     t = as_store(store).embeddings(model).to_lance().to_table(
         columns=["utt_id", "condition", "snr_db"], filter=catalog.where(layer=0, condition=list(conditions), utt_id=list(utt_ids)))
@@ -82,8 +82,8 @@ def predict_fold(store: str, checkpoint: str | Path, conditions: Sequence[str] |
                  batch_size: int = 32, num_gpus: float = 0.0, cpus: float = 1.0, fm=None) -> pl.DataFrame:
     """Predictions of one fold's checkpoint on its test speakers, for ``conditions`` (default: every
     evaluation condition of the store): utt_id, condition, fold, probs, pred_arousal/valence/dominance."""
-    from ray_ser.datasets import frames_dataset, load_labels
-    from ray_ser.train import load_fold_model
+    from ray_ser.train.loop import load_fold_model
+    from ray_ser.train.reader import frames_dataset, load_labels
 
     fm = fm or load_fold_model(checkpoint, store=store)  # the caller's already-loaded copy, when it has one
     conds = list(conditions) if conditions else evaluation_conditions(store, fm.cfg.model)
@@ -102,7 +102,7 @@ def predict_fold(store: str, checkpoint: str | Path, conditions: Sequence[str] |
 def manifest_columns(store, by: Sequence[str] = ()) -> pl.DataFrame:
     """Per utterance: speaker, gender, corpus, label, pdf, A/V/D, has_votes, and each ``by`` column (a manifest
     column, a key of its ``extra`` JSON, or ``<numeric>_bin``: tertiles low/mid/high of that number)."""
-    from ray_ser.store import as_store
+    from ray_ser.store.core import as_store
 
     m = pl.from_arrow(as_store(store).manifests())
     extra = [json.loads(e) if e else {} for e in m["extra"].to_list()] if "extra" in m.columns else [{}] * m.height
@@ -129,7 +129,7 @@ def predict_run(store: str, run_dir: str | Path, conditions: Sequence[str] | Non
     (fold, condition, test utterance) in the ``predictions.parquet`` layout."""
     import ray
 
-    from ray_ser.train import fold_checkpoints, load_fold_model
+    from ray_ser.train.loop import fold_checkpoints, load_fold_model
 
     run_dir = Path(run_dir)
     checkpoints = fold_checkpoints(run_dir)

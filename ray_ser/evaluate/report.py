@@ -384,7 +384,7 @@ utterances; a group of one speaker has none.</p>
 <body>
 <h1>Evaluation report</h1>
 <p class=note>Run(s): {html.escape(', '.join(runs))}. Tables: metrics.parquet, confusion.parquet and
-predictions.parquet next to this page (query them with <code>ray_ser.results</code>).</p>
+predictions.parquet next to this page (query them with <code>ray_ser.evaluate.results</code>).</p>
 {''.join(sections)}
 <h2>Run configuration</h2>
 <pre>{html.escape(config)}</pre>

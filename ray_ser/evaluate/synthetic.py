@@ -74,8 +74,8 @@ def write_synthetic_eval(out_dir: str | Path, run: str = "synthetic", n_boot: in
                          **kwargs) -> Path:
     """An evaluation folder like ``jobs/evaluate.py --out`` writes (predictions, metrics, confusion and, with
     ``report``, the HTML report) from ``synthetic_predictions(run=run, **kwargs)``."""
+    from ray_ser.evaluate.results import write_parquet
     from ray_ser.evaluate.tables import write_tables
-    from ray_ser.results import write_parquet
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

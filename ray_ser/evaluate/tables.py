@@ -1,4 +1,4 @@
-"""Metric tables from a predictions table: the long, tidy metrics.parquet (columns: ``ray_ser.results.METRICS_SCHEMA``)
+"""Metric tables from a predictions table: the long, tidy metrics.parquet (columns: ``ray_ser.evaluate.results.METRICS_SCHEMA``)
 and confusion.parquet, grouped overall, by speaker, gender, condition, corpus, gender x condition and user columns.
 
 Every row belongs to one (run, condition). Each cell's 95 % interval is a speaker-level bootstrap: the group's
@@ -23,7 +23,12 @@ import polars as pl
 
 from ray_ser.corpora.manifest import DIMENSIONS
 from ray_ser.evaluate import metrics as M
-from ray_ser.results import CONFUSION_SCHEMA, METRICS_SCHEMA, read_predictions, write_parquet
+from ray_ser.evaluate.results import (
+    CONFUSION_SCHEMA,
+    METRICS_SCHEMA,
+    read_predictions,
+    write_parquet,
+)
 
 GROUP_BYS = ("all", "condition", "gender", "gender:condition", "gender_gap", "corpus", "speaker")
 KS = (1, 2, 3)

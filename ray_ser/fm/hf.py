@@ -108,7 +108,12 @@ def describe(spec: str, whisper_mode: str | float = "padded") -> dict:
 
 def load(spec: str, device=None, dtype: torch.dtype = torch.float32, whisper_mode: str | float = "padded") -> SpeechEncoder:
     """Load a hub id or a local folder; the model type comes from its config."""
-    from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtractor
+    from transformers import (
+        AutoConfig,
+        AutoFeatureExtractor,
+        AutoModel,
+        Wav2Vec2FeatureExtractor,
+    )
 
     folder = checkpoint_dir(spec)
     config = AutoConfig.from_pretrained(folder)

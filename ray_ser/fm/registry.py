@@ -35,7 +35,7 @@ def is_ct2_whisper_dir(path: Path) -> bool:
 def describe(spec: str = DEFAULT_MODEL, whisper_mode: str | float = "padded") -> dict:
     """What :meth:`SpeechEncoder.describe` returns, read from config and weight files without building the model."""
     from ray_ser.fm import ct2, hf
-    from ray_ser.fm.whisper import parse_mode, mode_name
+    from ray_ser.fm.whisper import mode_name, parse_mode
 
     path = Path(spec).expanduser()
     if spec in EMBEDDED or is_ct2_whisper_dir(path):

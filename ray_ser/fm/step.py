@@ -1,6 +1,6 @@
 """The model actor's step in plain torch: forward, pooling and the real frames' gather on the device, one copy to host.
 
-``EmbedStep`` is what ``ray_ser.extract.EmbedStage`` runs per device batch, kept free of Ray, LanceDB and Lance
+``EmbedStep`` is what ``ray_ser.extract.program.EmbedStage`` runs per device batch, kept free of Ray, LanceDB and Lance
 (pyarrow is imported only by :func:`arrow_columns`), so ``benchmarks/actor.py`` times exactly this code on a GPU
 box where only torch is installed. On the device: mean and population std over each utterance's real frames
 (two-pass, float32, one layer at a time so a float16 batch never gets a full float32 copy), and the real

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 
 from ray_ser.corpora.labels import (
-    FOUR_CLASS, SHARED, HarmonisationRow, Smoothing, consensus, harmonisation_matrix, harmonise,
-    load_harmonisation, smoothed, votes_to_pdf,
+    FOUR_CLASS,
+    SHARED,
+    HarmonisationRow,
+    Smoothing,
+    consensus,
+    harmonisation_matrix,
+    harmonise,
+    load_harmonisation,
+    smoothed,
+    votes_to_pdf,
 )
 
 CATS = ["angry", "happy", "sad", "neutral"]

@@ -8,7 +8,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ray_ser.corpora.manifest import CATEGORIES_KEY, COLUMNS, SCHEMA, Manifest, ManifestError, Utterance
+from ray_ser.corpora.manifest import (
+    CATEGORIES_KEY,
+    COLUMNS,
+    SCHEMA,
+    Manifest,
+    ManifestError,
+    Utterance,
+)
 
 CATS = ["angry", "happy", "neutral"]
 

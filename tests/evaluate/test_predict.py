@@ -3,7 +3,6 @@ predicted exactly once, by the fold that never trained on its speaker, and the j
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -17,7 +16,13 @@ def _write_run(out: Path, store: str, seed: int, folds=None) -> Path:
     """A training run folder with one (untrained, seeded) best checkpoint per outer fold: what evaluation reads."""
     import torch
 
-    from ray_ser.train import TrainConfig, build_fold_model, plan_fold, resolve_assignment, write_best
+    from ray_ser.train.loop import (
+        TrainConfig,
+        build_fold_model,
+        plan_fold,
+        resolve_assignment,
+        write_best,
+    )
 
     cfg = TrainConfig(store=store, model="tiny", layer=1, conv_channels=16, gru_hidden=16, embed_dim=8,
                       keep_ratio=0.6)
@@ -43,7 +48,7 @@ def run_dir_b(synth_store, tmp_path_factory) -> Path:
 
 def test_out_of_fold_predictions_cover_each_utterance_and_condition_once(synth_store, run_dir):
     from ray_ser.evaluate.predict import predict_run
-    from ray_ser.train import resolve_assignment, TrainConfig
+    from ray_ser.train.loop import TrainConfig, resolve_assignment
 
     pred, categories, config = predict_run(synth_store, run_dir, by=["gender"])
     a = resolve_assignment(TrainConfig(store=synth_store, model="tiny"))
@@ -59,8 +64,7 @@ def test_out_of_fold_predictions_cover_each_utterance_and_condition_once(synth_s
 
 
 def test_evaluate_job_writes_predictions_metrics_and_report(synth_store, run_dir, tmp_path):
-    sys.path.insert(0, str(ROOT / "jobs"))
-    import evaluate as job
+    from ray_ser.jobs import evaluate as job
 
     out = tmp_path / "eval"
     result = job.main(["--store", synth_store, "--run", str(run_dir), "--out", str(out), "--n-boot", "50"])
@@ -100,7 +104,7 @@ def test_an_ensemble_averages_its_members_probabilities_row_by_row(synth_store, 
 
 def test_an_ensemble_refuses_runs_that_predict_other_rows(synth_store, run_dir, tmp_path):
     from ray_ser.evaluate.predict import ensemble_predictions, predict_run
-    from ray_ser.train import TrainConfig, resolve_assignment
+    from ray_ser.train.loop import TrainConfig, resolve_assignment
 
     folds = resolve_assignment(TrainConfig(store=synth_store, model="tiny")).fold_ids
     partial = _write_run(tmp_path / "partial", synth_store, seed=7, folds=folds[:1])
@@ -113,8 +117,7 @@ def test_an_ensemble_refuses_runs_that_predict_other_rows(synth_store, run_dir, 
 
 
 def test_evaluate_job_scores_several_runs_as_one_ensemble(synth_store, run_dir, run_dir_b, tmp_path):
-    sys.path.insert(0, str(ROOT / "jobs"))
-    import evaluate as job
+    from ray_ser.jobs import evaluate as job
 
     out = tmp_path / "eval"
     result = job.main(["--store", synth_store, "--run", str(run_dir), "--run", str(run_dir_b), "--out", str(out),

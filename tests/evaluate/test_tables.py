@@ -13,8 +13,13 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 
 from ray_ser.evaluate import metrics as M
-from ray_ser.evaluate.tables import condition_order, confusion_table, metric_table, write_tables
-from ray_ser.results import METRICS_SCHEMA
+from ray_ser.evaluate.results import METRICS_SCHEMA
+from ray_ser.evaluate.tables import (
+    condition_order,
+    confusion_table,
+    metric_table,
+    write_tables,
+)
 
 
 def _rows(metrics, **eq):

@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from ray_ser.fm import ct2, load_model
-from ray_ser.fm.ct2 import CT2FormatError, load_whisper_encoder, read_model_bin, whisper_encoder_state_dict
+from ray_ser.fm.ct2 import (
+    CT2FormatError,
+    load_whisper_encoder,
+    read_model_bin,
+    whisper_encoder_state_dict,
+)
 from ray_ser.settings import data_root
 
 DTYPE_IDS = {"float32": 0, "int8": 1, "int16": 2, "int32": 3, "float16": 4}
@@ -196,7 +201,7 @@ def test_embedded_whisper_base_matches_ctranslate2(tmp_path):
     ctranslate2 = pytest.importorskip("ctranslate2")
     from transformers import WhisperFeatureExtractor
 
-    from ray_ser import audio
+    from ray_ser.extract import audio
     from ray_ser.fm.registry import embedded_parts
 
     wav = data_root() / "emodb" / "wav" / "03a01Fa.wav"

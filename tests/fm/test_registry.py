@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 import torch
 from transformers import (
-    BertConfig, HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2Model, WavLMConfig, WavLMModel,
-    WhisperConfig, WhisperModel,
+    BertConfig,
+    HubertConfig,
+    HubertModel,
+    Wav2Vec2Config,
+    Wav2Vec2Model,
+    WavLMConfig,
+    WavLMModel,
+    WhisperConfig,
+    WhisperModel,
 )
 
 from ray_ser.fm import load_model

@@ -7,10 +7,16 @@ import pyarrow as pa
 import pytest
 import torch
 
-from ray_ser.extract import pool_frames
+from ray_ser.extract.program import pool_frames
 from ray_ser.fm import load_model
 from ray_ser.fm.step import (
-    EmbedStep, StepOutput, arrow_columns, gather_frames, plan_batches, pool_on_device, resolve_frame_layers,
+    EmbedStep,
+    StepOutput,
+    arrow_columns,
+    gather_frames,
+    plan_batches,
+    pool_on_device,
+    resolve_frame_layers,
 )
 
 

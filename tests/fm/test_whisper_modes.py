@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from ray_ser.fm.whisper import MAX_SECONDS, SAMPLES_PER_FRAME, Strided, WhisperSpeechEncoder, mode_name, parse_mode
+from ray_ser.fm.whisper import (
+    MAX_SECONDS,
+    SAMPLES_PER_FRAME,
+    Strided,
+    WhisperSpeechEncoder,
+    mode_name,
+    parse_mode,
+)
 
 SR = 16_000
 

@@ -1,0 +1,93 @@
+"""Frame clusters (FLEA): k-means over one layer's frames per outer fold; out-of-fold cluster ids into the store.
+
+    python jobs/cluster.py --store store --model whisper-base --layer 4 --k 50,100,150 [--fold all]
+
+For each outer fold F (of the fold assignment the stored saliency used, else the same rule computed here):
+fits MiniBatchKMeans per k on a seeded sample of the --condition frames of fold F's TRAINING speakers,
+stores the centroids in centroids__<model> (keyed by fold_id, fold, layer, k), assigns every frame of fold
+F's test speakers (all stored conditions unless --conditions) with Ray Data into frame_clusters__<model>,
+and prints the out-of-fold purity of each k against the utterance labels. --fold -1 (all speakers) is
+allowed only when asked for: it is for speakers outside the corpus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+from ray_ser.analysis.clusters import assign_frames, fit_kmeans, purity
+from ray_ser.fm.registry import DEFAULT_MODEL
+from ray_ser.store import catalog
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", required=True, help="LanceDB store URI")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--layer", required=True,
+                   help="layer index, or auto: per fold, the layer ray_ser.analysis.layer_selection picks on its training speakers")
+    p.add_argument("--k", default="50,100,150", help="comma-separated cluster counts")
+    p.add_argument("--fold", default="all", help="all | F[,F...] outer folds (-1 = all speakers, never for evaluation)")
+    p.add_argument("--folds", default="auto", help="fold rule when the store has no saliency folds: auto | loso | K")
+    p.add_argument("--condition", default="clean", help="condition of the training frames and of the purity")
+    p.add_argument("--conditions", default=None, help="comma-separated conditions to assign (default: all stored)")
+    p.add_argument("--assign", choices=("test", "all"), default="test",
+                   help="label fold F's test utterances (out-of-fold, default) or every utterance")
+    p.add_argument("--sample-frames", type=int, default=20000, help="training frames drawn for k-means")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def resolve_assignment(store: str, model: str, condition: str, folds: str, seed: int):
+    """The fold assignment of the stored saliency (so masks and centroids share folds), else computed."""
+    from ray_ser.analysis import saliency_store as ss
+
+    try:
+        return ss.stored_assignment(store, model, condition)
+    except KeyError:
+        return ss.fold_assignment(store, model, condition, folds, seed)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from ray_ser.runtime import init_ray
+
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    ks = [int(k) for k in args.k.split(",") if k.strip()]
+    assignment = resolve_assignment(args.store, args.model, args.condition, args.folds, args.seed)
+    folds = assignment.fold_ids if args.fold == "all" else [int(f) for f in args.fold.split(",")]
+    init_ray()
+    t0 = time.perf_counter()
+    conditions = args.conditions.split(",") if args.conditions else None
+    rows, t_fit = 0, 0.0
+    if args.layer == "auto":  # every fold's choice from one read of the store
+        from ray_ser.analysis.layer_selection import layers_for_folds
+
+        layers, source = layers_for_folds(args.store, args.model, assignment, folds, condition=args.condition)
+        print(f"layers per fold from {source}: {layers}")
+    else:
+        layers = {fold: int(args.layer) for fold in folds}
+    for fold in folds:
+        t1 = time.perf_counter()
+        centroids = fit_kmeans(args.store, args.model, layers[fold], ks, assignment, fold, condition=args.condition,
+                               sample_frames=args.sample_frames, seed=args.seed)
+        t_fit += time.perf_counter() - t1
+        rows += assign_frames(args.store, args.model, layers[fold], centroids, assignment, fold,
+                              conditions=conditions, utts=args.assign)
+    t_assign = time.perf_counter() - t0 - t_fit
+    print(f"wrote {rows} rows (utterance x condition x k) to {catalog.FRAME_CLUSTERS.name(args.model)}, "
+          f"{len(folds)} fold(s) of assignment {assignment.id} ({assignment.description}); layer per fold: {layers}")
+    scores, base = {}, None
+    for k in ks:
+        scores[k], base = purity(args.store, args.model, layers, k, folds, assignment.id, args.condition)
+    print(f"out-of-fold purity against utterance labels ({args.condition} frames; majority-label share {base:.4f}):")
+    for k, v in scores.items():
+        print(f"purity k={k}: {v:.4f}")
+    print(f"time: fit {t_fit:.1f} s, assign {t_assign:.1f} s, total {time.perf_counter() - t0:.1f} s")
+    return {"purity": scores, "majority": base, "rows": rows, "fit_seconds": t_fit, "assign_seconds": t_assign,
+            "fold_id": assignment.id, "layers": layers}
+
+
+if __name__ == "__main__":
+    main()

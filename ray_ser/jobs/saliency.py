@@ -1,0 +1,230 @@
+"""Emotion saliency of every layer and dimension (CCS, MIS) on speaker-independent training folds;
+layer ranking and masks in the store; with --probe, a linear probe per layer and their Spearman correlation.
+
+    python jobs/saliency.py --store store --model whisper-base --probe
+
+Writes saliency__<model>, layer_rank__<model> and saliency_folds__<model> (rows of this condition are
+replaced on a re-run).  layer_rank holds two criteria: ``ccs_top10`` (the saliency score, for reference) and
+the pipeline's layer choice ``--layer-criterion`` (default lda_inner, see the README's "does saliency pick
+the layer?"); the cluster, train and tune jobs read the latter back.  Fold f's saliency uses only the utterances outside fold f; fold -1 uses all of them
+(a mask for new speakers only).  With --probe the last line is ``spearman: <value>``: the rank correlation
+between the layer score averaged over the training folds and the probe's out-of-fold UAR.  --probe-layers 2,3,4
+adds the baseline to beat: one probe on those layers side by side, its C chosen per outer fold on that fold's
+training speakers; --probe-readout none,l2,ssqrt fuses one such probe per read-out of the mean vectors.
+
+    python jobs/saliency.py --store store --model whisper-base --study --conditions clean,5dB
+
+prints the layer-selection study instead (ray_ser.analysis.layer_selection; computed in memory, writes nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import polars as pl
+
+from ray_ser.analysis import saliency as sal
+from ray_ser.analysis import saliency_store as ss
+from ray_ser.analysis.probe import DEFAULT_CS, READOUTS
+from ray_ser.fm.registry import DEFAULT_MODEL
+from ray_ser.store import catalog
+from ray_ser.store.names import safe_name
+
+KEEP_RATIOS = (0.8, 0.6, 0.4)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", required=True, help="LanceDB store URI")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model key the embeddings are filed under")
+    p.add_argument("--condition", default="clean")
+    p.add_argument("--folds", default="auto", help="auto (LOSO up to 12 speakers, else 5) | loso | manifest | K")
+    p.add_argument("--no-mis", action="store_true", help="skip mutual-information saliency (CCS only)")
+    p.add_argument("--n-bins", type=int, default=sal.DEFAULT_BINS, help="quantile bins of the MI estimator")
+    p.add_argument("--seed", type=int, default=0, help="seed of the K-fold split")
+    p.add_argument("--probe", action="store_true", help="fit a linear probe per layer and compare with saliency")
+    p.add_argument("--probe-layers", default=None,
+                   help="with --probe: also probe these layers' mean vectors side by side (e.g. 2,3,4, or auto:3 for "
+                        "each fold's 3 best layers on its training speakers), C chosen per outer fold by a CV over "
+                        "its training speakers")
+    p.add_argument("--probe-c", default=",".join(str(c) for c in DEFAULT_CS),
+                   help="with --probe-layers: the C values (inverse L2 strength) to choose among, comma-separated")
+    p.add_argument("--probe-readout", default="none",
+                   help=f"with --probe-layers: per-utterance read-outs of the mean vectors, comma-separated, among "
+                        f"{','.join(READOUTS)}; several fuse one probe each (mean probability), e.g. none,l2,ssqrt")
+    p.add_argument("--layer-criterion", default=None,
+                   help="criterion of the pipeline's layer choice written to layer_rank (default: "
+                        "ray_ser.analysis.layer_selection.DEFAULT_CRITERION, lda_inner); none = skip")
+    p.add_argument("--plot", default=None, help="PNG path (default: <store>/plots/<model>_layers.png)")
+    p.add_argument("--study", action="store_true",
+                   help="the layer-selection study instead (ray_ser.analysis.layer_selection): every layer score on each "
+                        "outer fold's training speakers vs the probe (Spearman, regret); writes nothing")
+    p.add_argument("--conditions", default=None, help="with --study: comma-separated conditions (default: --condition)")
+    p.add_argument("--criteria", default=None, help="with --study: comma-separated criteria (default: all the rows support)")
+    p.add_argument("--markdown", action="store_true", help="with --study: print the tables as Markdown")
+    return p
+
+
+def default_plot(store: str, model: str) -> Path:
+    base = Path("plots") if "://" in store else Path(store) / "plots"
+    return base / f"{safe_name(model)}_layers.png"
+
+
+def study_main(args: argparse.Namespace) -> dict:
+    """--study: per condition the per-layer table of every criterion, then the criteria x conditions table."""
+    from ray_ser.analysis import layer_selection as lsel
+
+    fmt = dict(tbl_rows=200, tbl_cols=-1, tbl_width_chars=400, float_precision=3, tbl_hide_dataframe_shape=True,
+               **({"tbl_formatting": "MARKDOWN"} if args.markdown else {}))
+    conditions = [c for c in (args.conditions or args.condition).split(",") if c]
+    criteria = [c for c in args.criteria.split(",") if c] if args.criteria else None
+    results = {}
+    for cond in conditions:
+        t0 = time.perf_counter()
+        r = lsel.study(args.store, args.model, cond, criteria, folds=args.folds, seed=args.seed,
+                       progress=lambda m: logging.info("study %s: %s", cond, m))
+        print(f"layer study of {args.model} / {cond}: {r.scores['fold'].n_unique()} outer folds ({r.description}); "
+              f"scores on each fold's training speakers, averaged over folds; probe = out-of-fold UAR; "
+              f"regret_folds = mean over folds of best probe UAR - probe UAR of that fold's pick "
+              f"({time.perf_counter() - t0:.0f} s)")
+        with pl.Config(**fmt):
+            print(lsel.study_table(r))
+        results[cond] = r
+    table = lsel.comparison_table(results)
+    print(f"criteria by condition (rho: Spearman vs probe UAR; regret: mean per-fold regret; * = default "
+          f"{lsel.DEFAULT_CRITERION}):")
+    with pl.Config(**fmt):
+        print(table)
+    return {"results": results, "table": table}
+
+
+def write_choice(args: argparse.Namespace, assignment) -> pl.DataFrame | None:
+    """The pipeline's layer ranking (``--layer-criterion``) per outer fold into layer_rank__<model>; None when
+    skipped or when the rows have no categorical label to score (dimensional-only corpora)."""
+    from ray_ser.analysis import layer_selection as lsel
+
+    criterion = args.layer_criterion or lsel.DEFAULT_CRITERION
+    if criterion == "none":
+        return None
+    try:
+        return lsel.write_layer_rank(args.store, args.model, args.condition, assignment, criterion,
+                                     folds=args.folds, seed=args.seed)
+    except ValueError as e:
+        logging.warning("layer choice (%s) not written: %s", criterion, e)
+        return None
+
+
+def probe_layer_set(args: argparse.Namespace, assignment) -> tuple[list[int] | dict[int, list[int]], str]:
+    """--probe-layers as the probe takes it, and its words: a list ("2,3,4"), or with "auto:K" each fold's K best
+    layers by the pipeline's criterion on its training speakers (what jobs/train.py --auto-layers K reads)."""
+    spec = args.probe_layers.strip()
+    if spec.startswith("auto:"):
+        from ray_ser.analysis import layer_selection as lsel
+
+        k = int(spec.split(":", 1)[1])
+        criterion = args.layer_criterion if args.layer_criterion not in (None, "none") else lsel.DEFAULT_CRITERION
+        ranked, source = lsel.ranked_layers(args.store, args.model, assignment, assignment.fold_ids, k,
+                                            args.condition, criterion, args.seed)
+        return {f: sorted(v) for f, v in ranked.items()}, f"each fold's {k} best layers ({source})"
+    layers = [int(v) for v in spec.split(",") if v.strip()]
+    return layers, "layers " + "+".join(map(str, layers))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = parser()
+    args = p.parse_args(argv)
+    if args.probe_layers and not args.probe:
+        p.error("--probe-layers needs --probe")
+    readouts = [r.strip() for r in args.probe_readout.split(",") if r.strip()]
+    if not readouts or any(r not in READOUTS for r in readouts):
+        p.error(f"--probe-readout: expected a comma-separated list among {','.join(READOUTS)}, got {args.probe_readout!r}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    pl.Config.set_tbl_rows(200)
+    pl.Config.set_tbl_hide_dataframe_shape(True)
+    if args.study:
+        return study_main(args)
+    t0 = time.perf_counter()
+    info: dict = {}
+    df = ss.compute_saliency(args.store, args.model, args.condition, folds=args.folds, mis=not args.no_mis,
+                             n_bins=args.n_bins, seed=args.seed, info=info)
+    ranking = ss.layer_ranking(df)
+    ss.write_saliency(args.store, df, ranking, info["assignment"])
+    t_sal = time.perf_counter() - t0
+    chosen = write_choice(args, info["assignment"])
+    print(f"saliency of {args.model} / {args.condition}: {info['n']} utterances, {info['n_speakers']} speakers, "
+          f"folds {info['folds']}, targets {','.join(info['targets'])}, MIS {'off' if args.no_mis else 'on'}")
+    all_rank = ranking.filter(pl.col("fold") == -1).select(
+        "layer", pl.col("layer_score").alias("score_all"), pl.col("layer_rank").alias("rank_all"))
+    folds_rank = ss.mean_over_folds(ranking).select(
+        "layer", pl.col("layer_score").alias("score_folds"), pl.col("layer_rank").alias("rank_folds"))
+    table = all_rank.join(folds_rank, on="layer").sort("rank_folds")
+    print("layer ranking (score = mean CCS of the layer's top 10% dims; rank 0 = best;"
+          " _all: fold -1 on all utterances, _folds: mean over training folds):")
+    print(table)
+    best = int(table.sort("rank_all")["layer"][0])
+    sizes = {r: int(ss.saliency_mask(args.store, args.model, best, r, fold=-1, condition=args.condition).sum())
+             for r in KEEP_RATIOS}
+    n_dims = df.filter((pl.col("fold") == -1) & (pl.col("layer") == best)).height
+    print(f"best layer (fold -1): {best}; masks of {n_dims} dims: "
+          + ", ".join(f"keep {r} -> {n}" for r, n in sizes.items()))
+    print(f"wrote {catalog.SALIENCY.name(args.model)} ({df.height} rows), {catalog.LAYER_RANK.name(args.model)} "
+          f"({ranking.height} rows), {catalog.FOLDS.name(args.model)} (fold assignment {info['assignment'].id})")
+    if chosen is not None:
+        per_fold = chosen.filter((pl.col("layer_rank") == 0) & (pl.col("fold") >= 0))
+        print(f"pipeline layer choice ({chosen['criterion'][0]}, each fold's training speakers; used by "
+              f"jobs/cluster.py --layer auto, jobs/train.py without --layer and jobs/tune.py's prior): "
+              + ", ".join(f"fold {f}: {k}" for f, k in zip(per_fold["fold"], per_fold["layer"]))
+              + f"; all speakers: {int(chosen.filter((pl.col('layer_rank') == 0) & (pl.col('fold') == -1))['layer'][0])}")
+    result = {"best_layer": best, "ranking": table, "saliency_seconds": t_sal, "layer_choice": chosen}
+    if not args.probe:
+        print(f"time: saliency {t_sal:.1f} s")
+        return result
+
+    from ray_ser.analysis.probe import (
+        layer_probe,
+        layer_set_probe,
+        plot_layers,
+        spearman,
+    )
+
+    t1 = time.perf_counter()
+    probe = layer_probe(args.store, args.model, args.condition, folds=args.folds, seed=args.seed)
+    t_probe = time.perf_counter() - t1
+    folds_scores = ss.mean_over_folds(ranking)
+    rho = spearman(folds_scores, probe)
+    rho_all = spearman(ranking.filter(pl.col("fold") == -1), probe)
+    print("probe (StandardScaler + LogisticRegression per layer; UAR of pooled out-of-fold predictions):")
+    print(probe.join(folds_scores.select("layer", "layer_score", "layer_rank"), on="layer").sort("layer")
+          .select("layer", "uar", "mean_fold_uar", "layer_score", "layer_rank"))
+    best_probe = int(probe.sort("uar", descending=True)["layer"][0])
+    print(f"best layer by probe: {best_probe}; by saliency (training folds): "
+          f"{int(folds_scores.sort('layer_rank')['layer'][0])}; (all utterances): {best}")
+    path = plot_layers(folds_scores, probe, args.plot or default_plot(args.store, args.model),
+                       title=f"{args.model} / {args.condition}", rho=rho)
+    print(f"plot: {path}")
+    print(f"spearman (fold -1 layer score vs probe UAR): {rho_all:.4f}")
+    if args.probe_layers:
+        t2 = time.perf_counter()
+        cs = [float(c) for c in args.probe_c.split(",") if c.strip()]
+        layers, what = probe_layer_set(args, info["assignment"])
+        result["set_probe"] = sp = layer_set_probe(args.store, args.model, layers, args.condition,
+                                                   folds=args.folds, seed=args.seed, Cs=cs, readouts=readouts)
+        t_probe += time.perf_counter() - t2
+        fused = f"read-outs {'+'.join(readouts)} fused, " if len(readouts) > 1 else ""
+        print(f"probe on {what} ({fused}C per outer fold from {cs} by a CV over its training speakers): UAR "
+              f"{sp['uar']:.4f}, mean over folds {sp['mean_fold_uar']:.4f}; per fold "
+              + " ".join(f"{u:.3f}" for u in sp["fold_uar"]) + "; C per fold "
+              + " ".join("/".join(f"{c[r]:g}" for r in readouts) for c in sp["fold_c"])
+              + ("; layers per fold " + " ".join("+".join(map(str, v)) for v in sp["fold_layers"])
+                 if isinstance(layers, dict) else ""))
+    print(f"time: saliency {t_sal:.1f} s, probe {t_probe:.1f} s, total {time.perf_counter() - t0:.1f} s")
+    print(f"spearman: {rho:.4f}")
+    result.update(probe=probe, spearman=rho, plot=str(path), probe_seconds=t_probe)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Train emotion models on the store with Ray Train: one run per outer fold, early-stopped on inner validation
+speakers, each fold's best checkpoint under --out.
+
+    python jobs/train.py --store store --model whisper-base --corpus emodb --out runs/tcgru --layer 3
+
+Writes DIR/fold_<f>/best/{model.pt,config.json} (what jobs/evaluate.py --run DIR loads), DIR/epochs.parquet
+(fold, epoch, split, metric, value), DIR/tensorboard/fold_<f> and DIR/run.json; prints each fold's best
+checkpoint's UAR on that fold's test speakers per stored condition. Re-running the same command resumes:
+finished folds are skipped, an interrupted fold restarts from its last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+from ray_ser.fm.registry import DEFAULT_MODEL
+
+# flag -> TrainConfig field for the options that override --config
+OVERRIDES = {
+    "store": "store", "model": "model", "layer": "layer", "epochs": "epochs", "seed": "seed", "keep_ratio": "keep_ratio",
+    "n_clusters": "n_clusters", "adv_weight": "adv_weight", "target": "target", "arch": "arch", "pooling": "pooling",
+    "lr": "lr", "batch_size": "batch_size", "patience": "patience", "num_workers": "num_workers",
+    "cpus_per_worker": "cpus_per_worker", "fold_rule": "folds", "mlp_hidden": "mlp_hidden",
+    "weight_decay": "weight_decay", "dropout": "dropout", "refit": "refit", "spec_augment": "spec_augment",
+    "auto_layers": "auto_layers", "inner_folds": "inner_folds",
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", default=None, help="LanceDB store URI")
+    p.add_argument("--model", default=None, help=f"model key of the embeddings (default {DEFAULT_MODEL})")
+    p.add_argument("--corpus", default=None, help="comma-separated corpora to train on (default: all in the store)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, epochs.parquet, TensorBoard)")
+    p.add_argument("--config", default=None, help="a JSON TrainConfig, e.g. jobs/tune.py's best_config.json; flags override it")
+    p.add_argument("--folds", default="all", help="all | F[,F...] outer folds to train")
+    p.add_argument("--fold-rule", default=None, help="auto | loso | K, when the store has no saliency folds")
+    p.add_argument("--layer", type=int, default=None, help="layer to read (default: chosen per fold on its training speakers)")
+    p.add_argument("--layers", default=None,
+                   help="several layers, e.g. 2,3,4: each frame is their vectors concatenated (overrides --layer)")
+    p.add_argument("--auto-layers", type=int, default=None,
+                   help="without --layer/--layers: concatenate each fold's K best layers on its training speakers (default 1)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--keep-ratio", type=float, default=None, help="saliency keep ratio of the layer's dims (1.0 = all)")
+    p.add_argument("--n-clusters", type=int, default=None, help="frame-cluster head k (0 = off)")
+    p.add_argument("--adv-weight", type=float, default=None, help="gradient-reversal weight of the domain head (0 = off)")
+    p.add_argument("--target", choices=("pdf", "onehot"), default=None)
+    p.add_argument("--arch", choices=("tcgru", "mlp"), default=None)
+    p.add_argument("--pooling", choices=("attention", "mean", "last"), default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--patience", type=int, default=None)
+    p.add_argument("--weight-decay", type=float, default=None, help="AdamW decoupled weight decay")
+    p.add_argument("--dropout", type=float, default=None)
+    p.add_argument("--mlp-hidden", type=int, default=None, help="MLP hidden width (0 = a linear model)")
+    p.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="time and feature masking of the training frames")
+    p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
+                   help="after early stopping, retrain on all of the fold's training speakers for the selected epochs")
+    p.add_argument("--inner-folds", type=int, default=None,
+                   help="choose the epoch count on the mean validation curve of K speaker-disjoint inner folds, then "
+                        "refit on all training speakers (default 1: early stopping on one inner split)")
+    p.add_argument("--conditions", default=None, help="training copies, e.g. clean,25dB,15dB,5dB (multi-condition)")
+    p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers per fold (DDP)")
+    p.add_argument("--cpus-per-worker", type=float, default=None)
+    p.add_argument("--no-test-report", action="store_true", help="skip the per-fold test-speaker UAR printout")
+    return p
+
+
+def build_config(args):
+    from ray_ser.train.loop import TrainConfig
+
+    overrides = {field: getattr(args, flag) for flag, field in OVERRIDES.items() if getattr(args, flag) is not None}
+    if args.corpus:
+        overrides["corpora"] = [c for c in args.corpus.split(",") if c]
+    if args.layers:
+        overrides["layers"] = [int(x) for x in args.layers.split(",") if x.strip()]
+    elif args.layer is not None:  # --layer over a --config that lists layers: the flag wins
+        overrides["layers"] = []
+    if args.conditions:
+        overrides["conditions"] = [c for c in args.conditions.split(",") if c]
+    return TrainConfig.from_file(args.config, **overrides) if args.config else TrainConfig(**overrides)
+
+
+def _layers(summary: dict) -> str:
+    layers = summary.get("layers") or [summary["layer"]]
+    return f"layer {layers[0]}" if len(layers) == 1 else "layers " + ",".join(str(l) for l in layers)
+
+
+def test_report(cfg, summary: dict, out: str) -> None:
+    """The fold's best checkpoint's UAR on its test speakers per condition (the evaluation job makes the tables)."""
+    from pathlib import Path
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    from ray_ser.evaluate.predict import predict_fold
+    from ray_ser.train.loop import fold_checkpoints
+
+    path = fold_checkpoints(out)[summary["fold"]]
+    pred = predict_fold(cfg.store, path)
+    from ray_ser.train.reader import load_labels
+
+    labels = load_labels(cfg.store, pred["utt_id"].unique().to_list())
+    cats = {c: i for i, c in enumerate(labels.categories)}
+    parts = []
+    for cond in sorted(pred["condition"].unique().to_list()):
+        sub = pred.filter(pred["condition"] == cond)
+        y = [cats.get(labels.rows[u].get("label"), -1) for u in sub["utt_id"].to_list()]
+        yp = [int(max(range(len(p)), key=p.__getitem__)) for p in sub["probs"].to_list()]
+        ok = [i for i, v in enumerate(y) if v >= 0]
+        parts.append(f"{cond} {balanced_accuracy_score([y[i] for i in ok], [yp[i] for i in ok]):.3f}")
+    print(f"fold {summary['fold']} test UAR ({Path(path).parent.name}, {_layers(summary)}, best epoch "
+          f"{summary['best_epoch']}): " + ", ".join(parts), flush=True)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    from ray_ser.runtime import init_ray
+    from ray_ser.train.loop import run
+
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cfg = build_config(args)
+    init_ray()
+    t0 = time.perf_counter()
+
+    def on_fold(summary: dict) -> None:
+        refit = f", refit {summary['refit_epochs']} epochs on all training speakers" if summary.get("refit_epochs") else ""
+        print(f"fold {summary['fold']}: {_layers(summary)}, best epoch {summary['best_epoch']} of "
+              f"{summary['epochs']}, val score {summary['best_val_score']:.4f}{refit}, {summary['seconds']:.1f} s",
+              flush=True)
+        if not args.no_test_report:
+            test_report(cfg, summary, args.out)
+
+    summaries = run(cfg, args.folds, args.out, on_fold=on_fold)
+    print(f"trained {len(summaries)} fold(s) into {args.out} in {time.perf_counter() - t0:.1f} s")
+    return summaries
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,463 @@
+"""Training reader over the store: one layer's frames (or several layers', concatenated per frame) of chosen
+utterances and conditions, labels joined, saliency mask and frame-cluster ids applied at read time, as a Ray
+Dataset; plus the worker-side shard cache, shuffle, length buckets and collate.
+
+Speaker independence is the caller's contract made easy: :func:`frames_dataset` reads exactly the
+``utt_ids`` it is given (a fold's inner-training, validation or test utterances from
+:class:`~ray_ser.corpora.folds.FoldAssignment`), and the mask and centroids passed in are those of that
+outer fold (fitted without its test speakers), so nothing read for fold f depends on fold f's speakers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import zlib
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ray_ser.corpora.manifest import DIMENSIONS
+from ray_ser.store import catalog
+from ray_ser.store.core import Store, as_store
+
+READ_LOG_ENV = "RAY_SER_READ_LOG"
+"""When set, :func:`frames_dataset` appends every utt_id it is asked to read to this file (tests use it to
+prove that a search never reads outer test speakers)."""
+IGNORE = -100
+"""Target value the losses skip (unlabelled utterance, padding frame, domain of a non-training speaker)."""
+
+
+@dataclass
+class Labels:
+    """Per-utterance targets and metadata, looked up by utt_id in the map tasks (small: travels with them)."""
+
+    categories: list[str]
+    rows: dict[str, dict]
+    domains: list[str]
+    domain_key: str
+    """Manifest column the adversarial head predicts ("speaker" or "corpus"); ``domains`` lists its classes."""
+
+    def domain_of(self, utt_id: str) -> int:
+        value = self.rows[utt_id].get(self.domain_key)
+        try:
+            return self.domains.index(value)
+        except ValueError:
+            return IGNORE
+
+
+def load_labels(store: str | Store, utt_ids: Sequence[str], domain_utts: Sequence[str] = (),
+                domain_key: str | None = None) -> Labels:
+    """Labels of ``utt_ids`` from the stored manifests: category index, PDF, A/V/D, speaker, gender, corpus.
+
+    The domain classes are the values of ``domain_key`` (default: "corpus" when the utterances span several
+    corpora, else "speaker") among ``domain_utts`` (the training utterances); other utterances get IGNORE."""
+    from ray_ser.analysis.saliency_store import _categories
+
+    store = as_store(store)
+    manifests = store.manifests()
+    if manifests is None:
+        raise ValueError(f"store {store.uri} has no manifest: nothing to train on")
+    wanted = set(utt_ids) | set(domain_utts)
+    cols = [c for c in ("utt_id", "speaker", "gender", "corpus", "label", "pdf", *DIMENSIONS) if c in manifests.column_names]
+    rows = {r["utt_id"]: r for r in manifests.select(cols).to_pylist() if r["utt_id"] in wanted}
+    missing = sorted(wanted - set(rows))
+    if missing:
+        raise ValueError(f"{len(missing)} utterances have no manifest row in {store.uri}, e.g. {missing[:3]}")
+    corpora = sorted({r["corpus"] for r in rows.values()})
+    categories = _categories(store, corpora)
+    if categories is None:
+        raise ValueError(f"the manifests of {corpora} have different category lists: harmonise them first")
+    key = domain_key or ("corpus" if len(corpora) > 1 else "speaker")
+    domains = sorted({rows[u][key] for u in domain_utts if rows[u].get(key) is not None})
+    return Labels(categories, rows, domains, key)
+
+
+def ragged(items) -> np.ndarray:
+    """A 1-D object array holding ``items`` as they are: per-utterance frames or ids of any lengths (given
+    equal-shaped arrays, ``np.array`` would stack them into one block instead)."""
+    out = np.empty(len(items), dtype=object)
+    out[:] = list(items)
+    return out
+
+
+def _targets(labels: Labels, utt_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    n, C = len(utt_ids), len(labels.categories)
+    index = {c: i for i, c in enumerate(labels.categories)}
+    label_index = np.full(n, IGNORE, np.int64)
+    pdf = np.zeros((n, C), np.float32)
+    dims = np.full((n, len(DIMENSIONS)), np.nan, np.float32)
+    for i, u in enumerate(utt_ids):
+        r = labels.rows[u]
+        if r.get("label") is not None:
+            label_index[i] = index[r["label"]]
+        if r.get("pdf") is not None and len(r["pdf"]) == C:
+            pdf[i] = r["pdf"]
+        elif label_index[i] >= 0:
+            pdf[i, label_index[i]] = 1.0
+        for j, d in enumerate(DIMENSIONS):
+            if r.get(d) is not None:
+                dims[i, j] = r[d]
+    return {"label_index": label_index, "pdf": pdf, "dims": dims,
+            "domain": np.array([labels.domain_of(u) for u in utt_ids], np.int64)}
+
+
+def _as_examples(ids: list[str], conditions: list, X: np.ndarray, lengths: np.ndarray, keep: np.ndarray | None,
+                 labels: Labels, centroids: np.ndarray | None) -> dict:
+    """Rows of stacked frames ``X`` (sum of ``lengths``, dim) -> examples: ragged masked ``x``, targets and
+    frame-cluster ids (nearest centroid in the full space)."""
+    from ray_ser.analysis.clusters import nearest
+
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    out = {"utt_id": np.array(ids, dtype=object), "condition": np.array(conditions, dtype=object),
+           "n_frames": lengths, **_targets(labels, ids)}
+    kept = X if keep is None else X[:, keep]
+    out["x"] = ragged([kept[bounds[i]:bounds[i + 1]] for i in range(len(ids))])
+    if centroids is not None:
+        cid = nearest(X, centroids).astype(np.int64)
+        out["frame_ids"] = ragged([cid[bounds[i]:bounds[i + 1]] for i in range(len(ids))])
+    return out
+
+
+def _frame_matrix(batch: pa.Table) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(utt_ids, frames stacked (sum of n_frames, dim) float16, n_frames) of stored rows; a row stored without
+    frames is an error naming it."""
+    frames = batch.column("frames").combine_chunks()
+    ids = batch.column("utt_id").to_pylist()
+    if frames.null_count:
+        bad = [u for u, ok in zip(ids, frames.is_valid().to_pylist()) if not ok]
+        raise ValueError(f"{bad[:3]}: stored without frames (extracted with --no-frames): train the MLP on pooled "
+                         "vectors or re-extract with frames")
+    lengths = frames.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = frames.flatten()
+    return ids, flat.flatten().to_numpy(zero_copy_only=False).reshape(-1, flat.type.list_size), lengths
+
+
+def to_examples(batch: pa.Table, keep: np.ndarray | None, labels: Labels, centroids: np.ndarray | None) -> dict:
+    """Ray Data map function: stored rows (utt_id, condition, frames) -> examples with the masked float16
+    frames as a ragged ``x``, the targets, and frame-cluster ids (nearest centroid in the full space)."""
+    ids, X, lengths = _frame_matrix(batch)
+    return _as_examples(ids, batch.column("condition").to_pylist(), X, lengths, keep, labels, centroids)
+
+
+def read_layers(batch: dict, uri: str, layers: Sequence[int], conditions: Sequence[str], keep: np.ndarray | None,
+                labels: Labels) -> dict:
+    """Ray Data map function over a batch of utt_ids: every (utterance, condition) row of ``layers`` read from
+    the Lance table at ``uri``, each frame the concatenation of its layers' vectors in ``layers`` order."""
+    import lance
+
+    ids = [str(u) for u in batch["utt_id"]]
+    t = lance.dataset(uri).to_table(columns=["utt_id", "condition", "layer", "frames"],
+                                    filter=catalog.where(layer=[int(l) for l in layers], condition=list(conditions),
+                                                         utt_id=ids))
+    t = t.sort_by([("utt_id", "ascending"), ("condition", "ascending")])
+    per_layer = []
+    for layer in layers:
+        part = t.filter(pc.equal(t.column("layer"), layer))
+        keys = list(zip(part.column("utt_id").to_pylist(), part.column("condition").to_pylist()))
+        per_layer.append((keys, *_frame_matrix(part)[1:]))
+    keys = per_layer[0][0]
+    for layer, (k, _, n) in zip(layers, per_layer):
+        if k != keys or not np.array_equal(n, per_layer[0][2]):
+            missing = sorted(set(keys) ^ set(k))[:3]
+            raise ValueError(f"layer {layer} of {uri} does not hold the same (utterance, condition) rows and frame "
+                             f"counts as layer {layers[0]}: e.g. {missing or 'frame counts differ'}")
+    X = np.hstack([x for _, x, _ in per_layer])
+    return _as_examples([u for u, _ in keys], [c for _, c in keys], X, per_layer[0][2], keep, labels, None)
+
+
+def input_layers(layer: int | Sequence[int]) -> list[int]:
+    """A layer or a list of layers as a list (several layers are concatenated per frame)."""
+    return [int(layer)] if isinstance(layer, (int, np.integer)) else [int(l) for l in layer]
+
+
+def frames_dataset(store: str | Store, model: str, layer: int | Sequence[int], utt_ids: Sequence[str], labels: Labels,
+                   conditions: Sequence[str] = ("clean",), mask: np.ndarray | None = None,
+                   centroids: np.ndarray | None = None, batch_rows: int = 64):
+    """A Ray Dataset of one model x layer(s) x conditions x utterance set: rows ``utt_id``, ``condition``,
+    ``n_frames``, ``x`` (n_frames, kept dims) float16, ``label_index``, ``pdf``, ``dims`` (A/V/D, NaN when
+    absent), ``domain`` and, with ``centroids`` (k, dim), ``frame_ids``. ``mask`` (bool over the layer's
+    dims) keeps the saliency-selected dimensions.
+
+    Several layers (a list) give each frame the concatenation of their vectors (``mask`` then spans the
+    concatenated dims); lance-ray's scan returns one layer's rows in storage order, so that path reads by key
+    instead: the utt_ids in batches of ``batch_rows``, each batch's rows of every layer in one filtered read."""
+    import lance_ray
+    import ray
+
+    if os.environ.get(READ_LOG_ENV):
+        with open(os.environ[READ_LOG_ENV], "a") as fh:
+            fh.write("".join(f"{u}\n" for u in utt_ids))
+    store = as_store(store)
+    uri = store.embeddings(model).to_lance().uri
+    keep = None if mask is None else np.flatnonzero(np.asarray(mask, bool))
+    layers = input_layers(layer)
+    if len(layers) > 1:
+        if centroids is not None:
+            raise ValueError(f"frame-cluster ids come from one layer's k-means: train on one layer, not {layers}, "
+                             "or turn the cluster head off")
+        keys = ray.data.from_items([{"utt_id": u} for u in sorted(set(utt_ids))],
+                                   override_num_blocks=max(1, min(64, -(-len(set(utt_ids)) // batch_rows))))
+        return keys.map_batches(read_layers, fn_kwargs={"uri": uri, "layers": layers, "conditions": list(conditions),
+                                                        "keep": keep, "labels": labels},
+                                batch_format="numpy", batch_size=batch_rows)
+    where = catalog.where(layer=layers[0], condition=list(conditions), utt_id=list(utt_ids))
+    ds = lance_ray.read_lance(uri, columns=["utt_id", "condition", "frames"], filter=where)
+    return ds.map_batches(to_examples, fn_kwargs={"keep": keep, "labels": labels, "centroids": centroids},
+                          batch_format="pyarrow", batch_size=batch_rows)
+
+
+def frame_stats(store: str | Store, model: str, layer: int | Sequence[int], utt_ids: Sequence[str],
+                conditions: Sequence[str] = ("clean",), keep: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and standard deviation over every frame of ``utt_ids``, exactly, from the stored pooled
+    rows (frame mean, frame std and frame count per utterance), so a fold's scaler reads no frame matrix; pass a
+    fold's inner training utterances only (a scaler is fitted on training speakers, like everything else).
+    Several layers: their statistics concatenated in order, as :func:`frames_dataset` concatenates frames."""
+    table = as_store(store).embeddings(model).to_lance()
+    means, stds = [], []
+    for one in input_layers(layer):
+        t = table.to_table(
+            columns=["n_frames", "mean", "std"],
+            filter=catalog.where(layer=one, condition=list(conditions), utt_id=list(utt_ids)))
+        if t.num_rows == 0:
+            raise ValueError(f"no rows of {model} layer {one} for the {len(utt_ids)} training utterances")
+        n = t.column("n_frames").to_numpy().astype(np.float64)[:, None]
+        dim = t.schema.field("mean").type.list_size
+        mu = t.column("mean").combine_chunks().flatten().to_numpy().reshape(-1, dim).astype(np.float64)
+        sd = t.column("std").combine_chunks().flatten().to_numpy().reshape(-1, dim).astype(np.float64)
+        mean = (n * mu).sum(0) / n.sum()
+        var = (n * (sd ** 2 + mu ** 2)).sum(0) / n.sum() - mean ** 2
+        means.append(mean)
+        stds.append(np.sqrt(np.clip(var, 1e-10, None)))
+    mean, std = np.concatenate(means), np.concatenate(stds)
+    if keep is not None:
+        mean, std = mean[list(keep)], std[list(keep)]
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+# ---- batches --------------------------------------------------------------------------------------
+def collate(batch: dict[str, np.ndarray], device=None) -> dict:
+    """Pad a batch of examples to its longest utterance: ``x`` (B, T, D) float32 zeros after each end,
+    ``lengths`` (B,), ``frame_ids`` padded with IGNORE; targets as tensors; ``dims_mask`` marks present A/V/D."""
+    import torch
+
+    xs = batch["x"]
+    if isinstance(xs, np.ndarray) and xs.dtype != object and xs.ndim == 3:  # equal lengths: no padding
+        x, fresh = torch.from_numpy(np.ascontiguousarray(xs)), False
+        T = x.shape[1]
+        lengths = np.full(len(x), T, np.int64)
+    else:  # padded in the stored dtype (a float16 copy is a memcpy; numpy's cast to float32 is not)
+        xs = list(xs)
+        lengths = np.array([len(a) for a in xs], np.int64)
+        T, D = int(lengths.max()), xs[0].shape[1]
+        dtypes = {a.dtype for a in xs}
+        buf = np.zeros((len(xs), T, D), dtypes.pop() if len(dtypes) == 1 else np.float32)
+        for i, a in enumerate(xs):
+            buf[i, :len(a)] = a
+        x, fresh = torch.from_numpy(buf), True
+    x = _as_float32(x, device, fresh)
+    dims = np.asarray(batch["dims"], np.float32).reshape(len(xs), -1)
+    out = {"x": x, "lengths": torch.from_numpy(lengths),
+           "pdf": torch.from_numpy(np.stack(batch["pdf"]).astype(np.float32)),
+           "label_index": torch.from_numpy(np.array(batch["label_index"], np.int64)),
+           "dims": torch.from_numpy(np.nan_to_num(dims)), "dims_mask": torch.from_numpy(~np.isnan(dims)),
+           "domain": torch.from_numpy(np.array(batch["domain"], np.int64))}
+    if "frame_ids" in batch:
+        ids = np.full((len(xs), T), IGNORE, np.int64)
+        for i, a in enumerate(batch["frame_ids"]):
+            ids[i, :len(a)] = a
+        out["frame_ids"] = torch.from_numpy(ids)
+    if device is not None:
+        out = {k: v.to(device) for k, v in out.items()}
+    return out
+
+
+def _as_float32(x, device, fresh: bool):
+    """Frames as float32 on ``device``: a GPU gets the stored float16 and casts it there (half the bytes over the
+    bus, no host cast); on the CPU torch casts (about twice numpy's speed). Never a view of the cached rows
+    unless ``fresh`` (the tensor is the collate's own buffer)."""
+    import torch
+
+    if device is not None and torch.device(device).type != "cpu":
+        return x.to(device).float()
+    if x.dtype != torch.float32:
+        return x.float()
+    return x if fresh else x.clone()
+
+
+def pick_condition(utt_id: str, epoch: int, seed: int, conditions: Sequence[str]) -> str:
+    """The condition an utterance is trained on in ``epoch`` (multi-condition training): a fixed function of
+    (utterance, epoch, seed), so every worker and a resumed run draw the same copy."""
+    return conditions[zlib.crc32(f"{seed}|{epoch}|{utt_id}".encode()) % len(conditions)]
+
+
+def _take(batch: dict, idx: np.ndarray) -> dict:
+    return {k: v[idx] for k, v in batch.items()}
+
+
+def _concat(parts: list[dict]) -> dict:
+    if len(parts) == 1:
+        return parts[0]
+    out = {}
+    for k in parts[0]:
+        vs = [p[k] for p in parts]
+        if any(v.dtype == object for v in vs) or len({v.shape[1:] for v in vs}) > 1:  # ragged: an object array
+            out[k] = ragged([a for v in vs for a in v])
+        else:
+            out[k] = np.concatenate(vs)
+    return out
+
+
+def window_shuffled(chunks: Iterator[dict], rng: np.random.Generator) -> Iterator[dict]:
+    """Rows of consecutive chunks mixed in numpy: the first chunk is held back; each later one is pooled with
+    the rows held, the pool permuted, a chunk's worth yielded and the rest held, so a row can travel any
+    distance; every row comes out once, in an order fixed by ``rng``. (Ray Data's local shuffle buffer does the
+    same with Arrow takes per batch, which cost more than the rest of an epoch's reading.)"""
+    held: dict | None = None
+    size = 0
+    for chunk in chunks:
+        n_new = len(chunk["utt_id"])
+        if n_new == 0:
+            continue
+        size = max(size, n_new)
+        if held is None:
+            held = chunk
+            continue
+        pool = _concat([held, chunk])
+        order = rng.permutation(len(pool["utt_id"]))
+        yield _take(pool, order[:n_new])
+        held = _take(pool, order[n_new:])
+    if held is not None:
+        order = rng.permutation(len(held["utt_id"]))
+        for s in range(0, len(order), size):
+            yield _take(held, order[s:s + size])
+
+
+def _nbytes(chunk: dict) -> int:
+    n = 0
+    for v in chunk.values():
+        n += sum(getattr(a, "nbytes", 0) for a in v) if v.dtype == object else v.nbytes
+    return n
+
+
+def _as_row_views(rows: dict) -> dict:
+    """Equal-length frames ``x`` (n, T, D) as an object array of per-row views, so shuffling and bucketing move
+    pointers, not frames; the collate copies each row once."""
+    x = rows.get("x")
+    if x is None or x.dtype == object:
+        return rows
+    return {**rows, "x": ragged(x)}
+
+
+def mean_frames(chunk: dict) -> dict:
+    """Rows with ``x`` replaced by each row's mean frame, shape (1, D), float32 (computed in float64 from the
+    stored frames); ``n_frames`` keeps the real length, so length bucketing is unchanged."""
+    return {**chunk, "x": ragged([np.asarray(a).mean(0, dtype=np.float64, keepdims=True).astype(np.float32)
+                                  for a in chunk["x"]])}
+
+
+class ShardCache:
+    """A worker's shard kept in memory after its first full read, when it fits in ``max_bytes``: later epochs
+    draw their rows from it in numpy instead of re-reading through Ray Data, whose fixed per-epoch cost (iterator
+    and executor set-up) exceeds a small fold's whole read. A shard larger than the budget is streamed every
+    epoch, shuffled in a window (:func:`window_shuffled`). With ``mean_frames`` each row keeps only its mean frame
+    (:func:`mean_frames`), for a model that sees nothing else: the same inputs for ~T times less memory and
+    collate work per epoch."""
+
+    def __init__(self, max_bytes: int, mean_frames: bool = False):
+        self.max_bytes = int(max_bytes)
+        self.mean_frames = mean_frames
+        self.rows: dict | None = None
+        self.streaming = self.max_bytes <= 0
+
+    def _read(self, source, chunk_rows: int) -> Iterator[dict]:
+        chunks = source.iter_batches(batch_size=chunk_rows, batch_format="numpy")
+        return (mean_frames(c) for c in chunks) if self.mean_frames else chunks
+
+    def chunks(self, source, chunk_rows: int, rng: np.random.Generator | None = None,
+               only: frozenset | None = None) -> Iterator[dict]:
+        """The shard's rows in chunks of ``chunk_rows``: all rows permuted by ``rng`` (in stored order when None);
+        ``only``: just the rows of these utt_ids (one cache then serves every inner fold). The first call reads
+        ``source`` once, whole, before yielding, so an epoch's order never depends on whether the cache was warm
+        (a resumed run draws the same batches as an uninterrupted one)."""
+        stream = None
+        if self.streaming:
+            stream = self._read(source, chunk_rows)
+        elif self.rows is None:
+            parts, size = [], 0
+            it = self._read(source, chunk_rows)
+            for chunk in it:
+                parts.append(chunk)
+                size += _nbytes(chunk)
+                if size > self.max_bytes:  # too big to hold: stream this epoch and every later one
+                    self.streaming = True
+                    stream = itertools.chain(parts, it)
+                    break
+            else:
+                self.rows = _as_row_views(_concat(parts)) if parts else {}
+        if stream is not None:
+            if only is not None:
+                stream = (part for part in (_take(c, _in(c["utt_id"], only)) for c in stream) if len(part["utt_id"]))
+            yield from (stream if rng is None else window_shuffled(stream, rng))
+            return
+        ids = self.rows.get("utt_id", ())
+        rows = np.arange(len(ids)) if only is None else _in(ids, only)
+        order = rows if rng is None else rows[rng.permutation(len(rows))]
+        for start in range(0, len(order), chunk_rows):
+            yield _take(self.rows, order[start:start + chunk_rows])
+
+
+class InMemorySource:
+    """Example rows already in memory (the columns of a fold's dataset: ragged ``x``, targets, ...) behind the one
+    method the trainer reads a source through, so a fold can be fitted without Ray Data: on a machine without Ray
+    (a GPU box), in a notebook, in benchmarks that compare against the store."""
+
+    def __init__(self, rows: dict[str, np.ndarray]):
+        n = {len(v) for v in rows.values()}
+        if len(n) != 1:
+            raise ValueError(f"InMemorySource: columns of different lengths {sorted(n)}")
+        self.rows = rows
+
+    @classmethod
+    def from_records(cls, records: list[dict]) -> "InMemorySource":
+        """Rows as dicts (e.g. ``Dataset.take_all()``): the per-frame columns (``x``, ``frame_ids``) become ragged
+        object columns, the rest are stacked."""
+        rows = {}
+        for k in records[0]:
+            values = [r[k] for r in records]
+            rows[k] = ragged(values) if k in ("x", "frame_ids") else np.asarray(values)
+        return cls(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows["utt_id"])
+
+    def iter_batches(self, batch_size: int, batch_format: str = "numpy", **_) -> Iterator[dict]:
+        for start in range(0, len(self), batch_size):
+            yield _take(self.rows, np.arange(start, min(start + batch_size, len(self))))
+
+
+def _in(utt_ids, keep: frozenset) -> np.ndarray:
+    """Positions of the ``utt_ids`` that are in ``keep``."""
+    return np.flatnonzero([u in keep for u in utt_ids])
+
+
+def bucketed(chunks: Iterator[dict], batch_size: int, rng: np.random.Generator, epoch: int | None = None,
+             seed: int = 0, conditions: Sequence[str] | None = None) -> Iterator[dict]:
+    """Length-bucketed batches: each incoming chunk (several batches' worth of shuffled rows) is sorted by
+    length and cut into ``batch_size`` batches, yielded in random order, so little of a batch is padding.
+    With ``conditions`` (multi-condition training) only each utterance's copy for ``epoch`` is kept."""
+    for chunk in chunks:
+        if conditions is not None and len(conditions) > 1:
+            keep = np.array([c == pick_condition(u, epoch or 0, seed, conditions)
+                             for u, c in zip(chunk["utt_id"], chunk["condition"])])
+            chunk = _take(chunk, np.flatnonzero(keep))
+        n = len(chunk["utt_id"])
+        if n == 0:
+            continue
+        order = np.argsort(chunk["n_frames"], kind="stable")
+        parts = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        for j in rng.permutation(len(parts)):
+            yield _take(chunk, parts[j])

@@ -1,0 +1,164 @@
+"""Store bookkeeping without Ray: manifests that update, duplicate and partial keys, compaction grace, runs columns."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import lance
+import numpy as np
+import pyarrow as pa
+import pytest
+from racing import race
+
+from ray_ser.corpora import Manifest, Utterance
+from ray_ser.store.core import META_KEY, RUNS_SCHEMA, Store, embedding_schema
+from ray_ser.store.names import table_name
+
+CATS = ["angry", "happy", "neutral"]
+
+
+def manifest(corpus: str = "toy", n: int = 3, label: str = "happy", cats=CATS) -> Manifest:
+    return Manifest.from_utterances(
+        [Utterance(utt_id=f"{corpus}/u{i}", path=f"/a/{i}.wav", speaker=f"{corpus}/s{i % 2}", corpus=corpus,
+                   label=label, pdf=[1.0 if c == label else 0.0 for c in cats]) for i in range(n)], cats)
+
+
+def test_manifest_rows_update_on_a_changed_manifest(tmp_path):
+    store = Store(str(tmp_path))
+    assert store.put_manifest(manifest()) == (3, 0)
+    assert store.put_manifest(manifest()) == (0, 0)  # unchanged: nothing rewritten
+    relabelled = manifest(n=4, label="angry")  # corrected labels for u0..u2 and a new u3
+    assert store.put_manifest(relabelled) == (1, 3)
+    back = store.manifest("toy")
+    assert back.categories == CATS and sorted(back.column("utt_id")) == [f"toy/u{i}" for i in range(4)]
+    assert set(back.column("label")) == {"angry"}
+    assert all(p == pytest.approx([1.0, 0.0, 0.0]) for p in back.column("pdf"))
+
+
+def test_manifest_with_other_categories_is_refused(tmp_path):
+    store = Store(str(tmp_path))
+    store.put_manifest(manifest())
+    with pytest.raises(ValueError, match=r"manifest__toy .*categories \['angry', 'happy', 'neutral'\].*"
+                                         r"\['happy', 'angry', 'neutral'\]"):
+        store.put_manifest(manifest(cats=["happy", "angry", "neutral"]))
+    assert store.manifest("toy").column("label") == ["happy"] * 3
+
+
+def test_multi_corpus_manifest_names_are_safe(tmp_path):
+    both = Manifest(pa.concat_tables([manifest("emodb").table, manifest("ravdess").table]), CATS)
+    assert both.corpus == "emodb+ravdess"
+    store = Store(str(tmp_path))
+    store.put_manifest(both)
+    assert table_name("emodb+ravdess", "manifest") == "manifest__emodb_ravdess" and store.has("manifest__emodb_ravdess")
+    assert len(store.manifest("emodb+ravdess")) == 6 and store.manifests().num_rows == 6
+
+
+def rows(keys, layers=3, dim=4) -> pa.Table:
+    """Embedding rows for (utt_id, condition, layer) triples."""
+    n = len(keys)
+    schema = embedding_schema(dim).remove_metadata()
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(n * dim, np.float32)), dim)
+    return pa.table({
+        "utt_id": [k[0] for k in keys], "condition": [k[1] for k in keys], "layer": pa.array([k[2] for k in keys], pa.int16()),
+        "n_frames": pa.array([5] * n, pa.int32()), "duration": pa.array([1.0] * n, pa.float32()),
+        "snr_db": pa.nulls(n, pa.float32()), "rt60": pa.nulls(n, pa.float32()), "mean": vec, "std": vec,
+        "frames": pa.nulls(n, schema.field("frames").type),
+    }).cast(pa.schema([schema.field(c) for c in ("utt_id", "condition", "layer", "n_frames", "duration", "snr_db",
+                                                  "rt60", "mean", "std", "frames")]))
+
+
+def test_scan_keys_finds_complete_partial_and_exact_duplicates(tmp_path):
+    store = Store(str(tmp_path))
+    table = store.embeddings("m", dim=4, meta={})
+    full = [(u, "clean", layer) for u in ("a", "b", "c") for layer in range(3)]
+    table.add(rows(full))
+    table.add(rows([("b", "clean", layer) for layer in range(3)]))  # b twice: two runs wrote it
+    table.add(rows([("c", "clean", 1)]))  # c's layer 1 twice
+    table.add(rows([("d", "clean", 0), ("d", "clean", 1)]))  # d cut short by a crash
+    scan = store.scan_keys("m", num_layers=3)
+    assert scan.complete == {("a", "clean"), ("b", "clean"), ("c", "clean")} and scan.partial == {("d", "clean")}
+    assert len(scan.duplicates) == 4
+    assert store.delete_rows(table, scan.duplicates) == 4
+    left = table.to_arrow()
+    keys = list(zip(*(left.column(k).to_pylist() for k in ("utt_id", "condition", "layer"))))
+    assert sorted(keys) == sorted(full + [("d", "clean", 0), ("d", "clean", 1)])  # each layer exactly once
+    assert store.scan_keys("m", 3).duplicates == [] and store.keys("m", 3)[1] == {("d", "clean")}
+
+
+@pytest.mark.parametrize(("keep", "old_reader_survives"), [(None, True), (timedelta(0), False)])
+def test_compaction_keeps_superseded_files_for_readers(tmp_path, keep, old_reader_survives):
+    store = Store(str(tmp_path))
+    table = store.embeddings("m", dim=4, meta={})
+    for u in "abcde":
+        table.add(rows([(u, "clean", layer) for layer in range(3)]))
+    reader = lance.dataset(table.to_lance().uri)  # a reader that opened the table before compaction
+    Store.compact(table, keep)  # default: the one-hour grace
+    assert len(table.to_lance().get_fragments()) == 1
+    if old_reader_survives:
+        assert reader.to_table(columns=["utt_id"]).num_rows == 15
+    else:
+        with pytest.raises(Exception, match="Not found"):
+            reader.to_table(columns=["utt_id"])
+
+
+def test_runs_table_of_an_older_store_gets_the_new_columns(tmp_path):
+    store = Store(str(tmp_path))
+    old_schema = pa.schema([f for f in RUNS_SCHEMA if f.name not in ("done_before", "failed_before",
+                                                                   "manifest_errors", "duplicates_removed")])
+    store.db.create_table("runs", schema=old_schema).add(pa.table({
+        "run_id": ["r0"], "model": ["m"], "table": ["emb__m"], "corpus": ["toy"], "started": [0.0], "finished": [1.0],
+        "options": ["{}"], "extracted": [1], "errors": [0], "skipped": [0]}, schema=old_schema))
+    runs = store.runs()
+    assert runs.schema.names == RUNS_SCHEMA.names
+    assert runs.to_arrow().column("failed_before").to_pylist() == [None]
+
+
+def test_extraction_meta_can_be_extended(tmp_path):
+    store = Store(str(tmp_path))
+    assert store.extraction_meta("m") == {}
+    store.embeddings("m", dim=4, meta={"options": {"seed": 0}})
+    store.update_extraction_meta("m", {"options": {"seed": 0}, "conditions": {"clean": {}}})
+    assert store.extraction_meta("m")["conditions"] == {"clean": {}}
+    assert json.loads(store.open("emb__m").schema.metadata[META_KEY])["options"] == {"seed": 0}
+
+
+WRITER = """
+import pyarrow as pa
+from ray_ser.store.core import Store
+Store(store_path).open_or_create("runs_like", pa.schema([("who", pa.string())])).add(pa.table({"who": [me]}))
+"""
+
+
+def test_writers_that_create_a_table_at_once_lose_no_row(tmp_path):
+    """Six processes open-or-create the same new table and append a row at once: a create that lost the race
+    must not become an Overwrite that drops the rows appended before it (LanceDB's create_table would)."""
+    for trial in range(3):
+        race(tmp_path / f"t{trial}", WRITER, 6)
+        rows = Store(str(tmp_path / f"t{trial}" / "store")).open("runs_like").to_arrow().column("who").to_pylist()
+        assert sorted(rows) == [f"p{i}" for i in range(6)], f"trial {trial}"
+
+
+def test_create_exclusive_creates_once_and_keeps_what_is_there(tmp_path):
+    store = Store(str(tmp_path))
+    schema = embedding_schema(2, {"weights_hash": "abc"})
+    assert store.create_exclusive("emb__m", schema)
+    assert store.extraction_meta("m") == {"weights_hash": "abc"}  # schema metadata kept
+    row = {"utt_id": "u", "condition": "clean", "layer": 0, "n_frames": 1, "duration": 1.0, "snr_db": None,
+           "rt60": None, "mean": [1.0, 2.0], "std": [0.0, 0.0], "frames": [[1.0, 2.0]], "aug_params": None}
+    store.open("emb__m").add(pa.Table.from_pylist([row], schema=schema))
+    assert not store.create_exclusive("emb__m", schema)
+    assert not store.create_exclusive("emb__m", schema, pa.Table.from_pylist([row, row], schema=schema))
+    assert store.open("emb__m").count_rows() == 1
+    with pytest.raises(Exception):  # neither created nor openable: the real reason, not a False
+        Store(str(tmp_path / "f")).create_exclusive("x", schema, pa.table({"nope": [1]}))
+
+
+def test_a_table_folder_before_its_first_commit_is_no_table(tmp_path):
+    """What a racing writer sees while another creates the table: data files, no manifest yet."""
+    store = Store(str(tmp_path))
+    schema = pa.schema([("who", pa.string())])
+    lance.fragment.write_fragments(pa.table({"who": ["a"]}), store.table_uri("t"), schema=schema)
+    assert "t" in store.names() and not store.has("t")
+    assert store.open_or_create("t", schema).count_rows() == 0  # created over the uncommitted files
+    assert store.has("t")

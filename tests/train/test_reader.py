@@ -1,0 +1,135 @@
+"""The training reader's in-memory steps: the numpy window shuffle, the shard cache, length buckets and the collate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ray_ser.train.reader import (
+    InMemorySource,
+    ShardCache,
+    _concat,
+    bucketed,
+    collate,
+    window_shuffled,
+)
+
+
+def chunks(n: int = 100, size: int = 16, ragged: bool = False):
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 9, n) if ragged else np.full(n, 5)
+    for s in range(0, n, size):
+        idx = np.arange(s, min(n, s + size))
+        x = [np.full((lengths[i], 2), i, np.float16) for i in idx]
+        xs = np.empty(len(x), dtype=object)
+        xs[:] = x
+        yield {"utt_id": np.array([f"u{i:03d}" for i in idx]), "n_frames": lengths[idx],
+               "x": xs if ragged else np.stack(x), "label_index": idx % 3}
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_window_shuffle_yields_every_row_once_in_a_seeded_order(ragged):
+    out = list(window_shuffled(chunks(ragged=ragged), np.random.default_rng(1)))
+    ids = [u for c in out for u in c["utt_id"]]
+    assert sorted(ids) == [f"u{i:03d}" for i in range(100)]
+    # rows stay whole: x, n_frames and label travel with their utt_id
+    for c in out:
+        for u, x, n, y in zip(c["utt_id"], c["x"], c["n_frames"], c["label_index"]):
+            i = int(u[1:])
+            assert x.shape[0] == n and float(x[0, 0]) == i and y == i % 3
+    again = [u for c in window_shuffled(chunks(ragged=ragged), np.random.default_rng(1)) for u in c["utt_id"]]
+    other = [u for c in window_shuffled(chunks(ragged=ragged), np.random.default_rng(2)) for u in c["utt_id"]]
+    assert again == ids and other != ids
+    # rows leave their chunk: every yielded chunk mixes rows read in different chunks
+    assert [len(c["utt_id"]) for c in out] == [16] * 5 + [4, 16]  # the held chunk comes last
+    assert all(len({int(u[1:]) // 16 for u in c["utt_id"]}) > 1 for c in out)
+
+
+def test_buckets_are_full_batches_of_similar_length():
+    batches = list(bucketed(window_shuffled(chunks(ragged=True), np.random.default_rng(0)), 4, np.random.default_rng(0)))
+    assert sum(len(b["utt_id"]) for b in batches) == 100
+    spread = [int(np.ptp(b["n_frames"])) for b in batches]
+    assert np.mean(spread) <= 2
+
+
+def test_collate_equal_lengths_matches_the_padding_path():
+    fixed = next(chunks())
+    ragged = dict(fixed)
+    xs = np.empty(len(fixed["x"]), dtype=object)
+    xs[:] = list(fixed["x"])
+    ragged["x"] = xs
+    common = {"pdf": np.full((16, 3), 1 / 3), "dims": np.full((16, 3), np.nan), "domain": np.zeros(16, int)}
+    a = collate({**fixed, **common})
+    b = collate({**ragged, **common})
+    assert a["x"].dtype == b["x"].dtype and a["x"].shape == (16, 5, 2)
+    assert (a["x"] == b["x"]).all() and (a["lengths"] == b["lengths"]).all() and (a["lengths"] == 5).all()
+    r = collate({**next(chunks(ragged=True)), **common})
+    assert r["x"].shape[1] == int(r["lengths"].max()) and float(r["x"][0, int(r["lengths"][0]):].abs().sum()) == 0
+
+
+def test_collate_casts_mixed_dtypes_and_never_returns_a_view_of_the_rows():
+    common = {"pdf": np.full((2, 3), 1 / 3), "dims": np.full((2, 3), np.nan), "domain": np.zeros(2, int),
+              "label_index": np.zeros(2, int)}
+    rows = np.empty(2, dtype=object)
+    rows[:] = [np.full((3, 2), 0.1, np.float32), np.full((2, 2), 0.5, np.float16)]
+    x = collate({"x": rows, **common})["x"]
+    assert x.dtype.is_floating_point and x.dtype.itemsize == 4
+    np.testing.assert_array_equal(x[0].numpy(), np.full((3, 2), 0.1, np.float32))  # float32 rows are not rounded
+    assert x[1, 2].abs().sum() == 0 and float(x[1, 0, 0]) == 0.5
+    same = np.zeros((2, 3, 2), np.float32)
+    collate({"x": same, **common})["x"][:] = 7.0
+    assert not same.any()  # a cached float32 batch is copied, not handed out
+
+
+def test_in_memory_source_reads_back_its_records_in_order():
+    records = [{"utt_id": f"u{i}", "x": np.full((i + 1, 2), i, np.float16), "label_index": i} for i in range(5)]
+    src = InMemorySource.from_records(records)
+    assert len(src) == 5 and src.rows["x"].dtype == object
+    batches = list(src.iter_batches(2))
+    assert [list(b["utt_id"]) for b in batches] == [["u0", "u1"], ["u2", "u3"], ["u4"]]
+    cached = next(ShardCache(1 << 20).chunks(src, 5))
+    assert [len(a) for a in cached["x"]] == [1, 2, 3, 4, 5] and list(cached["label_index"]) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="different lengths"):
+        InMemorySource({"utt_id": np.array(["a", "b"]), "label_index": np.zeros(3)})
+
+
+class CountingSource:
+    """iter_batches over fixed chunks, counting full reads (a stand-in for a Ray DataIterator)."""
+
+    def __init__(self, ragged: bool = True):
+        self.reads = 0
+        self.ragged = ragged
+
+    def iter_batches(self, batch_size: int, batch_format: str = "numpy"):
+        self.reads += 1
+        yield from chunks(100, batch_size, ragged=self.ragged)
+
+
+def test_shard_cache_reads_once_and_orders_like_a_cold_read():
+    from ray_ser.train.reader import ShardCache
+
+    src = CountingSource()
+    warm = ShardCache(10 ** 9)
+    ids = lambda cache, seed: [u for c in cache.chunks(src, 16, np.random.default_rng(seed)) for u in c["utt_id"]]  # noqa: E731
+    first = ids(warm, 0)
+    assert sorted(first) == sorted(f"u{i:03d}" for i in range(100))
+    again = [ids(warm, e) for e in (1, 2)]
+    assert src.reads == 1  # later epochs come from memory
+    cold = ShardCache(10 ** 9)  # a resumed run: its first epoch is a cold read
+    assert ids(cold, 2) == again[1] and again[0] != again[1]
+    ordered = [u for c in warm.chunks(src, 16) for u in c["utt_id"]]
+    assert ordered == [f"u{i:03d}" for i in range(100)]  # no rng: stored order (evaluation)
+    x = [c["x"] for c in warm.chunks(src, 100)][0]
+    ref = _concat(list(chunks(100, 16, ragged=True)))["x"]
+    assert all(np.array_equal(a, b) for a, b in zip(x, ref))
+
+
+def test_shard_cache_over_budget_streams_every_epoch():
+    from ray_ser.train.reader import ShardCache
+
+    src = CountingSource()
+    cache = ShardCache(1000)  # smaller than two chunks
+    for epoch in range(3):
+        got = [u for c in cache.chunks(src, 16, np.random.default_rng(epoch)) for u in c["utt_id"]]
+        assert sorted(got) == sorted(f"u{i:03d}" for i in range(100))
+    assert src.reads == 3 and cache.rows is None and cache.streaming

@@ -1,0 +1,110 @@
+"""Tune search on a tiny synthetic store: trials table, TensorBoard files, best config into the train job,
+resume after a kill, and no read of an outer test speaker (the reader logs what it is asked for)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from ray_ser.train.loop import TrainConfig, resolve_assignment
+from ray_ser.train.reader import READ_LOG_ENV
+
+ROOT = Path(__file__).resolve().parents[2]
+CONTRACT = ["trial_id", "layer", "keep_ratio", "n_clusters", "adv_weight", "lr", "pooling", "target", "val_uar",
+            "epochs", "status", "seconds"]
+
+
+def tune_args(store: str, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "jobs" / "tune.py"), "--store", store, "--model", "tiny", "--out", str(out),
+            "--num-samples", "4", "--max-epochs", "2", "--grace-period", "1", "--held-out-folds", "0,1",
+            "--search-folds", "2",
+            "--batch-size", "8", "--seed", "3", *extra]
+
+
+def run_job(args: list[str], env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done
+
+
+def test_search_writes_trials_tensorboard_and_a_config_the_train_job_takes(synth_store, tmp_path):
+    out = tmp_path / "search"
+    log = tmp_path / "reads.txt"
+    env = {**os.environ, READ_LOG_ENV: str(log), "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    run_job(tune_args(synth_store, out), env)
+    trials = pl.read_parquet(out / "trials.parquet")
+    assert trials.height == 4 and set(CONTRACT) <= set(trials.columns)
+    assert trials["val_uar"].null_count() == 0 and trials["status"].to_list() == ["TERMINATED"] * 4
+    assert set(trials["layer"].to_list()) <= {0, 1, 2}
+    assert trials["val_uar"].to_list() == sorted(trials["val_uar"].to_list(), reverse=True)
+    events = list((out / "search").rglob("events.out.tfevents.*"))
+    assert len(events) >= 4  # one per trial
+    # the search never read a speaker of the held-out folds, on which the chosen config is then scored
+    a = resolve_assignment(TrainConfig(store=synth_store, model="tiny"))
+    read = set(log.read_text().split())
+    assert read and not read & set(a.test_utts(0) + a.test_utts(1))
+    search = json.loads((out / "search.json").read_text())
+    assert search["held_out_folds"] == [0, 1]
+    # the layer prior (pool speakers only) orders every layer; the first trial starts at its best layer with
+    # the base configuration's other values
+    prior = search["layer_prior"]
+    assert sorted(prior["layer_order"]) == [0, 1, 2] and prior["layers_searched"] == prior["layer_order"][:3]
+    base = TrainConfig(store=synth_store, model="tiny")
+    first = trials.filter((pl.col("layer") == prior["layer_order"][0]) & (pl.col("keep_ratio") == 1.0)
+                          & (pl.col("adv_weight") == 0.0) & pl.col("n_clusters").is_null()
+                          & (pl.col("pooling") == base.pooling) & (pl.col("lr") - base.lr).abs().lt(1e-12))
+    assert first.height == 1
+    # best_config.json is a TrainConfig the train job takes as is
+    best = json.loads((out / "best_config.json").read_text())
+    cfg = TrainConfig(**best)
+    top = trials.row(0, named=True)
+    assert (cfg.layer, cfg.keep_ratio, cfg.pooling, cfg.target) == (top["layer"], top["keep_ratio"], top["pooling"], top["target"])
+    assert cfg.n_clusters == (top["n_clusters"] or 0)
+    train = run_job([sys.executable, str(ROOT / "jobs" / "train.py"), "--config", str(out / "best_config.json"),
+                     "--out", str(tmp_path / "train"), "--folds", "1", "--epochs", "1", "--cpus-per-worker", "0.5"], env)
+    assert "fold 1 test UAR" in train.stdout
+    saved = json.loads(next((tmp_path / "train").glob("fold_1/best/config.json")).read_text())["train"]
+    flags = ("epochs", "cpus_per_worker")  # the flags given on top of --config win
+    assert {k: v for k, v in saved.items() if k not in flags} == {k: v for k, v in cfg.model_dump().items() if k not in flags}
+    assert (saved["epochs"], saved["cpus_per_worker"]) == (1, 0.5)
+
+
+def test_killed_search_resumes_with_all_trials(synth_store, tmp_path):
+    out = tmp_path / "search"
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    args = tune_args(synth_store, out, "--max-concurrent", "1")
+    proc = subprocess.Popen(args, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+
+    def finished() -> int:
+        n = 0
+        for result in (out / "search").glob("*/result.json"):
+            lines = [json.loads(x) for x in result.read_text().splitlines() if x.strip()]
+            n += any(r.get("done") or r.get("training_iteration", 0) >= 2 for r in lines)
+        return n
+
+    while time.time() < deadline and finished() < 1 and proc.poll() is None:
+        time.sleep(2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert finished() >= 1 and not (out / "trials.parquet").exists()
+    run_job(args + ["--resume"], env)
+    trials = pl.read_parquet(out / "trials.parquet")
+    assert trials.height == 4 and trials["val_uar"].null_count() == 0
+
+
+def test_a_trials_searched_layer_replaces_the_base_layer_list():
+    from ray_ser.train.tune import trial_config
+
+    base = TrainConfig(store="s", layers=[2, 3, 4], arch="mlp", n_clusters=0).model_dump()
+    cfg = trial_config(base, {"layer": 1, "keep_ratio": 0.8, "n_clusters": 50})
+    assert (cfg.layer, cfg.layers, cfg.keep_ratio, cfg.n_clusters) == (1, [], 0.8, 0)  # an MLP takes no cluster head
+    assert trial_config(base, {"keep_ratio": 0.8}).layers == [2, 3, 4]
