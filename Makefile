@@ -4,10 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The CPU build of torch that lies on this machine's disk; on a CUDA machine run `make TORCH= demo` to keep yours.
 TORCH ?= torch==2.13.0
-STORE ?= store
+CONFIG ?= configs/emodb.yaml
+STORE ?=
 DATA_ROOT ?=
 PYTEST_ARGS ?=
-ARCH ?= mlp
 
 .PHONY: demo test install clean-store
 
@@ -20,13 +20,14 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 install: $(BIN)/.installed
 
-## Extract EmoDB with the embedded Whisper base (clean + 3 SNR bands), rank layers, cluster frames, train per fold, evaluate.
+## The demo config: EmoDB with the embedded Whisper base (clean + 3 SNR bands), rank layers, cluster frames, train
+## per fold, evaluate. `make demo CONFIG=configs/emodb-tcgru.yaml` trains the TC-GRU instead.
 demo: $(BIN)/.installed
-	$(BIN)/python jobs/pipeline.py --corpus emodb --model whisper-base --store $(STORE) --arch $(ARCH) $(if $(DATA_ROOT),--data-root $(DATA_ROOT))
+	$(BIN)/ray-ser run $(CONFIG) $(if $(STORE),--store $(STORE)) $(if $(DATA_ROOT),--data-root $(DATA_ROOT))
 
 ## The test suite (what .ci/run calls).
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean-store:
-	rm -rf $(STORE)
+	rm -rf $(or $(STORE),store)

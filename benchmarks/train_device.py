@@ -60,7 +60,7 @@ def main() -> None:
 
     import torch
 
-    from ray_ser.train.loop import TrainConfig
+    from ray_ser.train.config import TrainConfig
     from ray_ser.train.synthetic_fold import synthetic_fold
 
     if args.threads:

@@ -44,12 +44,8 @@ def main() -> None:
     args = p.parse_args()
 
     from ray_ser.runtime import init_ray
-    from ray_ser.train.loop import (
-        TrainConfig,
-        fold_datasets,
-        plan_fold,
-        resolve_assignment,
-    )
+    from ray_ser.train.config import TrainConfig
+    from ray_ser.train.plan import fold_datasets, plan_fold, resolve_assignment
     from ray_ser.train.reader import InMemorySource, ShardCache
 
     init_ray()

@@ -1,7 +1,7 @@
-"""`python jobs/evaluate.py` (what `ray job submit` runs): Evaluate a training run: out-of-fold batch predictions with Ray Data for every evaluation condition in the. The code is ray_ser.jobs.evaluate."""
+"""`python jobs/evaluate.py ...` (what `ray job submit` runs): `ray-ser evaluate ...`, code in ray_ser.jobs.evaluate."""
 import _bootstrap  # noqa: F401  (source checkout on sys.path)
 
-from ray_ser.jobs.evaluate import main
+from ray_ser.cli import job_entry
 
 if __name__ == "__main__":
-    main()
+    job_entry("evaluate")

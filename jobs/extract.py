@@ -1,7 +1,7 @@
-"""`python jobs/extract.py` (what `ray job submit` runs): Extract every layer of a speech model into the LanceDB store, clean and at each SNR. The code is ray_ser.jobs.extract."""
+"""`python jobs/extract.py ...` (what `ray job submit` runs): `ray-ser extract ...`, code in ray_ser.jobs.extract."""
 import _bootstrap  # noqa: F401  (source checkout on sys.path)
 
-from ray_ser.jobs.extract import main
+from ray_ser.cli import job_entry
 
 if __name__ == "__main__":
-    main()
+    job_entry("extract")

@@ -1,7 +1,7 @@
-"""`python jobs/pipeline.py` (what `ray job submit` runs): The whole pipeline on one corpus: manifest -> all-layer extraction -> saliency + probes -> frame clusters per. The code is ray_ser.jobs.pipeline."""
+"""`python jobs/pipeline.py --config FILE` (what `ray job submit` runs): `ray-ser run FILE`, code in ray_ser.jobs.pipeline."""
 import _bootstrap  # noqa: F401  (source checkout on sys.path)
 
-from ray_ser.jobs.pipeline import main
+from ray_ser.cli import job_entry
 
 if __name__ == "__main__":
-    main()
+    job_entry("run")

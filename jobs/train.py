@@ -1,7 +1,7 @@
-"""`python jobs/train.py` (what `ray job submit` runs): Train emotion models on the store with Ray Train: one run per outer fold, early-stopped on inner validation. The code is ray_ser.jobs.train."""
+"""`python jobs/train.py ...` (what `ray job submit` runs): `ray-ser train ...`, code in ray_ser.jobs.train."""
 import _bootstrap  # noqa: F401  (source checkout on sys.path)
 
-from ray_ser.jobs.train import main
+from ray_ser.cli import job_entry
 
 if __name__ == "__main__":
-    main()
+    job_entry("train")

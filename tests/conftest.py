@@ -76,3 +76,13 @@ def synth_store(tiny_model_dir, tmp_path_factory) -> str:
     df = ss.compute_saliency(uri, "tiny", "clean", folds="auto", mis=False, info=info)
     ss.write_saliency(uri, df, ss.layer_ranking(df), info["assignment"])
     return uri
+
+
+@pytest.fixture(autouse=True)
+def _console_reset():
+    """A job run in-process sets up the console (root handlers, quiet switches): undo it after each test."""
+    yield
+    from ray_ser import console
+
+    console.reset()
+    console.show_details(True)

@@ -29,7 +29,7 @@ class FoldPredictor:
     def __init__(self, checkpoint: str, store: str, threads: int = 1):
         import torch
 
-        from ray_ser.train.loop import load_fold_model
+        from ray_ser.train.checkpoints import load_fold_model
 
         torch.set_num_threads(max(1, threads))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -82,7 +82,7 @@ def predict_fold(store: str, checkpoint: str | Path, conditions: Sequence[str] |
                  batch_size: int = 32, num_gpus: float = 0.0, cpus: float = 1.0, fm=None) -> pl.DataFrame:
     """Predictions of one fold's checkpoint on its test speakers, for ``conditions`` (default: every
     evaluation condition of the store): utt_id, condition, fold, probs, pred_arousal/valence/dominance."""
-    from ray_ser.train.loop import load_fold_model
+    from ray_ser.train.checkpoints import load_fold_model
     from ray_ser.train.reader import frames_dataset, load_labels
 
     fm = fm or load_fold_model(checkpoint, store=store)  # the caller's already-loaded copy, when it has one
@@ -129,7 +129,8 @@ def predict_run(store: str, run_dir: str | Path, conditions: Sequence[str] | Non
     (fold, condition, test utterance) in the ``predictions.parquet`` layout."""
     import ray
 
-    from ray_ser.train.loop import fold_checkpoints, load_fold_model
+    from ray_ser import console
+    from ray_ser.train.checkpoints import fold_checkpoints, load_fold_model
 
     run_dir = Path(run_dir)
     checkpoints = fold_checkpoints(run_dir)
@@ -138,7 +139,9 @@ def predict_run(store: str, run_dir: str | Path, conditions: Sequence[str] | Non
     gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     parts, categories, config = [], None, None
     seen: dict[str, int] = {}
+    bar = console.progress(len(checkpoints), "predict folds", "fold")
     for fold, path in sorted(checkpoints.items()):
+        bar.set_postfix_str(f"fold {fold}")
         fm = load_fold_model(path, store=store)
         for u in fm.plan.test:
             if u in seen:
@@ -150,6 +153,8 @@ def predict_run(store: str, run_dir: str | Path, conditions: Sequence[str] | Non
             raise ValueError(f"{path}: categories {fm.plan.categories} differ from the other folds' {categories}")
         parts.append(predict_fold(store, path, conditions, batch_size, num_gpus=gpus, fm=fm))
         log.info("fold %d: %d predictions", fold, parts[-1].height)
+        bar.update(1)
+    bar.close()
     pred = pl.concat(parts, how="diagonal_relaxed")
     snr = _snr_of(store, config["train"]["model"], pred["utt_id"].unique().to_list(), pred["condition"].unique().to_list())
     pred = pred.with_columns(pl.Series("snr_db", [snr.get((u, c)) for u, c in zip(pred["utt_id"], pred["condition"])],

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ray_ser import __version__
+from ray_ser import __version__, console
 from ray_ser.corpora.manifest import Manifest
 from ray_ser.extract import audio, conditions
 from ray_ser.store.core import Store, _sql, embedding_schema, now
@@ -527,6 +527,16 @@ def fragment_kwargs(opts: ExtractOptions, table) -> dict[str, Any]:
     return {"fragments_to": table.to_lance().uri, "table_schema": table.schema}
 
 
+def pairs_in(block: pa.Table) -> int:
+    """The (utterance, condition) pairs an actor's output block finishes: layer-0 rows, failure rows (layer -1),
+    and in write mode "fragments" the count its fragment record (layer -2) carries."""
+    layer = block.column("layer")
+    n = (pc.sum(pc.equal(layer, 0)).as_py() or 0) + (pc.sum(pc.equal(layer, -1)).as_py() or 0)
+    if "extracted" in block.column_names:
+        n += pc.sum(block.column("extracted")).as_py() or 0
+    return int(n)
+
+
 def finished_blocks(ds):
     """The actors' output blocks as they finish, fetched straight from the object store (no re-batching,
     no prefetch threads: the driver shares the machine with the model)."""
@@ -712,7 +722,10 @@ def _run(store: Store, table, manifest: Manifest, opts: ExtractOptions, conds: l
                 pending_bytes = 0
             last_commit = now()
 
+        bar = console.progress(todo, f"extract {key}", "utt")  # (utterance, condition) pairs, with rate and ETA
+        failed_now = 0
         for block in finished_blocks(ds):
+            bar.update(pairs_in(block))
             block = written.take(block)
             is_bad = pc.equal(block.column("layer"), -1)
             if pc.any(is_bad).as_py():  # rare: split off the failures (copies the block once)
@@ -733,9 +746,12 @@ def _run(store: Store, table, manifest: Manifest, opts: ExtractOptions, conds: l
                 }, schema=errors_table.schema))
                 for u, p, m in zip(*(bad.column(k).to_pylist() for k in ("utt_id", "path", "error"))):
                     log.warning("failed %s (%s): %s", u, p, m)
+                failed_now += bad.num_rows
+                bar.set_postfix_str(f"{failed_now} failed")
             if pending_bytes >= opts.commit_mb * 2**20 or now() - last_commit >= opts.commit_seconds:
                 commit()
         commit()
+        bar.close()
         store.finalize(key, keep=timedelta(seconds=opts.keep_versions_s))
 
     return ExtractResult(run_id, key, table_name(key), extracted, n_errors, done_before, failed_before, dropped,

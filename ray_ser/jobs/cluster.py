@@ -1,6 +1,6 @@
 """Frame clusters (FLEA): k-means over one layer's frames per outer fold; out-of-fold cluster ids into the store.
 
-    python jobs/cluster.py --store store --model whisper-base --layer 4 --k 50,100,150 [--fold all]
+    python jobs/cluster.py --config configs/emodb.yaml [--layer 4 --k 50,100,150 --fold all]
 
 For each outer fold F (of the fold assignment the stored saliency used, else the same rule computed here):
 fits MiniBatchKMeans per k on a seeded sample of the --condition frames of fold F's TRAINING speakers,
@@ -13,30 +13,39 @@ allowed only when asked for: it is for speakers outside the corpus.
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 
 from ray_ser.analysis.clusters import assign_frames, fit_kmeans, purity
-from ray_ser.fm.registry import DEFAULT_MODEL
+from ray_ser import console
+from ray_ser.config import Bind, add_config_args, csv_list, from_args, int_list, log_folder
 from ray_ser.store import catalog
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", required=True, help="LanceDB store URI")
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--layer", required=True,
-                   help="layer index, or auto: per fold, the layer ray_ser.analysis.layer_selection picks on its training speakers")
-    p.add_argument("--k", default="50,100,150", help="comma-separated cluster counts")
-    p.add_argument("--fold", default="all", help="all | F[,F...] outer folds (-1 = all speakers, never for evaluation)")
-    p.add_argument("--folds", default="auto", help="fold rule when the store has no saliency folds: auto | loso | K")
-    p.add_argument("--condition", default="clean", help="condition of the training frames and of the purity")
-    p.add_argument("--conditions", default=None, help="comma-separated conditions to assign (default: all stored)")
-    p.add_argument("--assign", choices=("test", "all"), default="test",
+    p = add_config_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p.add_argument("--store", help="LanceDB store URI")
+    p.add_argument("--model", help="model key the embeddings are filed under")
+    p.add_argument("--layer",
+                   help="layer index, or auto (default): per fold, the layer ray_ser.analysis.layer_selection picks on "
+                        "its training speakers")
+    p.add_argument("--k", type=int_list, help="comma-separated cluster counts")
+    p.add_argument("--fold", help="all | F[,F...] outer folds (-1 = all speakers, never for evaluation)")
+    p.add_argument("--folds", help="fold rule when the store has no saliency folds: auto | loso | K")
+    p.add_argument("--condition", help="condition of the training frames and of the purity")
+    p.add_argument("--conditions", type=csv_list, help="comma-separated conditions to assign (default: all stored)")
+    p.add_argument("--assign", choices=("test", "all"),
                    help="label fold F's test utterances (out-of-fold, default) or every utterance")
-    p.add_argument("--sample-frames", type=int, default=20000, help="training frames drawn for k-means")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample-frames", type=int, help="training frames drawn for k-means")
+    p.add_argument("--seed", type=int, help="seed of the frame sample and k-means")
     return p
+
+
+BINDS = {
+    "store": "store.uri", "model": Bind("extract.model", read="extract.key"), "folds": "analysis.folds",
+    "condition": "analysis.condition",
+    **{k: f"analysis.clusters.{k}" for k in ("layer", "k", "fold", "conditions", "assign", "sample_frames", "seed")},
+}
+"""Each flag's config key (analysis and analysis.clusters)."""
 
 
 def resolve_assignment(store: str, model: str, condition: str, folds: str, seed: int):
@@ -50,22 +59,28 @@ def resolve_assignment(store: str, model: str, condition: str, folds: str, seed:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    cfg, args = from_args(parser(), argv, BINDS)
+    console.setup(log_folder(cfg, args))
+    with console.stage(f"cluster {args.model} frames, k = {','.join(map(str, args.k))}"):
+        return cluster(args, cfg.analysis.seed)
+
+
+def cluster(args: argparse.Namespace, fold_seed: int) -> dict:
+    """k-means per fold and k, cluster ids for the test speakers, and the out-of-fold purity."""
     from ray_ser.runtime import init_ray
 
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    ks = [int(k) for k in args.k.split(",") if k.strip()]
-    assignment = resolve_assignment(args.store, args.model, args.condition, args.folds, args.seed)
+    ks = list(args.k)
+    assignment = resolve_assignment(args.store, args.model, args.condition, args.folds, fold_seed)
     folds = assignment.fold_ids if args.fold == "all" else [int(f) for f in args.fold.split(",")]
     init_ray()
     t0 = time.perf_counter()
-    conditions = args.conditions.split(",") if args.conditions else None
+    conditions = args.conditions or None
     rows, t_fit = 0, 0.0
     if args.layer == "auto":  # every fold's choice from one read of the store
         from ray_ser.analysis.layer_selection import layers_for_folds
 
         layers, source = layers_for_folds(args.store, args.model, assignment, folds, condition=args.condition)
-        print(f"layers per fold from {source}: {layers}")
+        console.detail(f"layers per fold from {source}: {layers}")
     else:
         layers = {fold: int(args.layer) for fold in folds}
     for fold in folds:
@@ -76,15 +91,14 @@ def main(argv: list[str] | None = None) -> dict:
         rows += assign_frames(args.store, args.model, layers[fold], centroids, assignment, fold,
                               conditions=conditions, utts=args.assign)
     t_assign = time.perf_counter() - t0 - t_fit
-    print(f"wrote {rows} rows (utterance x condition x k) to {catalog.FRAME_CLUSTERS.name(args.model)}, "
+    console.detail(f"wrote {rows} rows (utterance x condition x k) to {catalog.FRAME_CLUSTERS.name(args.model)}, "
           f"{len(folds)} fold(s) of assignment {assignment.id} ({assignment.description}); layer per fold: {layers}")
     scores, base = {}, None
     for k in ks:
         scores[k], base = purity(args.store, args.model, layers, k, folds, assignment.id, args.condition)
-    print(f"out-of-fold purity against utterance labels ({args.condition} frames; majority-label share {base:.4f}):")
-    for k, v in scores.items():
-        print(f"purity k={k}: {v:.4f}")
-    print(f"time: fit {t_fit:.1f} s, assign {t_assign:.1f} s, total {time.perf_counter() - t0:.1f} s")
+    console.say(f"out-of-fold purity against utterance labels ({args.condition} frames; majority-label share "
+                f"{base:.4f}): " + ", ".join(f"purity k={k}: {v:.4f}" for k, v in scores.items()))
+    console.detail(f"time: fit {t_fit:.1f} s, assign {t_assign:.1f} s, total {time.perf_counter() - t0:.1f} s")
     return {"purity": scores, "majority": base, "rows": rows, "fit_seconds": t_fit, "assign_seconds": t_assign,
             "fold_id": assignment.id, "layers": layers}
 

@@ -15,44 +15,55 @@ Query them with Polars through ray_ser.evaluate.results (see the README's "Evalu
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 from pathlib import Path
 
+from ray_ser import console
+from ray_ser.config import add_config_args, csv_list, from_args
+
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", required=True, help="LanceDB store URI the run was trained on")
-    p.add_argument("--run", required=True, action="append",
-                   help="training run folder (jobs/train.py --out); repeat it to score the runs' mean prediction")
-    p.add_argument("--out", required=True, help="evaluation folder")
-    p.add_argument("--by", action="append", default=[], help="extra grouping column (manifest column, extra key, or <key>_bin)")
-    p.add_argument("--conditions", default=None, help="comma-separated conditions (default: every stored evaluation condition)")
-    p.add_argument("--n-boot", type=int, default=500, help="speaker-level bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
+    p = add_config_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p.add_argument("--store", help="LanceDB store URI the run was trained on")
+    p.add_argument("--run", action="append",
+                   help="training run folder (jobs/train.py --out; default: the config's <runs>/<name>); repeat it "
+                        "to score the runs' mean prediction")
+    p.add_argument("--out", help="evaluation folder (default: <first run>/eval)")
+    p.add_argument("--by", action="append", help="extra grouping column (manifest column, extra key, or <key>_bin)")
+    p.add_argument("--conditions", type=csv_list, help="comma-separated conditions (default: every stored evaluation condition)")
+    p.add_argument("--n-boot", type=int, help="speaker-level bootstrap resamples")
+    p.add_argument("--seed", type=int, help="seed of the bootstrap")
+    p.add_argument("--batch-size", type=int, help="utterances per prediction batch")
     return p
 
 
+BINDS = {"store": "store.uri", "run": "evaluate.runs",
+         **{k: f"evaluate.{k}" for k in ("by", "conditions", "n_boot", "seed", "batch_size")}}
+"""Each flag's config key (the evaluate section)."""
+
+
 def main(argv: list[str] | None = None) -> dict:
+    cfg, args = from_args(parser(), argv, BINDS)
+    args.run = args.run or [str(cfg.run_dir)]
+    out = Path(args.out or Path(args.run[0]) / "eval")
+    console.setup(Path(args.run[0]))
+    cfg.save(out)
+    with console.stage("evaluate " + ", ".join(Path(r).name for r in args.run)):
+        return evaluate(args, out)
+
+
+def evaluate(args: argparse.Namespace, out: Path) -> dict:
+    """Predictions, tables and report of ``args.run``; the per-condition UAR to the console."""
     import polars as pl
 
-    from ray_ser.evaluate.predict import (
-        ensemble_predictions,
-        predict_run,
-        write_predictions,
-    )
+    from ray_ser.evaluate.predict import ensemble_predictions, predict_run, write_predictions
     from ray_ser.evaluate.report import write_report
     from ray_ser.evaluate.tables import write_tables
     from ray_ser.runtime import init_ray
 
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     init_ray()
     t0 = time.perf_counter()
-    conditions = args.conditions.split(",") if args.conditions else None
+    conditions = args.conditions or None
     pred, categories, config = ensemble_predictions(
         [predict_run(args.store, run, conditions, args.by, args.batch_size) for run in args.run])
     path = write_predictions(pred, categories, config, out / "predictions.parquet")
@@ -62,13 +73,22 @@ def main(argv: list[str] | None = None) -> dict:
     m = pl.read_parquet(paths["metrics"])
     overall = (m.filter((pl.col("group_by") == "all") & (pl.col("metric") == "uar") & (pl.col("k") == 1))
                .select("condition", "value", "ci_low", "ci_high", "n", "n_speakers"))
-    print(f"{pred.height} predictions ({pred['utt_id'].n_unique()} utterances x {pred['condition'].n_unique()} "
-          f"conditions, {pred['fold'].n_unique()} folds) in {t_pred:.1f} s")
-    print("UAR (1-best) per condition, speaker-bootstrap 95 % interval:")
-    with pl.Config(tbl_rows=60, tbl_hide_dataframe_shape=True):
-        print(overall)
-    print(f"wrote {path}, {paths['metrics']}, {paths['confusion']}, {report}; total {time.perf_counter() - t0:.1f} s")
+    console.say(f"{pred.height} predictions ({pred['utt_id'].n_unique()} utterances x {pred['condition'].n_unique()} "
+                f"conditions, {pred['fold'].n_unique()} folds) in {t_pred:.1f} s")
+    console.say(uar_table(overall))
+    console.detail(f"wrote {path}, {paths['metrics']}, {paths['confusion']}; total {time.perf_counter() - t0:.1f} s")
+    console.say(f"report: {report}")
     return {"predictions": pred, "metrics": m, "overall": overall, "report": report, "seconds": time.perf_counter() - t0}
+
+
+def uar_table(overall) -> str:
+    """The per-condition UAR with its speaker-bootstrap interval, a few aligned lines."""
+    lines = ["UAR (1-best) per condition, speaker-bootstrap 95 % interval:",
+             f"  {'condition':<12} {'UAR':>6}  {'interval':<16} {'utterances':>10} {'speakers':>8}"]
+    for r in overall.iter_rows(named=True):
+        lines.append(f"  {r['condition']:<12} {r['value']:>6.3f}  [{r['ci_low']:.3f}, {r['ci_high']:.3f}]   "
+                     f"{r['n']:>10} {r['n_speakers']:>8}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Extract every layer of a speech model into the LanceDB store, clean and at each SNR.
 
-Local:   python jobs/extract.py --corpus emodb --model whisper-base --store store/
+Local:   python jobs/extract.py --config configs/emodb.yaml   (or --corpus emodb --model whisper-base --store store/)
 Cluster: ray job submit --working-dir . -- python jobs/extract.py --corpus emodb --data-root /data --store s3://...
 Re-running the same command extracts only what is missing.
 """
@@ -9,61 +9,69 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 
+from ray_ser import console
+from ray_ser.config import Bind, ExperimentConfig, add_config_args, csv_list, from_args, log_folder, negated
 from ray_ser.corpora import ADAPTERS, Manifest, build_manifest
-from ray_ser.extract.conditions import DEFAULT_CONDITIONS, aug_conditions
-from ray_ser.extract.program import ExtractOptions, extract
-from ray_ser.fm.registry import DEFAULT_MODEL
+from ray_ser.extract.program import extract
 from ray_ser.settings import data_root
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--corpus", choices=sorted(ADAPTERS), help="build the corpus's manifest from --data-root")
-    src.add_argument("--manifest", help="a manifest Parquet written by jobs/manifest.py")
-    p.add_argument("--data-root", default=None, help="folder holding the corpora (default: $RAY_SER_DATA_ROOT, then ../shared/corpora)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, Hugging Face hub id or local folder")
-    p.add_argument("--store", required=True, help="LanceDB store URI (a local folder or object-store URI)")
-    p.add_argument("--conditions", default=",".join(DEFAULT_CONDITIONS), help="comma-separated, e.g. clean,25dB,15dB,5dB")
-    p.add_argument("--limit", type=int, default=None,
-                   help="only N utterances, taken in turn from each speaker and its categories (smoke runs)")
+    p = add_config_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--corpus", choices=sorted(ADAPTERS), help="build the corpus's manifest from --data-root (data.corpora)")
+    src.add_argument("--manifest", help="a manifest Parquet written by jobs/manifest.py (data.manifest)")
+    p.add_argument("--data-root", help="folder holding the corpora (default: $RAY_SER_DATA_ROOT, then ../shared/corpora)")
+    p.add_argument("--model", help="embedded name, Hugging Face hub id or local folder")
+    p.add_argument("--store", help="LanceDB store URI (a local folder or object-store URI)")
+    p.add_argument("--conditions", type=csv_list, help="comma-separated, e.g. clean,25dB,15dB,5dB")
+    p.add_argument("--limit", type=int, help="only N utterances, taken in turn from each speaker and its categories (smoke runs)")
     p.add_argument("--no-frames", action="store_true", help="store pooled vectors only, no frame matrices")
-    p.add_argument("--frame-layers", type=layer_list, default=None,
+    p.add_argument("--frame-layers", type=layer_list,
                    help="store frames of these layers only, e.g. 2,3,4 or -1 (pooled vectors are always stored for all)")
-    p.add_argument("--dtype", default=ExtractOptions.dtype, choices=["auto", "float32", "float16", "bfloat16"],
+    p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"],
                    help="model precision (default auto: float16 on GPUs, float32 on CPUs); recorded with the table")
-    p.add_argument("--aug-copies", type=int, default=0,
+    p.add_argument("--aug-copies", type=int,
                    help="add N augmented training copies per utterance as conditions aug0..aug<N-1> (seed 002's suite)")
-    p.add_argument("--write-mode", choices=["driver", "fragments"], default=ExtractOptions.write_mode,
+    p.add_argument("--write-mode", choices=["driver", "fragments"],
                    help="driver: actors return rows and the driver appends them; fragments: actors write Lance "
                         "fragments and the driver only commits them (for GPU clusters, where one driver cannot "
                         "take every row)")
-    p.add_argument("--whisper-mode", default=ExtractOptions.whisper_mode, help="strided:<s> (default strided:10) | trimmed | padded | window:<seconds>")
-    p.add_argument("--batch-size", type=int, default=ExtractOptions.batch_size)
-    p.add_argument("--max-batch-seconds", type=float, default=ExtractOptions.max_batch_seconds)
-    p.add_argument("--pool-size", type=int, default=None, help="model actors (default: one per GPU; on CPUs one per core, at most 4)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per CPU actor (default: cores / actors)")
-    p.add_argument("--model-key", default=None, help="name to file the embeddings under (default: model, plus @mode)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the degraded copies")
+    p.add_argument("--whisper-mode", help="strided:<s> (default strided:10) | trimmed | padded | window:<seconds>")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-batch-seconds", type=float)
+    p.add_argument("--pool-size", type=int, help="model actors (default: one per GPU; on CPUs one per core, at most 4)")
+    p.add_argument("--threads", type=int, help="torch threads per CPU actor (default: cores / actors)")
+    p.add_argument("--model-key", help="name to file the embeddings under (default: model, plus @mode)")
+    p.add_argument("--seed", type=int, help="seed of the degraded copies")
     p.add_argument("--retry-errors", action="store_true", help="try utterances that failed in earlier runs again")
-    p.add_argument("--commit-mb", type=float, default=ExtractOptions.commit_mb,
-                   help="commit to LanceDB once this many MB of rows are buffered ...")
-    p.add_argument("--commit-seconds", type=float, default=ExtractOptions.commit_seconds,
+    p.add_argument("--commit-mb", type=float, help="commit to LanceDB once this many MB of rows are buffered ...")
+    p.add_argument("--commit-seconds", type=float,
                    help="... or this many seconds have passed (0: every block); a crash loses at most this much")
-    p.add_argument("--csv", default=None, help="with --corpus csv: the CSV file to read")
-    p.add_argument("--audio-root", default=None, help="with --corpus csv: folder the CSV's paths are relative to")
-    p.add_argument("--max-seconds", type=float, default=ExtractOptions.max_seconds,
-                   help="longer audio becomes an errors row (read from the header, before decoding)")
-    p.add_argument("--on-drift", choices=["refuse", "new-key"], default=ExtractOptions.on_drift,
+    p.add_argument("--csv", help="with --corpus csv: the CSV file to read")
+    p.add_argument("--audio-root", help="with --corpus csv: folder the CSV's paths are relative to")
+    p.add_argument("--max-seconds", type=float, help="longer audio becomes an errors row (read from the header, before decoding)")
+    p.add_argument("--on-drift", choices=["refuse", "new-key"],
                    help="when the table was made with other settings (seed, frames, dtype, conditions, ...): refuse "
                         "(default), or file this run under a key derived from its settings")
-    p.add_argument("--wait-lease", type=float, default=ExtractOptions.wait_lease, metavar="SECONDS",
+    p.add_argument("--wait-lease", type=float, metavar="SECONDS",
                    help="wait this long while another run writes the same table, then refuse (default: refuse now)")
-    p.add_argument("--keep-versions", type=float, default=ExtractOptions.keep_versions_s, metavar="SECONDS",
+    p.add_argument("--keep-versions", type=float, metavar="SECONDS",
                    help="compaction deletes superseded table versions only this long after (readers keep their files)")
     return p
+
+
+BINDS = {
+    "corpus": Bind("data.corpora", lambda c: [c]), "manifest": "data.manifest", "data_root": "data.data_root",
+    "csv": "data.csv", "audio_root": "data.audio_root", "limit": "data.limit", "store": "store.uri",
+    "no_frames": negated("extract.frames"), "keep_versions": "extract.keep_versions_s",
+    **{k: f"extract.{k}" for k in ("model", "conditions", "frame_layers", "dtype", "aug_copies", "write_mode",
+                                   "whisper_mode", "batch_size", "max_batch_seconds", "pool_size", "threads",
+                                   "model_key", "seed", "retry_errors", "commit_mb", "commit_seconds",
+                                   "max_seconds", "on_drift", "wait_lease")},
+}
+"""Each flag's config key (data, store and extract sections)."""
 
 
 def layer_list(text: str) -> list[int]:
@@ -77,31 +85,48 @@ def layer_list(text: str) -> list[int]:
     return layers
 
 
-def main(argv: list[str] | None = None) -> None:
+def manifests(cfg: ExperimentConfig) -> list[Manifest]:
+    """The manifests the config names: its manifest file, else one per corpus (``data.limit`` rows each)."""
+    if cfg.data.manifest:
+        found = [Manifest.read(cfg.data.manifest)]
+    else:
+        found = []
+        for corpus in cfg.data.corpora:
+            adapter = {"csv": cfg.data.csv, "audio_root": cfg.data.audio_root} if corpus == "csv" else {}
+            found.append(build_manifest(corpus, data_root(cfg.data.data_root), **adapter))
+    return [m.spread(cfg.data.limit) if cfg.data.limit else m for m in found]
+
+
+def run(cfg: ExperimentConfig) -> list[dict]:
+    """Extract every corpus of ``cfg`` into its store; one result dict per corpus."""
     from ray_ser.runtime import init_ray
 
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if args.manifest:
-        manifest = Manifest.read(args.manifest)
-    else:
-        adapter = {"csv": args.csv, "audio_root": args.audio_root} if args.corpus == "csv" else {}
-        manifest = build_manifest(args.corpus, data_root(args.data_root), **adapter)
-    if args.limit:
-        manifest = manifest.spread(args.limit)
-    print(f"manifest {manifest.corpus}: {manifest.summary()}", flush=True)
-    options = ExtractOptions(
-        model=args.model, conditions=[*args.conditions.split(","), *aug_conditions(args.aug_copies)],
-        frames=not args.no_frames, frame_layers=args.frame_layers, dtype=args.dtype, write_mode=args.write_mode,
-        whisper_mode=args.whisper_mode, batch_size=args.batch_size, max_batch_seconds=args.max_batch_seconds,
-        pool_size=args.pool_size, threads=args.threads, seed=args.seed, retry_errors=args.retry_errors,
-        model_key=args.model_key, commit_mb=args.commit_mb, commit_seconds=args.commit_seconds,
-        max_seconds=args.max_seconds, on_drift=args.on_drift, wait_lease=args.wait_lease,
-        keep_versions_s=args.keep_versions,
-    )
-    init_ray()
-    result = extract(manifest, args.store, options)
-    print(json.dumps(result.__dict__, indent=2))
+    results = []
+    for manifest in manifests(cfg):
+        console.say(f"manifest {manifest.corpus}: {manifest.summary()}")
+        init_ray()
+        result = extract(manifest, cfg.store.uri, cfg.extract.options())
+        console.detail(json.dumps(result.__dict__, indent=2))
+        console.say(summary(result.__dict__))
+        results.append(result.__dict__)
+    return results
+
+
+def summary(result: dict) -> str:
+    """One line of what an extraction run did, in (utterance, condition) pairs."""
+    skipped = result["done_before"] + result["failed_before"]
+    return (f"{result['table']}: {result['extracted']} extracted, {result['errors']} failed (see the errors table), "
+            f"{skipped} done before, {result['manifest_errors']} manifest rows left out, {result['seconds']:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = parser()
+    cfg, args = from_args(p, argv, BINDS)
+    if not cfg.data.corpora and not cfg.data.manifest:
+        p.error("nothing to extract: give --corpus or --manifest (or data.corpora / data.manifest in --config)")
+    console.setup(log_folder(cfg, args))
+    with console.stage(f"extract {cfg.extract.key}"):
+        return run(cfg)
 
 
 if __name__ == "__main__":

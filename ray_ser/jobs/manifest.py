@@ -5,25 +5,37 @@ from __future__ import annotations
 import argparse
 import json
 
+from ray_ser import console
+from ray_ser.config import Bind, add_config_args, from_args, log_folder
 from ray_ser.corpora import ADAPTERS, build_manifest
 from ray_ser.corpora import folds as fold_makers
 from ray_ser.settings import data_root
 
+BINDS = {"corpus": Bind("data.corpora", lambda c: [c], lambda cs: cs[0]), "data_root": "data.data_root",
+         "csv": "data.csv", "audio_root": "data.audio_root"}
+"""Each flag's config key (the data section; the config's first corpus)."""
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--corpus", required=True, choices=sorted(ADAPTERS))
-    p.add_argument("--data-root", default=None, help="folder holding the corpora (default: $RAY_SER_DATA_ROOT, then ../shared/corpora)")
+
+def parser() -> argparse.ArgumentParser:
+    p = add_config_args(argparse.ArgumentParser(description=__doc__))
+    p.add_argument("--corpus", choices=sorted(ADAPTERS), help="the corpus (default: the config's first)")
+    p.add_argument("--data-root", help="folder holding the corpora (default: $RAY_SER_DATA_ROOT, then ../shared/corpora)")
     p.add_argument("--out", required=True, help="manifest Parquet file to write")
-    p.add_argument("--csv", default=None, help="with --corpus csv: the CSV file to read")
-    p.add_argument("--audio-root", default=None, help="with --corpus csv: folder the CSV's paths are relative to")
+    p.add_argument("--csv", help="with --corpus csv: the CSV file to read")
+    p.add_argument("--audio-root", help="with --corpus csv: folder the CSV's paths are relative to")
     p.add_argument("--folds", default=None, help="'loso' or an integer k for k speaker-disjoint stratified folds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strict", action="store_true",
                    help="with --corpus csv: stop at the first faulty row (default: leave it out and report it)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=JSON",
                    help="adapter option, e.g. --option smoothing='\"neutral\"' for EmoDB; repeatable")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser()
+    cfg, args = from_args(p, argv, BINDS)
+    console.setup(log_folder(cfg, args))
 
     options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
     if args.corpus == "csv":

@@ -12,33 +12,44 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import time
 
 from ray_ser.analysis.pruned_frames import write_pruned_frames
-from ray_ser.fm.registry import DEFAULT_MODEL
+from ray_ser import console
+from ray_ser.config import Bind, add_config_args, csv_list, from_args, log_folder
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", required=True, help="LanceDB store URI")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model key the embeddings are filed under")
-    p.add_argument("--layer", type=int, required=True, help="the layer whose frames are pruned")
-    p.add_argument("--keep-ratio", type=float, default=0.6, help="fraction of dimensions each fold's mask keeps")
-    p.add_argument("--conditions", default=None, help="comma-separated conditions to copy (default: all with frames)")
-    p.add_argument("--saliency-condition", default="clean", help="the condition whose saliency ranks the dimensions")
-    p.add_argument("--score", default="ccs", choices=["ccs", "mis"])
+    p = add_config_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p.add_argument("--store", help="LanceDB store URI")
+    p.add_argument("--model", help="model key the embeddings are filed under")
+    p.add_argument("--layer", type=int, help="the layer whose frames are pruned (required here or in the config)")
+    p.add_argument("--keep-ratio", type=float, help="fraction of dimensions each fold's mask keeps")
+    p.add_argument("--conditions", type=csv_list, help="comma-separated conditions to copy (default: all with frames)")
+    p.add_argument("--saliency-condition", help="the condition whose saliency ranks the dimensions")
+    p.add_argument("--score", choices=["ccs", "mis"])
     return p
 
 
+BINDS = {
+    "store": "store.uri", "model": Bind("extract.model", read="extract.key"),
+    **{k: f"analysis.prune.{k}" for k in ("layer", "keep_ratio", "conditions", "saliency_condition", "score")},
+}
+"""Each flag's config key (analysis.prune)."""
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    p = parser()
+    cfg, args = from_args(p, argv, BINDS)
+    if args.layer is None:
+        p.error("--layer (analysis.prune.layer) is required")
+    console.setup(log_folder(cfg, args))
     t0 = time.time()
-    info = write_pruned_frames(args.store, args.model, args.layer, args.keep_ratio,
-                               conditions=args.conditions.split(",") if args.conditions else None,
-                               saliency_condition=args.saliency_condition, score=args.score)
-    print(json.dumps({**info.__dict__, "seconds": round(time.time() - t0, 1)}, indent=2))
+    with console.stage(f"prune layer {args.layer} of {args.model} to keep {args.keep_ratio}"):
+        info = write_pruned_frames(args.store, args.model, args.layer, args.keep_ratio,
+                                   conditions=args.conditions or None,
+                                   saliency_condition=args.saliency_condition, score=args.score)
+    console.say(json.dumps({**info.__dict__, "seconds": round(time.time() - t0, 1)}, indent=2))
 
 
 if __name__ == "__main__":

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import polars as pl
 
-from ray_ser.analysis import saliency as sal
 from ray_ser.analysis import saliency_store as ss
-from ray_ser.analysis.probe import DEFAULT_CS, READOUTS
-from ray_ser.fm.registry import DEFAULT_MODEL
+from ray_ser.analysis.probe import READOUTS
+from ray_ser import console
+from ray_ser.config import Bind, add_config_args, float_list, from_args, log_folder, negated
 from ray_ser.store import catalog
 from ray_ser.store.names import safe_name
 
@@ -37,25 +37,25 @@ KEEP_RATIOS = (0.8, 0.6, 0.4)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", required=True, help="LanceDB store URI")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model key the embeddings are filed under")
-    p.add_argument("--condition", default="clean")
-    p.add_argument("--folds", default="auto", help="auto (LOSO up to 12 speakers, else 5) | loso | manifest | K")
+    p = add_config_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p.add_argument("--store", help="LanceDB store URI")
+    p.add_argument("--model", help="model key the embeddings are filed under")
+    p.add_argument("--condition")
+    p.add_argument("--folds", help="auto (LOSO up to 12 speakers, else 5) | loso | manifest | K")
     p.add_argument("--no-mis", action="store_true", help="skip mutual-information saliency (CCS only)")
-    p.add_argument("--n-bins", type=int, default=sal.DEFAULT_BINS, help="quantile bins of the MI estimator")
-    p.add_argument("--seed", type=int, default=0, help="seed of the K-fold split")
+    p.add_argument("--n-bins", type=int, help="quantile bins of the MI estimator")
+    p.add_argument("--seed", type=int, help="seed of the K-fold split")
     p.add_argument("--probe", action="store_true", help="fit a linear probe per layer and compare with saliency")
-    p.add_argument("--probe-layers", default=None,
+    p.add_argument("--probe-layers",
                    help="with --probe: also probe these layers' mean vectors side by side (e.g. 2,3,4, or auto:3 for "
                         "each fold's 3 best layers on its training speakers), C chosen per outer fold by a CV over "
                         "its training speakers")
-    p.add_argument("--probe-c", default=",".join(str(c) for c in DEFAULT_CS),
+    p.add_argument("--probe-c", type=float_list,
                    help="with --probe-layers: the C values (inverse L2 strength) to choose among, comma-separated")
-    p.add_argument("--probe-readout", default="none",
+    p.add_argument("--probe-readout",
                    help=f"with --probe-layers: per-utterance read-outs of the mean vectors, comma-separated, among "
                         f"{','.join(READOUTS)}; several fuse one probe each (mean probability), e.g. none,l2,ssqrt")
-    p.add_argument("--layer-criterion", default=None,
+    p.add_argument("--layer-criterion",
                    help="criterion of the pipeline's layer choice written to layer_rank (default: "
                         "ray_ser.analysis.layer_selection.DEFAULT_CRITERION, lda_inner); none = skip")
     p.add_argument("--plot", default=None, help="PNG path (default: <store>/plots/<model>_layers.png)")
@@ -66,6 +66,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--criteria", default=None, help="with --study: comma-separated criteria (default: all the rows support)")
     p.add_argument("--markdown", action="store_true", help="with --study: print the tables as Markdown")
     return p
+
+
+BINDS = {
+    "store": "store.uri", "model": Bind("extract.model", read="extract.key"), "no_mis": negated("analysis.mis"),
+    **{k: f"analysis.{k}" for k in ("condition", "folds", "n_bins", "seed", "probe", "probe_layers", "probe_c",
+                                    "probe_readout", "layer_criterion")},
+}
+"""Each flag's config key (the analysis section)."""
 
 
 def default_plot(store: str, model: str) -> Path:
@@ -135,17 +143,24 @@ def probe_layer_set(args: argparse.Namespace, assignment) -> tuple[list[int] | d
 
 def main(argv: list[str] | None = None) -> dict:
     p = parser()
-    args = p.parse_args(argv)
+    cfg, args = from_args(p, argv, BINDS)
     if args.probe_layers and not args.probe:
         p.error("--probe-layers needs --probe")
     readouts = [r.strip() for r in args.probe_readout.split(",") if r.strip()]
     if not readouts or any(r not in READOUTS for r in readouts):
         p.error(f"--probe-readout: expected a comma-separated list among {','.join(READOUTS)}, got {args.probe_readout!r}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    console.setup(log_folder(cfg, args))
     pl.Config.set_tbl_rows(200)
     pl.Config.set_tbl_hide_dataframe_shape(True)
     if args.study:
         return study_main(args)
+    with console.stage(f"saliency {args.model} / {args.condition}" + (" + probes" if args.probe else "")):
+        return saliency_main(args, readouts)
+
+
+def saliency_main(args: argparse.Namespace, readouts: list[str]) -> dict:
+    """Saliency, the layer choice and (with --probe) the probes; the tables go to the log (and the console when
+    the stage runs on its own), the results to the console."""
     t0 = time.perf_counter()
     info: dict = {}
     df = ss.compute_saliency(args.store, args.model, args.condition, folds=args.folds, mis=not args.no_mis,
@@ -154,33 +169,33 @@ def main(argv: list[str] | None = None) -> dict:
     ss.write_saliency(args.store, df, ranking, info["assignment"])
     t_sal = time.perf_counter() - t0
     chosen = write_choice(args, info["assignment"])
-    print(f"saliency of {args.model} / {args.condition}: {info['n']} utterances, {info['n_speakers']} speakers, "
+    console.say(f"saliency of {args.model} / {args.condition}: {info['n']} utterances, {info['n_speakers']} speakers, "
           f"folds {info['folds']}, targets {','.join(info['targets'])}, MIS {'off' if args.no_mis else 'on'}")
     all_rank = ranking.filter(pl.col("fold") == -1).select(
         "layer", pl.col("layer_score").alias("score_all"), pl.col("layer_rank").alias("rank_all"))
     folds_rank = ss.mean_over_folds(ranking).select(
         "layer", pl.col("layer_score").alias("score_folds"), pl.col("layer_rank").alias("rank_folds"))
     table = all_rank.join(folds_rank, on="layer").sort("rank_folds")
-    print("layer ranking (score = mean CCS of the layer's top 10% dims; rank 0 = best;"
-          " _all: fold -1 on all utterances, _folds: mean over training folds):")
-    print(table)
+    console.detail("layer ranking (score = mean CCS of the layer's top 10% dims; rank 0 = best;"
+                   " _all: fold -1 on all utterances, _folds: mean over training folds):")
+    console.detail(str(table))
     best = int(table.sort("rank_all")["layer"][0])
     sizes = {r: int(ss.saliency_mask(args.store, args.model, best, r, fold=-1, condition=args.condition).sum())
              for r in KEEP_RATIOS}
     n_dims = df.filter((pl.col("fold") == -1) & (pl.col("layer") == best)).height
-    print(f"best layer (fold -1): {best}; masks of {n_dims} dims: "
+    console.detail(f"best layer (fold -1): {best}; masks of {n_dims} dims: "
           + ", ".join(f"keep {r} -> {n}" for r, n in sizes.items()))
-    print(f"wrote {catalog.SALIENCY.name(args.model)} ({df.height} rows), {catalog.LAYER_RANK.name(args.model)} "
+    console.detail(f"wrote {catalog.SALIENCY.name(args.model)} ({df.height} rows), {catalog.LAYER_RANK.name(args.model)} "
           f"({ranking.height} rows), {catalog.FOLDS.name(args.model)} (fold assignment {info['assignment'].id})")
     if chosen is not None:
         per_fold = chosen.filter((pl.col("layer_rank") == 0) & (pl.col("fold") >= 0))
-        print(f"pipeline layer choice ({chosen['criterion'][0]}, each fold's training speakers; used by "
+        console.say(f"pipeline layer choice ({chosen['criterion'][0]}, each fold's training speakers; used by "
               f"jobs/cluster.py --layer auto, jobs/train.py without --layer and jobs/tune.py's prior): "
               + ", ".join(f"fold {f}: {k}" for f, k in zip(per_fold["fold"], per_fold["layer"]))
               + f"; all speakers: {int(chosen.filter((pl.col('layer_rank') == 0) & (pl.col('fold') == -1))['layer'][0])}")
     result = {"best_layer": best, "ranking": table, "saliency_seconds": t_sal, "layer_choice": chosen}
     if not args.probe:
-        print(f"time: saliency {t_sal:.1f} s")
+        console.detail(f"time: saliency {t_sal:.1f} s")
         return result
 
     from ray_ser.analysis.probe import (
@@ -196,32 +211,33 @@ def main(argv: list[str] | None = None) -> dict:
     folds_scores = ss.mean_over_folds(ranking)
     rho = spearman(folds_scores, probe)
     rho_all = spearman(ranking.filter(pl.col("fold") == -1), probe)
-    print("probe (StandardScaler + LogisticRegression per layer; UAR of pooled out-of-fold predictions):")
-    print(probe.join(folds_scores.select("layer", "layer_score", "layer_rank"), on="layer").sort("layer")
-          .select("layer", "uar", "mean_fold_uar", "layer_score", "layer_rank"))
+    console.detail("probe (StandardScaler + LogisticRegression per layer; UAR of pooled out-of-fold predictions):")
+    console.detail(str(probe.join(folds_scores.select("layer", "layer_score", "layer_rank"), on="layer").sort("layer")
+          .select("layer", "uar", "mean_fold_uar", "layer_score", "layer_rank")))
     best_probe = int(probe.sort("uar", descending=True)["layer"][0])
-    print(f"best layer by probe: {best_probe}; by saliency (training folds): "
+    console.say(f"best layer by probe: {best_probe}; by saliency (training folds): "
           f"{int(folds_scores.sort('layer_rank')['layer'][0])}; (all utterances): {best}")
     path = plot_layers(folds_scores, probe, args.plot or default_plot(args.store, args.model),
                        title=f"{args.model} / {args.condition}", rho=rho)
-    print(f"plot: {path}")
-    print(f"spearman (fold -1 layer score vs probe UAR): {rho_all:.4f}")
+    console.detail(f"plot: {path}")
+    console.detail(f"spearman (fold -1 layer score vs probe UAR): {rho_all:.4f}")
     if args.probe_layers:
         t2 = time.perf_counter()
-        cs = [float(c) for c in args.probe_c.split(",") if c.strip()]
+        cs = list(args.probe_c)
         layers, what = probe_layer_set(args, info["assignment"])
+        result["set_probe_layers"] = what
         result["set_probe"] = sp = layer_set_probe(args.store, args.model, layers, args.condition,
                                                    folds=args.folds, seed=args.seed, Cs=cs, readouts=readouts)
         t_probe += time.perf_counter() - t2
         fused = f"read-outs {'+'.join(readouts)} fused, " if len(readouts) > 1 else ""
-        print(f"probe on {what} ({fused}C per outer fold from {cs} by a CV over its training speakers): UAR "
+        console.say(f"probe on {what} ({fused}C per outer fold from {cs} by a CV over its training speakers): UAR "
               f"{sp['uar']:.4f}, mean over folds {sp['mean_fold_uar']:.4f}; per fold "
               + " ".join(f"{u:.3f}" for u in sp["fold_uar"]) + "; C per fold "
               + " ".join("/".join(f"{c[r]:g}" for r in readouts) for c in sp["fold_c"])
               + ("; layers per fold " + " ".join("+".join(map(str, v)) for v in sp["fold_layers"])
                  if isinstance(layers, dict) else ""))
-    print(f"time: saliency {t_sal:.1f} s, probe {t_probe:.1f} s, total {time.perf_counter() - t0:.1f} s")
-    print(f"spearman: {rho:.4f}")
+    console.detail(f"time: saliency {t_sal:.1f} s, probe {t_probe:.1f} s, total {time.perf_counter() - t0:.1f} s")
+    console.say(f"spearman: {rho:.4f}")
     result.update(probe=probe, spearman=rho, plot=str(path), probe_seconds=t_probe)
     return result
 

@@ -1,7 +1,7 @@
 """Train emotion models on the store with Ray Train: one run per outer fold, early-stopped on inner validation
 speakers, each fold's best checkpoint under --out.
 
-    python jobs/train.py --store store --model whisper-base --corpus emodb --out runs/tcgru --layer 3
+    python jobs/train.py --config configs/emodb.yaml [--out runs/tcgru --arch tcgru --layer 3]
 
 Writes DIR/fold_<f>/best/{model.pt,config.json} (what jobs/evaluate.py --run DIR loads), DIR/epochs.parquet
 (fold, epoch, split, metric, value), DIR/tensorboard/fold_<f> and DIR/run.json; prints each fold's best
@@ -12,33 +12,45 @@ finished folds are skipped, an interrupted fold restarts from its last epoch che
 from __future__ import annotations
 
 import argparse
-import logging
+import sys
 import time
 
-from ray_ser.fm.registry import DEFAULT_MODEL
+from ray_ser import console
+from ray_ser.config import (
+    Bind,
+    ExperimentConfig,
+    csv_list,
+    from_args,
+    given_flags,
+    int_list,
+)
 
-# flag -> TrainConfig field for the options that override --config
-OVERRIDES = {
-    "store": "store", "model": "model", "layer": "layer", "epochs": "epochs", "seed": "seed", "keep_ratio": "keep_ratio",
-    "n_clusters": "n_clusters", "adv_weight": "adv_weight", "target": "target", "arch": "arch", "pooling": "pooling",
-    "lr": "lr", "batch_size": "batch_size", "patience": "patience", "num_workers": "num_workers",
-    "cpus_per_worker": "cpus_per_worker", "fold_rule": "folds", "mlp_hidden": "mlp_hidden",
-    "weight_decay": "weight_decay", "dropout": "dropout", "refit": "refit", "spec_augment": "spec_augment",
-    "auto_layers": "auto_layers", "inner_folds": "inner_folds",
+BINDS = {
+    "corpus": Bind("train.corpora", csv_list), "fold_rule": "train.folds",
+    **{k: f"train.{k}" for k in (
+        "store", "model", "layer", "layers", "epochs", "seed", "keep_ratio", "n_clusters", "adv_weight", "target",
+        "arch", "pooling", "lr", "batch_size", "patience", "num_workers", "cpus_per_worker", "mlp_hidden",
+        "weight_decay", "dropout", "refit", "spec_augment", "auto_layers", "inner_folds", "conditions")},
 }
+"""Each flag's config key (the train section)."""
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="experiment config (YAML), or a TrainConfig JSON such as jobs/tune.py's best_config.json; "
+                        "the other flags override it")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set train.epochs=5 (repeatable)")
     p.add_argument("--store", default=None, help="LanceDB store URI")
-    p.add_argument("--model", default=None, help=f"model key of the embeddings (default {DEFAULT_MODEL})")
-    p.add_argument("--corpus", default=None, help="comma-separated corpora to train on (default: all in the store)")
-    p.add_argument("--out", required=True, help="run folder (checkpoints, epochs.parquet, TensorBoard)")
-    p.add_argument("--config", default=None, help="a JSON TrainConfig, e.g. jobs/tune.py's best_config.json; flags override it")
+    p.add_argument("--model", default=None, help="model key of the embeddings")
+    p.add_argument("--corpus", default=None, help="comma-separated corpora to train on (default: the config's)")
+    p.add_argument("--out", default=None, help="run folder (checkpoints, epochs.parquet, TensorBoard); "
+                                                "default: the config's <runs>/<name>")
     p.add_argument("--folds", default="all", help="all | F[,F...] outer folds to train")
     p.add_argument("--fold-rule", default=None, help="auto | loso | K, when the store has no saliency folds")
     p.add_argument("--layer", type=int, default=None, help="layer to read (default: chosen per fold on its training speakers)")
-    p.add_argument("--layers", default=None,
+    p.add_argument("--layers", type=int_list, default=None,
                    help="several layers, e.g. 2,3,4: each frame is their vectors concatenated (overrides --layer)")
     p.add_argument("--auto-layers", type=int, default=None,
                    help="without --layer/--layers: concatenate each fold's K best layers on its training speakers (default 1)")
@@ -63,26 +75,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--inner-folds", type=int, default=None,
                    help="choose the epoch count on the mean validation curve of K speaker-disjoint inner folds, then "
                         "refit on all training speakers (default 1: early stopping on one inner split)")
-    p.add_argument("--conditions", default=None, help="training copies, e.g. clean,25dB,15dB,5dB (multi-condition)")
+    p.add_argument("--conditions", type=csv_list, default=None, help="training copies, e.g. clean,25dB,15dB,5dB (multi-condition)")
     p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers per fold (DDP)")
     p.add_argument("--cpus-per-worker", type=float, default=None)
     p.add_argument("--no-test-report", action="store_true", help="skip the per-fold test-speaker UAR printout")
     return p
 
 
-def build_config(args):
-    from ray_ser.train.loop import TrainConfig
-
-    overrides = {field: getattr(args, flag) for flag, field in OVERRIDES.items() if getattr(args, flag) is not None}
-    if args.corpus:
-        overrides["corpora"] = [c for c in args.corpus.split(",") if c]
-    if args.layers:
-        overrides["layers"] = [int(x) for x in args.layers.split(",") if x.strip()]
-    elif args.layer is not None:  # --layer over a --config that lists layers: the flag wins
-        overrides["layers"] = []
-    if args.conditions:
-        overrides["conditions"] = [c for c in args.conditions.split(",") if c]
-    return TrainConfig.from_file(args.config, **overrides) if args.config else TrainConfig(**overrides)
+def build_config(argv: list[str] | None) -> tuple[ExperimentConfig, argparse.Namespace]:
+    """The experiment config with this job's flags over it; ``--layer`` over a config that lists layers wins."""
+    p = parser()
+    given = given_flags(p, argv)
+    if "layer" in given and "layers" not in given:
+        argv = [*(argv if argv is not None else sys.argv[1:]), "--set", "train.layers=[]"]
+    cfg, args = from_args(p, argv, BINDS)
+    if args.out is None:
+        args.out = str(cfg.run_dir)
+    return cfg, args
 
 
 def _layers(summary: dict) -> str:
@@ -90,14 +99,14 @@ def _layers(summary: dict) -> str:
     return f"layer {layers[0]}" if len(layers) == 1 else "layers " + ",".join(str(l) for l in layers)
 
 
-def test_report(cfg, summary: dict, out: str) -> None:
+def test_report(cfg, summary: dict, out: str) -> str:
     """The fold's best checkpoint's UAR on its test speakers per condition (the evaluation job makes the tables)."""
     from pathlib import Path
 
     from sklearn.metrics import balanced_accuracy_score
 
     from ray_ser.evaluate.predict import predict_fold
-    from ray_ser.train.loop import fold_checkpoints
+    from ray_ser.train.checkpoints import fold_checkpoints
 
     path = fold_checkpoints(out)[summary["fold"]]
     pred = predict_fold(cfg.store, path)
@@ -112,30 +121,35 @@ def test_report(cfg, summary: dict, out: str) -> None:
         yp = [int(max(range(len(p)), key=p.__getitem__)) for p in sub["probs"].to_list()]
         ok = [i for i, v in enumerate(y) if v >= 0]
         parts.append(f"{cond} {balanced_accuracy_score([y[i] for i in ok], [yp[i] for i in ok]):.3f}")
-    print(f"fold {summary['fold']} test UAR ({Path(path).parent.name}, {_layers(summary)}, best epoch "
-          f"{summary['best_epoch']}): " + ", ".join(parts), flush=True)
+    return (f"fold {summary['fold']} test UAR ({Path(path).parent.name}, {_layers(summary)}, best epoch "
+            f"{summary['best_epoch']}): " + ", ".join(parts))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     from ray_ser.runtime import init_ray
-    from ray_ser.train.loop import run
+    from ray_ser.train.driver import run
 
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    cfg = build_config(args)
-    init_ray()
-    t0 = time.perf_counter()
+    experiment, args = build_config(argv)
+    cfg = experiment.train
+    console.setup(args.out)
+    experiment.save(args.out)
+    with console.stage(f"train {cfg.arch} per fold"):
+        init_ray()
+        t0 = time.perf_counter()
 
-    def on_fold(summary: dict) -> None:
-        refit = f", refit {summary['refit_epochs']} epochs on all training speakers" if summary.get("refit_epochs") else ""
-        print(f"fold {summary['fold']}: {_layers(summary)}, best epoch {summary['best_epoch']} of "
-              f"{summary['epochs']}, val score {summary['best_val_score']:.4f}{refit}, {summary['seconds']:.1f} s",
-              flush=True)
-        if not args.no_test_report:
-            test_report(cfg, summary, args.out)
+        def on_fold(summary: dict) -> None:
+            """One console line per fold: its test speakers' UAR (or, without the report, its training summary)."""
+            refit = f", refit {summary['refit_epochs']} epochs on all training speakers" if summary.get("refit_epochs") else ""
+            line = (f"fold {summary['fold']}: {_layers(summary)}, best epoch {summary['best_epoch']} of "
+                    f"{summary['epochs']}, val score {summary['best_val_score']:.4f}{refit}, {summary['seconds']:.1f} s")
+            if args.no_test_report:
+                console.say(line)
+            else:
+                console.detail(line)
+                console.say(test_report(cfg, summary, args.out))
 
-    summaries = run(cfg, args.folds, args.out, on_fold=on_fold)
-    print(f"trained {len(summaries)} fold(s) into {args.out} in {time.perf_counter() - t0:.1f} s")
+        summaries = run(cfg, args.folds, args.out, on_fold=on_fold)
+        console.detail(f"trained {len(summaries)} fold(s) into {args.out} in {time.perf_counter() - t0:.1f} s")
     return summaries
 
 

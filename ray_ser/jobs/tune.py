@@ -1,7 +1,7 @@
 """Ray Tune search over layer, saliency keep-ratio, frame-cluster count, adversarial weight, learning rate,
 pooling and target, scored on inner validation speakers (never the outer test speakers).
 
-    python jobs/tune.py --store store --model whisper-base --corpus emodb --out runs/search --num-samples 16
+    python jobs/tune.py --config configs/emodb.yaml [--out runs/search --num-samples 16]
 
 The speakers of --held-out-folds (default: the first three outer folds) are never read by the search; trials
 train and validate on folds of the other speakers. ASHA stops bad trials early (on epochs), Optuna's TPE
@@ -16,64 +16,76 @@ event files:
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 
-from ray_ser.fm.registry import DEFAULT_MODEL
+from ray_ser import console
+from ray_ser.config import Bind, add_config_args, csv_list, from_args, int_list
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", required=True)
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--corpus", default=None, help="comma-separated corpora (default: all in the store)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--num-samples", type=int, default=16, help="trials")
-    p.add_argument("--max-epochs", type=int, default=12, help="epochs per trial (ASHA's max_t)")
-    p.add_argument("--grace-period", type=int, default=2, help="epochs before ASHA may stop a trial")
-    p.add_argument("--time-budget", type=float, default=None, help="seconds for the whole search")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--held-out-folds", default=None,
+    p = add_config_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p.add_argument("--store", help="LanceDB store URI")
+    p.add_argument("--model", help="model key the embeddings are filed under")
+    p.add_argument("--corpus", type=csv_list, help="comma-separated corpora (default: the config's)")
+    p.add_argument("--out", help="search folder (default: the config's <runs>/<name>/search)")
+    p.add_argument("--num-samples", type=int, help="trials")
+    p.add_argument("--max-epochs", type=int, help="epochs per trial (ASHA's max_t)")
+    p.add_argument("--grace-period", type=int, help="epochs before ASHA may stop a trial")
+    p.add_argument("--time-budget", type=float, help="seconds for the whole search")
+    p.add_argument("--seed", type=int, help="seed of the search")
+    p.add_argument("--held-out-folds", type=int_list,
                    help="outer folds whose speakers the search never reads; report the best config on these (default: first 3)")
-    p.add_argument("--search-folds", type=int, default=2, help="folds of the remaining speakers each trial trains on")
-    p.add_argument("--layers", default=None,
+    p.add_argument("--search-folds", type=int, help="folds of the remaining speakers each trial trains on")
+    p.add_argument("--layers", type=int_list,
                    help="comma-separated layers to search (default: the --top-layers best by the layer prior)")
-    p.add_argument("--top-layers", type=int, default=3,
+    p.add_argument("--top-layers", type=int,
                    help="layers the prior (lda_inner on the pool's speakers) ranks first to search; 0 = every layer")
-    p.add_argument("--arch", choices=("tcgru", "mlp"), default="tcgru")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--cpus-per-trial", type=float, default=0.5)
-    p.add_argument("--max-concurrent", type=int, default=2)
-    p.add_argument("--name", default="search", help="Tune experiment name under --out")
+    p.add_argument("--arch", choices=("tcgru", "mlp"))
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--cpus-per-trial", type=float)
+    p.add_argument("--max-concurrent", type=int)
+    p.add_argument("--name", help="Tune experiment name under --out")
     p.add_argument("--resume", action="store_true", help="continue the search in DIR/<name>")
     return p
+
+
+BINDS = {
+    "store": "store.uri", "model": Bind("extract.model", read="extract.key"), "corpus": Bind("train.corpora"),
+    "time_budget": "tune.time_budget_s",
+    **{k: f"tune.{k}" for k in ("num_samples", "max_epochs", "grace_period", "seed", "held_out_folds", "search_folds",
+                                "layers", "top_layers", "arch", "batch_size", "cpus_per_trial", "max_concurrent",
+                                "name")},
+}
+"""Each flag's config key (the tune section, and the store, model and corpora it searches)."""
 
 
 def main(argv: list[str] | None = None):
     import polars as pl
 
     from ray_ser.runtime import init_ray
-    from ray_ser.train.loop import TrainConfig
+    from ray_ser.train.config import TrainConfig
     from ray_ser.train.tune import SearchOptions, run_search
 
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cfg, args = from_args(parser(), argv, BINDS)
+    args.out = args.out or str(cfg.run_dir / "search")
+    console.setup(args.out)
     base = TrainConfig(store=args.store, model=args.model, arch=args.arch, batch_size=args.batch_size, seed=args.seed,
-                       corpora=[c for c in (args.corpus or "").split(",") if c], epochs=args.max_epochs)
+                       corpora=list(args.corpus), epochs=args.max_epochs)
     opts = SearchOptions(
         base=base, num_samples=args.num_samples, max_epochs=args.max_epochs, grace_period=args.grace_period,
         time_budget_s=args.time_budget, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
         max_concurrent=args.max_concurrent, name=args.name,
-        held_out_folds=[int(f) for f in args.held_out_folds.split(",")] if args.held_out_folds else None,
-        search_folds=args.search_folds,
-        layers=[int(x) for x in args.layers.split(",")] if args.layers else None, top_layers=args.top_layers)
-    init_ray()
-    t0 = time.perf_counter()
-    trials = run_search(opts, args.out, resume=args.resume)
-    with pl.Config(tbl_rows=30, tbl_cols=20, tbl_hide_dataframe_shape=True):
-        print(trials.head(5))
-    print(f"{trials.height} trials in {time.perf_counter() - t0:.1f} s; best config: {args.out}/best_config.json")
-    print(f"tensorboard --logdir {args.out}/{args.name}")
+        held_out_folds=args.held_out_folds, search_folds=args.search_folds, layers=args.layers,
+        top_layers=args.top_layers)
+    cfg.save(args.out)
+    with console.stage(f"tune {args.num_samples} trials into {args.out}"):
+        init_ray()
+        t0 = time.perf_counter()
+        trials = run_search(opts, args.out, resume=args.resume)
+        with pl.Config(tbl_rows=30, tbl_cols=20, tbl_hide_dataframe_shape=True):
+            console.say(str(trials.head(5)))
+        console.say(f"{trials.height} trials in {time.perf_counter() - t0:.1f} s; best config: {args.out}/best_config.json")
+        console.say(f"tensorboard --logdir {args.out}/{args.name}")
     return trials
 
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ray_ser.train.loop import FoldPlan, TrainConfig, model_config
+from ray_ser.train.config import TrainConfig
+from ray_ser.train.plan import FoldPlan, model_config
 from ray_ser.train.reader import IGNORE, InMemorySource, ragged
 
 

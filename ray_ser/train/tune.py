@@ -28,13 +28,9 @@ from typing import Sequence
 
 import polars as pl
 
-from ray_ser.train.loop import (
-    EpochRunner,
-    TrainConfig,
-    fold_datasets,
-    plan_fold,
-    resolve_assignment,
-)
+from ray_ser.train.config import TrainConfig
+from ray_ser.train.loop import EpochRunner
+from ray_ser.train.plan import fold_datasets, plan_fold, resolve_assignment
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +183,10 @@ def run_search(opts: SearchOptions, out_dir: str | Path, resume: bool = False):
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    from ray_ser import console
+    from ray_ser.train.tune_progress import TrialProgress
+
+    console.quiet_libraries()  # optuna's import gave it a console handler
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     held_out, folds = plan_search(opts)
@@ -210,8 +210,10 @@ def run_search(opts: SearchOptions, out_dir: str | Path, resume: bool = False):
                                         num_samples=opts.num_samples, time_budget_s=opts.time_budget_s,
                                         max_concurrent_trials=opts.max_concurrent,
                                         trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
-            run_config=tune.RunConfig(name=opts.name, storage_path=str(out_dir), callbacks=[TBXLoggerCallback()],
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+            run_config=tune.RunConfig(name=opts.name, storage_path=str(out_dir),
+                                      callbacks=[TBXLoggerCallback(), TrialProgress(metric, opts.num_samples)],
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                      verbose=None if console.is_verbose() else 0),  # quiet: the trials bar instead
         )
     results = tuner.fit()
     trials = trials_table(results, metric)

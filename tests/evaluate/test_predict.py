@@ -16,13 +16,10 @@ def _write_run(out: Path, store: str, seed: int, folds=None) -> Path:
     """A training run folder with one (untrained, seeded) best checkpoint per outer fold: what evaluation reads."""
     import torch
 
-    from ray_ser.train.loop import (
-        TrainConfig,
-        build_fold_model,
-        plan_fold,
-        resolve_assignment,
-        write_best,
-    )
+    from ray_ser.train.checkpoints import write_best
+    from ray_ser.train.config import TrainConfig
+    from ray_ser.train.loop import build_fold_model
+    from ray_ser.train.plan import plan_fold, resolve_assignment
 
     cfg = TrainConfig(store=store, model="tiny", layer=1, conv_channels=16, gru_hidden=16, embed_dim=8,
                       keep_ratio=0.6)
@@ -48,7 +45,8 @@ def run_dir_b(synth_store, tmp_path_factory) -> Path:
 
 def test_out_of_fold_predictions_cover_each_utterance_and_condition_once(synth_store, run_dir):
     from ray_ser.evaluate.predict import predict_run
-    from ray_ser.train.loop import TrainConfig, resolve_assignment
+    from ray_ser.train.config import TrainConfig
+    from ray_ser.train.plan import resolve_assignment
 
     pred, categories, config = predict_run(synth_store, run_dir, by=["gender"])
     a = resolve_assignment(TrainConfig(store=synth_store, model="tiny"))
@@ -104,7 +102,8 @@ def test_an_ensemble_averages_its_members_probabilities_row_by_row(synth_store, 
 
 def test_an_ensemble_refuses_runs_that_predict_other_rows(synth_store, run_dir, tmp_path):
     from ray_ser.evaluate.predict import ensemble_predictions, predict_run
-    from ray_ser.train.loop import TrainConfig, resolve_assignment
+    from ray_ser.train.config import TrainConfig
+    from ray_ser.train.plan import resolve_assignment
 
     folds = resolve_assignment(TrainConfig(store=synth_store, model="tiny")).fold_ids
     partial = _write_run(tmp_path / "partial", synth_store, seed=7, folds=folds[:1])

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def test_versus_baseline_reads_the_pooled_clean_uar():
@@ -10,26 +14,37 @@ def test_versus_baseline_reads_the_pooled_clean_uar():
     # jobs/evaluate.py's "overall": the 1-best UAR over all speakers per condition
     m = pl.DataFrame({"condition": ["5dB", "clean"], "value": [0.6, 0.914], "ci_low": [0.5, 0.891],
                       "ci_high": [0.7, 0.938], "n": [535, 535], "n_speakers": [10, 10]})
-    line = job.versus_baseline(m, {"uar": 0.9252}, "mlp")
+    line = job.versus_baseline(m, {"uar": 0.9252}, "mlp", "each fold's 3 best layers")
     assert line == ("clean UAR, pooled over the outer folds: mlp model 0.914 [0.891, 0.938] vs the probe baseline "
                     "(each fold's 3 best layers, C by inner CV) 0.925")
     assert job.versus_baseline(m, None, "mlp").startswith("no clean UAR")
     assert job.versus_baseline(m.filter(pl.col("condition") == "5dB"), {"uar": 0.9}, "mlp").startswith("no clean UAR")
 
 
-def test_each_recipe_is_a_valid_training_config():
-    """The pipeline's training arguments parse through jobs/train.py's own flags into the configurations the README
-    measured, and the pipeline's --epochs/--lr override the recipe's."""
-    from ray_ser.jobs import pipeline as job
+def test_each_recipe_config_is_the_measured_training_config():
+    """configs/emodb.yaml and configs/emodb-tcgru.yaml resolve to the training configurations docs/results.md
+    measured (through jobs/train.py's own flag handling), and flags override the file's values."""
     from ray_ser.jobs import train
 
-    def config(*pipeline_flags):
-        argv = job.train_argv(job.parser().parse_args(list(pipeline_flags)), "o")
-        return train.build_config(train.parser().parse_args(argv))
+    def config(name, *flags):
+        return train.build_config(["--config", str(CONFIGS / name), *flags])[0].train
 
-    lin, tc = config("--arch", "mlp"), config("--arch", "tcgru")
+    lin, tc = config("emodb.yaml"), config("emodb-tcgru.yaml")
     assert (lin.arch, lin.mlp_hidden, lin.auto_layers, lin.batch_size, lin.lr, lin.refit) == ("mlp", 0, 3, 16, 1e-3, True)
+    assert (lin.epochs, lin.patience, lin.weight_decay, lin.spec_augment) == (60, 15, 1e-3, False)
     assert (tc.arch, tc.pooling, tc.auto_layers, tc.batch_size, tc.lr) == ("tcgru", "mean", 3, 64, 5e-4)
     assert (tc.epochs, tc.patience, tc.refit, tc.layer, tc.layers) == (40, 10, True, None, [])
-    over = config("--arch", "tcgru", "--epochs", "3", "--lr", "0.01")
+    assert (lin.store, lin.model, lin.corpora) == ("store", "whisper-base", ["emodb"])
+    over = config("emodb-tcgru.yaml", "--epochs", "3", "--lr", "0.01")
     assert (over.epochs, over.lr, over.patience, over.batch_size) == (3, 0.01, 10, 64)
+
+
+def test_pipeline_flags_override_the_config_and_name_the_run_folder():
+    from ray_ser.config import from_args
+    from ray_ser.jobs import pipeline as job
+
+    cfg, _ = from_args(job.parser(), ["--config", str(CONFIGS / "emodb.yaml"), "--limit", "60", "--epochs", "1",
+                                      "--store", "/tmp/s", "--k", "8,16", "--runs", "/tmp/r"], job.BINDS)
+    assert (cfg.data.limit, cfg.train.epochs, cfg.store.uri, cfg.train.store) == (60, 1, "/tmp/s", "/tmp/s")
+    assert cfg.analysis.clusters.k == [8, 16] and str(cfg.run_dir) == "/tmp/r/emodb"
+    assert cfg.analysis.probe and cfg.analysis.probe_layers == "auto:3"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ray_ser.train.loop import TrainConfig, fit_fold
+from ray_ser.train.config import TrainConfig
+from ray_ser.train.loop import fit_fold
 from ray_ser.train.synthetic_fold import synthetic_fold
 
 
@@ -38,7 +39,8 @@ class Blocked:
             raise ImportError("not installed here: " + name)
 sys.meta_path.insert(0, Blocked())
 from ray_ser.train.synthetic_fold import synthetic_fold
-from ray_ser.train.loop import TrainConfig, fit_fold
+from ray_ser.train.config import TrainConfig
+from ray_ser.train.loop import fit_fold
 cfg = TrainConfig(arch="mlp", mlp_hidden=0, epochs=2, batch_size=8, spec_augment=False)
 f = synthetic_fold(cfg, n_train=16, n_val=8, dim=4, frames=(2, 5), n_speakers=2)
 print(fit_fold(cfg, f.plan, f.train, f.val, lambda m, s: None)["epoch"])

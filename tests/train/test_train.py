@@ -22,14 +22,10 @@ import pytest
 from ray_ser.analysis import saliency_store as ss
 from ray_ser.analysis.clusters import ensure_centroids
 from ray_ser.store.core import Store
-from ray_ser.train.loop import (
-    TrainConfig,
-    fold_checkpoints,
-    load_fold_model,
-    plan_fold,
-    resolve_assignment,
-    run,
-)
+from ray_ser.train.checkpoints import fold_checkpoints, load_fold_model
+from ray_ser.train.config import TrainConfig
+from ray_ser.train.driver import run
+from ray_ser.train.plan import plan_fold, resolve_assignment
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("local_ray")  # Ray Data reads and Ray Train fits in this process
@@ -220,7 +216,8 @@ def test_refit_trains_on_every_training_speaker_for_the_selected_epochs(synth_st
 
 
 def test_refit_resumes_in_its_own_phase(synth_store):
-    from ray_ser.train.loop import fit_fold, fold_datasets
+    from ray_ser.train.loop import fit_fold
+    from ray_ser.train.plan import fold_datasets
 
     cfg = small_cfg(synth_store, arch="mlp", mlp_hidden=0, epochs=4, patience=10, refit=True, spec_augment=False)
     plan, labels, centroids = plan_fold(cfg, resolve_assignment(cfg), 0)
@@ -253,7 +250,7 @@ def test_train_job_flags_override_the_config_file(tmp_path):
 
     cfg_file = tmp_path / "best_config.json"
     cfg_file.write_text(json.dumps({"layers": [2, 3], "mlp_hidden": 0, "refit": True}))
-    parse = lambda *a: job.build_config(job.parser().parse_args(["--out", "x", "--config", str(cfg_file), *a]))  # noqa: E731
+    parse = lambda *a: job.build_config(["--out", "x", "--config", str(cfg_file), *a])[0].train  # noqa: E731
     assert parse().layers == [2, 3] and parse().refit is True
     one = parse("--layer", "1", "--no-refit")
     assert (one.layer, one.layers, one.refit, one.mlp_hidden) == (1, [], False, 0)
@@ -288,7 +285,8 @@ def test_inner_folds_choose_the_epoch_count_on_the_mean_validation_curve(synth_s
 
 
 def test_inner_folds_are_speaker_disjoint_and_resume_inside_an_inner_fold(synth_store):
-    from ray_ser.train.loop import fit_fold, fold_datasets
+    from ray_ser.train.loop import fit_fold
+    from ray_ser.train.plan import fold_datasets
     from ray_ser.train.reader import load_labels
 
     cfg = small_cfg(synth_store, arch="mlp", mlp_hidden=0, epochs=3, lr=3e-3, spec_augment=False, inner_folds=2)
@@ -329,7 +327,8 @@ def test_inner_folds_need_clean_training_copies(synth_store):
 def test_standardised_mlp_pools_before_scaling_with_the_same_outputs():
     import torch
 
-    from ray_ser.train.loop import FoldPlan, build_fold_model
+    from ray_ser.train.loop import build_fold_model
+    from ray_ser.train.plan import FoldPlan
 
     D = 6
     model_cfg = {"input_dim": D, "arch": "mlp", "pooling": "mean", "conv_channels": 8, "gru_hidden": 8, "embed_dim": 4,

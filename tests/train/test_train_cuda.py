@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from ray_ser.train.config import TrainConfig
 from ray_ser.train.loop import (
-    TrainConfig,
     build_fold_model,
     epoch_batches,
     fit_fold,

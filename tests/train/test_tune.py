@@ -14,7 +14,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from ray_ser.train.loop import TrainConfig, resolve_assignment
+from ray_ser.train.config import TrainConfig
+from ray_ser.train.plan import resolve_assignment
 from ray_ser.train.reader import READ_LOG_ENV
 
 ROOT = Path(__file__).resolve().parents[2]

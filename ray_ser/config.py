@@ -1,0 +1,476 @@
+"""The experiment config: one typed file (YAML) that every stage, job and ``ray-ser`` sub-command reads.
+
+Sections follow the flow (``data`` -> ``store`` -> ``extract`` -> ``analysis`` -> ``train`` / ``tune`` ->
+``evaluate``); their keys are the pydantic field names below. A stage's command-line flags override the file
+(:func:`from_args`), and the resolved config is written next to what the stage produces, so a run can be
+repeated from its own folder. Bad input (an unknown key, a wrong type, an impossible value) is refused with the
+key's dotted path, the value and the file, before anything runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from ray_ser.analysis.probe import DEFAULT_CS
+from ray_ser.analysis.saliency import DEFAULT_BINS
+from ray_ser.extract.conditions import DEFAULT_CONDITIONS, aug_conditions
+from ray_ser.extract.program import ExtractOptions
+from ray_ser.fm.registry import DEFAULT_MODEL
+from ray_ser.train.config import TrainConfig
+
+RESOLVED_FILE = "config.yaml"
+"""Name of the resolved config written into a run folder (and read back by ``--config <run>/config.yaml``)."""
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used: names the file, each bad key's dotted path, its value and the reason."""
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are refused; each field's docstring is its documentation."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class DataConfig(Section):
+    """Which corpora, and where their audio is."""
+
+    corpora: list[str] = []
+    """Corpus adapters to extract (emodb, ravdess, cremad, iemocap, msppodcast, csv); training reads these corpora's
+    utterances (empty: extraction needs --corpus or a manifest, and training reads every labelled utterance)."""
+    data_root: str | None = None
+    """Folder holding the corpora (null: $RAY_SER_DATA_ROOT, then ../shared/corpora)."""
+    manifest: str | None = None
+    """A manifest Parquet written by `ray-ser manifest`, extracted instead of building the corpora's manifests."""
+    csv: str | None = None
+    """With the `csv` corpus: the CSV file of utterances (path, speaker, label, ...)."""
+    audio_root: str | None = None
+    """With the `csv` corpus: the folder the CSV's paths are relative to."""
+    limit: int | None = Field(None, ge=1)
+    """Extract only this many utterances per corpus, spread over speakers and categories (smoke runs)."""
+
+    def corpus_names(self) -> list[str]:
+        """The names the store files these corpora under: the adapter's, or for `csv` the CSV file's stem."""
+        names = []
+        for corpus in self.corpora:
+            if corpus != "csv":
+                names.append(corpus)
+            elif self.csv:
+                names.append(Path(self.csv).stem)
+        return names
+
+    @field_validator("corpora")
+    @classmethod
+    def _known(cls, corpora: list[str]) -> list[str]:
+        from ray_ser.corpora import ADAPTERS
+
+        unknown = [c for c in corpora if c not in ADAPTERS]
+        if unknown:
+            raise ValueError(f"unknown corpus {unknown[0]!r}; known: {', '.join(sorted(ADAPTERS))}")
+        return corpora
+
+
+class StoreConfig(Section):
+    """Where the embeddings and analysis tables live."""
+
+    uri: str = "store"
+    """LanceDB store: a local folder (relative to where the command runs) or an object-store URI."""
+
+
+class ExtractConfig(Section):
+    """All-layer extraction with Ray Data (:class:`ray_ser.extract.program.ExtractOptions` plus augmentation)."""
+
+    model: str = DEFAULT_MODEL
+    """Embedded model name, Hugging Face model id or local folder."""
+    conditions: list[str] = list(DEFAULT_CONDITIONS)
+    """Conditions to store: clean and SNR bands such as 25dB (noise mixed at that SNR)."""
+    aug_copies: int = Field(0, ge=0, le=10_000)
+    """Augmented training copies per utterance (conditions aug0..augN-1), added to ``conditions``."""
+    frames: bool = True
+    """Store frame matrices (fp16) besides the pooled vectors; training reads frames."""
+    frame_layers: list[int] | None = None
+    """Store frames of these layers only (null: every layer); pooled vectors are always kept for all."""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """Model precision: auto is float16 on CUDA and float32 on CPU."""
+    whisper_mode: str = ExtractOptions.whisper_mode
+    """How Whisper sees a clip: strided:<s> | trimmed | padded | window:<seconds>."""
+    write_mode: Literal["driver", "fragments"] = "driver"
+    """driver: actors return rows and the driver appends them; fragments: actors write Lance fragments."""
+    batch_size: int = Field(ExtractOptions.batch_size, ge=1)
+    """Utterances per model batch."""
+    max_batch_seconds: float = Field(ExtractOptions.max_batch_seconds, gt=0)
+    """Most audio seconds in one model batch."""
+    pool_size: int | None = Field(None, ge=1)
+    """Model actors (null: one per GPU; on CPUs one per core, at most 4)."""
+    threads: int | None = Field(None, ge=1)
+    """Torch threads per CPU actor (null: cores / actors)."""
+    model_key: str | None = None
+    """Name the store files the embeddings under (null: the model, plus @mode for a non-default Whisper mode)."""
+    seed: int = 0
+    """Seed of the degraded and augmented copies."""
+    retry_errors: bool = False
+    """Try utterances that failed in earlier runs again."""
+    commit_mb: float = Field(ExtractOptions.commit_mb, ge=0)
+    """Buffer finished rows up to this many MB before one LanceDB commit ..."""
+    commit_seconds: float = Field(ExtractOptions.commit_seconds, ge=0)
+    """... or this many seconds, whichever comes first (0: commit every block)."""
+    max_seconds: float | None = Field(ExtractOptions.max_seconds, gt=0)
+    """Longer audio becomes an errors row (read from the header, before decoding); null: no limit."""
+    on_drift: Literal["refuse", "new-key"] = "refuse"
+    """When options differ from the table's: refuse, or file under a new key (model~<hash>)."""
+    wait_lease: float = Field(0.0, ge=0)
+    """Seconds to wait while another run writes the same table, then refuse."""
+    keep_versions_s: float = Field(ExtractOptions.keep_versions_s, ge=0)
+    """Compaction deletes superseded table versions only this many seconds later (open readers keep theirs)."""
+
+    def options(self) -> ExtractOptions:
+        """The extraction program's options (the conditions with the augmented copies appended)."""
+        names = {f.name for f in fields(ExtractOptions)}
+        values = {k: v for k, v in self.model_dump().items() if k in names}
+        values["conditions"] = [*self.conditions, *aug_conditions(self.aug_copies)]
+        return ExtractOptions(**values)
+
+    @property
+    def key(self) -> str:
+        """The model key the store files this extraction under (what analyses and training read)."""
+        return self.options().key
+
+
+class ClusterConfig(Section):
+    """Frame k-means per outer fold (pseudo-emotion labels for the cluster head)."""
+
+    layer: str = "auto"
+    """Layer whose frames are clustered: an index, or auto (the layer criterion's pick per fold)."""
+    k: list[int] = [50, 100, 150]
+    """Cluster counts; one k-means per count and fold."""
+    fold: str = "all"
+    """all | F[,F...] outer folds (-1 = all speakers, never for evaluation)."""
+    conditions: list[str] | None = None
+    """Conditions to assign cluster ids to (null: every stored one)."""
+    assign: Literal["test", "all"] = "test"
+    """test: ids only for each fold's test speakers (out of fold); all: every utterance."""
+    sample_frames: int = Field(20000, ge=1)
+    """Training frames drawn for k-means."""
+    seed: int = 0
+    """Seed of the frame sample and of k-means."""
+
+
+class PruneConfig(Section):
+    """Saliency-pruned copies of one layer's frames."""
+
+    layer: int | None = None
+    """The layer whose frames are pruned (required by `ray-ser prune`)."""
+    keep_ratio: float = Field(0.6, gt=0, le=1)
+    """Fraction of dimensions each fold's mask keeps."""
+    conditions: list[str] | None = None
+    """Conditions to copy (null: every condition with frames)."""
+    saliency_condition: str = "clean"
+    """The condition whose saliency ranks the dimensions."""
+    score: Literal["ccs", "mis"] = "ccs"
+    """Saliency score that ranks the dimensions."""
+
+
+class AnalysisConfig(Section):
+    """Saliency, layer criteria, probes and clusters; each fitted per outer fold on its training speakers."""
+
+    condition: str = "clean"
+    """Condition the saliency, probes and clusters are fitted on."""
+    folds: str = "auto"
+    """Outer folds when the store has none yet: auto (LOSO up to 12 speakers, else 5) | loso | manifest | K."""
+    seed: int = 0
+    """Seed of a K-fold split."""
+    mis: bool = True
+    """Mutual-information saliency besides CCS."""
+    n_bins: int = Field(DEFAULT_BINS, ge=2)
+    """Quantile bins of the mutual-information estimator."""
+    layer_criterion: str | None = None
+    """Criterion that picks each fold's layers (null: the default, lda_inner; none: skip the choice)."""
+    probe: bool = False
+    """Fit a linear probe per layer and compare it with the saliency ranking."""
+    probe_layers: str | None = None
+    """A multi-layer probe baseline: layers such as 2,3,4, or auto:K (each fold's K best layers)."""
+    probe_c: list[float] = list(DEFAULT_CS)
+    """Inverse regularisation strengths the probes choose from by inner cross-validation."""
+    probe_readout: str = "none"
+    """Per-utterance read-outs of the probe baseline, comma-separated: none, l2, ssqrt."""
+    clusters: ClusterConfig = ClusterConfig()
+    """Frame clusters."""
+    prune: PruneConfig = PruneConfig()
+    """Pruned frames."""
+
+    @field_validator("layer_criterion")
+    @classmethod
+    def _criterion(cls, value: str | None) -> str | None:
+        return value if value not in (None, "") else None
+
+
+class TuneConfig(Section):
+    """Ray Tune search; trials never read the held-out folds' speakers."""
+
+    num_samples: int = Field(16, ge=1)
+    """Trials."""
+    max_epochs: int = Field(12, ge=1)
+    """Epochs per trial (ASHA's max_t)."""
+    grace_period: int = Field(2, ge=1)
+    """Epochs before ASHA may stop a trial."""
+    time_budget_s: float | None = Field(None, gt=0)
+    """Seconds for the whole search (null: no limit)."""
+    seed: int = 0
+    """Seed of the search algorithm."""
+    held_out_folds: list[int] | None = None
+    """Outer folds whose speakers no trial reads (null: the first three); report on these."""
+    search_folds: int = Field(2, ge=1)
+    """Folds of the remaining speakers each trial trains and validates on."""
+    layers: list[int] | None = None
+    """Layers to search (null: the top_layers best by the layer prior)."""
+    top_layers: int = Field(3, ge=0)
+    """With layers null: search the this-many layers the prior ranks first (0: every layer)."""
+    arch: Literal["tcgru", "mlp"] = "tcgru"
+    """Model the trials train."""
+    batch_size: int = Field(64, ge=1)
+    """Batch size of every trial."""
+    cpus_per_trial: float = Field(0.5, gt=0)
+    """CPUs each trial holds (fractions share cores)."""
+    max_concurrent: int = Field(2, ge=1)
+    """Trials at once."""
+    name: str = "search"
+    """Tune experiment name under the output folder."""
+
+
+class EvaluateConfig(Section):
+    """Out-of-fold batch predictions and the per-speaker, per-gender, per-SNR tables."""
+
+    runs: list[str] = []
+    """Training run folders to score (several: an ensemble); empty: this experiment's run folder."""
+    by: list[str] = []
+    """Extra grouping columns (a manifest column, an extra key, or <key>_bin)."""
+    conditions: list[str] | None = None
+    """Conditions to score (null: every stored evaluation condition)."""
+    n_boot: int = Field(500, ge=1)
+    """Speaker-level bootstrap resamples of each interval."""
+    seed: int = 0
+    """Seed of the bootstrap."""
+    batch_size: int = Field(32, ge=1)
+    """Utterances per prediction batch."""
+
+
+class ExperimentConfig(Section):
+    """One experiment, from corpora to tables."""
+
+    name: str = "experiment"
+    """The experiment's name: its run folder is <runs>/<name>."""
+    runs: str = "runs"
+    """Folder of run folders (checkpoints, epochs, TensorBoard, evaluation, logs)."""
+    data: DataConfig = DataConfig()
+    """Corpora."""
+    store: StoreConfig = StoreConfig()
+    """The store."""
+    extract: ExtractConfig = ExtractConfig()
+    """Extraction."""
+    analysis: AnalysisConfig = AnalysisConfig()
+    """Analyses."""
+    train: TrainConfig = TrainConfig()
+    """Training (store, model and corpora default to the store, extract and data sections)."""
+    tune: TuneConfig = TuneConfig()
+    """Search."""
+    evaluate: EvaluateConfig = EvaluateConfig()
+    """Evaluation."""
+
+    @model_validator(mode="after")
+    def _train_follows_the_experiment(self) -> "ExperimentConfig":
+        """train.store/model/corpora take the experiment's store, model key and corpora unless set."""
+        given = self.train.model_fields_set
+        if "store" not in given:
+            self.train.__dict__["store"] = self.store.uri
+        if "model" not in given:
+            self.train.__dict__["model"] = self.extract.key
+        if "corpora" not in given:
+            self.train.__dict__["corpora"] = self.data.corpus_names()
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        """This experiment's run folder."""
+        return Path(self.runs) / self.name
+
+    def to_yaml(self) -> str:
+        """The resolved config, every default included, as YAML."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True, default_flow_style=None)
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the resolved config as ``<folder>/config.yaml`` (what a stage ran with)."""
+        path = Path(folder) / RESOLVED_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_yaml(), encoding="utf-8")
+        return path
+
+
+# ---- reading -------------------------------------------------------------------------------------------------
+def _describe(error: Mapping[str, Any]) -> str:
+    path = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{path}: unknown key"
+    return f"{path}: {error['msg']} (got {error['input']!r})"
+
+
+def validate(data: Mapping[str, Any], source: str = "config") -> ExperimentConfig:
+    """An :class:`ExperimentConfig` from plain data, or :class:`ConfigError` listing every bad key of ``source``."""
+    try:
+        return ExperimentConfig.model_validate(dict(data))
+    except ValidationError as e:
+        lines = [_describe(err) for err in e.errors()]
+        raise ConfigError(f"{source}: " + ("; ".join(lines) if len(lines) < 2 else "\n  " + "\n  ".join(lines))) from None
+
+
+def read_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML (or JSON) file; an empty file is an empty mapping."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config is a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``a.b.c`` in nested mappings, creating sections on the way."""
+    *parents, leaf = path.split(".")
+    node = data
+    for key in parents:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = node[key] = {}
+        node = child
+    node[leaf] = value
+
+
+def get_path(cfg: BaseModel, path: str) -> Any:
+    value: Any = cfg
+    for key in path.split("."):
+        value = getattr(value, key)
+    return value
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``section.key=value`` (value read as YAML, so 3, 0.5, true, [a, b] and null work)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. train.epochs=5")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def load(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """The experiment config in ``path`` (None: every default) with ``overrides`` (dotted path -> value) on top."""
+    data = read_file(path) if path else {}
+    if data and all(k in TrainConfig.model_fields and not isinstance(v, dict) for k, v in data.items()):
+        data = {"train": data}  # a bare TrainConfig, such as a Tune search's best_config.json
+    for key, value in (overrides or {}).items():
+        set_path(data, key, value)
+    source = str(path) if path else "defaults"
+    if overrides:
+        source += " with " + ", ".join(sorted(overrides))
+    return validate(data, source)
+
+
+# ---- flags over the file -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Bind:
+    """A command-line flag that sets one config key: ``to_config`` turns the flag's value into the key's,
+    ``to_arg`` the resolved key's back into the flag's (``read``: read another key or property instead)."""
+
+    path: str
+    to_config: Callable[[Any], Any] | None = None
+    to_arg: Callable[[Any], Any] | None = None
+    read: str | None = None
+
+
+def negated(path: str) -> Bind:
+    """A ``--no-x`` flag bound to the boolean key ``x``."""
+    return Bind(path, lambda off: not off, lambda on: not on)
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags every stage shares: ``--config FILE`` and repeatable ``--set KEY=VALUE``."""
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="experiment config (YAML); the other flags override it")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key, e.g. --set train.epochs=5 (repeatable)")
+    return parser
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The dests the user gave on the command line (not left at their defaults)."""
+    saved = [(a, a.default) for a in parser._actions]
+    try:
+        for action, _ in saved:
+            action.default = argparse.SUPPRESS
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for action, default in saved:
+            action.default = default
+
+
+def from_args(parser: argparse.ArgumentParser, argv: list[str] | None,
+              binds: Mapping[str, str | Bind]) -> tuple[ExperimentConfig, argparse.Namespace]:
+    """Parse a stage's flags over its config file: a flag the user gave sets its bound key, then every bound
+    flag's value in the namespace is the resolved key's (so the stage reads one truth either way)."""
+    args = parser.parse_args(argv)
+    given = given_flags(parser, argv)
+    overrides: dict[str, Any] = dict(parse_assignment(s) for s in args.set)
+    for dest, bind in binds.items():
+        bind = Bind(bind) if isinstance(bind, str) else bind
+        if dest in given:
+            value = getattr(args, dest)
+            overrides[bind.path] = bind.to_config(value) if bind.to_config else value
+    cfg = load(args.config, overrides)
+    for dest, bind in binds.items():
+        bind = Bind(bind) if isinstance(bind, str) else bind
+        value = get_path(cfg, bind.read or bind.path)
+        setattr(args, dest, bind.to_arg(value) if bind.to_arg else value)
+    return cfg, args
+
+
+def log_folder(cfg: ExperimentConfig, args: argparse.Namespace) -> Path | None:
+    """Where a stage run from a config file logs: the experiment's run folder (None without ``--config``, so a
+    stage run by hand with flags alone leaves no folder behind)."""
+    return cfg.run_dir if getattr(args, "config", None) else None
+
+
+def csv_list(text: str) -> list[str]:
+    """A comma-separated flag value as a list (empty items dropped)."""
+    return [item.strip() for item in str(text).split(",") if item.strip()]
+
+
+def int_list(text: str) -> list[int]:
+    """A comma-separated flag value of integers."""
+    try:
+        return [int(item) for item in csv_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def float_list(text: str) -> list[float]:
+    """A comma-separated flag value of numbers."""
+    try:
+        return [float(item) for item in csv_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None

@@ -1,0 +1,82 @@
+"""A fold's best checkpoint: ``DIR/fold_<f>/best/{model.pt,config.json}``, written after training and loaded
+by evaluation (everything needed to predict, without the training run)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ray_ser.train.config import TrainConfig
+from ray_ser.train.loop import build_fold_model
+from ray_ser.train.plan import FoldPlan, plan_mask
+
+log = logging.getLogger(__name__)
+
+
+BEST_DIR = "best"
+
+
+# ---- checkpoints evaluation reads -------------------------------------------------------------------
+def write_best(out_dir: Path, cfg: TrainConfig, plan: FoldPlan, state: dict) -> Path:
+    """``DIR/fold_<f>/best/{model.pt,config.json}``: the best epoch's weights and everything needed to rebuild
+    the model and its input (layer, mask, categories) without other inputs. Written atomically."""
+    import torch
+
+    final = out_dir / f"fold_{plan.fold}" / BEST_DIR
+    tmp = final.with_name(BEST_DIR + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(state["best_model"], tmp / "model.pt")
+    info = {"train": cfg.model_dump(), "plan": plan.to_dict(), "best_epoch": state["best_epoch"],
+            "best_val_score": state["best_score"], "epochs_run": state["epoch"]}
+    if state.get("phase") == "refit":
+        info.update(epochs_run=state["selected"]["epoch"], refit_epochs=state["refit_epochs"])
+    (tmp / "config.json").write_text(json.dumps(info, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+@dataclass
+class FoldModel:
+    """A fold's best model, ready to predict: the module (eval mode), its config and plan."""
+
+    module: Any
+    cfg: TrainConfig
+    plan: FoldPlan
+    path: Path
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        return plan_mask(self.cfg, self.plan)
+
+
+def load_fold_model(path: str | os.PathLike, store: str | None = None) -> FoldModel:
+    """Rebuild a fold's best model from ``DIR/fold_<f>/best`` (``store`` overrides the recorded store URI)."""
+    import torch
+
+    path = Path(path)
+    info = json.loads((path / "config.json").read_text())
+    cfg = TrainConfig(**info["train"])
+    if store is not None:
+        cfg.store = store
+    plan = FoldPlan(**info["plan"])
+    module = build_fold_model(plan)
+    module.load_state_dict(torch.load(path / "model.pt", map_location="cpu"))
+    return FoldModel(module.eval(), cfg, plan, path)
+
+
+def fold_checkpoints(run_dir: str | os.PathLike) -> dict[int, Path]:
+    """{fold: best checkpoint folder} of a training run folder."""
+    out = {}
+    for d in sorted(Path(run_dir).glob(f"fold_*/{BEST_DIR}")):
+        if (d / "config.json").exists() and (d / "model.pt").exists():
+            out[int(d.parent.name.split("_", 1)[1])] = d
+    return out

@@ -1,0 +1,120 @@
+"""What defines a training run: :class:`TrainConfig`, the ``train`` section of the experiment config and the
+``best_config.json`` a Tune search writes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ray_ser.fm.registry import DEFAULT_MODEL
+
+
+class TrainConfig(BaseModel):
+    """Everything that defines a training run; ``best_config.json`` of a Tune search is one of these."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    store: str = "store"
+    """LanceDB store to read (in an experiment config: store.uri unless set here)."""
+    model: str = DEFAULT_MODEL
+    """Model key of the embeddings (in an experiment config: the extract section's key unless set here)."""
+    corpora: list[str] = []
+    """Corpora to train on (empty: every labelled utterance of the store; in an experiment config: data.corpora)."""
+    layer: int | None = None
+    """Layer to read; null: chosen per outer fold on its training speakers (ray_ser.analysis.layer_selection)."""
+    layers: list[int] = []
+    """Several layers, each frame their vectors concatenated in this order (overrides ``layer``; the mask, when
+    keep_ratio < 1, is each layer's own fold mask)."""
+    auto_layers: int = Field(1, ge=1)
+    """Without ``layer``/``layers``: concatenate each outer fold's this many best layers by the layer criterion on
+    its training speakers (ray_ser.analysis.layer_selection.ranked_layers), in layer order."""
+    conditions: list[str] = ["clean"]
+    """Training copies: more than one = multi-condition training (one copy per utterance and epoch)."""
+    keep_ratio: float = Field(1.0, gt=0, le=1)
+    """Fraction of each layer's dimensions kept by the fold's saliency mask (1.0: all)."""
+    n_clusters: int = Field(0, ge=0)
+    """Frame-cluster head's k (0 = off); ids from fold f's k-means centroids of the same layer."""
+    cluster_weight: float = Field(0.1, ge=0)
+    """Loss weight of the frame-cluster head."""
+    adv_weight: float = Field(0.0, ge=0)
+    """Gradient-reversal weight of the domain head (0 = head off; seed 002 uses 0.01)."""
+    domain: Literal["speaker", "corpus"] | None = None
+    """What the domain head predicts (null: corpus when training on several corpora, else speaker)."""
+    target: Literal["pdf", "onehot"] = "pdf"
+    """Categorical target: the graders' vote distribution (pdf, soft) or the consensus label (onehot)."""
+    dimensional: bool = True
+    """A/V/D head with the CCC loss when the corpus has those scores."""
+    arch: Literal["tcgru", "mlp"] = "tcgru"
+    """Model: the TC-GRU multi-task network, or an MLP on pooled frames."""
+    pooling: Literal["attention", "mean", "last"] = "attention"
+    """How frames become one vector per utterance."""
+    conv_channels: int = Field(256, ge=1)
+    """TC-GRU: channels of the temporal convolution."""
+    gru_hidden: int = Field(256, ge=1)
+    """TC-GRU: hidden size of the GRU."""
+    embed_dim: int = Field(128, ge=1)
+    """TC-GRU: size of the utterance embedding the heads read."""
+    mlp_hidden: int = Field(256, ge=0)
+    """MLP hidden width (0: a linear model on the pooled input)."""
+    dropout: float = Field(0.2, ge=0, lt=1)
+    """Dropout rate."""
+    spec_augment: bool = True
+    """Time and feature masking of the training frames."""
+    lr: float = Field(5e-4, gt=0)
+    """Learning rate (AdamW)."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW decoupled weight decay."""
+    batch_size: int = Field(64, ge=1)
+    """Utterances per batch."""
+    epochs: int = Field(30, ge=1)
+    """Most epochs per fold."""
+    patience: int = Field(8, ge=1)
+    """Epochs without a better validation score before early stopping."""
+    refit: bool = False
+    """After early stopping on the inner validation speakers, train a fresh model on all of the fold's training
+    speakers (inner + validation) for the selected number of epochs; that model is the fold's checkpoint."""
+    seed: int = 0
+    """Seed of initialisation, shuffling and augmentation."""
+    folds: str = "auto"
+    """Fold rule when the store has no saliency folds (auto: LOSO up to 12 speakers, else 5 folds)."""
+    fold_seed: int = 0
+    """Seed of a K-fold rule."""
+    inner_share: float = Field(0.15, gt=0, lt=1)
+    """Share of a fold's training speakers held out as inner validation speakers."""
+    inner_folds: int = Field(1, ge=1)
+    """1: the selection phase early-stops on one inner split (``inner_share`` of the training speakers). k > 1: the
+    epoch count is chosen on the mean validation curve of k speaker-disjoint inner folds of all training speakers
+    (each fold trains every epoch), then the model is refit on all of them (implies ``refit``): on a small corpus
+    one validation speaker makes a noisy choice."""
+    num_workers: int = Field(1, ge=1)
+    """Ray Train workers per fold (DDP)."""
+    cpus_per_worker: float = Field(1.0, gt=0)
+    """CPUs each Ray Train worker holds."""
+    checkpoint_every_s: float = Field(30.0, ge=0)
+    """A worker reports to Ray Train (the epoch's metrics and a checkpoint of the fold's state) at most this often
+    and after the last epoch (0: every epoch). Train V2 takes one report per controller poll (2 s), more than a
+    small model's epoch; a killed run redoes at most this much. Every epoch is in the history and TensorBoard."""
+    cache_mb: int = Field(2048, ge=0)
+    """A worker's training (and validation) shard up to this size stays in memory after the first epoch's read
+    (0: stream from Ray Data every epoch)."""
+    use_gpu: bool | None = None
+    """null: use GPUs when the cluster has them."""
+
+    @model_validator(mode="after")
+    def _cv_refits(self) -> "TrainConfig":
+        if self.inner_folds > 1:
+            if self.conditions != ["clean"]:
+                raise ValueError(f"inner_folds > 1 trains and validates on the clean copies: multi-condition "
+                                 f"training ({self.conditions}) needs inner_folds=1")
+            self.refit = True  # cross-validation picks an epoch count: only a refit can use it
+        return self
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, **overrides: Any) -> "TrainConfig":
+        data = json.loads(Path(path).read_text())
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)

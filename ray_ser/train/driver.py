@@ -1,0 +1,201 @@
+"""The Ray Train driver: one TorchTrainer run per outer fold (resumed from its last checkpoint after a kill),
+the per-epoch table of a run, and :func:`run` over the folds of a config."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+from ray_ser import console
+from ray_ser.corpora.folds import FoldAssignment
+from ray_ser.train.checkpoints import fold_checkpoints, write_best
+from ray_ser.train.config import TrainConfig
+from ray_ser.train.loop import final_state, load_state, train_loop_per_worker
+from ray_ser.train.plan import (
+    auto_layers,
+    fold_datasets,
+    plan_fold,
+    resolve_assignment,
+    select_folds,
+)
+
+if TYPE_CHECKING:  # polars is only needed where tables are written, not in a worker's loop
+    import polars as pl
+
+log = logging.getLogger(__name__)
+
+PROGRESS_FILE = "progress.json"
+"""``DIR/fold_<f>/progress.json``: the epoch a fold's rank-0 worker is at (:func:`ray_ser.train.loop.write_progress`),
+read by the driver's progress bar while the fold trains; removed when it ends."""
+
+
+# ---- the driver -------------------------------------------------------------------------------------
+def config_hash(cfg: TrainConfig) -> str:
+    """8 hex digits naming a configuration: a Ray Train run resumes only a run of the same configuration."""
+    import hashlib
+
+    return hashlib.sha1(json.dumps(defining(cfg.model_dump()), sort_keys=True).encode()).hexdigest()[:8]
+
+
+RUNTIME_FIELDS = ("cache_mb", "checkpoint_every_s")
+
+
+"""TrainConfig fields that change how a run is executed, not what it learns (a resumed run may change them)."""
+
+
+def defining(config: dict) -> dict:
+    """A config dict without its runtime-only fields: what two runs must share to be the same run."""
+    return {k: v for k, v in config.items() if k not in RUNTIME_FIELDS}
+
+
+def _scaling(cfg: TrainConfig):
+    import ray
+    from ray.train import ScalingConfig
+
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= 1
+    return ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
+                         resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if use_gpu else {})})
+
+
+@contextlib.contextmanager
+def watch_progress(path: Path, on_change: Callable[[dict], None] | None, interval: float = 1.0) -> Iterator[None]:
+    """While the block runs, a thread calls ``on_change`` with the JSON in ``path`` each time it changes."""
+    if on_change is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def poll() -> None:
+        last = None
+        while not stop.wait(interval):
+            try:
+                text = path.read_text()
+                if text != last:
+                    last = text
+                    on_change(json.loads(text))
+            except (OSError, ValueError):  # not written yet, or being replaced
+                continue
+
+    thread = threading.Thread(target=poll, name="ray_ser-fold-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def epoch_note(fold: int, progress: dict) -> str:
+    """The fold bar's postfix: ``fold 3: epoch 5/30`` (``inner 2/3``, ``refit`` when in those phases)."""
+    phase, where = progress.get("phase"), ""
+    if phase == "cv" and progress.get("inner_fold") is not None and progress.get("inner_folds"):
+        where = f"inner {progress['inner_fold'] + 1}/{progress['inner_folds']} "
+    elif phase == "refit":
+        where = "refit "
+    return f"fold {fold}: {where}epoch {progress.get('epoch')}/{progress.get('epochs')}"
+
+
+def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir: str | os.PathLike,
+               layer: int | Sequence[int] | None = None, on_epoch: Callable[[dict], None] | None = None) -> dict:
+    """Train outer ``fold`` with Ray Train (resuming its run if one was interrupted) and write its best
+    checkpoint; returns the fold's summary (best epoch and validation score, seconds, layer). ``on_epoch`` gets
+    the fold's progress (phase, epoch, epochs) while it trains, when its workers share this machine's disk."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    out_dir = Path(out_dir).resolve()
+    t0 = time.perf_counter()
+    plan, labels, centroids = plan_fold(cfg, assignment, fold, layer)
+    datasets = fold_datasets(cfg, plan, labels, centroids)
+    progress = out_dir / f"fold_{fold}" / PROGRESS_FILE
+    progress.parent.mkdir(parents=True, exist_ok=True)
+    progress.unlink(missing_ok=True)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.model_dump(), "plan": plan.to_dict(), "datasets": sorted(datasets),
+                           "tb_dir": str(out_dir / "tensorboard" / f"fold_{fold}"), "progress_file": str(progress)},
+        scaling_config=_scaling(cfg),
+        run_config=RunConfig(name=f"fold_{fold}-{config_hash(cfg)}", storage_path=str(out_dir / "ray_train"),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1),
+                             failure_config=FailureConfig(max_failures=2)),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=[n for n in ("train", "refit") if n in datasets]),
+    )
+    with watch_progress(progress, on_epoch):
+        result = trainer.fit()
+    progress.unlink(missing_ok=True)
+    if result.checkpoint is None:
+        raise RuntimeError(f"fold {fold}: training reported no checkpoint ({result.error})")
+    with result.checkpoint.as_directory() as d:
+        state = final_state(load_state(d))
+    write_best(out_dir, cfg, plan, state)
+    epochs_frame(state["history"]).write_parquet(out_dir / f"fold_{fold}" / "epochs.parquet")
+    return {"fold": fold, "layer": plan.layer, "layers": plan.read_layers, "best_epoch": state["best_epoch"], "best_val_score": state["best_score"],
+            "epochs": state.get("selected", state)["epoch"], "refit_epochs": state.get("refit_epochs"),
+            "seconds": time.perf_counter() - t0, "n_train": len(plan.inner),
+            "n_val": len(plan.val), "n_test": len(plan.test)}
+
+
+def epochs_frame(rows: list[dict]) -> pl.DataFrame:
+    """History rows as the contract's epochs table (fold, epoch, split, metric, value)."""
+    import polars as pl
+
+    return pl.DataFrame(rows, schema={"fold": pl.Int32, "epoch": pl.Int32, "split": pl.Utf8, "metric": pl.Utf8,
+                                      "value": pl.Float64})
+
+
+def collect_epochs(out_dir: str | os.PathLike) -> pl.DataFrame:
+    """``DIR/epochs.parquet`` from the folds' own tables (fold, epoch, split, metric, value)."""
+    import polars as pl
+
+    parts = [pl.read_parquet(p) for p in sorted(Path(out_dir).glob("fold_*/epochs.parquet"))]
+    df = pl.concat(parts) if parts else epochs_frame([])
+    df = df.sort(["fold", "epoch", "split", "metric"])
+    tmp = Path(out_dir) / "epochs.parquet.tmp"
+    df.write_parquet(tmp)
+    tmp.replace(Path(out_dir) / "epochs.parquet")
+    return df
+
+
+def run(cfg: TrainConfig, folds: str | Sequence[int], out_dir: str | os.PathLike,
+        on_fold: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train every requested outer fold into ``out_dir`` (folds with a finished best checkpoint of the same
+    configuration are skipped), then write ``epochs.parquet`` and ``run.json``."""
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    assignment = resolve_assignment(cfg)
+    summaries = []
+    done = fold_checkpoints(out_dir)
+    wanted = select_folds(folds, assignment)
+    layers: dict[int, list[int]] = {}
+    if cfg.layer is None and not cfg.layers:  # every fold's automatic layers from one read (the stored ranking when there is one)
+        layers = auto_layers(cfg, assignment, wanted)
+    bar = console.progress(len(wanted), "train folds", "fold")  # the postfix: the fold training and its epoch
+    for fold in wanted:
+        bar.set_postfix_str(f"fold {fold}")
+        if fold in done and defining(json.loads((done[fold] / "config.json").read_text())["train"]) == defining(cfg.model_dump()):
+            log.info("fold %d already trained: %s", fold, done[fold])
+            info = json.loads((done[fold] / "config.json").read_text())
+            summary = {"fold": fold, "layer": info["plan"]["layer"],
+                       "layers": info["plan"].get("layers") or [info["plan"]["layer"]], "best_epoch": info["best_epoch"],
+                       "best_val_score": info["best_val_score"], "epochs": info["epochs_run"], "seconds": 0.0,
+                       "skipped": True}
+        else:
+            summary = train_fold(cfg, assignment, fold, out_dir, layers.get(fold),
+                                 on_epoch=lambda p, f=fold: bar.set_postfix_str(epoch_note(f, p)))
+        summaries.append(summary)
+        bar.update(1)
+        if on_fold is not None:
+            with bar.external_write_mode():  # the caller's result lines print above the bar, not through it
+                on_fold(summary)
+    bar.close()
+    collect_epochs(out_dir)
+    (out_dir / "run.json").write_text(json.dumps({"config": cfg.model_dump(), "fold_id": assignment.id,
+                                                  "folds": assignment.description, "summaries": summaries}, indent=1))
+    return summaries

@@ -1,0 +1,202 @@
+"""Fold plans: what one outer fold trains on, resolved in the driver from the store (the fold assignment,
+the layers chosen on its training speakers, the saliency mask, the k-means centroids, the input scaling and the
+inner split), so a training run reads a fold's plan from one place."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ray_ser.corpora.folds import FoldAssignment
+from ray_ser.corpora.manifest import DIMENSIONS
+from ray_ser.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FoldPlan:
+    """What one outer fold trains on, resolved in the driver (all of it speaker-independent of ``fold``)."""
+
+    fold: int
+    fold_id: str
+    layer: int
+    inner: list[str]
+    val: list[str]
+    test: list[str]
+    categories: list[str]
+    keep: list[int] | None
+    input_dim: int
+    n_domains: int
+    domains: list[str]
+    has_dims: bool
+    model_cfg: dict = field(default_factory=dict)
+    norm_mean: list[float] | None = None
+    norm_std: list[float] | None = None
+    """Per-dimension scaler of the input frames, fitted on the inner training utterances (with inner folds: on
+    all of the fold's training utterances)."""
+    layers: list[int] | None = None
+    """Every layer read, concatenated per frame (None: ``layer`` alone)."""
+    cv_val: list[list[str]] | None = None
+    """With ``inner_folds`` > 1: each inner fold's validation utterances (speaker-disjoint; every training
+    utterance is in exactly one), the rest of the fold's training utterances train that inner fold."""
+
+    @property
+    def read_layers(self) -> list[int]:
+        return list(self.layers) if self.layers else [self.layer]
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+# ---- planning a fold ------------------------------------------------------------------------------
+def resolve_assignment(cfg: TrainConfig, condition: str = "clean") -> FoldAssignment:
+    """The stored saliency's fold assignment (masks and centroids were made with it), else the same rule
+    computed from the store."""
+    from ray_ser.analysis import saliency_store as ss
+
+    try:
+        return ss.stored_assignment(cfg.store, cfg.model, condition)
+    except KeyError:
+        return ss.fold_assignment(cfg.store, cfg.model, condition, cfg.folds, cfg.fold_seed)
+
+
+def _in_corpora(cfg: TrainConfig, labels_rows: dict, utts: Sequence[str]) -> list[str]:
+    if not cfg.corpora:
+        return list(utts)
+    return [u for u in utts if labels_rows[u]["corpus"] in cfg.corpora]
+
+
+def model_config(cfg: TrainConfig, input_dim: int, n_classes: int, has_dims: bool, n_domains: int) -> dict:
+    """The fold model's :class:`~ray_ser.train.nn.ModelConfig` fields from the run's config and what the fold holds."""
+    return {"input_dim": input_dim, "arch": cfg.arch, "pooling": cfg.pooling, "conv_channels": cfg.conv_channels,
+            "gru_hidden": cfg.gru_hidden, "embed_dim": cfg.embed_dim, "mlp_hidden": cfg.mlp_hidden,
+            "dropout": cfg.dropout, "n_classes": n_classes, "n_dims": 3 if (has_dims and cfg.dimensional) else 0,
+            "n_domains": n_domains, "adv_weight": cfg.adv_weight, "n_clusters": cfg.n_clusters}
+
+
+def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
+              layer: int | Sequence[int] | None = None) -> tuple[FoldPlan, Any, np.ndarray | None]:
+    """(plan, labels, centroids) of outer ``fold``: inner split, layer(s), mask and centroids, all fitted or
+    chosen on the fold's training speakers (``layer``: the fold's automatic choice, one layer or several, when
+    the caller made it)."""
+    from ray_ser.analysis import saliency_store as ss
+    from ray_ser.store.core import as_store
+    from ray_ser.train.reader import frame_stats, input_layers, load_labels
+
+    store = as_store(cfg.store)
+    inner, val = assignment.inner_split(fold, cfg.inner_share, cfg.seed)
+    test = assignment.test_utts(fold)
+    labels = load_labels(store, [*inner, *val, *test], domain_key=cfg.domain)
+    inner, val, test = (_in_corpora(cfg, labels.rows, u) for u in (inner, val, test))
+    if not inner or not val:
+        raise ValueError(f"fold {fold}: no inner training or validation utterances of corpora {cfg.corpora}")
+    cv_val = None
+    if cfg.inner_folds > 1:  # every training speaker validates once; scaler and domains from all of them
+        from ray_ser.analysis.layer_selection import inner_folds
+
+        pool = [*inner, *val]
+        ids = inner_folds([labels.rows[u]["speaker"] for u in pool], [labels.rows[u]["label"] for u in pool],
+                          cfg.inner_folds, cfg.seed)
+        cv_val = [[u for u, i in zip(pool, ids) if i == k] for k in range(int(ids.max()) + 1)]
+    fitted_on = [*inner, *val] if cv_val else inner
+    labels = load_labels(store, [*inner, *val, *test], domain_utts=fitted_on, domain_key=cfg.domain)
+    if cfg.layers:
+        read = list(cfg.layers)
+    elif cfg.layer is not None:
+        read = [cfg.layer]
+    elif layer is not None:
+        read = input_layers(layer)
+    else:
+        read = auto_layers(cfg, assignment, [fold])[fold]
+    layer = read[0]
+    dim = int(store.embeddings(cfg.model).schema.field("mean").type.list_size)
+    keep = None
+    if cfg.keep_ratio < 1.0:  # each layer's own mask of fold f, offset to its place in the concatenated frame
+        parts = []
+        for i, one in enumerate(read):
+            try:
+                mask = ss.saliency_mask(store, cfg.model, one, cfg.keep_ratio, fold=fold, fold_id=assignment.id)
+            except (KeyError, ValueError):  # no stored saliency for this assignment: compute it on f's training speakers
+                mask = ss.mask_on_utts(store, cfg.model, one, assignment.train_utts(fold), cfg.keep_ratio)
+            parts.append(np.flatnonzero(mask) + i * dim)
+        keep = np.concatenate(parts).tolist()
+    dim *= len(read)
+    centroids = None
+    if cfg.n_clusters and len(read) > 1:
+        raise ValueError(f"the frame-cluster head predicts one layer's k-means ids: set n_clusters=0 to train on "
+                         f"layers {read}")
+    if cfg.n_clusters:
+        from ray_ser.analysis.clusters import ensure_centroids
+
+        centroids = ensure_centroids(store, cfg.model, layer, cfg.n_clusters, assignment, fold, seed=cfg.seed)
+    has_dims = any(all(labels.rows[u].get(d) is not None for d in DIMENSIONS) for u in fitted_on)
+    n_domains = len(labels.domains) if cfg.adv_weight > 0 else 0
+    model_cfg = model_config(cfg, len(keep) if keep is not None else dim, len(labels.categories), has_dims, n_domains)
+    norm_mean, norm_std = frame_stats(store, cfg.model, read, fitted_on, cfg.conditions, keep)
+    plan = FoldPlan(fold, assignment.id, layer, inner, val, test, labels.categories, keep, model_cfg["input_dim"],
+                    n_domains, labels.domains if n_domains else [], bool(model_cfg["n_dims"]), model_cfg,
+                    norm_mean.tolist(), norm_std.tolist(), read if len(read) > 1 else None, cv_val)
+    return plan, labels, centroids
+
+
+def plan_mask(cfg: TrainConfig, plan: FoldPlan) -> np.ndarray | None:
+    """The plan's kept dimensions as a bool mask over the (concatenated) input layers' dims."""
+    if plan.keep is None:
+        return None
+    mask = np.zeros(_layer_dim(cfg) * len(plan.read_layers), bool)
+    mask[plan.keep] = True
+    return mask
+
+
+def auto_layers(cfg: TrainConfig, assignment: FoldAssignment, folds: Sequence[int]) -> dict[int, list[int]]:
+    """{fold: the layers it reads when the config names none}: its ``cfg.auto_layers`` best layers on its training
+    speakers, in layer order (from the stored ranking when there is one)."""
+    from ray_ser.analysis.layer_selection import ranked_layers
+
+    ranked, source = ranked_layers(cfg.store, cfg.model, assignment, folds, cfg.auto_layers)
+    log.info("layers per fold from %s: %s", source, ranked)
+    return {f: sorted(v) for f, v in ranked.items()}
+
+
+def fold_datasets(cfg: TrainConfig, plan: FoldPlan, labels, centroids) -> dict:
+    """The fold's materialised Ray Datasets: "train" (inner speakers, every training condition), "val"
+    (validation speakers, clean) and, for a refit, "refit" (inner + validation speakers, every training condition).
+    With inner folds (``plan.cv_val``): "refit" and, the same rows unsplit across workers, "pool"."""
+    from ray_ser.train.reader import frames_dataset
+
+    common = {"labels": labels, "mask": plan_mask(cfg, plan), "centroids": centroids}
+    layers = plan.read_layers
+    out = {}
+    if not plan.cv_val:
+        out["train"] = frames_dataset(cfg.store, cfg.model, layers, plan.inner, conditions=cfg.conditions,
+                                      **common).materialize()
+        out["val"] = frames_dataset(cfg.store, cfg.model, layers, plan.val, conditions=["clean"], **common).materialize()
+    if cfg.refit:  # inner folds imply a refit
+        out["refit"] = frames_dataset(cfg.store, cfg.model, layers, [*plan.inner, *plan.val], conditions=cfg.conditions,
+                                      **common).materialize()
+    if plan.cv_val:  # one read serves both
+        out["pool"] = out["refit"]
+    return out
+
+
+def _layer_dim(cfg: TrainConfig) -> int:
+    from ray_ser.store.core import as_store
+
+    return int(as_store(cfg.store).embeddings(cfg.model).schema.field("mean").type.list_size)
+
+
+def select_folds(spec: str | Sequence[int], assignment: FoldAssignment) -> list[int]:
+    """``all`` or a comma-separated list of outer folds (fold -1 is refused: it has no test speakers)."""
+    if isinstance(spec, str):
+        folds = assignment.fold_ids if spec == "all" else [int(f) for f in spec.split(",") if f.strip()]
+    else:
+        folds = [int(f) for f in spec]
+    bad = [f for f in folds if f not in assignment.fold_ids]
+    if bad:
+        raise ValueError(f"folds {bad} are not outer folds of assignment {assignment.id} ({assignment.description}): "
+                         f"choose among {assignment.fold_ids}")
+    return folds
