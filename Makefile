@@ -1,4 +1,5 @@
 # Set-up and the two everyday commands. `make demo` and `make test` each create .venv on first use.
+# pip runs with -qq: its errors still show, the package indexes' warnings do not.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,9 +14,9 @@ PYTEST_ARGS ?=
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(if $(TORCH),$(BIN)/pip install --quiet "$(TORCH)")
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/pip install --quiet --quiet --upgrade pip
+	$(if $(TORCH),$(BIN)/pip install --quiet --quiet "$(TORCH)")
+	$(BIN)/pip install --quiet --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
 install: $(BIN)/.installed

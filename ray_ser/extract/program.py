@@ -606,8 +606,10 @@ def record_manifest_errors(errors_table, manifest: Manifest, key: str, run_id: s
     return len(manifest.rejected)
 
 
-def extract(manifest: Manifest, store_uri: str, options: ExtractOptions | None = None) -> ExtractResult:
-    """Extract every layer of ``options.model`` for every manifest row and condition not yet in the store.
+def extract(manifest: Manifest, store_uri: str, options: ExtractOptions | None = None,
+            experiment: dict[str, Any] | None = None) -> ExtractResult:
+    """Extract every layer of ``options.model`` for every manifest row and condition not yet in the store;
+    ``experiment`` (the resolved experiment config, when a config drove the run) is recorded in its ``runs`` row.
 
     Holds the table's lease for the whole run (a second run on the same key waits ``wait_lease`` seconds, then
     is refused), refuses option drift, and counts what it skipped as done or failed before."""
@@ -648,6 +650,7 @@ def extract(manifest: Manifest, store_uri: str, options: ExtractOptions | None =
         "extracted": [result.extracted], "errors": [result.errors], "skipped": [result.skipped],
         "done_before": [result.done_before], "failed_before": [result.failed_before],
         "manifest_errors": [result.manifest_errors], "duplicates_removed": [result.duplicates_removed],
+        "config": [json.dumps(experiment, sort_keys=True, default=str) if experiment is not None else None],
     }, schema=store.runs().schema))
     return result
 

@@ -50,6 +50,7 @@ RUNS_SCHEMA = pa.schema([
     # added later (null in older stores): skipped = done_before + failed_before
     ("done_before", pa.int64()), ("failed_before", pa.int64()), ("manifest_errors", pa.int64()),
     ("duplicates_removed", pa.int64()),
+    ("config", pa.string()),  # the resolved experiment config (JSON) of a run a config file drove
 ])
 MANIFEST_CONDITION = "*"
 """``condition`` of an errors row for a manifest row left out (it fails every condition)."""
@@ -187,7 +188,8 @@ class Store:
         missing = [f for f in RUNS_SCHEMA if f.name not in table.schema.names]
         if missing:
             try:
-                table.add_columns({f.name: "CAST(NULL AS BIGINT)" for f in missing})
+                table.add_columns({f.name: f"CAST(NULL AS {'STRING' if pa.types.is_string(f.type) else 'BIGINT'})"
+                                   for f in missing})
             except Exception:  # added by a concurrent run meanwhile
                 pass
             table = self.open("runs")

@@ -135,7 +135,8 @@ class Lease:
                     "pidns": _pidns(), "acquired": at, "heartbeat": at}
             try:
                 current = cls._read(store, table_name)
-            except Exception:  # missing, never committed, or a version cleaned up under this reader
+            # missing, never committed, or a version cleaned up under this reader; e is the reason given below
+            except Exception as e:  # noqa: F841
                 free = pa.Table.from_pylist([{**mine, "holder": FREE, "heartbeat": 0.0, "token": 0}], schema=SCHEMA)
                 try:
                     if store.create_exclusive(table_name, SCHEMA, free):

@@ -67,3 +67,7 @@ def test_the_run_folder_keeps_the_log_and_the_resolved_config(smoke_run):
     saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     assert saved["name"] == "smoke" and saved["train"]["epochs"] == 3 and saved["train"]["store"].endswith("store")
     assert (run_dir / "eval" / "metrics.parquet").is_file()
+    from ray_ser.store.core import Store
+
+    runs = Store(saved["store"]["uri"]).runs().to_arrow().to_pylist()
+    assert [yaml.safe_load(r["config"])["name"] for r in runs] == ["smoke"]  # the extraction run records its config

@@ -57,7 +57,7 @@ def test_read_refuses_rows_of_another_fold_assignment(tmp_path):
 
 REPLACER = """
 import sys
-sys.path.insert(0, {tests!r})
+sys.path[:0] = [{tests!r}, {helpers!r}]  # this test module, and tests/ for the helpers it imports
 from ray_ser.store import catalog
 from test_catalog import centroid_rows
 fold = int(me[1:])
@@ -70,6 +70,7 @@ def test_folds_replaced_at_once_into_a_new_table_all_stay(tmp_path):
     """Six k-means jobs (one per fold) write their centroids into a table none of them found: every fold's
     rows survive (a racing create must not overwrite the fold written before it)."""
     for trial in range(2):  # before the fix, 1 trial in 4 lost a fold and others crashed a writer
-        race(tmp_path / f"t{trial}", REPLACER.format(tests=os.path.dirname(__file__)), 6)
+        race(tmp_path / f"t{trial}", REPLACER.format(tests=os.path.dirname(__file__),
+                                                     helpers=os.path.dirname(os.path.dirname(__file__))), 6)
         t = catalog.read(str(tmp_path / f"t{trial}" / "store"), catalog.CENTROIDS, "m", fold_id="a")
         assert sorted(t.column("fold").to_pylist()) == sorted(list(range(6)) * 3), f"trial {trial}"

@@ -105,13 +105,14 @@ def test_compaction_keeps_superseded_files_for_readers(tmp_path, keep, old_reade
 def test_runs_table_of_an_older_store_gets_the_new_columns(tmp_path):
     store = Store(str(tmp_path))
     old_schema = pa.schema([f for f in RUNS_SCHEMA if f.name not in ("done_before", "failed_before",
-                                                                   "manifest_errors", "duplicates_removed")])
+                                                                   "manifest_errors", "duplicates_removed", "config")])
     store.db.create_table("runs", schema=old_schema).add(pa.table({
         "run_id": ["r0"], "model": ["m"], "table": ["emb__m"], "corpus": ["toy"], "started": [0.0], "finished": [1.0],
         "options": ["{}"], "extracted": [1], "errors": [0], "skipped": [0]}, schema=old_schema))
     runs = store.runs()
     assert runs.schema.names == RUNS_SCHEMA.names
     assert runs.to_arrow().column("failed_before").to_pylist() == [None]
+    assert runs.schema.field("config").type == pa.string() and runs.to_arrow().column("config").to_pylist() == [None]
 
 
 def test_extraction_meta_can_be_extended(tmp_path):
