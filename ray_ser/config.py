@@ -96,7 +96,8 @@ class ExtractConfig(Section):
     model: str = DEFAULT_MODEL
     """Embedded model name, Hugging Face model id or local folder."""
     conditions: list[str] = list(DEFAULT_CONDITIONS)
-    """Conditions to store: clean and SNR bands such as 25dB (noise mixed at that SNR)."""
+    """Conditions to store: clean, SNR bands (25dB, 15dB, 5dB: noise at an SNR drawn from 20-30, 10-20, 0-10 dB),
+    reverb, reverb+15dB."""
     aug_copies: int = Field(0, ge=0, le=10_000)
     """Augmented training copies per utterance (conditions aug0..augN-1), added to ``conditions``."""
     frames: bool = True
@@ -408,10 +409,10 @@ def negated(path: str) -> Bind:
     return Bind(path, lambda off: not off, lambda on: not on)
 
 
-def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_config_args(parser: argparse.ArgumentParser,
+                    config_help: str = "experiment config (YAML); the other flags override it") -> argparse.ArgumentParser:
     """The flags every stage shares: ``--config FILE`` and repeatable ``--set KEY=VALUE``."""
-    parser.add_argument("--config", default=None, metavar="FILE",
-                        help="experiment config (YAML); the other flags override it")
+    parser.add_argument("--config", default=None, metavar="FILE", help=config_help)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key, e.g. --set train.epochs=5 (repeatable)")
     return parser
@@ -435,15 +436,14 @@ def from_args(parser: argparse.ArgumentParser, argv: list[str] | None,
     flag's value in the namespace is the resolved key's (so the stage reads one truth either way)."""
     args = parser.parse_args(argv)
     given = given_flags(parser, argv)
+    binds = {dest: Bind(b) if isinstance(b, str) else b for dest, b in binds.items()}
     overrides: dict[str, Any] = dict(parse_assignment(s) for s in args.set)
     for dest, bind in binds.items():
-        bind = Bind(bind) if isinstance(bind, str) else bind
         if dest in given:
             value = getattr(args, dest)
             overrides[bind.path] = bind.to_config(value) if bind.to_config else value
     cfg = load(args.config, overrides)
     for dest, bind in binds.items():
-        bind = Bind(bind) if isinstance(bind, str) else bind
         value = get_path(cfg, bind.read or bind.path)
         setattr(args, dest, bind.to_arg(value) if bind.to_arg else value)
     return cfg, args

@@ -67,7 +67,7 @@ def run(cfg: ExperimentConfig) -> dict:
     train_job.main(conf)
     evaluation = evaluate_job.main(conf)
     line = versus_baseline(evaluation["overall"], probes.get("set_probe"), cfg.train.arch,
-                           probes.get("set_probe_layers", "").split(" (")[0])
+                           probes.get("set_probe_layers", ""))
     console.say(line)
     return {"probes": probes, "evaluation": evaluation, "summary": line}
 

@@ -125,9 +125,10 @@ def write_choice(args: argparse.Namespace, assignment) -> pl.DataFrame | None:
         return None
 
 
-def probe_layer_set(args: argparse.Namespace, assignment) -> tuple[list[int] | dict[int, list[int]], str]:
-    """--probe-layers as the probe takes it, and its words: a list ("2,3,4"), or with "auto:K" each fold's K best
-    layers by the pipeline's criterion on its training speakers (what jobs/train.py --auto-layers K reads)."""
+def probe_layer_set(args: argparse.Namespace, assignment) -> tuple[list[int] | dict[int, list[int]], str, str]:
+    """--probe-layers as the probe takes it, its words, and where the layers came from: a list ("2,3,4"), or with
+    "auto:K" each fold's K best layers by the pipeline's criterion on its training speakers (what jobs/train.py
+    --auto-layers K reads)."""
     spec = args.probe_layers.strip()
     if spec.startswith("auto:"):
         from ray_ser.analysis import layer_selection as lsel
@@ -136,9 +137,9 @@ def probe_layer_set(args: argparse.Namespace, assignment) -> tuple[list[int] | d
         criterion = args.layer_criterion if args.layer_criterion not in (None, "none") else lsel.DEFAULT_CRITERION
         ranked, source = lsel.ranked_layers(args.store, args.model, assignment, assignment.fold_ids, k,
                                             args.condition, criterion, args.seed)
-        return {f: sorted(v) for f, v in ranked.items()}, f"each fold's {k} best layers ({source})"
+        return {f: sorted(v) for f, v in ranked.items()}, f"each fold's {k} best layers", source
     layers = [int(v) for v in spec.split(",") if v.strip()]
-    return layers, "layers " + "+".join(map(str, layers))
+    return layers, "layers " + "+".join(map(str, layers)), ""
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -224,8 +225,8 @@ def saliency_main(args: argparse.Namespace, readouts: list[str]) -> dict:
     if args.probe_layers:
         t2 = time.perf_counter()
         cs = list(args.probe_c)
-        layers, what = probe_layer_set(args, info["assignment"])
-        result["set_probe_layers"] = what
+        layers, result["set_probe_layers"], source = probe_layer_set(args, info["assignment"])
+        what = f"{result['set_probe_layers']} ({source})" if source else result["set_probe_layers"]
         result["set_probe"] = sp = layer_set_probe(args.store, args.model, layers, args.condition,
                                                    folds=args.folds, seed=args.seed, Cs=cs, readouts=readouts)
         t_probe += time.perf_counter() - t2

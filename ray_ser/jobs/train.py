@@ -16,14 +16,7 @@ import sys
 import time
 
 from ray_ser import console
-from ray_ser.config import (
-    Bind,
-    ExperimentConfig,
-    csv_list,
-    from_args,
-    given_flags,
-    int_list,
-)
+from ray_ser.config import Bind, ExperimentConfig, add_config_args, csv_list, from_args, given_flags, int_list
 
 BINDS = {
     "corpus": Bind("train.corpora", csv_list), "fold_rule": "train.folds",
@@ -36,12 +29,9 @@ BINDS = {
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=None, metavar="FILE",
-                   help="experiment config (YAML), or a TrainConfig JSON such as jobs/tune.py's best_config.json; "
+    p = add_config_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter),
+                        "experiment config (YAML), or a TrainConfig JSON such as jobs/tune.py's best_config.json; "
                         "the other flags override it")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key, e.g. --set train.epochs=5 (repeatable)")
     p.add_argument("--store", default=None, help="LanceDB store URI")
     p.add_argument("--model", default=None, help="model key of the embeddings")
     p.add_argument("--corpus", default=None, help="comma-separated corpora to train on (default: the config's)")

@@ -28,8 +28,8 @@ class StoreStatus:
     runs: int = 0
 
 
-def _columns(store: Store, name: str, columns: list[str]) -> pa.Table:
-    table = store.open(name)
+def _columns(table, columns: list[str]) -> pa.Table:
+    """Those of ``columns`` the LanceDB ``table`` has, read without the rest."""
     present = [c for c in columns if c in table.schema.names]
     return table.to_lance().to_table(columns=present)
 
@@ -44,40 +44,37 @@ def read_status(uri: str) -> StoreStatus:
         raise FileNotFoundError(f"no store at {uri!r} (run `ray-ser extract` or `ray-ser run` to make one)")
     store = Store(uri)
     status = StoreStatus(uri=uri)
+    tables = {name: t for name in sorted(store.names()) if (t := store.open_committed(name)) is not None}
     errors_by_model: dict[str, int] = {}
-    if store.has("errors"):
-        t = _columns(store, "errors", ["model"])
+    if "errors" in tables:
+        t = _columns(tables["errors"], ["model"])
         status.errors = t.num_rows
-        for model in _unique(t, "model"):
-            errors_by_model[model] = int(pc.sum(pc.equal(t["model"], model)).as_py() or 0)
-    if store.has("runs"):
-        status.runs = store.open("runs").count_rows()
-    kinds = {spec.kind: spec for spec in catalog.SPECS.values()}
-    for name in sorted(store.names()):
-        if not store.has(name):
-            continue
+        errors_by_model = {c["values"]: c["counts"] for c in pc.value_counts(t["model"]).to_pylist()}
+    if "runs" in tables:
+        status.runs = tables["runs"].count_rows()
+    for name, table in tables.items():
         kind, _, key = name.partition("__")
         if kind == "manifest":
-            t = _columns(store, name, ["speaker", "label"])
+            t = _columns(table, ["speaker", "label"])
             status.corpora.append({"corpus": key, "utterances": t.num_rows, "speakers": len(_unique(t, "speaker")),
                                    "categories": _unique(t, "label")})
         elif kind == "emb":
-            t = _columns(store, name, ["utt_id", "condition", "layer", "model"])
+            t = _columns(table, ["utt_id", "condition", "layer", "model"])
             models = _unique(t, "model")
             status.embeddings.append({
                 "key": key, "rows": t.num_rows, "utterances": len(_unique(t, "utt_id")),
                 "conditions": _unique(t, "condition"), "layers": len(_unique(t, "layer")),
                 "errors": sum(errors_by_model.get(m, 0) for m in (models or [key])),
             })
-        elif kind in kinds:
-            t = _columns(store, name, ["fold_id", "fold", "condition", "layer", "k", "criterion"])
+        elif kind in catalog.SPECS:
+            t = _columns(table, ["fold_id", "fold", "condition", "layer", "k", "criterion"])
             status.analyses.append({
                 "table": name, "rows": t.num_rows, "fold_ids": _unique(t, "fold_id"),
                 "folds": len([f for f in _unique(t, "fold") if f >= 0]), "conditions": _unique(t, "condition"),
-                "made_by": kinds[kind].made_by,
+                "made_by": catalog.SPECS[kind].made_by,
             })
         elif kind not in ("errors", "runs", "lease"):
-            status.other.append({"table": name, "rows": store.open(name).count_rows()})
+            status.other.append({"table": name, "rows": table.count_rows()})
     return status
 
 
