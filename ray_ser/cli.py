@@ -11,11 +11,11 @@ import importlib
 import os
 import sys
 
-from ray_ser.config import ConfigError
+from ray_ser.config import ConfigError, InputError
 
 STAGES = {
     "manifest": "manifest", "extract": "extract", "saliency": "saliency", "cluster": "cluster",
-    "prune": "prune_frames", "train": "train", "tune": "tune", "evaluate": "evaluate",
+    "prune": "prune_frames", "train": "train", "tune": "tune", "evaluate": "evaluate", "crosscorpus": "crosscorpus",
 }
 """Sub-command -> module under ray_ser.jobs."""
 
@@ -24,7 +24,7 @@ USAGE = """usage: ray-ser [--verbose] COMMAND [ARGS]
   run CONFIG [flags]       the whole flow of an experiment config (extract, saliency, cluster, train, evaluate)
   config show CONFIG       the resolved config, every default included (--set KEY=VALUE to try overrides)
   status --store S         what a store holds: corpora, models, conditions, rows, errors, analysis tables
-  manifest|extract|saliency|cluster|prune|train|tune|evaluate [flags]
+  manifest|extract|saliency|cluster|prune|train|tune|evaluate|crosscorpus [flags]
                            one stage, with the flags of jobs/<stage>.py (--config FILE, --set KEY=VALUE, ...)
 
   ray-ser COMMAND --help shows a command's flags. --verbose (or RAY_SER_VERBOSE=1) shows Ray's logs too.
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             return status(rest)
         if command in STAGES:
             return run_stage(STAGES[command], rest)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, InputError, FileNotFoundError) as e:
         print(f"ray-ser: error: {e}", file=sys.stderr)
         return 2
     print(f"ray-ser: unknown command {command!r}\n\n{USAGE}", file=sys.stderr, end="")

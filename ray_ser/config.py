@@ -39,6 +39,10 @@ class ConfigError(ValueError):
     """A config that cannot be used: names the file, each bad key's dotted path, its value and the reason."""
 
 
+class InputError(ValueError):
+    """Input a user can fix (a corpus a request may not use, a missing piece): one line on stderr, exit 2."""
+
+
 class Section(BaseModel):
     """Base of every section: unknown keys are refused; each field's docstring is its documentation."""
 
@@ -59,18 +63,40 @@ class DataConfig(Section):
     """With the `csv` corpus: the CSV file of utterances (path, speaker, label, ...)."""
     audio_root: str | None = None
     """With the `csv` corpus: the folder the CSV's paths are relative to."""
+    csv_name: str | None = None
+    """With the `csv` corpus: the name the store files it under (null: the CSV's `corpus` column, else the file's
+    stem); a safe name (letters, digits, _ . -) and no built-in adapter's."""
     limit: int | None = Field(None, ge=1)
     """Extract only this many utterances per corpus, spread over speakers and categories (smoke runs)."""
 
     def corpus_names(self) -> list[str]:
-        """The names the store files these corpora under: the adapter's, or for `csv` the CSV file's stem."""
+        """The names the store files these corpora under: the adapter's, or for `csv` the one
+        :mod:`ray_ser.corpora.generic_csv` gives it (``csv_name``, else the CSV's `corpus` column, else its stem;
+        the stem too when the CSV is not on this machine)."""
+        from csv import Error as CsvError
+
+        from ray_ser.corpora.generic_csv import corpus_name
+        from ray_ser.settings import data_root
+
         names = []
         for corpus in self.corpora:
             if corpus != "csv":
                 names.append(corpus)
+            elif self.csv_name:
+                names.append(self.csv_name)
             elif self.csv:
-                names.append(Path(self.csv).stem)
+                try:
+                    names.append(corpus_name(data_root(self.data_root), self.csv))
+                except (OSError, UnicodeDecodeError, CsvError):  # not readable here
+                    names.append(Path(self.csv).stem)
         return names
+
+    @field_validator("csv_name")
+    @classmethod
+    def _csv_name(cls, name: str | None) -> str | None:
+        from ray_ser.corpora.generic_csv import check_name
+
+        return None if name is None else check_name(name, "data.csv_name")
 
     @field_validator("corpora")
     @classmethod
@@ -266,6 +292,19 @@ class EvaluateConfig(Section):
     """Seed of the bootstrap."""
     batch_size: int = Field(32, ge=1)
     """Utterances per prediction batch."""
+    zero_shot: list[str] = []
+    """Corpora to score zero-shot with the run's final model (train.final), corpora it never trained on; empty:
+    the out-of-fold scores of the run's own corpora."""
+
+
+class CrossCorpusConfig(Section):
+    """The leave-one-corpus-out matrix over the experiment's corpora (ray-ser crosscorpus)."""
+
+    enabled: bool = False
+    """ray-ser run ends with the matrix (needs two or more corpora and, when their category lists differ, a label set)."""
+    rows: Literal["all", "loco"] = "all"
+    """all: every corpus alone (out-of-fold and zero-shot cells) and every leave-one-corpus-out set; loco: the
+    leave-one-corpus-out models only (one final model each, the cheap way to compare training options)."""
 
 
 class ExperimentConfig(Section):
@@ -289,6 +328,8 @@ class ExperimentConfig(Section):
     """Search."""
     evaluate: EvaluateConfig = EvaluateConfig()
     """Evaluation."""
+    crosscorpus: CrossCorpusConfig = CrossCorpusConfig()
+    """The cross-corpus matrix."""
 
     @model_validator(mode="after")
     def _train_follows_the_experiment(self) -> "ExperimentConfig":

@@ -11,6 +11,7 @@ from ray_ser.corpora.manifest import Manifest, ManifestError, Utterance
 ADAPTERS = {
     "emodb": "ray_ser.corpora.emodb",
     "ravdess": "ray_ser.corpora.ravdess",
+    "ased": "ray_ser.corpora.ased",
     "cremad": "ray_ser.corpora.cremad",
     "msppodcast": "ray_ser.corpora.msppodcast",
     "iemocap": "ray_ser.corpora.iemocap",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
+import zlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
@@ -34,6 +36,29 @@ def speaker_folds(manifest: Manifest, k: int = 5, seed: int = 0) -> Manifest:
     return manifest.with_column("fold", fold.tolist())
 
 
+def corpus_folds(speakers: Sequence[str], labels: Sequence[str | None], corpora: Sequence[str], k: int = 5,
+                 seed: int = 0) -> np.ndarray:
+    """k speaker-disjoint folds over several corpora, stratified by corpus: each corpus's speakers are split into k
+    folds of their own (StratifiedGroupKFold, by label), so every fold tests speakers of every corpus. A corpus with
+    fewer than k speakers is refused, naming it."""
+    speakers, corpora = np.asarray(speakers, dtype=object), np.asarray(corpora, dtype=object)
+    labels = np.asarray([lab or "" for lab in labels], dtype=object)
+    fold = np.full(len(speakers), -1, np.int64)
+    for corpus in sorted(set(corpora.tolist())):
+        rows = np.flatnonzero(corpora == corpus)
+        n_spk = len(set(speakers[rows].tolist()))
+        if n_spk < k:
+            raise ValueError(f"corpus {corpus} has {n_spk} speakers: {k} folds stratified by corpus need {k} "
+                             "speakers of every corpus (choose fewer folds)")
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a class with fewer members than folds
+            for i, (_, test) in enumerate(splitter.split(np.zeros(len(rows)), labels[rows].astype(str),
+                                                          groups=speakers[rows].astype(str))):
+                fold[rows[test]] = i
+    return fold
+
+
 def splits(manifest: Manifest) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield (fold, train indices, test indices) for every fold in the ``fold`` column."""
     fold = np.asarray(manifest.column("fold"), dtype=object)
@@ -55,10 +80,15 @@ class FoldAssignment:
     speakers: tuple[str, ...]
     folds: tuple[int, ...]
     description: str = ""
+    strata: tuple[str, ...] | None = None
+    """The corpus of every utterance when the assignment spans several: inner validation speakers are then drawn
+    from every corpus. Not part of ``id`` (the folds are)."""
 
     def __post_init__(self):
         if not len(self.utt_ids) == len(self.speakers) == len(self.folds):
             raise ValueError("utt_ids, speakers and folds differ in length")
+        if self.strata is not None and len(self.strata) != len(self.utt_ids):
+            raise ValueError("strata and utt_ids differ in length")
         spk_folds: dict[str, set[int]] = {}
         for s, f in zip(self.speakers, self.folds):
             spk_folds.setdefault(s, set()).add(f)
@@ -92,18 +122,36 @@ class FoldAssignment:
     def inner_split(self, fold: int, share: float = 0.15, seed: int = 0) -> tuple[list[str], list[str]]:
         """(inner training, inner validation) utterances within the training speakers of outer ``fold``:
         ceil(share x training speakers) speakers, at least one, drawn with ``seed`` (for early stopping and
-        model selection; the outer test speakers are in neither)."""
-        train_spk = sorted({s for s, f in zip(self.speakers, self.folds) if f != fold})
-        if len(train_spk) < 2:
-            raise ValueError(f"fold {fold} leaves {len(train_spk)} training speaker(s): an inner split needs 2")
-        n_val = min(len(train_spk) - 1, max(1, math.ceil(share * len(train_spk))))
-        rng = np.random.default_rng([seed, fold + 1])
-        val_spk = set(rng.choice(train_spk, size=n_val, replace=False).tolist())
+        model selection; the outer test speakers are in neither). With ``strata`` (several corpora) the draw is
+        made in each corpus with two or more training speakers, so every corpus validates."""
+        if self.strata is None:
+            groups = {"": sorted({s for s, f in zip(self.speakers, self.folds) if f != fold})}
+        else:
+            groups = {}
+            for s, f, c in zip(self.speakers, self.folds, self.strata):
+                if f != fold:
+                    groups.setdefault(c, set()).add(s)
+            groups = {c: sorted(v) for c, v in groups.items()}
+        val_spk: set[str] = set()
+        for name, train_spk in sorted(groups.items()):
+            if len(train_spk) < 2:
+                if self.strata is None:
+                    raise ValueError(f"fold {fold} leaves {len(train_spk)} training speaker(s): an inner split needs 2")
+                continue
+            n_val = min(len(train_spk) - 1, max(1, math.ceil(share * len(train_spk))))
+            key = [seed, fold + 1] if self.strata is None else [seed, fold + 1, zlib.crc32(name.encode())]
+            rng = np.random.default_rng(key)
+            val_spk |= set(rng.choice(train_spk, size=n_val, replace=False).tolist())
+        if not val_spk:
+            raise ValueError(f"fold {fold}: no corpus has 2 training speakers for an inner split")
         inner, val = [], []
         for u, s, f in zip(self.utt_ids, self.speakers, self.folds):
             if f != fold:
                 (val if s in val_spk else inner).append(u)
         return inner, val
+
+    def corpus_of(self) -> dict[str, str] | None:
+        return None if self.strata is None else dict(zip(self.utt_ids, self.strata))
 
     def to_polars(self):
         import polars as pl
@@ -117,4 +165,5 @@ class FoldAssignment:
         drop = set(folds)
         keep = [i for i, f in enumerate(self.folds) if f not in drop]
         return FoldAssignment(tuple(self.utt_ids[i] for i in keep), tuple(self.speakers[i] for i in keep),
-                              tuple(self.folds[i] for i in keep), f"{self.description} without folds {sorted(drop)}")
+                              tuple(self.folds[i] for i in keep), f"{self.description} without folds {sorted(drop)}",
+                              None if self.strata is None else tuple(self.strata[i] for i in keep))

@@ -14,11 +14,18 @@ Columns (header names are case-sensitive, surrounding spaces ignored; a UTF-8 BO
 * ``p_<category>``: a probability per category, summing to 1 in each row, or ``votes_<category>``: vote
   counts per category. A category without a column gets 0. ``pdf`` is the ``p_`` columns when present,
   else the normalised votes, else one-hot on ``label``. A row may leave all of them empty.
+* ``corpus``: the corpus name (see below); every non-empty cell must give the same one.
 * any other column is kept as a string in ``extra``.
 
+The corpus name the store files the CSV under is, in this order: the ``name`` option (``--csv-name``,
+``data.csv_name``); else the ``corpus`` column's value; else the CSV file's stem. One CSV holds one corpus: a
+``corpus`` column naming two is refused (with the option given, the column names nothing and is kept in
+``extra``). The name must be a safe store name (letters, digits, ``_``, ``.``, ``-``) and no built-in
+adapter's (``emodb``, ``ravdess``, ...: the store files that adapter's corpus under it). utt_ids and speakers
+are prefixed with the name unless they already are.
+
 ``categories`` defaults to the sorted union of the labels and the categories named by ``p_``/``votes_``
-columns. utt_ids and speakers are prefixed with the corpus name (``corpus``, default the CSV's stem) unless
-they already are. Every fault names the CSV file, the data row (1-based, the header is not counted), its line
+columns. Every fault names the CSV file, the data row (1-based, the header is not counted), its line
 in the file, and the reason. A faulty header raises :class:`ManifestError`. A faulty row (empty path or
 speaker, duplicate utt_id, a cell of the wrong type, an unknown label, a PDF that does not sum to 1, ...) is
 left out and listed in :attr:`Manifest.rejected`, so one bad row among 100,000 never stops a job (extraction
@@ -47,6 +54,7 @@ from ray_ser.corpora.manifest import (
     Utterance,
     read_duration,
 )
+from ray_ser.store.names import safe_name
 
 NAME = "csv"
 REQUIRED = ("path", "speaker")
@@ -56,6 +64,59 @@ INTS = ("fold", "n_raters")
 STRINGS = ("split", "language")
 KNOWN = {"utt_id", "path", "speaker", "label", "gender", *FLOATS, *INTS, *STRINGS}
 GENDERS = {"male": "male", "m": "male", "female": "female", "f": "female"}
+
+
+def check_name(name: str, what: str) -> str:
+    """``name`` if the store can file a CSV corpus under it, else ManifestError saying why (``what``: where the
+    name came from)."""
+    from ray_ser.corpora import ADAPTERS
+
+    if not name or safe_name(name) != name:
+        raise ManifestError(f"{what}: corpus name {name!r} is not a safe store name (letters, digits, _ . - only); "
+                            "give another with --csv-name (data.csv_name) or the CSV's corpus column")
+    if name in ADAPTERS:
+        raise ManifestError(f"{what}: corpus name {name!r} is a built-in adapter's; the store files the {name} "
+                            "adapter's corpus under that name. Give this CSV another with --csv-name "
+                            "(data.csv_name) or its corpus column")
+    return name
+
+
+def _name_from(source: Path, corpus: str | None, cells: Any) -> str:
+    """The corpus name (module docstring): ``corpus``, else the one value of the ``corpus`` column (``cells``:
+    (value, row, line) of its non-empty cells, None without the column), else the stem of ``source``."""
+    if corpus is not None:
+        return check_name(corpus, f"{source} (the name option)")
+    found: dict[str, tuple[int, int]] = {}
+    for value, row, line in cells or ():
+        found.setdefault(value, (row, line))
+    if len(found) > 1:
+        named = ", ".join(f"{v!r} (first in row {r}, line {ln})" for v, (r, ln) in found.items())
+        raise ManifestError(f"{source}: column 'corpus' names {len(found)} corpora: {named}. A CSV holds one corpus: "
+                            "split it into one CSV per corpus, or file all of it under one name with --csv-name "
+                            "(data.csv_name)")
+    if found:
+        (value, (row, line)), = found.items()
+        return check_name(value, f"{source} row {row} (line {line}) column 'corpus'")
+    return check_name(source.stem, f"{source} (no corpus column: the file's stem)")
+
+
+def corpus_name(data_root: Path, csv: str | Path, name: str | None = None) -> str:
+    """The name :func:`build` files ``csv`` under, reading no more of the CSV than up to the first non-empty
+    ``corpus`` cell (a CSV whose column names two corpora is refused by :func:`build`, not here)."""
+    source = _resolve_csv(Path(data_root), csv)
+    if name is not None:
+        return _name_from(source, name, None)
+    with open(source, newline="", encoding="utf-8-sig") as f:
+        reader = csvlib.DictReader(f)
+        reader.fieldnames = [h.strip() for h in reader.fieldnames or []]
+        first = None
+        if "corpus" in reader.fieldnames:
+            for i, cells in enumerate(reader, start=1):
+                value = (cells.get("corpus") or "").strip()
+                if value:
+                    first = [(value, i, reader.line_num)]
+                    break
+    return _name_from(source, None, first)
 
 
 def _resolve_csv(data_root: Path, csv: str | Path) -> Path:
@@ -137,15 +198,20 @@ def build(
     audio_root: str | None = None,
     corpus: str | None = None,
     strict: bool = False,
+    name: str | None = None,
     **_: Any,
 ) -> Manifest:
     """Manifest of every valid row of ``csv``: faulty rows go to ``rejected`` (or raise, with ``strict``).
 
-    See the module docstring for the columns."""
+    ``name`` (or ``corpus``; through :func:`ray_ser.corpora.build_manifest` only ``name``, whose first argument
+    is the adapter) names the corpus (default: the ``corpus`` column, else the CSV's stem). See the module
+    docstring for the columns."""
     if csv is None:
         raise ValueError("the csv adapter needs csv=<path to the CSV file>")
     source = _resolve_csv(Path(data_root), csv)
-    corpus = corpus or source.stem
+    if name is not None and corpus is not None and name != corpus:
+        raise ValueError(f"two corpus names given: name={name!r}, corpus={corpus!r}")
+    explicit = name if name is not None else corpus
     base = source.parent
     if audio_root is not None:
         base = Path(audio_root).expanduser()
@@ -170,13 +236,22 @@ def build(
         dupes = sorted({h for h in header if header.count(h) > 1})
         if dupes:
             raise ManifestError(f"{source} header (line 1): duplicate columns {dupes}")
-        rows = []
+        rows, long_rows = [], []
         for i, cells in enumerate(reader, start=1):
             row = _Row(source, i, reader.line_num, cells)
             if None in cells:
-                reject(row, ManifestError(f"{source} row {i} (line {reader.line_num}): more cells than header columns"))
+                error = ManifestError(f"{source} row {i} (line {reader.line_num}): more cells than header columns")
+                if strict:
+                    raise error
+                long_rows.append((row, error))
                 continue
             rows.append(row)
+
+    has_column = "corpus" in header
+    corpus = _name_from(source, explicit, [(v, r.index, r.line) for r in rows if (v := r.text("corpus"))]
+                        if has_column else None)
+    for row, error in long_rows:  # rejected once the name their utt_ids are prefixed with is known
+        reject(row, error)
 
     p_cols = {h[2:]: h for h in header if h.startswith("p_") and len(h) > 2}
     v_cols = {h[6:]: h for h in header if h.startswith("votes_") and len(h) > 6}
@@ -190,7 +265,8 @@ def build(
         stray = [c for cat, c in cols.items() if cat not in categories]
         if stray:
             raise ManifestError(f"{source} header (line 1): {what} columns {stray} name no category in {categories}")
-    extra_cols = [h for h in header if h not in KNOWN and h not in p_cols.values() and h not in v_cols.values()]
+    extra_cols = [h for h in header if h not in KNOWN and h not in p_cols.values() and h not in v_cols.values()
+                  and not (h == "corpus" and explicit is None)]  # with the option given, the column is kept
 
     utts: list[Utterance] = []
     seen: dict[str, int] = {}
@@ -255,7 +331,7 @@ def _utterance(r: _Row, corpus: str, base: Path, categories: list[str], p_cols: 
         r.fail(f"duration must be positive, got {duration}")
     dims = {k: r.number(k) for k in ("arousal", "valence", "dominance", "arousal_std", "valence_std", "dominance_std")}
     fold, language, split = r.integer("fold"), r.text("language"), r.text("split")
-    extra = {c: v for c in extra_cols if (v := r.text(c)) is not None}
+    extra = {c: v for c in extra_cols if (v := r.text(c)) is not None and not (c == "corpus" and v == corpus)}
     if duration is None:  # last: a row that fails above never costs a header read
         duration = read_duration(str(path), extra)
     return Utterance(

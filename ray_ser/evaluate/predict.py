@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 
+from ray_ser.config import InputError
 from ray_ser.corpora.manifest import CATEGORIES_KEY, DIMENSIONS
 
 log = logging.getLogger(__name__)
@@ -79,16 +80,20 @@ def _snr_of(store, model: str, utt_ids: Sequence[str], conditions: Sequence[str]
 
 
 def predict_fold(store: str, checkpoint: str | Path, conditions: Sequence[str] | None = None,
-                 batch_size: int = 32, num_gpus: float = 0.0, cpus: float = 1.0, fm=None) -> pl.DataFrame:
-    """Predictions of one fold's checkpoint on its test speakers, for ``conditions`` (default: every
-    evaluation condition of the store): utt_id, condition, fold, probs, pred_arousal/valence/dominance."""
+                 batch_size: int = 32, num_gpus: float = 0.0, cpus: float = 1.0, fm=None,
+                 utt_ids: Sequence[str] | None = None, scale: dict | None = None) -> pl.DataFrame:
+    """Predictions of one fold's checkpoint on its test speakers (or on ``utt_ids``), for ``conditions`` (default:
+    every evaluation condition of the store): utt_id, condition, fold, model, probs, pred_arousal/valence/dominance.
+    The per-corpus scaler is the checkpoint's, or ``scale`` (a zero-shot corpus's own statistics)."""
     from ray_ser.train.checkpoints import load_fold_model
     from ray_ser.train.reader import frames_dataset, load_labels
 
     fm = fm or load_fold_model(checkpoint, store=store)  # the caller's already-loaded copy, when it has one
     conds = list(conditions) if conditions else evaluation_conditions(store, fm.cfg.model)
-    labels = load_labels(store, fm.plan.test)
-    ds = frames_dataset(store, fm.cfg.model, fm.plan.read_layers, fm.plan.test, labels, conditions=conds, mask=fm.mask)
+    utts = list(fm.plan.test if utt_ids is None else utt_ids)
+    labels = load_labels(store, utts, label_set=fm.cfg.label_set)
+    ds = frames_dataset(store, fm.cfg.model, fm.plan.read_layers, utts, labels, conditions=conds, mask=fm.mask,
+                        scale=scale if scale is not None else fm.plan.corpus_norm)
     ds = ds.map_batches(FoldPredictor, fn_constructor_kwargs={"checkpoint": str(checkpoint), "store": store,
                                                               "threads": max(1, int(cpus))},
                         batch_size=batch_size, batch_format="numpy", concurrency=1, num_cpus=cpus, num_gpus=num_gpus)
@@ -96,15 +101,20 @@ def predict_fold(store: str, checkpoint: str | Path, conditions: Sequence[str] |
     df = pl.from_pandas(rows) if len(rows) else pl.DataFrame()
     if "probs" in df.columns:
         df = df.with_columns(pl.col("probs").cast(pl.List(pl.Float32)))
-    return df.with_columns(pl.lit(fm.plan.fold, pl.Int32).alias("fold"))
+    return df.with_columns(pl.lit(fm.plan.fold, pl.Int32).alias("fold"),
+                           pl.lit("final" if fm.plan.fold == -1 else "fold").alias("model"))
 
 
-def manifest_columns(store, by: Sequence[str] = ()) -> pl.DataFrame:
+def manifest_columns(store, by: Sequence[str] = (), label_set: Sequence[str] | None = None) -> pl.DataFrame:
     """Per utterance: speaker, gender, corpus, label, pdf, A/V/D, has_votes, and each ``by`` column (a manifest
-    column, a key of its ``extra`` JSON, or ``<numeric>_bin``: tertiles low/mid/high of that number)."""
+    column, a key of its ``extra`` JSON, or ``<numeric>_bin``: tertiles low/mid/high of that number). With a
+    ``label_set`` the label and pdf are the utterance's in that set (null outside it)."""
     from ray_ser.store.core import as_store
 
-    m = pl.from_arrow(as_store(store).manifests())
+    store = as_store(store)
+    m = pl.from_arrow(store.manifests())
+    if label_set is not None:
+        m = in_label_set(store, m, label_set)
     extra = [json.loads(e) if e else {} for e in m["extra"].to_list()] if "extra" in m.columns else [{}] * m.height
     out = m.select("utt_id", "speaker", "gender", "corpus", "label", "pdf", *DIMENSIONS,
                    (pl.col("n_raters").is_not_null() | pl.col("votes").is_not_null()).alias("has_votes"))
@@ -121,6 +131,17 @@ def manifest_columns(store, by: Sequence[str] = ()) -> pl.DataFrame:
             raise ValueError(f"--by {col}: no such manifest column or extra key (and no {col[:-4]!r} to bin)")
         out = out.with_columns(values.alias(col))
     return out
+
+
+def in_label_set(store, m: pl.DataFrame, label_set: Sequence[str]) -> pl.DataFrame:
+    """Manifest rows with ``label`` and ``pdf`` mapped into ``label_set`` (null where a row falls outside it)."""
+    from ray_ser.corpora.label_sets import map_row
+
+    own = {c: store.categories(c) for c in m["corpus"].unique().to_list()}
+    mapped = [map_row(c, own[c], lab, pdf, label_set)
+              for c, lab, pdf in zip(m["corpus"].to_list(), m["label"].to_list(), m["pdf"].to_list())]
+    return m.with_columns(pl.Series("label", [x.label for x in mapped], dtype=pl.Utf8),
+                          pl.Series("pdf", [x.pdf for x in mapped], dtype=pl.List(pl.Float32)))
 
 
 def predict_run(store: str, run_dir: str | Path, conditions: Sequence[str] | None = None, by: Sequence[str] = (),
@@ -156,20 +177,102 @@ def predict_run(store: str, run_dir: str | Path, conditions: Sequence[str] | Non
         bar.update(1)
     bar.close()
     pred = pl.concat(parts, how="diagonal_relaxed")
+    return _finish(store, pred, categories, config, run_dir, by, "out-of-fold"), categories, config
+
+
+class TrainedOnCorpus(InputError):
+    """A zero-shot request for a corpus the run trained on (those are scored out of fold)."""
+
+
+def zero_shot_utterances(store, fm, corpora: Sequence[str], report=None) -> dict[str, str]:
+    """The utterances of ``corpora`` a final model scores zero-shot: every labelled utterance whose label falls in
+    the run's label set (the others counted in ``report``), as {utt_id: corpus}. A corpus the model trained on is
+    refused, naming it."""
+    from ray_ser.corpora.label_sets import map_rows
+    from ray_ser.store.core import as_store
+
+    store = as_store(store)
+    trained = sorted(fm.plan.corpus_counts or fm.cfg.corpora or {u.split("/")[0] for u in fm.plan.inner})
+    seen = [c for c in corpora if c in trained]
+    if seen:
+        raise TrainedOnCorpus(f"corpus {seen[0]}: run {fm.path.parent.parent} trained on it ({', '.join(trained)}); "
+                              "zero-shot scoring is for corpora a run never saw (its own corpora are scored out of fold "
+                              "by jobs/evaluate.py --run DIR without --corpus)")
+    m = store.manifests()
+    stored = sorted(set(m.column("corpus").to_pylist()))
+    missing = [c for c in corpora if c not in stored]
+    if missing:
+        raise ValueError(f"corpus {missing[0]!r} is not in store {store.uri}; it holds {', '.join(stored)}")
+    cols = [c for c in ("utt_id", "speaker", "corpus", "label", "pdf", *DIMENSIONS) if c in m.column_names]
+    rows = {r["utt_id"]: r for r in m.select(cols).to_pylist() if r["corpus"] in corpora}
+    if fm.cfg.label_set is None:
+        for c in corpora:
+            if store.categories(c) != fm.plan.categories:
+                raise ValueError(f"corpus {c}: categories {store.categories(c)} differ from the run's {fm.plan.categories} "
+                                 "and the run has no label set: train it with --label-set to score other corpora")
+        return {u: r["corpus"] for u, r in sorted(rows.items()) if r.get("label") is not None or r.get("pdf") is not None
+                or any(r.get(d) is not None for d in DIMENSIONS)}
+    kept = map_rows(rows, {c: store.categories(c) for c in corpora}, fm.cfg.label_set, report)
+    return {u: kept[u]["corpus"] for u in sorted(kept)}
+
+
+def predict_zero_shot(store: str, run_dir: str | Path, corpora: Sequence[str], conditions: Sequence[str] | None = None,
+                      by: Sequence[str] = (), batch_size: int = 32, report=None) -> tuple[pl.DataFrame, list[str], dict]:
+    """(predictions, categories, run config) of a run's final model (``DIR/final/best``) on ``corpora`` it never
+    trained on, every evaluation condition; with the per-corpus scaler each corpus is standardised by its own
+    statistics in each condition (its frames only, no labels)."""
+    import ray
+
+    from ray_ser.train.checkpoints import final_checkpoint, load_fold_model
+    from ray_ser.train.reader import frame_stats
+
+    run_dir = Path(run_dir)
+    path = final_checkpoint(run_dir)
+    if path is None:
+        raise FileNotFoundError(f"{run_dir}: no final model (final/best): train it with jobs/train.py --final "
+                                f"--out {run_dir}")
+    fm = load_fold_model(path, store=store)
+    utts = zero_shot_utterances(store, fm, corpora, report)
+    if not utts:
+        raise ValueError(f"corpora {', '.join(corpora)}: no utterance has a label in the run's set {fm.plan.categories}")
+    conds = list(conditions) if conditions else evaluation_conditions(store, fm.cfg.model)
+    gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    config = {"train": fm.cfg.model_dump(), "fold_id": fm.plan.fold_id, "zero_shot": list(corpora)}
+    parts = []
+    for cond in conds:
+        scale = None
+        if fm.plan.corpus_norm is not None:
+            by_corpus: dict[str, list[str]] = {}
+            for u, c in utts.items():
+                by_corpus.setdefault(c, []).append(u)
+            scale = {}
+            for c, us in by_corpus.items():
+                mean, std = frame_stats(store, fm.cfg.model, fm.plan.read_layers, us, [cond], fm.plan.keep)
+                scale[c] = [mean.tolist(), std.tolist()]
+        parts.append(predict_fold(store, path, [cond], batch_size, num_gpus=gpus, fm=fm, utt_ids=list(utts), scale=scale))
+    pred = pl.concat(parts, how="diagonal_relaxed")
+    return _finish(store, pred, fm.plan.categories, config, run_dir, by, "zero-shot"), fm.plan.categories, config
+
+
+def _finish(store, pred: pl.DataFrame, categories: list[str], config: dict, run_dir: str | Path, by: Sequence[str],
+            protocol: str) -> pl.DataFrame:
+    """Predictions joined with their manifest rows (labels in the run's label set), SNR, run and protocol, in the
+    ``predictions.parquet`` column order."""
+    run_dir = Path(run_dir)
     snr = _snr_of(store, config["train"]["model"], pred["utt_id"].unique().to_list(), pred["condition"].unique().to_list())
     pred = pred.with_columns(pl.Series("snr_db", [snr.get((u, c)) for u, c in zip(pred["utt_id"], pred["condition"])],
                                        dtype=pl.Float32))
-    meta = manifest_columns(store, by)
+    meta = manifest_columns(store, by, config["train"].get("label_set"))
     index = {c: i for i, c in enumerate(categories)}
     pred = pred.join(meta, on="utt_id", how="left").with_columns(
         pl.lit(run_dir.resolve().name).alias("run"),
         pl.col("label").replace_strict(index, default=None, return_dtype=pl.Int32).alias("label_index"),
         pl.col("probs").list.arg_max().replace_strict(dict(enumerate(categories)), default=None,
                                                       return_dtype=pl.Utf8).alias("pred"))
+    pred = pred.with_columns(pl.lit(protocol).alias("protocol"))
     front = ["run", "fold", "condition", "snr_db", "utt_id", "speaker", "gender", "corpus", "label", "label_index",
-             "pdf", "has_votes", "probs", "pred", *DIMENSIONS, *[f"pred_{d}" for d in DIMENSIONS]]
-    pred = pred.select(front + [c for c in pred.columns if c not in front]).sort(["fold", "condition", "utt_id"])
-    return pred, categories, config
+             "pdf", "has_votes", "probs", "pred", *DIMENSIONS, *[f"pred_{d}" for d in DIMENSIONS], "model", "protocol"]
+    return pred.select(front + [c for c in pred.columns if c not in front]).sort(["fold", "condition", "utt_id"])
 
 
 ROW_KEYS = ["fold", "condition", "utt_id"]

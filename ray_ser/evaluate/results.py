@@ -22,8 +22,11 @@ RUN_CONFIG_KEY = b"ray_ser.run_config"
 METRICS_SCHEMA: dict[str, pl.DataType] = {
     "run": pl.String, "group_by": pl.String, "group": pl.String, "condition": pl.String, "metric": pl.String,
     "k": pl.Int32, "value": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "n": pl.Int64,
-    "n_speakers": pl.Int64,
+    "n_speakers": pl.Int64, "protocol": pl.String,
 }
+PROTOCOLS = ("out-of-fold", "zero-shot")
+"""``protocol`` of a metrics row: scored by the outer fold that held the speaker out, or by a final model that
+never saw the corpus."""
 CONFUSION_SCHEMA: dict[str, pl.DataType] = {
     "run": pl.String, "condition": pl.String, "true": pl.String, "pred": pl.String, "count": pl.Int64,
 }
@@ -32,7 +35,7 @@ PREDICTIONS_TYPES: dict[str, pl.DataType] = {
     "speaker": pl.String, "gender": pl.String, "corpus": pl.String, "label": pl.String, "label_index": pl.Int32,
     "pdf": pl.List(pl.Float32), "has_votes": pl.Boolean, "probs": pl.List(pl.Float32), "pred": pl.String,
     "arousal": pl.Float32, "valence": pl.Float32, "dominance": pl.Float32, "pred_arousal": pl.Float32,
-    "pred_valence": pl.Float32, "pred_dominance": pl.Float32,
+    "pred_valence": pl.Float32, "pred_dominance": pl.Float32, "model": pl.String, "protocol": pl.String,
 }
 
 
@@ -74,7 +77,7 @@ def _scan(files: list[Path], types: dict[str, pl.DataType], fill: bool) -> pl.La
 
 def load_metrics(paths: str | Path | Iterable[str | Path]) -> pl.LazyFrame:
     """metrics.parquet of one or many evaluation folders: run, group_by, group, condition, metric, k, value,
-    ci_low, ci_high, n, n_speakers (+ source)."""
+    ci_low, ci_high, n, n_speakers, protocol (+ source)."""
     return _scan(_files(paths, "metrics.parquet"), METRICS_SCHEMA, fill=True)
 
 

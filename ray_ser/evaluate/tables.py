@@ -26,6 +26,7 @@ from ray_ser.evaluate import metrics as M
 from ray_ser.evaluate.results import (
     CONFUSION_SCHEMA,
     METRICS_SCHEMA,
+    PROTOCOLS,
     read_predictions,
     write_parquet,
 )
@@ -306,18 +307,23 @@ def metric_table(predictions: pl.DataFrame | pl.LazyFrame, categories: Sequence[
                  n_boot: int = 500, seed: int = 0, ks: Sequence[int] = KS, level: float = 0.95) -> pl.DataFrame:
     """metrics.parquet of a predictions table (``METRICS_SCHEMA``): every metric per run x condition x group
     ("all", "condition", "speaker", "gender", "gender:condition", "corpus", each ``by`` column), k-best UAR and
-    paUAR-50/75 for each k, and speaker-level bootstrap intervals (null for single-speaker groups)."""
+    paUAR-50/75 for each k, and speaker-level bootstrap intervals (null for single-speaker groups); ``protocol`` from
+    the predictions' column (out-of-fold when it has none)."""
     df = predictions.collect() if isinstance(predictions, pl.LazyFrame) else predictions
     by = list(dict.fromkeys(by))
     _validate(df, categories, by)
+    if "protocol" not in df.columns:
+        df = df.with_columns(pl.lit(PROTOCOLS[0]).alias("protocol"))
     c = len(categories)
     group_cols = [g for g in ("gender", "corpus", *by) if g in df.columns]
     out: list[tuple] = []
-    for cell in _cells(df, categories, group_cols):
+    cells = [(str(proto), cell) for (proto,), part in df.partition_by("protocol", as_dict=True, maintain_order=True).items()
+             for cell in _cells(part, categories, group_cols)]
+    for proto, cell in cells:
         run, cond = cell.run, cell.condition
 
         def emit(group_by: str, group: str, res: _GroupResult) -> None:
-            out.extend((run, group_by, group, cond, *r) for r in res.rows(level))
+            out.extend((run, group_by, group, cond, *r, proto) for r in res.rows(level))
 
         everyone = np.ones(cell.spk.size, bool)
         speakers: dict[str, _GroupResult] = {}
@@ -352,7 +358,7 @@ def _sorted(table: pl.DataFrame) -> pl.DataFrame:
                                .alias("_c"),
                                pl.col("group_by").replace_strict(gbs, range(len(gbs)), return_dtype=pl.Int32)
                                .alias("_g"))
-            .sort("run", "_c", "_g", "group", "metric", "k", nulls_last=False)
+            .sort("run", "protocol", "_c", "_g", "group", "metric", "k", nulls_last=False)
             .drop("_c", "_g"))
 
 

@@ -8,6 +8,11 @@ column) with speaker-level bootstrap intervals, and an HTML report.
 Several --run folders (the same folds, e.g. one recipe trained with several --seed) are scored as one ensemble:
 their class probabilities and A/V/D predictions are averaged per utterance and condition.
 
+    python jobs/evaluate.py --store store --run runs/xc --corpus ased --out runs/xc/zero-shot-ased
+
+--corpus scores the run's final model (jobs/train.py --final) zero-shot on corpora it never trained on, through
+the run's label set (utterances outside it are left out and counted); metrics.parquet's protocol says which.
+
 Writes DIR/predictions.parquet, DIR/metrics.parquet, DIR/confusion.parquet and DIR/report.html (+ plots/).
 Query them with Polars through ray_ser.evaluate.results (see the README's "Evaluation results").
 """
@@ -34,10 +39,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=int, help="speaker-level bootstrap resamples")
     p.add_argument("--seed", type=int, help="seed of the bootstrap")
     p.add_argument("--batch-size", type=int, help="utterances per prediction batch")
+    p.add_argument("--corpus", type=csv_list,
+                   help="C[,C...]: score the run's final model zero-shot on these corpora (ones it never trained on)")
     return p
 
 
-BINDS = {"store": "store.uri", "run": "evaluate.runs",
+BINDS = {"store": "store.uri", "run": "evaluate.runs", "corpus": "evaluate.zero_shot",
          **{k: f"evaluate.{k}" for k in ("by", "conditions", "n_boot", "seed", "batch_size")}}
 """Each flag's config key (the evaluate section)."""
 
@@ -45,10 +52,17 @@ BINDS = {"store": "store.uri", "run": "evaluate.runs",
 def main(argv: list[str] | None = None) -> dict:
     cfg, args = from_args(parser(), argv, BINDS)
     args.run = args.run or [str(cfg.run_dir)]
-    out = Path(args.out or Path(args.run[0]) / "eval")
+    args.corpus = cfg.evaluate.zero_shot
+    if args.corpus and len(args.run) > 1:
+        raise SystemExit("jobs/evaluate.py: --corpus scores one run's final model: give one --run")
+    default = "eval" if not args.corpus else "zero-shot-" + "+".join(args.corpus)
+    out = Path(args.out or Path(args.run[0]) / default)
     console.setup(Path(args.run[0]))
     cfg.save(out)
-    with console.stage("evaluate " + ", ".join(Path(r).name for r in args.run)):
+    what = "evaluate " + ", ".join(Path(r).name for r in args.run)
+    if args.corpus:
+        what += " zero-shot on " + ", ".join(args.corpus)
+    with console.stage(what):
         return evaluate(args, out)
 
 
@@ -62,10 +76,25 @@ def evaluate(args: argparse.Namespace, out: Path) -> dict:
     from ray_ser.runtime import init_ray
 
     init_ray()
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     conditions = args.conditions or None
-    pred, categories, config = ensemble_predictions(
-        [predict_run(args.store, run, conditions, args.by, args.batch_size) for run in args.run])
+    if getattr(args, "corpus", None):
+        from ray_ser.corpora.label_sets import SetReport
+        from ray_ser.evaluate.predict import predict_zero_shot
+
+        report = SetReport([])
+        pred, categories, config = predict_zero_shot(args.store, args.run[0], args.corpus, conditions, args.by,
+                                                     args.batch_size, report)
+        report.categories = categories
+        config["label_set"] = report.to_dict()
+        if config["train"].get("label_set"):
+            console.say(report.line())
+        if (config["train"].get("scaler") or "global") == "per-corpus":
+            console.say("zero-shot input scaling: each corpus by its own frame statistics per condition (no labels used)")
+    else:
+        pred, categories, config = ensemble_predictions(
+            [predict_run(args.store, run, conditions, args.by, args.batch_size) for run in args.run])
     path = write_predictions(pred, categories, config, out / "predictions.parquet")
     t_pred = time.perf_counter() - t0
     paths = write_tables(path, out, categories=categories, by=args.by, n_boot=args.n_boot, seed=args.seed)
@@ -73,8 +102,9 @@ def evaluate(args: argparse.Namespace, out: Path) -> dict:
     m = pl.read_parquet(paths["metrics"])
     overall = (m.filter((pl.col("group_by") == "all") & (pl.col("metric") == "uar") & (pl.col("k") == 1))
                .select("condition", "value", "ci_low", "ci_high", "n", "n_speakers"))
+    models = f"{pred['fold'].n_unique()} folds" if pred["model"][0] == "fold" else "the final model"
     console.say(f"{pred.height} predictions ({pred['utt_id'].n_unique()} utterances x {pred['condition'].n_unique()} "
-                f"conditions, {pred['fold'].n_unique()} folds) in {t_pred:.1f} s")
+                f"conditions, {models}) in {t_pred:.1f} s")
     console.say(uar_table(overall))
     console.detail(f"wrote {path}, {paths['metrics']}, {paths['confusion']}; total {time.perf_counter() - t0:.1f} s")
     console.say(f"report: {report}")

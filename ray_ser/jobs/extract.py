@@ -11,7 +11,7 @@ import argparse
 import json
 
 from ray_ser import console
-from ray_ser.config import Bind, ExperimentConfig, add_config_args, csv_list, from_args, log_folder, negated
+from ray_ser.config import Bind, ExperimentConfig, InputError, add_config_args, csv_list, from_args, log_folder, negated
 from ray_ser.corpora import ADAPTERS, Manifest, build_manifest
 from ray_ser.extract.program import extract
 from ray_ser.settings import data_root
@@ -51,6 +51,8 @@ def parser() -> argparse.ArgumentParser:
                    help="... or this many seconds have passed (0: every block); a crash loses at most this much")
     p.add_argument("--csv", help="with --corpus csv: the CSV file to read")
     p.add_argument("--audio-root", help="with --corpus csv: folder the CSV's paths are relative to")
+    p.add_argument("--csv-name", help="with --corpus csv: the name the store files it under (default: the CSV's "
+                                      "corpus column, else its file's stem)")
     p.add_argument("--max-seconds", type=float, help="longer audio becomes an errors row (read from the header, before decoding)")
     p.add_argument("--on-drift", choices=["refuse", "new-key"],
                    help="when the table was made with other settings (seed, frames, dtype, conditions, ...): refuse "
@@ -64,7 +66,8 @@ def parser() -> argparse.ArgumentParser:
 
 BINDS = {
     "corpus": Bind("data.corpora", lambda c: [c]), "manifest": "data.manifest", "data_root": "data.data_root",
-    "csv": "data.csv", "audio_root": "data.audio_root", "limit": "data.limit", "store": "store.uri",
+    "csv": "data.csv", "audio_root": "data.audio_root", "csv_name": "data.csv_name", "limit": "data.limit",
+    "store": "store.uri",
     "no_frames": negated("extract.frames"), "keep_versions": "extract.keep_versions_s",
     **{k: f"extract.{k}" for k in ("model", "conditions", "frame_layers", "dtype", "aug_copies", "write_mode",
                                    "whisper_mode", "batch_size", "max_batch_seconds", "pool_size", "threads",
@@ -92,17 +95,95 @@ def manifests(cfg: ExperimentConfig) -> list[Manifest]:
     else:
         found = []
         for corpus in cfg.data.corpora:
-            adapter = {"csv": cfg.data.csv, "audio_root": cfg.data.audio_root} if corpus == "csv" else {}
+            adapter = ({"csv": cfg.data.csv, "audio_root": cfg.data.audio_root, "name": cfg.data.csv_name}
+                       if corpus == "csv" else {})
             found.append(build_manifest(corpus, data_root(cfg.data.data_root), **adapter))
     return [m.spread(cfg.data.limit) if cfg.data.limit else m for m in found]
 
 
+class CorpusClash(InputError):
+    """A corpus name under which the store already files the rows of another source (:func:`check_clash`)."""
+
+
+def check_clash(store_uri: str, manifest: Manifest) -> None:
+    """Refuse (:class:`CorpusClash`) a manifest whose corpus name the store already files another source under.
+
+    The store records where a manifest came from only by its rows, so the rule reads them: the stored
+    ``manifest__<name>`` and ``manifest`` are one source when they share an utt_id and every utt_id they share
+    has the same audio path. Re-running a CSV into its store (a resume, another ``--limit``, labels edited, rows
+    added or dropped) passes; another CSV under the same name shares no utt_id, or gives a shared one other
+    audio (whose stored embeddings would be taken for it), and is refused, as is a CSV whose audio has moved
+    (the store cannot tell that from another corpus's files). An empty manifest on either side passes. A
+    built-in adapter's name is not checked: only that adapter files a corpus under it (the csv adapter refuses
+    those names), wherever its data root lies."""
+    import os
+
+    from ray_ser.store.core import Store
+    from ray_ser.store.names import table_name
+
+    name = manifest.corpus
+    if name in ADAPTERS or not len(manifest):
+        return
+    store = Store(store_uri)
+    table = table_name(name, "manifest")
+    if not store.has(table):
+        return
+    stored = store.open(table).to_arrow().select(["utt_id", "path"])
+    if not stored.num_rows:
+        return
+    old = dict(zip(stored.column("utt_id").to_pylist(), stored.column("path").to_pylist()))
+    new = dict(zip(manifest.column("utt_id"), manifest.column("path")))
+    shared = [u for u in new if u in old]
+    moved = [u for u in shared if os.path.normpath(old[u]) != os.path.normpath(new[u])]
+    if shared and not moved:
+        return
+    why = (f"utt_id {moved[0]!r} is {old[moved[0]]} there and {new[moved[0]]} here ({len(moved)} of the "
+           f"{len(shared)} shared utt_ids name other audio)" if moved else "the two share no utt_id")
+    earlier = _stored_source(store, name)
+    raise CorpusClash(
+        f"store {store.uri} already files another corpus under the name {name!r}: its manifest__ table holds "
+        f"{len(old)} utterances with audio under {_folder(old.values())}{earlier}, while this manifest "
+        f"({manifest.source}) has {len(new)} with audio under {_folder(new.values())}; {why}. Give this corpus "
+        "another name with --csv-name (data.csv_name) or the CSV's corpus column, or use another store.")
+
+
+def _folder(paths) -> str:
+    """The folder all ``paths`` lie under, for a message."""
+    import os
+
+    try:
+        return os.path.commonpath([os.path.dirname(p) for p in paths]) or "."
+    except ValueError:  # relative and absolute mixed
+        return "several folders"
+
+
+def _stored_source(store, corpus: str) -> str:
+    """', last extracted from <file>' when the runs table recorded the config of a run on ``corpus``, else ''."""
+    import json
+
+    try:
+        if not store.has("runs"):
+            return ""
+        runs = store.open("runs").to_arrow()
+        configs = [c for k, c in zip(runs.column("corpus").to_pylist(), runs.column("config").to_pylist())
+                   if k == corpus and c]
+        data = json.loads(configs[-1]).get("data", {}) if configs else {}
+    except Exception:  # best effort: the message stands without it
+        return ""
+    file = data.get("manifest") or data.get("csv")
+    return f", last extracted from {file}" if file else ""
+
+
 def run(cfg: ExperimentConfig) -> list[dict]:
-    """Extract every corpus of ``cfg`` into its store; one result dict per corpus."""
+    """Extract every corpus of ``cfg`` into its store; one result dict per corpus. Every manifest's corpus name
+    is checked against the store (:func:`check_clash`) before any is extracted."""
     from ray_ser.runtime import init_ray
 
+    found = manifests(cfg)
+    for manifest in found:
+        check_clash(cfg.store.uri, manifest)
     results = []
-    for manifest in manifests(cfg):
+    for manifest in found:
         console.say(f"manifest {manifest.corpus}: {manifest.summary()}")
         init_ray()
         result = extract(manifest, cfg.store.uri, cfg.extract.options(), experiment=cfg.model_dump(mode="json"))

@@ -12,7 +12,7 @@ from ray_ser.corpora import folds as fold_makers
 from ray_ser.settings import data_root
 
 BINDS = {"corpus": Bind("data.corpora", lambda c: [c], lambda cs: cs[0]), "data_root": "data.data_root",
-         "csv": "data.csv", "audio_root": "data.audio_root"}
+         "csv": "data.csv", "audio_root": "data.audio_root", "csv_name": "data.csv_name"}
 """Each flag's config key (the data section; the config's first corpus)."""
 
 
@@ -23,6 +23,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="manifest Parquet file to write")
     p.add_argument("--csv", help="with --corpus csv: the CSV file to read")
     p.add_argument("--audio-root", help="with --corpus csv: folder the CSV's paths are relative to")
+    p.add_argument("--csv-name", help="with --corpus csv: the corpus name (default: the CSV's corpus column, else "
+                                      "its file's stem)")
     p.add_argument("--folds", default=None, help="'loso' or an integer k for k speaker-disjoint stratified folds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strict", action="store_true",
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.corpus == "csv":
         if not args.csv:
             p.error("--corpus csv needs --csv FILE")
-        options.update(csv=args.csv, audio_root=args.audio_root, strict=args.strict)
+        options.update(csv=args.csv, audio_root=args.audio_root, name=args.csv_name, strict=args.strict)
     manifest = build_manifest(args.corpus, data_root(args.data_root), **options)
     if args.folds == "loso":
         manifest = fold_makers.loso(manifest)

@@ -1,5 +1,6 @@
 """The whole flow of one experiment config: manifests -> all-layer extraction -> saliency + probes -> frame
-clusters per fold -> an emotion model per fold (Ray Train) -> out-of-fold evaluation tables and report.
+clusters per fold -> an emotion model per fold (Ray Train) -> out-of-fold evaluation tables and report (-> with
+crosscorpus.enabled, the leave-one-corpus-out matrix).
 
     ray-ser run configs/emodb.yaml          (or: python jobs/pipeline.py --config configs/emodb.yaml)
 
@@ -69,7 +70,12 @@ def run(cfg: ExperimentConfig) -> dict:
     line = versus_baseline(evaluation["overall"], probes.get("set_probe"), cfg.train.arch,
                            probes.get("set_probe_layers", ""))
     console.say(line)
-    return {"probes": probes, "evaluation": evaluation, "summary": line}
+    result = {"probes": probes, "evaluation": evaluation, "summary": line}
+    if cfg.crosscorpus.enabled:  # the leave-one-corpus-out matrix over the experiment's corpora
+        from ray_ser.jobs import crosscorpus as crosscorpus_job
+
+        result["crosscorpus"] = crosscorpus_job.main([*conf, "--out", str(cfg.run_dir / "crosscorpus")])
+    return result
 
 
 def main(argv: list[str] | None = None) -> dict:

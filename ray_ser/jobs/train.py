@@ -3,6 +3,10 @@ speakers, each fold's best checkpoint under --out.
 
     python jobs/train.py --config configs/emodb.yaml [--out runs/tcgru --arch tcgru --layer 3]
 
+Several corpora train together through a label set (--corpus emodb,ravdess,ased --label-set four), with folds
+stratified by corpus; --final adds one model on all their speakers (DIR/final/best), which jobs/evaluate.py
+--corpus scores zero-shot on corpora it never saw.
+
 Writes DIR/fold_<f>/best/{model.pt,config.json} (what jobs/evaluate.py --run DIR loads), DIR/epochs.parquet
 (fold, epoch, split, metric, value), DIR/tensorboard/fold_<f> and DIR/run.json; prints each fold's best
 checkpoint's UAR on that fold's test speakers per stored condition. Re-running the same command resumes:
@@ -19,16 +23,19 @@ from ray_ser import console
 from ray_ser.config import Bind, ExperimentConfig, add_config_args, csv_list, from_args, given_flags, int_list
 
 BINDS = {
-    "corpus": Bind("train.corpora", csv_list), "fold_rule": "train.folds",
+    "corpus": Bind("train.corpora", csv_list), "fold_rule": "train.folds", "folds": "train.outer_folds",
     **{k: f"train.{k}" for k in (
         "store", "model", "layer", "layers", "epochs", "seed", "keep_ratio", "n_clusters", "adv_weight", "target",
         "arch", "pooling", "lr", "batch_size", "patience", "num_workers", "cpus_per_worker", "mlp_hidden",
-        "weight_decay", "dropout", "refit", "spec_augment", "auto_layers", "inner_folds", "conditions")},
+        "weight_decay", "dropout", "refit", "spec_augment", "auto_layers", "inner_folds", "conditions", "label_set",
+        "scaler", "balance", "final", "domain")},
 }
 """Each flag's config key (the train section)."""
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(matrix: bool = False) -> argparse.ArgumentParser:
+    """The job's flags (``matrix``: without those jobs/crosscorpus.py sets itself: which folds, the final model and
+    the per-fold report)."""
     p = add_config_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter),
                         "experiment config (YAML), or a TrainConfig JSON such as jobs/tune.py's best_config.json; "
                         "the other flags override it")
@@ -37,7 +44,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", default=None, help="comma-separated corpora to train on (default: the config's)")
     p.add_argument("--out", default=None, help="run folder (checkpoints, epochs.parquet, TensorBoard); "
                                                 "default: the config's <runs>/<name>")
-    p.add_argument("--folds", default="all", help="all | F[,F...] outer folds to train")
+    if not matrix:
+        p.add_argument("--folds", default=None, help="all | none | F[,F...] outer folds to train (none: with --final, "
+                                                      "the final model only)")
+        p.add_argument("--final", action=argparse.BooleanOptionalAction, default=None,
+                       help="also train one model on all speakers of the training corpora (DIR/final/best), for "
+                            "zero-shot scoring of other corpora (jobs/evaluate.py --corpus)")
+    p.add_argument("--label-set", default=None,
+                   help="four | five | NAME,NAME,...: the categories to train on; every corpus's labels are harmonised "
+                        "into them (needed when the corpora's category lists differ)")
+    p.add_argument("--scaler", choices=("global", "per-corpus"), default=None,
+                   help="standardise the input with one scaler, or each corpus by its own statistics")
+    p.add_argument("--balance", choices=("none", "corpus"), default=None,
+                   help="corpus: corpus-balanced sampling (each epoch draws the same expected number from every corpus)")
+    p.add_argument("--domain", choices=("speaker", "corpus"), default=None,
+                   help="what the gradient-reversal head predicts when --adv-weight > 0 (default: corpus over several corpora)")
     p.add_argument("--fold-rule", default=None, help="auto | loso | K, when the store has no saliency folds")
     p.add_argument("--layer", type=int, default=None, help="layer to read (default: chosen per fold on its training speakers)")
     p.add_argument("--layers", type=int_list, default=None,
@@ -68,7 +89,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--conditions", type=csv_list, default=None, help="training copies, e.g. clean,25dB,15dB,5dB (multi-condition)")
     p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers per fold (DDP)")
     p.add_argument("--cpus-per-worker", type=float, default=None)
-    p.add_argument("--no-test-report", action="store_true", help="skip the per-fold test-speaker UAR printout")
+    if not matrix:
+        p.add_argument("--no-test-report", action="store_true", help="skip the per-fold test-speaker UAR printout")
     return p
 
 
@@ -102,7 +124,7 @@ def test_report(cfg, summary: dict, out: str) -> str:
     pred = predict_fold(cfg.store, path)
     from ray_ser.train.reader import load_labels
 
-    labels = load_labels(cfg.store, pred["utt_id"].unique().to_list())
+    labels = load_labels(cfg.store, pred["utt_id"].unique().to_list(), label_set=cfg.label_set)
     cats = {c: i for i, c in enumerate(labels.categories)}
     parts = []
     for cond in sorted(pred["condition"].unique().to_list()):
@@ -130,15 +152,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         def on_fold(summary: dict) -> None:
             """One console line per fold: its test speakers' UAR (or, without the report, its training summary)."""
             refit = f", refit {summary['refit_epochs']} epochs on all training speakers" if summary.get("refit_epochs") else ""
-            line = (f"fold {summary['fold']}: {_layers(summary)}, best epoch {summary['best_epoch']} of "
+            name = "final model" if summary["fold"] == -1 else f"fold {summary['fold']}"
+            line = (f"{name}: {_layers(summary)}, best epoch {summary['best_epoch']} of "
                     f"{summary['epochs']}, val score {summary['best_val_score']:.4f}{refit}, {summary['seconds']:.1f} s")
-            if args.no_test_report:
+            if args.no_test_report or summary["fold"] == -1:
                 console.say(line)
             else:
                 console.detail(line)
                 console.say(test_report(cfg, summary, args.out))
 
-        summaries = run(cfg, args.folds, args.out, on_fold=on_fold)
+        summaries = run(cfg, None, args.out, on_fold=on_fold)
         console.detail(f"trained {len(summaries)} fold(s) into {args.out} in {time.perf_counter() - t0:.1f} s")
     return summaries
 

@@ -231,6 +231,13 @@ class Store:
         meta = table.schema.metadata or {}
         return Manifest(table, json.loads(meta[CATEGORIES_KEY]), source=f"{self.uri}/{name}")
 
+    def categories(self, corpus: str) -> list[str]:
+        """The category list a stored manifest's ``pdf``/``votes`` index (from its schema, no rows read)."""
+        name = table_name(corpus, "manifest")
+        if not self.has(name):
+            raise KeyError(f"store {self.uri} has no manifest of corpus {corpus!r}")
+        return json.loads((self.open(name).schema.metadata or {})[CATEGORIES_KEY])
+
     def manifests(self) -> pa.Table | None:
         """All stored manifests concatenated (without their category metadata), or None."""
         tables = [self.open(n).to_arrow() for n in self.names() if n.startswith("manifest__")]

@@ -1,5 +1,5 @@
-"""A fold's best checkpoint: ``DIR/fold_<f>/best/{model.pt,config.json}``, written after training and loaded
-by evaluation (everything needed to predict, without the training run)."""
+"""A fold's best checkpoint: ``DIR/fold_<f>/best/{model.pt,config.json}`` (the final model's: ``DIR/final/best``),
+written after training and loaded by evaluation (everything needed to predict, without the training run)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,14 @@ log = logging.getLogger(__name__)
 
 
 BEST_DIR = "best"
+FINAL = -1
+"""The fold number of the final model: every speaker of the training corpora trains it (no test speakers)."""
+FINAL_DIR = "final"
+
+
+def fold_dir(out_dir: str | os.PathLike, fold: int) -> Path:
+    """``DIR/fold_<f>``, or ``DIR/final`` for the final model (fold -1)."""
+    return Path(out_dir) / (FINAL_DIR if fold == FINAL else f"fold_{fold}")
 
 
 # ---- checkpoints evaluation reads -------------------------------------------------------------------
@@ -29,7 +37,7 @@ def write_best(out_dir: Path, cfg: TrainConfig, plan: FoldPlan, state: dict) -> 
     the model and its input (layer, mask, categories) without other inputs. Written atomically."""
     import torch
 
-    final = out_dir / f"fold_{plan.fold}" / BEST_DIR
+    final = fold_dir(out_dir, plan.fold) / BEST_DIR
     tmp = final.with_name(BEST_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -73,8 +81,14 @@ def load_fold_model(path: str | os.PathLike, store: str | None = None) -> FoldMo
     return FoldModel(module.eval(), cfg, plan, path)
 
 
+def final_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """``DIR/final/best`` of a run trained with ``final``, when it is complete."""
+    d = Path(run_dir) / FINAL_DIR / BEST_DIR
+    return d if (d / "config.json").exists() and (d / "model.pt").exists() else None
+
+
 def fold_checkpoints(run_dir: str | os.PathLike) -> dict[int, Path]:
-    """{fold: best checkpoint folder} of a training run folder."""
+    """{fold: best checkpoint folder} of a training run folder's outer folds (the final model is not one)."""
     out = {}
     for d in sorted(Path(run_dir).glob(f"fold_*/{BEST_DIR}")):
         if (d / "config.json").exists() and (d / "model.pt").exists():

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ray_ser.fm.registry import DEFAULT_MODEL
 
@@ -24,6 +24,25 @@ class TrainConfig(BaseModel):
     """Model key of the embeddings (in an experiment config: the extract section's key unless set here)."""
     corpora: list[str] = []
     """Corpora to train on (empty: every labelled utterance of the store; in an experiment config: data.corpora)."""
+    label_set: list[str] | None = None
+    """Categories to train and score on: four (angry, happy, neutral, sad), five (adds fear) or a list of shared
+    names; every corpus's labels go through the harmonisation table into it, and utterances outside it are left
+    out and counted (null: the corpora's own category list, which they must share)."""
+    scaler: Literal["global", "per-corpus"] = "global"
+    """Input standardisation: one scaler fitted on the training utterances, or each corpus standardised by its own
+    training speakers' statistics (a corpus scored zero-shot: by its own unlabelled statistics)."""
+    balance: Literal["none", "corpus"] = "none"
+    """corpus: each epoch draws every training corpus's utterances with probability (smallest corpus / its size),
+    afresh each epoch, so the corpora weigh the same; none: every utterance every epoch."""
+    final: bool = False
+    """Also train one model on all speakers of the training corpora (DIR/final/best), its epoch count chosen by inner
+    cross-validation over them (final_inner_folds), then refit on all: the model zero-shot scoring uses."""
+    final_inner_folds: int = Field(3, ge=1)
+    """The final model's epoch count comes from the mean validation curve of this many speaker-disjoint inner folds
+    of all its training speakers (stratified by corpus), then it is refit on all of them; 1, or training copies other
+    than clean: early stopping on one inner validation split, then the refit."""
+    outer_folds: str = "all"
+    """Outer folds to train: all, none (with final: the final model only) or a comma-separated list."""
     layer: int | None = None
     """Layer to read; null: chosen per outer fold on its training speakers (ray_ser.analysis.layer_selection)."""
     layers: list[int] = []
@@ -104,6 +123,13 @@ class TrainConfig(BaseModel):
     use_gpu: bool | None = None
     """null: use GPUs when the cluster has them."""
 
+    @field_validator("label_set", mode="before")
+    @classmethod
+    def _label_set(cls, value: Any) -> list[str] | None:
+        from ray_ser.corpora.label_sets import resolve
+
+        return resolve(value)
+
     @model_validator(mode="after")
     def _cv_refits(self) -> "TrainConfig":
         if self.inner_folds > 1:
@@ -111,6 +137,8 @@ class TrainConfig(BaseModel):
                 raise ValueError(f"inner_folds > 1 trains and validates on the clean copies: multi-condition "
                                  f"training ({self.conditions}) needs inner_folds=1")
             self.refit = True  # cross-validation picks an epoch count: only a refit can use it
+        if self.outer_folds.strip().lower() == "none" and not self.final:
+            raise ValueError("outer_folds none trains nothing without final: set final (--final) as well")
         return self
 
     @classmethod

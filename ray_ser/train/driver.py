@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from ray_ser import console
 from ray_ser.corpora.folds import FoldAssignment
-from ray_ser.train.checkpoints import fold_checkpoints, write_best
+from ray_ser.train.checkpoints import FINAL, final_checkpoint, fold_checkpoints, fold_dir, write_best
 from ray_ser.train.config import TrainConfig
 from ray_ser.train.loop import final_state, load_state, train_loop_per_worker
 from ray_ser.train.plan import (
@@ -43,10 +43,9 @@ def config_hash(cfg: TrainConfig) -> str:
     return hashlib.sha1(json.dumps(defining(cfg.model_dump()), sort_keys=True).encode()).hexdigest()[:8]
 
 
-RUNTIME_FIELDS = ("cache_mb", "checkpoint_every_s")
-
-
-"""TrainConfig fields that change how a run is executed, not what it learns (a resumed run may change them)."""
+RUNTIME_FIELDS = ("cache_mb", "checkpoint_every_s", "outer_folds", "final")
+"""TrainConfig fields that change how a run is executed, not what it learns (a resumed run may change them; which
+folds a run trains and whether it adds a final model do not change any fold's model)."""
 
 
 def defining(config: dict) -> dict:
@@ -98,7 +97,8 @@ def epoch_note(fold: int, progress: dict) -> str:
         where = f"inner {progress['inner_fold'] + 1}/{progress['inner_folds']} "
     elif phase == "refit":
         where = "refit "
-    return f"fold {fold}: {where}epoch {progress.get('epoch')}/{progress.get('epochs')}"
+    name = "final" if fold == FINAL else f"fold {fold}"
+    return f"{name}: {where}epoch {progress.get('epoch')}/{progress.get('epochs')}"
 
 
 def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir: str | os.PathLike,
@@ -113,15 +113,16 @@ def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir:
     t0 = time.perf_counter()
     plan, labels, centroids = plan_fold(cfg, assignment, fold, layer)
     datasets = fold_datasets(cfg, plan, labels, centroids)
-    progress = out_dir / f"fold_{fold}" / PROGRESS_FILE
+    name = fold_dir(out_dir, fold).name
+    progress = fold_dir(out_dir, fold) / PROGRESS_FILE
     progress.parent.mkdir(parents=True, exist_ok=True)
     progress.unlink(missing_ok=True)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(), "plan": plan.to_dict(), "datasets": sorted(datasets),
-                           "tb_dir": str(out_dir / "tensorboard" / f"fold_{fold}"), "progress_file": str(progress)},
+                           "tb_dir": str(out_dir / "tensorboard" / name), "progress_file": str(progress)},
         scaling_config=_scaling(cfg),
-        run_config=RunConfig(name=f"fold_{fold}-{config_hash(cfg)}", storage_path=str(out_dir / "ray_train"),
+        run_config=RunConfig(name=f"{name}-{config_hash(cfg)}", storage_path=str(out_dir / "ray_train"),
                              checkpoint_config=CheckpointConfig(num_to_keep=1),
                              failure_config=FailureConfig(max_failures=2)),
         datasets=datasets,
@@ -135,11 +136,12 @@ def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir:
     with result.checkpoint.as_directory() as d:
         state = final_state(load_state(d))
     write_best(out_dir, cfg, plan, state)
-    epochs_frame(state["history"]).write_parquet(out_dir / f"fold_{fold}" / "epochs.parquet")
+    epochs_frame(state["history"]).write_parquet(fold_dir(out_dir, fold) / "epochs.parquet")
     return {"fold": fold, "layer": plan.layer, "layers": plan.read_layers, "best_epoch": state["best_epoch"], "best_val_score": state["best_score"],
             "epochs": state.get("selected", state)["epoch"], "refit_epochs": state.get("refit_epochs"),
             "seconds": time.perf_counter() - t0, "n_train": len(plan.inner),
-            "n_val": len(plan.val), "n_test": len(plan.test)}
+            "n_val": len(plan.val), "n_test": len(plan.test), "corpus_counts": plan.corpus_counts,
+            "corpus_dims": plan.corpus_dims}
 
 
 def epochs_frame(rows: list[dict]) -> pl.DataFrame:
@@ -154,7 +156,8 @@ def collect_epochs(out_dir: str | os.PathLike) -> pl.DataFrame:
     """``DIR/epochs.parquet`` from the folds' own tables (fold, epoch, split, metric, value)."""
     import polars as pl
 
-    parts = [pl.read_parquet(p) for p in sorted(Path(out_dir).glob("fold_*/epochs.parquet"))]
+    found = [*sorted(Path(out_dir).glob("fold_*/epochs.parquet")), *Path(out_dir).glob("final/epochs.parquet")]
+    parts = [pl.read_parquet(p) for p in found]
     df = pl.concat(parts) if parts else epochs_frame([])
     df = df.sort(["fold", "epoch", "split", "metric"])
     tmp = Path(out_dir) / "epochs.parquet.tmp"
@@ -163,31 +166,53 @@ def collect_epochs(out_dir: str | os.PathLike) -> pl.DataFrame:
     return df
 
 
-def run(cfg: TrainConfig, folds: str | Sequence[int], out_dir: str | os.PathLike,
+def final_config(cfg: TrainConfig) -> TrainConfig:
+    """The final model's config: the epoch count by ``final_inner_folds`` inner folds (one inner split when it is 1
+    or the training copies are not clean alone), then a refit on every training speaker."""
+    k = cfg.final_inner_folds if cfg.conditions == ["clean"] else 1
+    if k == 1 and cfg.final_inner_folds > 1:
+        log.info("final model: training copies %s, so one inner validation split chooses its epochs", cfg.conditions)
+    return cfg.model_copy(update={"refit": True, "inner_folds": k})
+
+
+def run(cfg: TrainConfig, folds: str | Sequence[int] | None, out_dir: str | os.PathLike,
         on_fold: Callable[[dict], None] | None = None) -> list[dict]:
-    """Train every requested outer fold into ``out_dir`` (folds with a finished best checkpoint of the same
-    configuration are skipped), then write ``epochs.parquet`` and ``run.json``."""
+    """Train every requested outer fold (``folds``; None: ``cfg.outer_folds``) and, with ``cfg.final``, the final
+    model on all speakers into ``out_dir`` (anything with a finished best checkpoint of the same configuration is
+    skipped), then write ``epochs.parquet`` and ``run.json`` (with what the label set kept and left out)."""
+    from ray_ser.corpora.label_sets import SetReport
+
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    assignment = resolve_assignment(cfg)
+    report = SetReport(list(cfg.label_set or []))
+    assignment = resolve_assignment(cfg, report=report)
+    if cfg.label_set is not None:
+        console.say(report.line())
     summaries = []
     done = fold_checkpoints(out_dir)
-    wanted = select_folds(folds, assignment)
+    if final_checkpoint(out_dir) is not None:
+        done[FINAL] = final_checkpoint(out_dir)
+    spec = cfg.outer_folds if folds is None else folds
+    wanted = [] if isinstance(spec, str) and spec.strip().lower() == "none" else select_folds(spec, assignment)
+    if cfg.final:
+        wanted.append(FINAL)
     layers: dict[int, list[int]] = {}
     if cfg.layer is None and not cfg.layers:  # every fold's automatic layers from one read (the stored ranking when there is one)
         layers = auto_layers(cfg, assignment, wanted)
     bar = console.progress(len(wanted), "train folds", "fold")  # the postfix: the fold training and its epoch
     for fold in wanted:
-        bar.set_postfix_str(f"fold {fold}")
-        if fold in done and defining(json.loads((done[fold] / "config.json").read_text())["train"]) == defining(cfg.model_dump()):
-            log.info("fold %d already trained: %s", fold, done[fold])
+        label = "final" if fold == FINAL else f"fold {fold}"
+        bar.set_postfix_str(label)
+        fold_cfg = cfg if fold != FINAL else final_config(cfg)
+        if fold in done and defining(json.loads((done[fold] / "config.json").read_text())["train"]) == defining(fold_cfg.model_dump()):
+            log.info("%s already trained: %s", label, done[fold])
             info = json.loads((done[fold] / "config.json").read_text())
             summary = {"fold": fold, "layer": info["plan"]["layer"],
                        "layers": info["plan"].get("layers") or [info["plan"]["layer"]], "best_epoch": info["best_epoch"],
                        "best_val_score": info["best_val_score"], "epochs": info["epochs_run"], "seconds": 0.0,
                        "skipped": True}
         else:
-            summary = train_fold(cfg, assignment, fold, out_dir, layers.get(fold),
+            summary = train_fold(fold_cfg, assignment, fold, out_dir, layers.get(fold),
                                  on_epoch=lambda p, f=fold: bar.set_postfix_str(epoch_note(f, p)))
         summaries.append(summary)
         bar.update(1)
@@ -197,5 +222,6 @@ def run(cfg: TrainConfig, folds: str | Sequence[int], out_dir: str | os.PathLike
     bar.close()
     collect_epochs(out_dir)
     (out_dir / "run.json").write_text(json.dumps({"config": cfg.model_dump(), "fold_id": assignment.id,
-                                                  "folds": assignment.description, "summaries": summaries}, indent=1))
+                                                  "folds": assignment.description, "label_set": report.to_dict(),
+                                                  "summaries": summaries}, indent=1))
     return summaries

@@ -108,11 +108,12 @@ def evaluate_batches(model, batches: Iterator[dict], device, target: str) -> tup
 
 
 def epoch_batches(source, cfg: TrainConfig, epoch: int, train: bool, device=None, cache=None,
-                  only: frozenset | None = None) -> Iterator[dict]:
+                  only: frozenset | None = None, corpus_counts: dict[str, int] | None = None) -> Iterator[dict]:
     """Collated batches of a Ray Dataset or DataIterator: shuffled and length-bucketed for training (with the
     epoch's condition per utterance in multi-condition training), in order for evaluation. ``cache`` (a
     :class:`~ray_ser.train.reader.ShardCache`, kept across epochs) holds a small shard in memory after one read;
-    ``only``: the utt_ids to keep (an inner fold's part of the shard)."""
+    ``only``: the utt_ids to keep (an inner fold's part of the shard); ``corpus_counts`` (training utterances per
+    corpus) with ``cfg.balance == "corpus"``: the epoch's corpus-balanced draw (:func:`balanced_draw`)."""
     from ray_ser.train.reader import ShardCache, bucketed, collate
 
     bs = cfg.batch_size
@@ -123,8 +124,27 @@ def epoch_batches(source, cfg: TrainConfig, epoch: int, train: bool, device=None
         return
     rng = np.random.default_rng([cfg.seed, epoch])
     chunks = cache.chunks(source, bs * 8 * max(1, len(cfg.conditions)), rng, only=only)
+    if cfg.balance == "corpus" and corpus_counts and len(corpus_counts) > 1:
+        chunks = balanced_draw(chunks, corpus_counts, cfg.seed, epoch)
     for b in bucketed(chunks, bs, rng, epoch, cfg.seed, cfg.conditions):
         yield collate(b, device)
+
+
+def balanced_draw(chunks: Iterator[dict], corpus_counts: dict[str, int], seed: int, epoch: int) -> Iterator[dict]:
+    """Corpus-balanced sampling: each row of corpus c is kept with probability (smallest corpus / c's size), by a
+    fixed hash of (seed, epoch, utt_id), so every corpus gives the same number of utterances to an epoch in
+    expectation, a different draw each epoch, the same on every worker and after a resume."""
+    import zlib
+
+    from ray_ser.train.reader import _take
+
+    smallest = min(corpus_counts.values())
+    share = {c: smallest / n for c, n in corpus_counts.items()}
+    for chunk in chunks:
+        draws = np.array([zlib.crc32(f"{seed}|{epoch}|{u}|balance".encode()) / 2 ** 32 for u in chunk["utt_id"]])
+        keep = np.flatnonzero(draws < np.array([share.get(c, 1.0) for c in chunk["corpus"]]))
+        if len(keep):
+            yield _take(chunk, keep)
 
 
 def shard_cache(cfg: TrainConfig):
@@ -206,7 +226,7 @@ class EpochRunner:
         sums: dict[str, float] = {}
         n = 0
         for batch in epoch_batches(self.train_source, cfg, epoch, True, self.device, self.caches["train"],
-                                   self.subsets.get("train")):
+                                   self.subsets.get("train"), self.plan.corpus_counts):
             if self.aug is not None:
                 batch["x"] = self.aug.train()(batch["x"], batch["lengths"])
             out = self.model(batch["x"], batch["lengths"])

@@ -43,6 +43,13 @@ class FoldPlan:
     cv_val: list[list[str]] | None = None
     """With ``inner_folds`` > 1: each inner fold's validation utterances (speaker-disjoint; every training
     utterance is in exactly one), the rest of the fold's training utterances train that inner fold."""
+    corpus_norm: dict[str, list[list[float]]] | None = None
+    """The per-corpus scaler: {corpus: [mean, std]} of each training corpus's frames, fitted on its training
+    utterances (the reader standardises every frame by its corpus's; ``norm_mean`` is then None)."""
+    corpus_counts: dict[str, int] | None = None
+    """Training utterances per corpus (corpus-balanced sampling draws from these)."""
+    corpus_dims: dict[str, list[str]] | None = None
+    """The A/V/D dimensions each training corpus contributes to the dimensional head."""
 
     @property
     def read_layers(self) -> list[int]:
@@ -53,15 +60,82 @@ class FoldPlan:
 
 
 # ---- planning a fold ------------------------------------------------------------------------------
-def resolve_assignment(cfg: TrainConfig, condition: str = "clean") -> FoldAssignment:
-    """The stored saliency's fold assignment (masks and centroids were made with it), else the same rule
-    computed from the store."""
-    from ray_ser.analysis import saliency_store as ss
+def run_rows(cfg: TrainConfig, condition: str = "clean", report=None) -> dict[str, dict]:
+    """{utt_id: manifest row} of what the run trains on: the utterances of ``cfg.corpora`` (every corpus when empty)
+    with ``condition`` rows of ``cfg.model`` and a speaker and a label, PDF or A/V/D, their labels in the run's
+    label set (rows outside it left out and counted in ``report``, a
+    :class:`~ray_ser.corpora.label_sets.SetReport`). Whatever else the store holds is never read."""
+    from ray_ser.analysis.saliency_store import layers_of
+    from ray_ser.corpora.label_sets import map_rows
+    from ray_ser.store import catalog
+    from ray_ser.store.core import as_store
+    from ray_ser.train.reader import corpus_categories
 
-    try:
-        return ss.stored_assignment(cfg.store, cfg.model, condition)
-    except KeyError:
-        return ss.fold_assignment(cfg.store, cfg.model, condition, cfg.folds, cfg.fold_seed)
+    store = as_store(cfg.store)
+    manifests = store.manifests()
+    if manifests is None:
+        raise ValueError(f"store {store.uri} has no manifest: nothing to train on")
+    stored = sorted(set(manifests.column("corpus").to_pylist()))
+    unknown = [c for c in cfg.corpora if c not in stored]
+    if unknown:
+        raise ValueError(f"corpus {unknown[0]!r} is not in store {store.uri}; it holds {', '.join(stored)}")
+    cols = [c for c in ("utt_id", "speaker", "corpus", "label", "pdf", *DIMENSIONS) if c in manifests.column_names]
+    wanted = set(cfg.corpora or stored)
+    emb = store.embeddings(cfg.model).to_lance()
+    first = layers_of(store, cfg.model, condition)[0]
+    present = set(emb.to_table(columns=["utt_id"], filter=catalog.where(layer=first, condition=condition))
+                  .column("utt_id").to_pylist())
+    rows = {r["utt_id"]: r for r in manifests.select(cols).to_pylist()
+            if r["corpus"] in wanted and r["utt_id"] in present and r.get("speaker")
+            and (r.get("label") is not None or r.get("pdf") is not None or any(r.get(d) is not None for d in DIMENSIONS))}
+    if not rows:
+        raise ValueError(f"no labelled {condition} utterances of {cfg.model} of corpora {', '.join(sorted(wanted))} "
+                         f"in {store.uri}")
+    corpora = sorted({r["corpus"] for r in rows.values()})
+    if cfg.label_set is None:
+        corpus_categories(store, corpora)  # they must share one list
+        return rows
+    return map_rows(rows, {c: store.categories(c) for c in corpora}, cfg.label_set, report)
+
+
+def resolve_assignment(cfg: TrainConfig, condition: str = "clean", report=None) -> FoldAssignment:
+    """The run's speaker-independent fold assignment over :func:`run_rows`: the stored saliency's when it covers
+    exactly these utterances of one corpus (its masks and centroids were made with it), else the fold rule
+    ``cfg.folds`` on them; several corpora get ``K`` folds stratified by corpus (every fold tests speakers of
+    every corpus, inner validation speakers are drawn from every corpus)."""
+    import polars as pl
+
+    from ray_ser.analysis import saliency_store as ss
+    from ray_ser.corpora.folds import corpus_folds
+
+    rows = run_rows(cfg, condition, report)
+    ids = sorted(rows)
+    speakers = [rows[u]["speaker"] for u in ids]
+    corpora = [rows[u]["corpus"] for u in ids]
+    labels = [rows[u]["label"] for u in ids]
+    if len(set(corpora)) == 1:
+        try:
+            stored = ss.stored_assignment(cfg.store, cfg.model, condition)
+            if stored.utt_ids and set(stored.utt_ids) == set(ids):
+                return stored
+        except KeyError:
+            pass
+        fold, desc = ss.assign_folds(pl.DataFrame({"utt_id": ids, "speaker": speakers, "label": labels},
+                                                  schema={"utt_id": pl.Utf8, "speaker": pl.Utf8, "label": pl.Utf8}),
+                                     cfg.folds, cfg.fold_seed)
+        return FoldAssignment(tuple(ids), tuple(speakers), tuple(int(f) for f in fold), desc)
+    mode = str(cfg.folds).lower()
+    if mode == "auto":
+        k = ss.DEFAULT_K
+    elif mode.isdigit():
+        k = int(mode)
+    else:
+        raise ValueError(f"fold rule {cfg.folds!r} over several corpora: use auto or a number of folds K (each corpus's "
+                         "speakers are split into K folds, so every fold tests every corpus)")
+    fold = corpus_folds(speakers, labels, corpora, k, cfg.fold_seed)
+    n = len(set(corpora))
+    return FoldAssignment(tuple(ids), tuple(speakers), tuple(int(f) for f in fold),
+                          f"speaker-disjoint k={k} per corpus ({k} folds, {n} corpora)", tuple(corpora))
 
 
 def _in_corpora(cfg: TrainConfig, labels_rows: dict, utts: Sequence[str]) -> list[str]:
@@ -90,7 +164,7 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
     store = as_store(cfg.store)
     inner, val = assignment.inner_split(fold, cfg.inner_share, cfg.seed)
     test = assignment.test_utts(fold)
-    labels = load_labels(store, [*inner, *val, *test], domain_key=cfg.domain)
+    labels = load_labels(store, [*inner, *val, *test], domain_key=cfg.domain, label_set=cfg.label_set)
     inner, val, test = (_in_corpora(cfg, labels.rows, u) for u in (inner, val, test))
     if not inner or not val:
         raise ValueError(f"fold {fold}: no inner training or validation utterances of corpora {cfg.corpora}")
@@ -99,11 +173,13 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
         from ray_ser.analysis.layer_selection import inner_folds
 
         pool = [*inner, *val]
-        ids = inner_folds([labels.rows[u]["speaker"] for u in pool], [labels.rows[u]["label"] for u in pool],
-                          cfg.inner_folds, cfg.seed)
+        strata = [f"{labels.rows[u]['corpus']}|{labels.rows[u]['label']}" if assignment.strata else labels.rows[u]["label"]
+                  for u in pool]  # several corpora: every inner fold validates on speakers of every corpus
+        ids = inner_folds([labels.rows[u]["speaker"] for u in pool], strata, cfg.inner_folds, cfg.seed)
         cv_val = [[u for u, i in zip(pool, ids) if i == k] for k in range(int(ids.max()) + 1)]
     fitted_on = [*inner, *val] if cv_val else inner
-    labels = load_labels(store, [*inner, *val, *test], domain_utts=fitted_on, domain_key=cfg.domain)
+    labels = load_labels(store, [*inner, *val, *test], domain_utts=fitted_on, domain_key=cfg.domain,
+                         label_set=cfg.label_set)
     if cfg.layers:
         read = list(cfg.layers)
     elif cfg.layer is not None:
@@ -133,13 +209,25 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
         from ray_ser.analysis.clusters import ensure_centroids
 
         centroids = ensure_centroids(store, cfg.model, layer, cfg.n_clusters, assignment, fold, seed=cfg.seed)
-    has_dims = any(all(labels.rows[u].get(d) is not None for d in DIMENSIONS) for u in fitted_on)
+    by_corpus: dict[str, list[str]] = {}
+    for u in fitted_on:
+        by_corpus.setdefault(labels.rows[u]["corpus"], []).append(u)
+    # each dimension is masked per utterance in the CCC loss: a corpus with arousal alone trains the head too
+    corpus_dims = {c: [d for d in DIMENSIONS if any(labels.rows[u].get(d) is not None for u in us)]
+                   for c, us in sorted(by_corpus.items())}
+    has_dims = any(corpus_dims.values())
     n_domains = len(labels.domains) if cfg.adv_weight > 0 else 0
     model_cfg = model_config(cfg, len(keep) if keep is not None else dim, len(labels.categories), has_dims, n_domains)
-    norm_mean, norm_std = frame_stats(store, cfg.model, read, fitted_on, cfg.conditions, keep)
+    norm_mean = norm_std = corpus_norm = None
+    if cfg.scaler == "per-corpus":
+        corpus_norm = {c: [v.tolist() for v in frame_stats(store, cfg.model, read, us, cfg.conditions, keep)]
+                       for c, us in sorted(by_corpus.items())}
+    else:
+        norm_mean, norm_std = (v.tolist() for v in frame_stats(store, cfg.model, read, fitted_on, cfg.conditions, keep))
     plan = FoldPlan(fold, assignment.id, layer, inner, val, test, labels.categories, keep, model_cfg["input_dim"],
                     n_domains, labels.domains if n_domains else [], bool(model_cfg["n_dims"]), model_cfg,
-                    norm_mean.tolist(), norm_std.tolist(), read if len(read) > 1 else None, cv_val)
+                    norm_mean, norm_std, read if len(read) > 1 else None, cv_val, corpus_norm,
+                    {c: len(us) for c, us in sorted(by_corpus.items())}, corpus_dims)
     return plan, labels, centroids
 
 
@@ -168,7 +256,7 @@ def fold_datasets(cfg: TrainConfig, plan: FoldPlan, labels, centroids) -> dict:
     With inner folds (``plan.cv_val``): "refit" and, the same rows unsplit across workers, "pool"."""
     from ray_ser.train.reader import frames_dataset
 
-    common = {"labels": labels, "mask": plan_mask(cfg, plan), "centroids": centroids}
+    common = {"labels": labels, "mask": plan_mask(cfg, plan), "centroids": centroids, "scale": plan.corpus_norm}
     layers = plan.read_layers
     out = {}
     if not plan.cv_val:

@@ -50,13 +50,13 @@ class Labels:
 
 
 def load_labels(store: str | Store, utt_ids: Sequence[str], domain_utts: Sequence[str] = (),
-                domain_key: str | None = None) -> Labels:
+                domain_key: str | None = None, label_set: Sequence[str] | None = None) -> Labels:
     """Labels of ``utt_ids`` from the stored manifests: category index, PDF, A/V/D, speaker, gender, corpus.
 
-    The domain classes are the values of ``domain_key`` (default: "corpus" when the utterances span several
-    corpora, else "speaker") among ``domain_utts`` (the training utterances); other utterances get IGNORE."""
-    from ray_ser.analysis.saliency_store import _categories
-
+    With ``label_set`` the categories are the set's and every row's label and PDF are mapped into it
+    (:mod:`ray_ser.corpora.label_sets`; a row outside the set keeps no label or PDF); without, the corpora must share
+    one category list. The domain classes are the values of ``domain_key`` (default: "corpus" when the utterances
+    span several corpora, else "speaker") among ``domain_utts`` (the training utterances); others get IGNORE."""
     store = as_store(store)
     manifests = store.manifests()
     if manifests is None:
@@ -68,12 +68,32 @@ def load_labels(store: str | Store, utt_ids: Sequence[str], domain_utts: Sequenc
     if missing:
         raise ValueError(f"{len(missing)} utterances have no manifest row in {store.uri}, e.g. {missing[:3]}")
     corpora = sorted({r["corpus"] for r in rows.values()})
-    categories = _categories(store, corpora)
-    if categories is None:
-        raise ValueError(f"the manifests of {corpora} have different category lists: harmonise them first")
+    categories = corpus_categories(store, corpora, label_set, rows)
     key = domain_key or ("corpus" if len(corpora) > 1 else "speaker")
     domains = sorted({rows[u][key] for u in domain_utts if rows[u].get(key) is not None})
     return Labels(categories, rows, domains, key)
+
+
+def corpus_categories(store: Store, corpora: Sequence[str], label_set: Sequence[str] | None = None,
+                      rows: dict[str, dict] | None = None) -> list[str]:
+    """The run's categories: ``label_set`` (and ``rows``, when given, mapped into it in place), else the category
+    list the corpora's manifests share; corpora with different lists need a label set (the error says so)."""
+    if label_set is not None:
+        if rows is not None:
+            from ray_ser.corpora.label_sets import map_rows
+
+            own = {c: store.categories(c) for c in corpora}
+            mapped = map_rows(rows, own, label_set)
+            for u in rows:
+                rows[u] = mapped.get(u, {**rows[u], "label": None, "pdf": None})
+        return list(label_set)
+    lists = {c: store.categories(c) for c in corpora}
+    first = next(iter(lists.values()), None)
+    if first is None or any(v != first for v in lists.values()):
+        raise ValueError(f"the corpora {list(corpora)} have different category lists "
+                         f"({'; '.join(f'{c}: {v}' for c, v in lists.items())}): choose a label set to train them "
+                         "together (--label-set four|five|NAME,NAME,... or train.label_set)")
+    return list(first)
 
 
 def ragged(items) -> np.ndarray:
@@ -105,16 +125,33 @@ def _targets(labels: Labels, utt_ids: Sequence[str]) -> dict[str, np.ndarray]:
             "domain": np.array([labels.domain_of(u) for u in utt_ids], np.int64)}
 
 
+def standardise(kept: np.ndarray, lengths: np.ndarray, corpora: Sequence[str], scale: dict) -> np.ndarray:
+    """Frames ``kept`` (sum of ``lengths``, dim) of utterances of ``corpora`` standardised by their corpus's
+    (mean, std) in ``scale`` (a per-corpus scaler); float16 like the stored frames."""
+    out = kept.astype(np.float32)
+    per_frame = np.repeat(np.asarray(corpora, dtype=object), lengths)
+    for corpus in sorted(set(corpora)):
+        if corpus not in scale:
+            raise ValueError(f"no scaler for corpus {corpus} (the per-corpus scaler has {sorted(scale)})")
+        mean, std = (np.asarray(v, np.float32) for v in scale[corpus])
+        rows = per_frame == corpus
+        out[rows] = (out[rows] - mean) / std
+    return out.astype(np.float16)
+
+
 def _as_examples(ids: list[str], conditions: list, X: np.ndarray, lengths: np.ndarray, keep: np.ndarray | None,
-                 labels: Labels, centroids: np.ndarray | None) -> dict:
-    """Rows of stacked frames ``X`` (sum of ``lengths``, dim) -> examples: ragged masked ``x``, targets and
-    frame-cluster ids (nearest centroid in the full space)."""
+                 labels: Labels, centroids: np.ndarray | None, scale: dict | None = None) -> dict:
+    """Rows of stacked frames ``X`` (sum of ``lengths``, dim) -> examples: ragged masked ``x`` (standardised per
+    corpus with ``scale``), targets, the corpus, and frame-cluster ids (nearest centroid in the full space)."""
     from ray_ser.analysis.clusters import nearest
 
     bounds = np.concatenate([[0], np.cumsum(lengths)])
+    corpora = [labels.rows[u]["corpus"] for u in ids]
     out = {"utt_id": np.array(ids, dtype=object), "condition": np.array(conditions, dtype=object),
-           "n_frames": lengths, **_targets(labels, ids)}
+           "corpus": np.array(corpora, dtype=object), "n_frames": lengths, **_targets(labels, ids)}
     kept = X if keep is None else X[:, keep]
+    if scale is not None:
+        kept = standardise(kept, lengths, corpora, scale)
     out["x"] = ragged([kept[bounds[i]:bounds[i + 1]] for i in range(len(ids))])
     if centroids is not None:
         cid = nearest(X, centroids).astype(np.int64)
@@ -136,15 +173,16 @@ def _frame_matrix(batch: pa.Table) -> tuple[list[str], np.ndarray, np.ndarray]:
     return ids, flat.flatten().to_numpy(zero_copy_only=False).reshape(-1, flat.type.list_size), lengths
 
 
-def to_examples(batch: pa.Table, keep: np.ndarray | None, labels: Labels, centroids: np.ndarray | None) -> dict:
+def to_examples(batch: pa.Table, keep: np.ndarray | None, labels: Labels, centroids: np.ndarray | None,
+                scale: dict | None = None) -> dict:
     """Ray Data map function: stored rows (utt_id, condition, frames) -> examples with the masked float16
     frames as a ragged ``x``, the targets, and frame-cluster ids (nearest centroid in the full space)."""
     ids, X, lengths = _frame_matrix(batch)
-    return _as_examples(ids, batch.column("condition").to_pylist(), X, lengths, keep, labels, centroids)
+    return _as_examples(ids, batch.column("condition").to_pylist(), X, lengths, keep, labels, centroids, scale)
 
 
 def read_layers(batch: dict, uri: str, layers: Sequence[int], conditions: Sequence[str], keep: np.ndarray | None,
-                labels: Labels) -> dict:
+                labels: Labels, scale: dict | None = None) -> dict:
     """Ray Data map function over a batch of utt_ids: every (utterance, condition) row of ``layers`` read from
     the Lance table at ``uri``, each frame the concatenation of its layers' vectors in ``layers`` order."""
     import lance
@@ -166,7 +204,7 @@ def read_layers(batch: dict, uri: str, layers: Sequence[int], conditions: Sequen
             raise ValueError(f"layer {layer} of {uri} does not hold the same (utterance, condition) rows and frame "
                              f"counts as layer {layers[0]}: e.g. {missing or 'frame counts differ'}")
     X = np.hstack([x for _, x, _ in per_layer])
-    return _as_examples([u for u, _ in keys], [c for _, c in keys], X, per_layer[0][2], keep, labels, None)
+    return _as_examples([u for u, _ in keys], [c for _, c in keys], X, per_layer[0][2], keep, labels, None, scale)
 
 
 def input_layers(layer: int | Sequence[int]) -> list[int]:
@@ -176,11 +214,12 @@ def input_layers(layer: int | Sequence[int]) -> list[int]:
 
 def frames_dataset(store: str | Store, model: str, layer: int | Sequence[int], utt_ids: Sequence[str], labels: Labels,
                    conditions: Sequence[str] = ("clean",), mask: np.ndarray | None = None,
-                   centroids: np.ndarray | None = None, batch_rows: int = 64):
+                   centroids: np.ndarray | None = None, batch_rows: int = 64, scale: dict | None = None):
     """A Ray Dataset of one model x layer(s) x conditions x utterance set: rows ``utt_id``, ``condition``,
     ``n_frames``, ``x`` (n_frames, kept dims) float16, ``label_index``, ``pdf``, ``dims`` (A/V/D, NaN when
     absent), ``domain`` and, with ``centroids`` (k, dim), ``frame_ids``. ``mask`` (bool over the layer's
-    dims) keeps the saliency-selected dimensions.
+    dims) keeps the saliency-selected dimensions; ``scale`` ({corpus: (mean, std)} over the kept dims) standardises
+    each utterance's frames by its corpus's statistics (the per-corpus scaler).
 
     Several layers (a list) give each frame the concatenation of their vectors (``mask`` then spans the
     concatenated dims); lance-ray's scan returns one layer's rows in storage order, so that path reads by key
@@ -202,11 +241,11 @@ def frames_dataset(store: str | Store, model: str, layer: int | Sequence[int], u
         keys = ray.data.from_items([{"utt_id": u} for u in sorted(set(utt_ids))],
                                    override_num_blocks=max(1, min(64, -(-len(set(utt_ids)) // batch_rows))))
         return keys.map_batches(read_layers, fn_kwargs={"uri": uri, "layers": layers, "conditions": list(conditions),
-                                                        "keep": keep, "labels": labels},
+                                                        "keep": keep, "labels": labels, "scale": scale},
                                 batch_format="numpy", batch_size=batch_rows)
     where = catalog.where(layer=layers[0], condition=list(conditions), utt_id=list(utt_ids))
     ds = lance_ray.read_lance(uri, columns=["utt_id", "condition", "frames"], filter=where)
-    return ds.map_batches(to_examples, fn_kwargs={"keep": keep, "labels": labels, "centroids": centroids},
+    return ds.map_batches(to_examples, fn_kwargs={"keep": keep, "labels": labels, "centroids": centroids, "scale": scale},
                           batch_format="pyarrow", batch_size=batch_rows)
 
 

@@ -179,3 +179,93 @@ def test_manifest_job_reports_left_out_and_unreadable_rows(soft_csv, tmp_path):
     strict = subprocess.run([sys.executable, str(job), "--corpus", "csv", "--csv", str(soft_csv), "--strict",
                              "--out", str(tmp_path / "s.parquet")], capture_output=True, text=True, timeout=300)
     assert strict.returncode != 0 and "row 3 (line 4): gender must be" in strict.stderr
+
+
+# corpus name: the name option, else the corpus column, else the stem ------------------------------------------
+
+NAMED = """corpus,path,speaker,label
+,x1.wav,s1,angry
+mycorpus,x2.wav,s2,sad
+mycorpus,x3.wav,mycorpus/s2,sad
+"""
+
+
+def test_corpus_column_names_the_corpus(tmp_path):
+    (tmp_path / "list.csv").write_text(NAMED)
+    m = generic_csv.build(tmp_path, csv="list.csv")
+    assert m.corpus == "mycorpus" and set(m.column("corpus")) == {"mycorpus"}  # the empty cell takes the others'
+    assert m.column("utt_id") == ["mycorpus/x1", "mycorpus/x2", "mycorpus/x3"]
+    assert m.column("speaker") == ["mycorpus/s1", "mycorpus/s2", "mycorpus/s2"]
+    assert all(u.extra == {} for u in m)  # the column names the corpus; it is not kept again in extra
+    assert generic_csv.corpus_name(tmp_path, "list.csv") == "mycorpus"
+
+
+def test_name_option_overrides_the_column_and_the_stem(tmp_path):
+    (tmp_path / "list.csv").write_text(NAMED.replace(",x1.wav", "other,x1.wav"))  # mixed, but the option decides
+    m = build_manifest("csv", tmp_path, csv="list.csv", name="renamed")
+    assert m.corpus == "renamed" and m.column("utt_id")[0] == "renamed/x1"
+    assert m.column("speaker") == ["renamed/s1", "renamed/s2", "renamed/mycorpus/s2"]
+    assert [u.extra for u in m] == [{"corpus": "other"}, {"corpus": "mycorpus"}, {"corpus": "mycorpus"}]
+    assert generic_csv.corpus_name(tmp_path, "list.csv", name="renamed") == "renamed"
+    (tmp_path / "votes.csv").write_text(VOTES)  # no corpus column: the stem, unless named
+    assert generic_csv.build(tmp_path, csv="votes.csv").corpus == "votes"
+    assert generic_csv.build(tmp_path, csv="votes.csv", name="crowd").corpus == "crowd"
+
+
+def test_a_corpus_column_naming_two_corpora_is_refused(tmp_path):
+    csv = tmp_path / "list.csv"
+    csv.write_text(NAMED.replace(",x1.wav", "other,x1.wav"))
+    for strict in (False, True):
+        with pytest.raises(ManifestError, match=r"column 'corpus' names 2 corpora: 'other' \(first in row 1, line 2\), "
+                                                r"'mycorpus' \(first in row 2, line 3\)\. A CSV holds one corpus") as e:
+            generic_csv.build(tmp_path, csv=csv, strict=strict)
+        assert str(csv) in str(e.value) and "--csv-name" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("file", "column", "option", "message"),
+    [
+        ("list.csv", "emodb", None, r"row 1 \(line 2\) column 'corpus': corpus name 'emodb' is a built-in adapter's; "
+                                    r"the store files the emodb adapter's corpus under that name"),
+        ("ravdess.csv", None, None, r"ravdess.csv \(no corpus column: the file's stem\): corpus name 'ravdess' is a "
+                                    r"built-in adapter's"),
+        ("list.csv", "mine", "csv", r"\(the name option\): corpus name 'csv' is a built-in adapter's"),
+        ("list.csv", "my corpus", None, r"corpus name 'my corpus' is not a safe store name"),
+        ("list.csv", None, "a/b", r"corpus name 'a/b' is not a safe store name"),
+    ],
+)
+def test_unsafe_and_built_in_names_are_refused(tmp_path, file, column, option, message):
+    rows = "path,speaker\nx1.wav,s1\n" if column is None else f"corpus,path,speaker\n{column},x1.wav,s1\n"
+    (tmp_path / file).write_text(rows)
+    with pytest.raises(ManifestError, match=message) as e:
+        generic_csv.build(tmp_path, csv=file, name=option)
+    assert "--csv-name" in str(e.value)
+    with pytest.raises(ManifestError, match=message):
+        generic_csv.corpus_name(tmp_path, file, name=option)
+
+
+def test_config_corpus_names_and_csv_name(tmp_path):
+    from ray_ser.config import ConfigError, DataConfig, load
+
+    (tmp_path / "list.csv").write_text(NAMED)
+    (tmp_path / "votes.csv").write_text(VOTES)
+    root = str(tmp_path)
+    assert DataConfig(corpora=["emodb", "csv"], csv="list.csv", data_root=root).corpus_names() == ["emodb", "mycorpus"]
+    assert DataConfig(corpora=["csv"], csv="votes.csv", data_root=root).corpus_names() == ["votes"]
+    assert DataConfig(corpora=["csv"], csv="list.csv", csv_name="x", data_root=root).corpus_names() == ["x"]
+    assert DataConfig(corpora=["csv"], csv="elsewhere/gone.csv", data_root=root).corpus_names() == ["gone"]  # not here
+    cfg = load(None, {"data.corpora": ["csv"], "data.csv": "list.csv", "data.data_root": root})
+    assert cfg.train.corpora == ["mycorpus"]  # training reads the corpus under the name extraction files it
+    with pytest.raises(ConfigError, match="data.csv_name: corpus name 'emodb' is a built-in adapter's"):
+        load(None, {"data.corpora": ["csv"], "data.csv": "list.csv", "data.csv_name": "emodb"})
+
+
+def test_manifest_job_csv_name(tmp_path):
+    from ray_ser.jobs import manifest as manifest_job
+
+    (tmp_path / "list.csv").write_text(NAMED)
+    out = tmp_path / "m.parquet"
+    manifest_job.main(["--corpus", "csv", "--csv", str(tmp_path / "list.csv"), "--out", str(out)])
+    assert Manifest.read(out).corpus == "mycorpus"
+    manifest_job.main(["--corpus", "csv", "--csv", str(tmp_path / "list.csv"), "--csv-name", "given", "--out", str(out)])
+    assert Manifest.read(out).corpus == "given"

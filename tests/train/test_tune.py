@@ -73,9 +73,9 @@ def test_search_writes_trials_tensorboard_and_a_config_the_train_job_takes(synth
                      "--out", str(tmp_path / "train"), "--folds", "1", "--epochs", "1", "--cpus-per-worker", "0.5"], env)
     assert "fold 1 test UAR" in train.stdout
     saved = json.loads(next((tmp_path / "train").glob("fold_1/best/config.json")).read_text())["train"]
-    flags = ("epochs", "cpus_per_worker")  # the flags given on top of --config win
+    flags = ("epochs", "cpus_per_worker", "outer_folds")  # the flags given on top of --config win
     assert {k: v for k, v in saved.items() if k not in flags} == {k: v for k, v in cfg.model_dump().items() if k not in flags}
-    assert (saved["epochs"], saved["cpus_per_worker"]) == (1, 0.5)
+    assert (saved["epochs"], saved["cpus_per_worker"], saved["outer_folds"]) == (1, 0.5, "1")
 
 
 def test_killed_search_resumes_with_all_trials(synth_store, tmp_path):

@@ -1,0 +1,7 @@
+"""`python jobs.crosscorpus.py ...` (what `ray job submit` runs): `ray-ser crosscorpus ...`, code in ray_ser.jobs.crosscorpus."""
+import _bootstrap  # noqa: F401  (source checkout on sys.path)
+
+from ray_ser.cli import job_entry
+
+if __name__ == "__main__":
+    job_entry("crosscorpus")

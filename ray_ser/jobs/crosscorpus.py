@@ -1,0 +1,139 @@
+"""The cross-corpus matrix (leave-one-corpus-out): for every corpus c, one model trained on all the others and one
+on c alone, each scored zero-shot on every corpus it did not train on; the in-corpus cells are c's out-of-fold
+scores. Every model trains through one label set, with the training options of jobs/train.py.
+
+    python jobs/crosscorpus.py --store store --corpora emodb,ravdess,ased --label-set four --out runs/xc \\
+        --scaler per-corpus --arch mlp --mlp-hidden 0 --auto-layers 3
+
+Writes DIR/matrix.parquet (train_corpora, test_corpus, protocol, condition, metric, value, ci_low, ci_high, n,
+n_speakers), DIR/report.html (a heat map per condition, a table per test corpus) and, per training set,
+DIR/runs/<corpora>/ (checkpoints, eval/ out of fold, zero-shot/). Re-running the same command resumes: finished
+models and evaluations are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ray_ser import console
+from ray_ser.config import Bind, csv_list, from_args
+from ray_ser.jobs import train as train_job
+
+BINDS = {**{k: v for k, v in train_job.BINDS.items() if k not in ("folds", "final")},
+         "corpus": Bind("train.corpora", csv_list), "rows": "crosscorpus.rows",
+         **{k: f"evaluate.{k}" for k in ("n_boot", "batch_size")}, "eval_conditions": "evaluate.conditions"}
+"""Each flag's config key: jobs/train.py's, plus the evaluation's."""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = train_job.parser(matrix=True)
+    p.description = __doc__
+    p.add_argument("--corpora", dest="corpus", default=None, help="comma-separated corpora of the matrix (at least 2; "
+                                                                   "--corpus is the same flag)")
+    p.add_argument("--eval-conditions", type=csv_list, default=None,
+                   help="conditions to score (default: every stored evaluation condition)")
+    p.add_argument("--rows", choices=("all", "loco"), default=None,
+                   help="all (default): every corpus alone and every leave-one-corpus-out set; loco: the "
+                        "leave-one-corpus-out models only")
+    p.add_argument("--n-boot", type=int, default=None, help="speaker-level bootstrap resamples")
+    p.add_argument("--eval-batch-size", dest="batch_size", type=int, default=None, help="utterances per prediction batch")
+    return p
+
+
+def plan_runs(corpora: list[str], rows: str = "all") -> dict[str, tuple[list[str], bool]]:
+    """{training set name: (its corpora, whether it trains outer folds too)}: every corpus alone (outer folds for
+    its in-corpus cell, and a final model) and every leave-one-corpus-out set (a final model only); with two
+    corpora the two coincide. ``rows="loco"``: the leave-one-corpus-out sets only."""
+    from ray_ser.evaluate.matrix import train_name
+
+    runs = {train_name([c]): ([c], True) for c in corpora} if rows == "all" else {}
+    for c in corpora:
+        others = [x for x in corpora if x != c]
+        runs.setdefault(train_name(others), (others, False))
+    return runs
+
+
+def _fresh(eval_dir: Path, run_dir: Path) -> bool:
+    """An evaluation folder newer than every checkpoint of its run (a resumed matrix keeps it)."""
+    metrics = eval_dir / "metrics.parquet"
+    if not metrics.exists():
+        return False
+    stamps = [p.stat().st_mtime for p in run_dir.glob("*/best/config.json")]
+    return bool(stamps) and metrics.stat().st_mtime > max(stamps)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import polars as pl
+
+    from ray_ser.evaluate.matrix import cells, write_matrix, write_matrix_report
+    from ray_ser.jobs.evaluate import evaluate
+    from ray_ser.runtime import init_ray
+    from ray_ser.train.driver import run
+
+    cfg, args = from_args(parser(), argv, BINDS)
+    train = cfg.train
+    corpora = list(dict.fromkeys(train.corpora))
+    if len(corpora) < 2:
+        raise SystemExit(f"jobs/crosscorpus.py: the matrix needs at least two corpora (--corpora A,B,...), got {corpora}")
+    out = Path(args.out or Path(cfg.run_dir) / "crosscorpus")
+    console.setup(out)
+    cfg.save(out)
+    init_ray()
+    t0 = time.perf_counter()
+    parts, notes = [], []
+    for name, (trained, folds) in plan_runs(corpora, cfg.crosscorpus.rows).items():
+        run_dir = out / "runs" / name
+        unseen = [c for c in corpora if c not in trained]
+        with console.stage(f"train on {name}" + (" (outer folds + final model)" if folds else " (final model)")):
+            rcfg = train.model_copy(update={"corpora": trained, "final": True, "outer_folds": "all" if folds else "none"})
+            run(rcfg, None, run_dir)
+        evaluations = ([("out-of-fold", run_dir / "eval", [])] if folds else []) + \
+            [("zero-shot", run_dir / "zero-shot", unseen)]
+        for protocol, eval_dir, zero_shot in evaluations:
+            if not _fresh(eval_dir, run_dir):
+                with console.stage(f"score {name} {protocol}" + (f" on {', '.join(zero_shot)}" if zero_shot else "")):
+                    ns = argparse.Namespace(store=train.store, run=[str(run_dir)], conditions=cfg.evaluate.conditions,
+                                            by=[], batch_size=cfg.evaluate.batch_size, n_boot=cfg.evaluate.n_boot,
+                                            seed=cfg.evaluate.seed, corpus=zero_shot)
+                    evaluate(ns, eval_dir)
+            parts.append(cells(pl.read_parquet(eval_dir / "metrics.parquet"), trained, zero_shot or trained))
+    if train.label_set:
+        notes.append(f"Label set: {', '.join(train.label_set)}; each run's run.json and each zero-shot evaluation's "
+                     "log count the utterances outside it per corpus.")
+    if train.scaler == "per-corpus":
+        notes.append("Input scaling per corpus: a training corpus by its training speakers' statistics, a zero-shot "
+                     "corpus by its own frame statistics in each condition (no labels used).")
+    matrix_path = write_matrix(parts, out)
+    matrix = pl.read_parquet(matrix_path)
+    report = write_matrix_report(matrix, out, notes)
+    console.say(summary(matrix))
+    console.say(f"matrix: {matrix_path}\nreport: {report}  ({time.perf_counter() - t0:.0f} s)")
+    return {"matrix": matrix, "report": report}
+
+
+def summary(matrix) -> str:
+    """The clean UAR matrix as a few aligned console lines (zero-shot cells marked *)."""
+    import polars as pl
+
+    conds = matrix["condition"].unique().to_list()
+    cond = "clean" if "clean" in conds else sorted(conds)[0]
+    m = matrix.filter(pl.col("metric") == "uar", pl.col("condition") == cond)
+    cols = sorted(m["test_corpus"].unique().to_list())
+    rows = sorted(m["train_corpora"].unique().to_list(), key=lambda r: (r.count("+"), r))
+    width = max([len(r) for r in rows] + [10])
+    lines = [f"UAR ({cond}), rows trained on, columns scored on (* zero-shot):",
+             "  " + " " * width + "".join(f"{c:>12}" for c in cols)]
+    look = {(r["train_corpora"], r["test_corpus"]): r for r in m.iter_rows(named=True)}
+    for r in rows:
+        line = "  " + f"{r:<{width}}"
+        for c in cols:
+            cell = look.get((r, c))
+            line += f"{'':>12}" if cell is None else f"{cell['value']:>11.3f}{'*' if cell['protocol'] == 'zero-shot' else ' '}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
