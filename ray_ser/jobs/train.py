@@ -28,7 +28,7 @@ BINDS = {
         "store", "model", "layer", "layers", "epochs", "seed", "keep_ratio", "n_clusters", "adv_weight", "target",
         "arch", "pooling", "lr", "batch_size", "patience", "num_workers", "cpus_per_worker", "mlp_hidden",
         "weight_decay", "dropout", "refit", "spec_augment", "auto_layers", "inner_folds", "conditions", "label_set",
-        "scaler", "balance", "final", "domain")},
+        "scaler", "balance", "final", "domain", "final_selection", "final_inner_folds")},
 }
 """Each flag's config key (the train section)."""
 
@@ -50,6 +50,10 @@ def parser(matrix: bool = False) -> argparse.ArgumentParser:
         p.add_argument("--final", action=argparse.BooleanOptionalAction, default=None,
                        help="also train one model on all speakers of the training corpora (DIR/final/best), for "
                             "zero-shot scoring of other corpora (jobs/evaluate.py --corpus)")
+    p.add_argument("--final-selection", choices=("speakers", "corpora"), default=None,
+                   help="the final model's epoch count: by inner folds of speakers, or with each training corpus "
+                        "held out in turn (selection for unseen corpora)")
+    p.add_argument("--final-inner-folds", type=int, default=None, help="inner folds of speakers for the final model (3)")
     p.add_argument("--label-set", default=None,
                    help="four | five | NAME,NAME,...: the categories to train on; every corpus's labels are harmonised "
                         "into them (needed when the corpora's category lists differ)")

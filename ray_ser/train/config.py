@@ -41,6 +41,10 @@ class TrainConfig(BaseModel):
     """The final model's epoch count comes from the mean validation curve of this many speaker-disjoint inner folds
     of all its training speakers (stratified by corpus), then it is refit on all of them; 1, or training copies other
     than clean: early stopping on one inner validation split, then the refit."""
+    final_selection: Literal["speakers", "corpora"] = "speakers"
+    """How the final model's epoch count is chosen: inner folds of speakers (final_inner_folds, stratified by
+    corpus), or corpora: each training corpus in turn scores a model trained on the others, which selects for
+    transfer to unseen corpora (with clean training copies; a single training corpus falls back to speakers)."""
     outer_folds: str = "all"
     """Outer folds to train: all, none (with final: the final model only) or a comma-separated list."""
     layer: int | None = None

@@ -167,10 +167,13 @@ def collect_epochs(out_dir: str | os.PathLike) -> pl.DataFrame:
 
 
 def final_config(cfg: TrainConfig) -> TrainConfig:
-    """The final model's config: the epoch count by ``final_inner_folds`` inner folds (one inner split when it is 1
-    or the training copies are not clean alone), then a refit on every training speaker."""
-    k = cfg.final_inner_folds if cfg.conditions == ["clean"] else 1
-    if k == 1 and cfg.final_inner_folds > 1:
+    """The final model's config: the epoch count by ``final_inner_folds`` inner folds of speakers or by the training
+    corpora (``final_selection``; one inner split when the training copies are not clean alone), then a refit on
+    every training speaker."""
+    clean = cfg.conditions == ["clean"]
+    # with final_selection corpora the inner folds are the training corpora (one corpus alone: speaker folds)
+    k = (max(cfg.final_inner_folds, 2) if cfg.final_selection == "corpora" else cfg.final_inner_folds) if clean else 1
+    if not clean and (cfg.final_inner_folds > 1 or cfg.final_selection == "corpora"):
         log.info("final model: training copies %s, so one inner validation split chooses its epochs", cfg.conditions)
     return cfg.model_copy(update={"refit": True, "inner_folds": k})
 

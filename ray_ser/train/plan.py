@@ -169,7 +169,10 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
     if not inner or not val:
         raise ValueError(f"fold {fold}: no inner training or validation utterances of corpora {cfg.corpora}")
     cv_val = None
-    if cfg.inner_folds > 1:  # every training speaker validates once; scaler and domains from all of them
+    names = sorted({labels.rows[u]["corpus"] for u in [*inner, *val]})
+    if cfg.inner_folds > 1 and fold == -1 and cfg.final_selection == "corpora" and len(names) > 1:
+        cv_val = [[u for u in [*inner, *val] if labels.rows[u]["corpus"] == c] for c in names]  # one corpus out each
+    elif cfg.inner_folds > 1:  # every training speaker validates once; scaler and domains from all of them
         from ray_ser.analysis.layer_selection import inner_folds
 
         pool = [*inner, *val]

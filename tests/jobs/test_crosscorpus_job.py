@@ -109,3 +109,16 @@ def test_a_csv_corpus_in_the_same_store_is_scored_zero_shot(local_ray, tiny_mode
     assert pred.height == 3 * 3 * 3 and set(pred["corpus"]) == {"other"}
     assert set(pred["label"]) == {"neutral", "happy", "sad"}  # calm and excited harmonised into the set
     assert set(r["metrics"]["protocol"]) == {"zero-shot"}
+
+
+def test_the_final_model_can_choose_its_epochs_on_held_out_training_corpora(store, local_ray, tmp_path):
+    from ray_ser.jobs import train as train_job
+
+    run = tmp_path / "run"
+    train_job.main(["--store", store, "--model", MODEL, "--corpus", "alpha,beta,gamma", "--final", "--folds", "none",
+                    "--final-selection", "corpora", "--out", str(run), *LINEAR])
+    plan = json.loads((run / "final" / "best" / "config.json").read_text())["plan"]
+    held_out = [{u.split("/")[0] for u in part} for part in plan["cv_val"]]
+    assert held_out == [{"alpha"}, {"beta"}, {"gamma"}]  # each inner fold validates on one whole training corpus
+    splits = set(pl.read_parquet(run / "epochs.parquet")["split"])
+    assert {"val_r0", "val_r1", "val_r2", "refit"} <= splits
