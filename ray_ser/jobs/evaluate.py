@@ -83,15 +83,16 @@ def evaluate(args: argparse.Namespace, out: Path) -> dict:
         from ray_ser.corpora.label_sets import SetReport
         from ray_ser.evaluate.predict import predict_zero_shot
 
-        report = SetReport([])
+        kept = SetReport([])
         pred, categories, config = predict_zero_shot(args.store, args.run[0], args.corpus, conditions, args.by,
-                                                     args.batch_size, report)
-        report.categories = categories
-        config["label_set"] = report.to_dict()
+                                                     args.batch_size, kept)
+        kept.categories = categories
+        config["label_set"] = kept.to_dict()
         if config["train"].get("label_set"):
-            console.say(report.line())
+            console.say(kept.line())
         if (config["train"].get("scaler") or "global") == "per-corpus":
-            console.say("zero-shot input scaling: each corpus by its own frame statistics per condition (no labels used)")
+            config["zero_shot_scaling"] = "each corpus by its own frame statistics per condition (no labels used)"
+            console.say(f"zero-shot input scaling: {config['zero_shot_scaling']}")
     else:
         pred, categories, config = ensemble_predictions(
             [predict_run(args.store, run, conditions, args.by, args.batch_size) for run in args.run])
