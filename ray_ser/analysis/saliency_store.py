@@ -93,7 +93,7 @@ def _categories(store: Store, corpora: Sequence[str]) -> list[str] | None:
     lists = []
     for corpus in sorted(set(corpora)):
         if store.has(table_name(corpus, "manifest")):
-            lists.append(store.manifest(corpus).categories)
+            lists.append(store.categories(corpus))
     if lists and all(c == lists[0] for c in lists):
         return lists[0]
     return None

@@ -27,6 +27,11 @@ def train_name(corpora: Sequence[str]) -> str:
     return "+".join(sorted(corpora))
 
 
+def row_order(train_sets: Sequence[str]) -> list[str]:
+    """Training sets in the order the matrix shows them: single corpora first, then larger sets, by name."""
+    return sorted(train_sets, key=lambda r: (r.count("+"), r))
+
+
 def cells(metrics: pl.DataFrame, train_corpora: Sequence[str], test_corpora: Sequence[str] | None = None) -> pl.DataFrame:
     """The matrix rows of one evaluation's metrics.parquet: its ``group_by == "corpus"`` rows (the 1-best value of
     k-best metrics), for ``test_corpora`` when given."""
@@ -57,7 +62,7 @@ def heat_map(matrix: pl.DataFrame, condition: str, path: str | Path, metric: str
     m = matrix.filter(pl.col("condition") == condition, pl.col("metric") == metric)
     if m.is_empty():
         return None
-    rows = sorted(m["train_corpora"].unique().to_list(), key=lambda r: (r.count("+"), r))
+    rows = row_order(m["train_corpora"].unique().to_list())
     cols = sorted(m["test_corpus"].unique().to_list())
     grid = np.full((len(rows), len(cols)), np.nan)
     fig = Figure(figsize=(1.9 * len(cols) + 2.5, 0.8 * len(rows) + 1.5))
@@ -122,7 +127,7 @@ def write_matrix_report(matrix: pl.DataFrame, out_dir: str | Path, notes: Sequen
         sub = matrix.filter(pl.col("test_corpus") == test)
         parts.append(f"<h2>Test corpus {html.escape(test)}</h2><table><tr><th>trained on</th><th>protocol</th>"
                      + "".join(f"<th>{html.escape(m)} {html.escape(c)}</th>" for m in metrics for c in conds) + "</tr>")
-        for train in sorted(sub["train_corpora"].unique().to_list(), key=lambda r: (r.count("+"), r)):
+        for train in row_order(sub["train_corpora"].unique().to_list()):
             rows = {(r["metric"], r["condition"]): r for r in sub.filter(pl.col("train_corpora") == train).iter_rows(named=True)}
             proto = next(iter(rows.values()))["protocol"]
             parts.append(f"<tr><td>{html.escape(train)}</td><td>{proto}</td>"

@@ -188,8 +188,8 @@ def zero_shot_utterances(store, fm, corpora: Sequence[str], report=None) -> dict
     """The utterances of ``corpora`` a final model scores zero-shot: every labelled utterance whose label falls in
     the run's label set (the others counted in ``report``), as {utt_id: corpus}. A corpus the model trained on is
     refused, naming it."""
-    from ray_ser.corpora.label_sets import map_rows
     from ray_ser.store.core import as_store
+    from ray_ser.train.plan import corpus_rows
 
     store = as_store(store)
     trained = sorted(fm.plan.corpus_counts or fm.cfg.corpora or {u.split("/")[0] for u in fm.plan.inner})
@@ -198,22 +198,13 @@ def zero_shot_utterances(store, fm, corpora: Sequence[str], report=None) -> dict
         raise TrainedOnCorpus(f"corpus {seen[0]}: run {fm.path.parent.parent} trained on it ({', '.join(trained)}); "
                               "zero-shot scoring is for corpora a run never saw (its own corpora are scored out of fold "
                               "by jobs/evaluate.py --run DIR without --corpus)")
-    m = store.manifests()
-    stored = sorted(set(m.column("corpus").to_pylist()))
-    missing = [c for c in corpora if c not in stored]
-    if missing:
-        raise ValueError(f"corpus {missing[0]!r} is not in store {store.uri}; it holds {', '.join(stored)}")
-    cols = [c for c in ("utt_id", "speaker", "corpus", "label", "pdf", *DIMENSIONS) if c in m.column_names]
-    rows = {r["utt_id"]: r for r in m.select(cols).to_pylist() if r["corpus"] in corpora}
+    rows = corpus_rows(store, corpora, fm.cfg.label_set, report)
     if fm.cfg.label_set is None:
         for c in corpora:
             if store.categories(c) != fm.plan.categories:
                 raise ValueError(f"corpus {c}: categories {store.categories(c)} differ from the run's {fm.plan.categories} "
                                  "and the run has no label set: train it with --label-set to score other corpora")
-        return {u: r["corpus"] for u, r in sorted(rows.items()) if r.get("label") is not None or r.get("pdf") is not None
-                or any(r.get(d) is not None for d in DIMENSIONS)}
-    kept = map_rows(rows, {c: store.categories(c) for c in corpora}, fm.cfg.label_set, report)
-    return {u: kept[u]["corpus"] for u in sorted(kept)}
+    return {u: rows[u]["corpus"] for u in sorted(rows)}
 
 
 def predict_zero_shot(store: str, run_dir: str | Path, corpora: Sequence[str], conditions: Sequence[str] | None = None,
@@ -238,17 +229,15 @@ def predict_zero_shot(store: str, run_dir: str | Path, corpora: Sequence[str], c
     conds = list(conditions) if conditions else evaluation_conditions(store, fm.cfg.model)
     gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     config = {"train": fm.cfg.model_dump(), "fold_id": fm.plan.fold_id, "zero_shot": list(corpora)}
+    by_corpus: dict[str, list[str]] = {}
+    for u, c in utts.items():
+        by_corpus.setdefault(c, []).append(u)
     parts = []
     for cond in conds:
         scale = None
         if fm.plan.corpus_norm is not None:
-            by_corpus: dict[str, list[str]] = {}
-            for u, c in utts.items():
-                by_corpus.setdefault(c, []).append(u)
-            scale = {}
-            for c, us in by_corpus.items():
-                mean, std = frame_stats(store, fm.cfg.model, fm.plan.read_layers, us, [cond], fm.plan.keep)
-                scale[c] = [mean.tolist(), std.tolist()]
+            scale = {c: [v.tolist() for v in frame_stats(store, fm.cfg.model, fm.plan.read_layers, us, [cond],
+                                                         fm.plan.keep)] for c, us in by_corpus.items()}
         parts.append(predict_fold(store, path, [cond], batch_size, num_gpus=gpus, fm=fm, utt_ids=list(utts), scale=scale))
     pred = pl.concat(parts, how="diagonal_relaxed")
     return _finish(store, pred, fm.plan.categories, config, run_dir, by, "zero-shot"), fm.plan.categories, config

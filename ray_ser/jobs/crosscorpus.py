@@ -117,11 +117,13 @@ def summary(matrix) -> str:
     """The clean UAR matrix as a few aligned console lines (zero-shot cells marked *)."""
     import polars as pl
 
+    from ray_ser.evaluate.matrix import row_order
+
     conds = matrix["condition"].unique().to_list()
     cond = "clean" if "clean" in conds else sorted(conds)[0]
     m = matrix.filter(pl.col("metric") == "uar", pl.col("condition") == cond)
     cols = sorted(m["test_corpus"].unique().to_list())
-    rows = sorted(m["train_corpora"].unique().to_list(), key=lambda r: (r.count("+"), r))
+    rows = row_order(m["train_corpora"].unique().to_list())
     width = max([len(r) for r in rows] + [10])
     lines = [f"UAR ({cond}), rows trained on, columns scored on (* zero-shot):",
              "  " + " " * width + "".join(f"{c:>12}" for c in cols)]

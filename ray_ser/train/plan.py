@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -60,42 +60,53 @@ class FoldPlan:
 
 
 # ---- planning a fold ------------------------------------------------------------------------------
-def run_rows(cfg: TrainConfig, condition: str = "clean", report=None) -> dict[str, dict]:
-    """{utt_id: manifest row} of what the run trains on: the utterances of ``cfg.corpora`` (every corpus when empty)
-    with ``condition`` rows of ``cfg.model`` and a speaker and a label, PDF or A/V/D, their labels in the run's
-    label set (rows outside it left out and counted in ``report``, a
-    :class:`~ray_ser.corpora.label_sets.SetReport`). Whatever else the store holds is never read."""
-    from ray_ser.analysis.saliency_store import layers_of
+def corpus_rows(store, corpora: Sequence[str], label_set: Sequence[str] | None = None, report=None,
+                keep: Callable[[str], bool] | None = None) -> dict[str, dict]:
+    """{utt_id: manifest row (utt_id, speaker, corpus, label, pdf, A/V/D)} of the labelled utterances of ``corpora``
+    (every stored corpus when empty; one the store lacks is an error naming it) that ``keep`` accepts, their labels
+    mapped into ``label_set`` when given (rows outside it left out and counted in ``report``, a
+    :class:`~ray_ser.corpora.label_sets.SetReport`). The run's rows and a zero-shot corpus's rows both come from here."""
     from ray_ser.corpora.label_sets import map_rows
+    from ray_ser.store.core import as_store
+
+    store = as_store(store)
+    manifests = store.manifests()
+    if manifests is None:
+        raise ValueError(f"store {store.uri} has no manifest: nothing to train on")
+    stored = sorted(set(manifests.column("corpus").to_pylist()))
+    unknown = [c for c in corpora if c not in stored]
+    if unknown:
+        raise ValueError(f"corpus {unknown[0]!r} is not in store {store.uri}; it holds {', '.join(stored)}")
+    cols = [c for c in ("utt_id", "speaker", "corpus", "label", "pdf", *DIMENSIONS) if c in manifests.column_names]
+    wanted = set(corpora or stored)
+    rows = {r["utt_id"]: r for r in manifests.select(cols).to_pylist()
+            if r["corpus"] in wanted and r.get("speaker") and (keep is None or keep(r["utt_id"]))
+            and (r.get("label") is not None or r.get("pdf") is not None or any(r.get(d) is not None for d in DIMENSIONS))}
+    if label_set is None or not rows:
+        return rows
+    return map_rows(rows, {c: store.categories(c) for c in sorted({r["corpus"] for r in rows.values()})}, label_set,
+                    report)
+
+
+def run_rows(cfg: TrainConfig, condition: str = "clean", report=None) -> dict[str, dict]:
+    """{utt_id: manifest row} of what the run trains on: :func:`corpus_rows` of ``cfg.corpora`` that have
+    ``condition`` rows of ``cfg.model``, in the run's label set. Whatever else the store holds is never read."""
+    from ray_ser.analysis.saliency_store import layers_of
     from ray_ser.store import catalog
     from ray_ser.store.core import as_store
     from ray_ser.train.reader import corpus_categories
 
     store = as_store(cfg.store)
-    manifests = store.manifests()
-    if manifests is None:
-        raise ValueError(f"store {store.uri} has no manifest: nothing to train on")
-    stored = sorted(set(manifests.column("corpus").to_pylist()))
-    unknown = [c for c in cfg.corpora if c not in stored]
-    if unknown:
-        raise ValueError(f"corpus {unknown[0]!r} is not in store {store.uri}; it holds {', '.join(stored)}")
-    cols = [c for c in ("utt_id", "speaker", "corpus", "label", "pdf", *DIMENSIONS) if c in manifests.column_names]
-    wanted = set(cfg.corpora or stored)
-    emb = store.embeddings(cfg.model).to_lance()
     first = layers_of(store, cfg.model, condition)[0]
-    present = set(emb.to_table(columns=["utt_id"], filter=catalog.where(layer=first, condition=condition))
-                  .column("utt_id").to_pylist())
-    rows = {r["utt_id"]: r for r in manifests.select(cols).to_pylist()
-            if r["corpus"] in wanted and r["utt_id"] in present and r.get("speaker")
-            and (r.get("label") is not None or r.get("pdf") is not None or any(r.get(d) is not None for d in DIMENSIONS))}
+    present = set(store.embeddings(cfg.model).to_lance().to_table(
+        columns=["utt_id"], filter=catalog.where(layer=first, condition=condition)).column("utt_id").to_pylist())
+    rows = corpus_rows(store, cfg.corpora, cfg.label_set, report, keep=present.__contains__)
     if not rows:
-        raise ValueError(f"no labelled {condition} utterances of {cfg.model} of corpora {', '.join(sorted(wanted))} "
-                         f"in {store.uri}")
-    corpora = sorted({r["corpus"] for r in rows.values()})
+        raise ValueError(f"no labelled {condition} utterances of {cfg.model} of corpora "
+                         f"{', '.join(cfg.corpora) or '(all)'} in {store.uri}")
     if cfg.label_set is None:
-        corpus_categories(store, corpora)  # they must share one list
-        return rows
-    return map_rows(rows, {c: store.categories(c) for c in corpora}, cfg.label_set, report)
+        corpus_categories(store, sorted({r["corpus"] for r in rows.values()}))  # they must share one list
+    return rows
 
 
 def resolve_assignment(cfg: TrainConfig, condition: str = "clean", report=None) -> FoldAssignment:
