@@ -44,14 +44,16 @@ def config_show(argv: list[str]) -> int:
 
 
 def status(argv: list[str]) -> int:
-    from ray_ser.config import load
+    from ray_ser.config import load, use_storage
     from ray_ser.store.status import read_status, render
 
     p = argparse.ArgumentParser(prog="ray-ser status", description="what a store holds")
     p.add_argument("--store", help="LanceDB store URI (default: the config's store.uri)")
     p.add_argument("--config", metavar="FILE", help="experiment config whose store to read")
     args = p.parse_args(argv)
-    uri = args.store or load(args.config).store.uri
+    cfg = load(args.config)
+    use_storage(cfg.store)
+    uri = args.store or cfg.store.uri
     print(render(read_status(uri)))
     return 0
 

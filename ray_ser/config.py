@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from ray_ser.analysis.probe import DEFAULT_CS
+from ray_ser.errors import ConfigError, InputError  # noqa: F401 - re-exported: ray_ser.config is where users find them
 from ray_ser.analysis.saliency import DEFAULT_BINS
 from ray_ser.extract.conditions import DEFAULT_CONDITIONS, aug_conditions
 from ray_ser.extract.program import ExtractOptions
@@ -34,13 +35,6 @@ from ray_ser.train.config import TrainConfig
 RESOLVED_FILE = "config.yaml"
 """Name of the resolved config written into a run folder (and read back by ``--config <run>/config.yaml``)."""
 
-
-class ConfigError(ValueError):
-    """A config that cannot be used: names the file, each bad key's dotted path, its value and the reason."""
-
-
-class InputError(ValueError):
-    """Input a user can fix (a corpus a request may not use, a missing piece): one line on stderr, exit 2."""
 
 
 class Section(BaseModel):
@@ -113,7 +107,18 @@ class StoreConfig(Section):
     """Where the embeddings and analysis tables live."""
 
     uri: str = "store"
-    """LanceDB store: a local folder (relative to where the command runs) or an object-store URI."""
+    """LanceDB store: a local folder (relative to where the command runs) or an object-store URI (s3://bucket/path,
+    gs://, az://)."""
+    options: dict[str, str | int | float | bool] = {}
+    """Storage options of object-store URIs (the store's and run folders'), as LanceDB takes them: endpoint,
+    region, allow_http, access_key_id, ... Unset ones come from the usual environment (AWS_ENDPOINT_URL,
+    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP); keep secrets there, not in a file."""
+
+    def open(self):
+        """The :class:`~ray_ser.store.core.Store` at ``uri`` with these options."""
+        from ray_ser.store.core import Store
+
+        return Store(self.uri, use_storage(self))
 
 
 class ExtractConfig(Section):
@@ -162,6 +167,9 @@ class ExtractConfig(Section):
     """Seconds to wait while another run writes the same table, then refuse."""
     keep_versions_s: float = Field(ExtractOptions.keep_versions_s, ge=0)
     """Compaction deletes superseded table versions only this many seconds later (open readers keep theirs)."""
+    actor_resources: dict[str, float] = {}
+    """Custom Ray resources each model actor needs, e.g. {gpu_node: 0.1} to keep the model on nodes started with
+    `ray start --resources '{"gpu_node": 1}'` (empty: anywhere)."""
 
     def options(self) -> ExtractOptions:
         """The extraction program's options (the conditions with the augmented copies appended)."""
@@ -344,19 +352,25 @@ class ExperimentConfig(Section):
         return self
 
     @property
-    def run_dir(self) -> Path:
-        """This experiment's run folder."""
-        return Path(self.runs) / self.name
+    def run_dir(self):
+        """This experiment's run folder (a path, or a path-like object on the object store for a URI)."""
+        from ray_ser.storage import join, run_path
+
+        return run_path(join(self.runs, self.name))
 
     def to_yaml(self) -> str:
         """The resolved config, every default included, as YAML."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True, default_flow_style=None)
 
-    def save(self, folder: str | Path) -> Path:
-        """Write the resolved config as ``<folder>/config.yaml`` (what a stage ran with)."""
-        path = Path(folder) / RESOLVED_FILE
+    def save(self, folder) -> Path:
+        """Write the resolved config as ``<folder>/config.yaml`` (what a stage ran with; secret storage options
+        masked)."""
+        from ray_ser.storage import redact, run_path
+
+        path = run_path(folder) / RESOLVED_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_yaml(), encoding="utf-8")
+        public = self.model_copy(update={"store": self.store.model_copy(update={"options": redact(self.store.options)})})
+        path.write_text(public.to_yaml(), encoding="utf-8")
         return path
 
 
@@ -379,7 +393,9 @@ def validate(data: Mapping[str, Any], source: str = "config") -> ExperimentConfi
 
 def read_file(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML (or JSON) file; an empty file is an empty mapping."""
-    path = Path(path)
+    from ray_ser.storage import run_path
+
+    path = run_path(path)  # a run folder's config.yaml may be on the object store
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -484,10 +500,19 @@ def from_args(parser: argparse.ArgumentParser, argv: list[str] | None,
             value = getattr(args, dest)
             overrides[bind.path] = bind.to_config(value) if bind.to_config else value
     cfg = load(args.config, overrides)
+    use_storage(cfg.store)
     for dest, bind in binds.items():
         value = get_path(cfg, bind.read or bind.path)
         setattr(args, dest, bind.to_arg(value) if bind.to_arg else value)
     return cfg, args
+
+
+def use_storage(store: StoreConfig) -> dict[str, str]:
+    """Register the config's storage options (over the environment's) for its store's scheme in this process, so
+    every URI of that scheme (the store, run folders) opens with them; returns them (empty for a local store)."""
+    from ray_ser.storage import register
+
+    return register(store.uri, store.options or None)
 
 
 def log_folder(cfg: ExperimentConfig, args: argparse.Namespace) -> Path | None:

@@ -267,6 +267,10 @@ def setup(log_dir: str | Path | None, verbose: bool | None = None, *, native_std
     _state["root_level"] = root.level
     root.setLevel(logging.INFO)
     if log_dir is not None:
+        from ray_ser.storage import is_uri, local_log_dir
+
+        if is_uri(log_dir):  # a run folder on an object store: the driver's log stays on this machine
+            log_dir = local_log_dir(log_dir)
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         path = Path(log_dir).resolve() / LOG_NAME
         fh = logging.FileHandler(path, encoding="utf-8")

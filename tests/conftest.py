@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from ray_ser.settings import data_root
+from services.ray_cluster import two_node_cluster  # noqa: F401,E402 - fixtures of the real services the tests start
+from services.rgw import rgw  # noqa: F401,E402
 
 os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

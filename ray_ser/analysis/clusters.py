@@ -34,6 +34,8 @@ import pyarrow.compute as pc
 from ray_ser.corpora.folds import FoldAssignment
 from ray_ser.store import catalog
 from ray_ser.store.core import Store, as_store, iter_frames
+from ray_ser.store.lease import Lease
+from ray_ser.storage import is_uri
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +128,15 @@ def read_centroids(store: str | Store, model: str, layer: int, k: int, fold: int
 
 
 @contextlib.contextmanager
-def _key_lock(store: Store, key: str):
-    """An exclusive file lock in a local store's folder (no-op for object stores), so concurrent Tune trials
-    that need the same centroids fit them once."""
-    if "://" in store.uri:
-        yield
+def _key_lock(store: Store, key: str, wait: float = 1800.0):
+    """One holder at a time of ``key``, so concurrent Tune trials that need the same centroids fit them once: a
+    file lock in a local store's folder, the store's own lease (:mod:`ray_ser.store.lease`) on an object store,
+    where trials on other machines share no file system."""
+    if is_uri(store.uri):
+        import uuid
+
+        with Lease.acquire(store, key, uuid.uuid4().hex[:12], what="fitting centroids", wait=wait):
+            yield
         return
     path = Path(store.uri) / ".locks" / f"{key}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -209,7 +215,7 @@ def assign_frames(store: str | Store, model: str, layer: int, centroids: dict[in
     uri = store.embeddings(model).to_lance().uri
     wanted = assignment.test_utts(fold) if utts == "test" and fold >= 0 else list(assignment.utt_ids)
     ds = lance_ray.read_lance(uri, columns=["utt_id", "condition", "frames"],
-                              filter=_frames_filter(layer, conditions, wanted))
+                              filter=_frames_filter(layer, conditions, wanted), storage_options=store.storage_options)
     cents = {int(k): np.asarray(c, np.float32) for k, c in centroids.items()}  # small: travels with the tasks
     ds = ds.map_batches(assign_batch, fn_kwargs={"centroids": cents, "layer": int(layer),
                                                  "fold_id": assignment.id, "fold": int(fold)},

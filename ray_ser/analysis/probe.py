@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from ray_ser.analysis.saliency_store import labelled_rows, layer_matrix, layers_of
+from ray_ser.storage import is_uri, run_path
 from ray_ser.store.core import Store, as_store
 
 MAX_ITER = 2000
@@ -257,8 +258,9 @@ def plot_layers(ranking: pl.DataFrame, probe: pl.DataFrame, path_png: str | Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path_png)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = str(path_png) if is_uri(path_png) else Path(path_png)
+    if isinstance(path, Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     r = ranking.sort("layer")
     p = probe.sort("layer")
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
@@ -288,6 +290,14 @@ def plot_layers(ranking: pl.DataFrame, probe: pl.DataFrame, path_png: str | Path
         head += f", Spearman ρ = {rho:.2f}"
     ax.set_title(head, fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
+    if is_uri(path):  # on the object store: one PUT of the finished PNG
+        import io
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        run_path(path).write_bytes(buf.getvalue())
+        return path
     fig.savefig(path)
     plt.close(fig)
     return path

@@ -16,6 +16,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ray_ser.storage import is_uri, run_path
+
 CATEGORIES_KEY = b"ray_ser.categories"
 CORPUS_KEY = b"ray_ser.corpus"
 REJECTED_KEY = b"ray_ser.rejected"
@@ -130,7 +132,10 @@ class Manifest:
         """Read and validate a manifest Parquet file; errors name the file and the row."""
         path = str(path)
         try:
-            table = pq.read_table(path)
+            if is_uri(path):  # e.g. s3://bucket/manifests/x.parquet, with the registered storage options
+                table = pq.read_table(pa.BufferReader(run_path(path).read_bytes()))
+            else:
+                table = pq.read_table(path)
         except Exception as e:
             raise ManifestError(f"{path}: not a readable Parquet manifest ({e})") from e
         meta = table.schema.metadata or {}
@@ -140,7 +145,14 @@ class Manifest:
         return cls(table, json.loads(meta[CATEGORIES_KEY]), source=path, rejected=rejected)
 
     def write(self, path: str | Path) -> Path:
-        """Write as Parquet, atomically (temp file + rename), so a crash never leaves half a manifest."""
+        """Write as Parquet, atomically (temp file + rename; one PUT on an object store), so a crash never leaves
+        half a manifest."""
+        if is_uri(path):
+            sink = pa.BufferOutputStream()
+            pq.write_table(self.table, sink)
+            target = run_path(path)
+            target.write_bytes(sink.getvalue().to_pybytes())
+            return target
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")

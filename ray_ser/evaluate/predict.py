@@ -15,6 +15,7 @@ import polars as pl
 
 from ray_ser.config import InputError
 from ray_ser.corpora.manifest import CATEGORIES_KEY, DIMENSIONS
+from ray_ser.storage import run_path, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +28,13 @@ class FoldPredictor:
     """Ray Data actor: loads one fold's best model once (on the GPU when the actor has one) and maps batches of
     :func:`ray_ser.train.reader.frames_dataset` rows to class probabilities and A/V/D predictions."""
 
-    def __init__(self, checkpoint: str, store: str, threads: int = 1):
+    def __init__(self, checkpoint: str, store, threads: int = 1, storage: dict | None = None):
         import torch
 
+        from ray_ser import storage as storage_options
         from ray_ser.train.checkpoints import load_fold_model
+
+        storage_options.restore(storage)  # the driver's: a checkpoint on the object store opens with them
 
         torch.set_num_threads(max(1, threads))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -95,7 +99,7 @@ def predict_fold(store: str, checkpoint: str | Path, conditions: Sequence[str] |
     ds = frames_dataset(store, fm.cfg.model, fm.plan.read_layers, utts, labels, conditions=conds, mask=fm.mask,
                         scale=scale if scale is not None else fm.plan.corpus_norm)
     ds = ds.map_batches(FoldPredictor, fn_constructor_kwargs={"checkpoint": str(checkpoint), "store": store,
-                                                              "threads": max(1, int(cpus))},
+                                                              "threads": max(1, int(cpus)), "storage": snapshot()},
                         batch_size=batch_size, batch_format="numpy", concurrency=1, num_cpus=cpus, num_gpus=num_gpus)
     rows = ds.to_pandas()
     df = pl.from_pandas(rows) if len(rows) else pl.DataFrame()
@@ -153,7 +157,7 @@ def predict_run(store: str, run_dir: str | Path, conditions: Sequence[str] | Non
     from ray_ser import console
     from ray_ser.train.checkpoints import fold_checkpoints, load_fold_model
 
-    run_dir = Path(run_dir)
+    run_dir = run_path(run_dir)
     checkpoints = fold_checkpoints(run_dir)
     if not checkpoints:
         raise FileNotFoundError(f"{run_dir}: no fold_*/best checkpoints (train with jobs/train.py --out {run_dir})")
@@ -217,7 +221,7 @@ def predict_zero_shot(store: str, run_dir: str | Path, corpora: Sequence[str], c
     from ray_ser.train.checkpoints import final_checkpoint, load_fold_model
     from ray_ser.train.reader import frame_stats
 
-    run_dir = Path(run_dir)
+    run_dir = run_path(run_dir)
     path = final_checkpoint(run_dir)
     if path is None:
         raise FileNotFoundError(f"{run_dir}: no final model (final/best): train it with jobs/train.py --final "
@@ -247,14 +251,14 @@ def _finish(store, pred: pl.DataFrame, categories: list[str], config: dict, run_
             protocol: str) -> pl.DataFrame:
     """Predictions joined with their manifest rows (labels in the run's label set), SNR, run and protocol, in the
     ``predictions.parquet`` column order."""
-    run_dir = Path(run_dir)
+    run_dir = run_path(run_dir)
     snr = _snr_of(store, config["train"]["model"], pred["utt_id"].unique().to_list(), pred["condition"].unique().to_list())
     pred = pred.with_columns(pl.Series("snr_db", [snr.get((u, c)) for u, c in zip(pred["utt_id"], pred["condition"])],
                                        dtype=pl.Float32))
     meta = manifest_columns(store, by, config["train"].get("label_set"))
     index = {c: i for i, c in enumerate(categories)}
     pred = pred.join(meta, on="utt_id", how="left").with_columns(
-        pl.lit(run_dir.resolve().name).alias("run"),
+        pl.lit((run_dir.resolve() if isinstance(run_dir, Path) else run_dir).name).alias("run"),
         pl.col("label").replace_strict(index, default=None, return_dtype=pl.Int32).alias("label_index"),
         pl.col("probs").list.arg_max().replace_strict(dict(enumerate(categories)), default=None,
                                                       return_dtype=pl.Utf8).alias("pred"))

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from ray_ser import __version__, console
 from ray_ser.corpora.manifest import Manifest
 from ray_ser.extract import audio, conditions
-from ray_ser.store.core import Store, _sql, embedding_schema, now
+from ray_ser.store.core import Store, _sql, as_store, embedding_schema, now
 from ray_ser.store.names import table_name
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class ExtractOptions:
     keep_versions_s: float = 3600.0  # compaction deletes superseded versions only this long after (readers)
     write_mode: str = "driver"  # "driver": actors return rows, the driver appends them; "fragments": actors write
     # Lance fragments themselves and the driver only commits them (in arrival order, every commit_seconds)
+    actor_resources: dict[str, float] | None = None  # custom Ray resources each model actor needs (pins them to nodes)
 
     @property
     def key(self) -> str:
@@ -70,7 +71,7 @@ RUNTIME_OPTIONS = frozenset({
     "model",  # the weights are compared by hash (a moved checkpoint is the same model)
     "conditions",  # a run may add conditions; each condition's parameters are compared by name instead
     "batch_size", "max_batch_seconds", "pool_size", "threads", "retry_errors", "commit_mb", "commit_seconds",
-    "model_key", "max_seconds", "on_drift", "wait_lease", "keep_versions_s", "write_mode",
+    "model_key", "max_seconds", "on_drift", "wait_lease", "keep_versions_s", "write_mode", "actor_resources",
 })
 """Options that change how a run works, never what a stored row holds. Every other option (seed, frames,
 frame_layers, dtype, whisper_mode, and any option added later) must match the table's, or the run is refused."""
@@ -276,7 +277,7 @@ class EmbedStage:
     """A Ray Data actor: loads the model once, then turns audio batches into per-layer rows."""
 
     def __init__(self, options: dict[str, Any], threads: int = 1, fragments_to: str | None = None,
-                 table_schema: pa.Schema | None = None):
+                 table_schema: pa.Schema | None = None, storage_options: dict[str, str] | None = None):
         import torch
 
         from ray_ser.fm import load_model, pick_device
@@ -296,6 +297,7 @@ class EmbedStage:
         self.dim = self.model.hidden_size
         self.schema = embedding_schema(self.dim).remove_metadata()
         self.fragments_to, self.table_schema = fragments_to, table_schema  # write mode "fragments"
+        self.storage_options = storage_options  # the store's, from the driver: this node may have no credentials
 
     def sub_batches(self, lengths: list[int]) -> list[list[int]]:
         """Split a batch so that (longest utterance x count) stays under max_batch_seconds of audio and, on a
@@ -335,7 +337,8 @@ class EmbedStage:
         parts = [out.filter(is_bad).select(["utt_id", "condition", "path", "layer", "error", "stage"])] \
             if pc.any(is_bad).as_py() else []
         if good.num_rows:
-            fragments = write_fragments(good, self.fragments_to, schema=self.table_schema)
+            fragments = write_fragments(good, self.fragments_to, schema=self.table_schema,
+                                        storage_options=self.storage_options)
             parts.append(pa.table({
                 "layer": pa.array([-2], pa.int16()),
                 "fragments": [json.dumps([f.to_json() for f in fragments])],
@@ -438,8 +441,10 @@ MAX_CPU_ACTORS = 4
 """More model copies than this on a CPU cluster cost memory (a large model is >1 GB) for little gain."""
 
 
-def cpu_layout(cpus: float, pool_size: int | None = None, threads: int | None = None) -> tuple[int, int, float]:
-    """(actors, torch threads each, Ray CPUs each) for CPU-only extraction on ``cpus`` cores.
+def cpu_layout(cpus: float, pool_size: int | None = None, threads: int | None = None,
+               node_cpus: float | None = None) -> tuple[int, int, float]:
+    """(actors, torch threads each, Ray CPUs each) for CPU-only extraction on ``cpus`` cores (of the cluster; an
+    actor never asks for more than ``node_cpus`` less half a CPU, the largest node it may run on).
 
     Single-threaded actors, one per core up to MAX_CPU_ACTORS, beat one actor with all threads: measured on
     2 cores, two 1-thread copies of whisper-base run 13 % more audio than one 2-thread copy, and they do not
@@ -448,8 +453,26 @@ def cpu_layout(cpus: float, pool_size: int | None = None, threads: int | None = 
     """
     pool = pool_size or max(1, min(int(cpus), MAX_CPU_ACTORS))
     reserve = max(0.01, (cpus - 0.5) / pool)  # never all CPUs, even for a pool larger than the node
+    if node_cpus is not None:  # several nodes: an actor must fit on one
+        reserve = min(reserve, max(0.01, node_cpus - 0.5))
     threads = threads or max(1, round(reserve))
     return pool, threads, min(float(threads), reserve)
+
+
+def actor_node_cpus(needs: dict[str, float] | None) -> float:
+    """CPUs of the largest alive node that offers ``needs`` (the model actors' custom resources); refuses, naming
+    them, when no node does (the actors would wait for one forever)."""
+    import ray
+
+    from ray_ser.errors import InputError
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    fit = [r.get("CPU", 0.0) for r in nodes if all(r.get(k, 0.0) >= v for k, v in (needs or {}).items())]
+    if not fit:
+        offered = sorted({k for r in nodes for k in r if not k.startswith("node:") and k not in ("memory", "object_store_memory")})
+        raise InputError(f"no node of the Ray cluster offers the model actors' resources {needs} "
+                         f"(extract.actor_resources); the nodes offer {', '.join(offered)}")
+    return max(fit)
 
 
 def cluster_gpus() -> int:
@@ -489,9 +512,10 @@ class FragmentBuffer:
     arrival order as one Lance Append per commit. A crash before a commit leaves only unreferenced files (never
     visible rows); every (utterance, condition) has all its layers in one actor call, hence in one commit."""
 
-    def __init__(self) -> None:
+    def __init__(self, storage_options: dict[str, str] | None = None) -> None:
         self.fragments: list = []
         self.extracted = 0
+        self.storage_options = storage_options
 
     def take(self, block: pa.Table) -> pa.Table:
         """Keep the block's fragment records; return the rest (failure rows, or the block itself in driver mode)."""
@@ -510,21 +534,23 @@ class FragmentBuffer:
         import lance
         from lance.fragment import FragmentMetadata
 
-        uri = table.to_lance().uri
-        latest = lance.dataset(uri)  # the table handle may be stale: commit on top of the latest version
+        uri, options = table.to_lance().uri, self.storage_options
+        latest = lance.dataset(uri, storage_options=options)  # the handle may be stale: commit on the latest version
         frags = [FragmentMetadata.from_json(json.dumps(f)) for f in self.fragments]
-        lance.LanceDataset.commit(uri, lance.LanceOperation.Append(frags), read_version=latest.version)
+        lance.LanceDataset.commit(uri, lance.LanceOperation.Append(frags), read_version=latest.version,
+                                  storage_options=options)
         done, self.fragments, self.extracted = self.extracted, [], 0
         return done
 
 
-def fragment_kwargs(opts: ExtractOptions, table) -> dict[str, Any]:
-    """EmbedStage's constructor arguments for the write mode: where to write fragments, in the table's schema."""
+def fragment_kwargs(opts: ExtractOptions, table, storage_options: dict[str, str] | None = None) -> dict[str, Any]:
+    """EmbedStage's constructor arguments for the write mode: where to write fragments, in the table's schema, with
+    the store's storage options."""
     if opts.write_mode == "driver":
         return {}
     if opts.write_mode != "fragments":
         raise ValueError(f"unknown write mode {opts.write_mode!r}: use 'driver' or 'fragments'")
-    return {"fragments_to": table.to_lance().uri, "table_schema": table.schema}
+    return {"fragments_to": table.to_lance().uri, "table_schema": table.schema, "storage_options": storage_options}
 
 
 def pairs_in(block: pa.Table) -> int:
@@ -606,7 +632,7 @@ def record_manifest_errors(errors_table, manifest: Manifest, key: str, run_id: s
     return len(manifest.rejected)
 
 
-def extract(manifest: Manifest, store_uri: str, options: ExtractOptions | None = None,
+def extract(manifest: Manifest, store_uri: str | Store, options: ExtractOptions | None = None,
             experiment: dict[str, Any] | None = None) -> ExtractResult:
     """Extract every layer of ``options.model`` for every manifest row and condition not yet in the store;
     ``experiment`` (the resolved experiment config, when a config drove the run) is recorded in its ``runs`` row.
@@ -620,7 +646,7 @@ def extract(manifest: Manifest, store_uri: str, options: ExtractOptions | None =
     conds = [c.name for c in conditions.parse_conditions(opts.conditions)]
     t0 = now()
     run_id = uuid.uuid4().hex[:12]
-    store = Store(store_uri)
+    store = as_store(store_uri)
     added, updated = store.put_manifest(manifest)
     if added or updated:
         log.info("manifest %s: %d utterances added, %d updated", manifest.corpus, added, updated)
@@ -688,7 +714,8 @@ def _run(store: Store, table, manifest: Manifest, opts: ExtractOptions, conds: l
             check_gpu_workers(gpus)
             pool, threads, actor_cpus = opts.pool_size or gpus, 1, 0.0
         else:
-            pool, threads, actor_cpus = cpu_layout(resources.get("CPU", 1), opts.pool_size, opts.threads)
+            pool, threads, actor_cpus = cpu_layout(resources.get("CPU", 1), opts.pool_size, opts.threads,
+                                                   actor_node_cpus(opts.actor_resources))
         blocks = input_blocks(items, opts.batch_size, len(conds))
         pool = min(pool, len(blocks))  # an actor with no block to work on would only load the model
         log.info("model actors: %d, each on %s", pool, "1 GPU" if gpus else f"{threads} CPU thread(s)")
@@ -697,15 +724,16 @@ def _run(store: Store, table, manifest: Manifest, opts: ExtractOptions, conds: l
                                                      "max_seconds": opts.max_seconds},
                             batch_format="pyarrow", batch_size=None, num_cpus=0.5)
         ds = ds.map_batches(EmbedStage, fn_constructor_kwargs={"options": asdict(opts), "threads": threads,
-                                                               **fragment_kwargs(opts, table)},
+                                                               **fragment_kwargs(opts, table, store.storage_options)},
                             batch_format="pyarrow", batch_size=opts.batch_size,
                             compute=ray.data.ActorPoolStrategy(size=pool),
-                            num_gpus=1 if gpus else 0, num_cpus=actor_cpus)
+                            num_gpus=1 if gpus else 0, num_cpus=actor_cpus,
+                            **({"resources": dict(opts.actor_resources)} if opts.actor_resources else {}))
         schema = table.schema  # the table's own columns: an older table may lack newer nullable ones
         pending: list[pa.Table] = []
         pending_errors: list[pa.Table] = []
         pending_bytes = 0
-        written = FragmentBuffer()  # write mode "fragments": what the actors wrote, awaiting its commit
+        written = FragmentBuffer(store.storage_options)  # write mode "fragments": what the actors wrote, awaiting its commit
         last_commit = now()
 
         def commit() -> None:

@@ -10,9 +10,14 @@ from pathlib import Path
 from typing import Iterable
 
 
-def cache_file() -> Path:
+def cache_dir() -> Path:
+    """$RAY_SER_CACHE, else ~/.cache/ray_ser (this machine's own: hashes, logs of runs kept on object stores)."""
     root = os.environ.get("RAY_SER_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "ray_ser")
-    return Path(root).expanduser() / "sha256.json"
+    return Path(root).expanduser()
+
+
+def cache_file() -> Path:
+    return cache_dir() / "sha256.json"
 
 
 def _key(paths: list[Path]) -> str:

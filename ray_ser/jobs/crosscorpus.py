@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ray_ser import console
 from ray_ser.config import Bind, csv_list, from_args
+from ray_ser.storage import is_uri, join, run_path, staged
 from ray_ser.jobs import train as train_job
 
 BINDS = {**{k: v for k, v in train_job.BINDS.items() if k not in ("folds", "final")},
@@ -60,8 +61,11 @@ def _fresh(eval_dir: Path, run_dir: Path) -> bool:
     metrics = eval_dir / "metrics.parquet"
     if not metrics.exists():
         return False
-    stamps = [p.stat().st_mtime for p in run_dir.glob("*/best/config.json")]
-    return bool(stamps) and metrics.stat().st_mtime > max(stamps)
+    try:
+        stamps = [p.stat().st_mtime for p in run_dir.glob("*/best/config.json")]
+        return bool(stamps) and metrics.stat().st_mtime > max(stamps)
+    except (OSError, AttributeError, TypeError):  # an object store that reports no times: score again
+        return False
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     corpora = list(dict.fromkeys(train.corpora))
     if len(corpora) < 2:
         raise SystemExit(f"jobs/crosscorpus.py: the matrix needs at least two corpora (--corpora A,B,...), got {corpora}")
-    out = Path(args.out or Path(cfg.run_dir) / "crosscorpus")
+    out = run_path(args.out or join(cfg.run_dir, "crosscorpus"))
     console.setup(out)
     cfg.save(out)
     init_ray()
@@ -97,17 +101,19 @@ def main(argv: list[str] | None = None) -> dict:
                     ns = argparse.Namespace(store=train.store, run=[str(run_dir)], conditions=cfg.evaluate.conditions,
                                             by=[], batch_size=cfg.evaluate.batch_size, n_boot=cfg.evaluate.n_boot,
                                             seed=cfg.evaluate.seed, corpus=zero_shot)
-                    evaluate(ns, eval_dir)
-            parts.append(cells(pl.read_parquet(eval_dir / "metrics.parquet"), trained, zero_shot or trained))
+                    with staged(str(eval_dir)) as local:  # on an object store: written here, copied up whole
+                        evaluate(ns, local, shown=str(eval_dir) if is_uri(eval_dir) else None)
+            parts.append(cells(pl.read_parquet((eval_dir / "metrics.parquet").read_bytes()), trained, zero_shot or trained))
     if train.label_set:
         notes.append(f"Label set: {', '.join(train.label_set)}; each run's run.json and each zero-shot evaluation's "
                      "log count the utterances outside it per corpus.")
     if train.scaler == "per-corpus":
         notes.append("Input scaling per corpus: a training corpus by its training speakers' statistics, a zero-shot "
                      "corpus by its own frame statistics in each condition (no labels used).")
-    matrix_path = write_matrix(parts, out)
-    matrix = pl.read_parquet(matrix_path)
-    report = write_matrix_report(matrix, out, notes)
+    with staged(str(out)) as local:
+        matrix = pl.read_parquet(write_matrix(parts, local))
+        report = write_matrix_report(matrix, local, notes)
+    matrix_path, report = join(out, "matrix.parquet"), join(out, report.name)
     console.say(summary(matrix))
     console.say(f"matrix: {matrix_path}\nreport: {report}  ({time.perf_counter() - t0:.0f} s)")
     return {"matrix": matrix, "report": report}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ray_ser import console
 from ray_ser.config import add_config_args, csv_list, from_args
+from ray_ser.storage import is_uri, join, run_path, staged
 
 
 def parser() -> argparse.ArgumentParser:
@@ -56,18 +57,22 @@ def main(argv: list[str] | None = None) -> dict:
     if args.corpus and len(args.run) > 1:
         raise SystemExit("jobs/evaluate.py: --corpus scores one run's final model: give one --run")
     default = "eval" if not args.corpus else "zero-shot-" + "+".join(args.corpus)
-    out = Path(args.out or Path(args.run[0]) / default)
-    console.setup(Path(args.run[0]))
-    cfg.save(out)
-    what = "evaluate " + ", ".join(Path(r).name for r in args.run)
+    out = args.out or join(args.run[0], default)
+    console.setup(args.run[0])
+    what = "evaluate " + ", ".join(run_path(r).name for r in args.run)
     if args.corpus:
         what += " zero-shot on " + ", ".join(args.corpus)
-    with console.stage(what):
-        return evaluate(args, out)
+    with console.stage(what), staged(out) as local:  # a URI --out: written here, then copied up whole
+        cfg.save(local)
+        result = evaluate(args, local, shown=out if is_uri(out) else None)
+    if is_uri(out):
+        result["report"] = join(out, run_path(result["report"]).name)
+    return result
 
 
-def evaluate(args: argparse.Namespace, out: Path) -> dict:
-    """Predictions, tables and report of ``args.run``; the per-condition UAR to the console."""
+def evaluate(args: argparse.Namespace, out: Path, shown: str | None = None) -> dict:
+    """Predictions, tables and report of ``args.run`` into the folder ``out``; the per-condition UAR to the console
+    (``shown``: where the files will be, when ``out`` is a staging folder for an object store)."""
     import polars as pl
 
     from ray_ser.evaluate.predict import ensemble_predictions, predict_run, write_predictions
@@ -107,8 +112,10 @@ def evaluate(args: argparse.Namespace, out: Path) -> dict:
     console.say(f"{pred.height} predictions ({pred['utt_id'].n_unique()} utterances x {pred['condition'].n_unique()} "
                 f"conditions, {models}) in {t_pred:.1f} s")
     console.say(uar_table(overall))
-    console.detail(f"wrote {path}, {paths['metrics']}, {paths['confusion']}; total {time.perf_counter() - t0:.1f} s")
-    console.say(f"report: {report}")
+    where = (lambda p: join(shown, Path(p).name)) if shown else str  # noqa: E731
+    console.detail(f"wrote {where(path)}, {where(paths['metrics'])}, {where(paths['confusion'])}; "
+                   f"total {time.perf_counter() - t0:.1f} s")
+    console.say(f"report: {where(report)}")
     return {"predictions": pred, "metrics": m, "overall": overall, "report": report, "seconds": time.perf_counter() - t0}
 
 

@@ -59,6 +59,9 @@ def parser() -> argparse.ArgumentParser:
                         "(default), or file this run under a key derived from its settings")
     p.add_argument("--wait-lease", type=float, metavar="SECONDS",
                    help="wait this long while another run writes the same table, then refuse (default: refuse now)")
+    p.add_argument("--actor-resources", type=json.loads, metavar="JSON",
+                   help='custom Ray resources each model actor needs, e.g. \'{"gpu_node": 0.1}\' (pins them to nodes '
+                        "started with those resources)")
     p.add_argument("--keep-versions", type=float, metavar="SECONDS",
                    help="compaction deletes superseded table versions only this long after (readers keep their files)")
     return p
@@ -72,7 +75,7 @@ BINDS = {
     **{k: f"extract.{k}" for k in ("model", "conditions", "frame_layers", "dtype", "aug_copies", "write_mode",
                                    "whisper_mode", "batch_size", "max_batch_seconds", "pool_size", "threads",
                                    "model_key", "seed", "retry_errors", "commit_mb", "commit_seconds",
-                                   "max_seconds", "on_drift", "wait_lease")},
+                                   "max_seconds", "on_drift", "wait_lease", "actor_resources")},
 }
 """Each flag's config key (data, store and extract sections)."""
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from pathlib import Path
 
 import polars as pl
 
@@ -32,6 +31,7 @@ from ray_ser import console
 from ray_ser.config import Bind, add_config_args, float_list, from_args, log_folder, negated
 from ray_ser.store import catalog
 from ray_ser.store.names import safe_name
+from ray_ser.storage import join
 
 KEEP_RATIOS = (0.8, 0.6, 0.4)
 
@@ -76,9 +76,10 @@ BINDS = {
 """Each flag's config key (the analysis section)."""
 
 
-def default_plot(store: str, model: str) -> Path:
-    base = Path("plots") if "://" in store else Path(store) / "plots"
-    return base / f"{safe_name(model)}_layers.png"
+def default_plot(store: str, model: str) -> str:
+    """``<store>/plots/<model>_layers.png``: beside the store's tables, on disk or on the object store (never in the
+    working directory)."""
+    return join(str(store), "plots", f"{safe_name(model)}_layers.png")
 
 
 def study_main(args: argparse.Namespace) -> dict:

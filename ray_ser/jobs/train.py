@@ -117,7 +117,6 @@ def _layers(summary: dict) -> str:
 
 def test_report(cfg, summary: dict, out: str) -> str:
     """The fold's best checkpoint's UAR on its test speakers per condition (the evaluation job makes the tables)."""
-    from pathlib import Path
 
     from sklearn.metrics import balanced_accuracy_score
 
@@ -137,7 +136,7 @@ def test_report(cfg, summary: dict, out: str) -> str:
         yp = [int(max(range(len(p)), key=p.__getitem__)) for p in sub["probs"].to_list()]
         ok = [i for i, v in enumerate(y) if v >= 0]
         parts.append(f"{cond} {balanced_accuracy_score([y[i] for i in ok], [yp[i] for i in ok]):.3f}")
-    return (f"fold {summary['fold']} test UAR ({Path(path).parent.name}, {_layers(summary)}, best epoch "
+    return (f"fold {summary['fold']} test UAR ({path.parent.name}, {_layers(summary)}, best epoch "
             f"{summary['best_epoch']}): " + ", ".join(parts))
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from ray_ser.corpora.manifest import CATEGORIES_KEY, REJECTED_KEY, Manifest
+from ray_ser.storage import check_reachable, is_uri, lance_options, options_for, redact
 from ray_ser.store.lease import Lease
 from ray_ser.store.names import sql_string as _sql
 from ray_ser.store.names import table_name
@@ -75,19 +76,49 @@ def embedding_schema(dim: int, meta: dict[str, Any] | None = None) -> pa.Schema:
     return schema.with_metadata({META_KEY: json.dumps(meta or {}, sort_keys=True).encode()})
 
 
-@dataclass
+@dataclass(repr=False)
 class Store:
-    """A LanceDB directory holding embeddings, errors, manifests and run records."""
+    """A LanceDB directory (a local folder or an object-store URI) holding embeddings, errors, manifests and run
+    records. ``options`` are its storage options (:mod:`ray_ser.storage`; the environment's fill what they leave
+    out); a Store sent to a Ray worker carries them, so a worker on another node needs no credentials of its own."""
 
     uri: str
+    options: dict[str, str] | None = None
 
     def __post_init__(self):
+        self.uri = str(self.uri)
+        self.options = options_for(self.uri, self.options)
+        if not is_uri(self.uri):
+            Path(self.uri).mkdir(parents=True, exist_ok=True)
+        else:
+            check_reachable(self.uri, self.options)
+        self._connect()
+
+    def _connect(self) -> None:
         import lancedb
 
-        self.uri = str(self.uri)
-        if "://" not in self.uri:
-            Path(self.uri).mkdir(parents=True, exist_ok=True)
-        self.db = lancedb.connect(self.uri)
+        self.db = lancedb.connect(self.uri, storage_options=self.storage_options)
+
+    @property
+    def storage_options(self) -> dict[str, str] | None:
+        """What Lance, LanceDB and lance-ray take for this store (None for a local folder)."""
+        return lance_options(self.uri, self.options)
+
+    def __getstate__(self) -> dict:
+        return {"uri": self.uri, "options": self.options}
+
+    def __setstate__(self, state: dict) -> None:  # on a worker: the driver's options as they are, no env, no check
+        self.uri, self.options = state["uri"], state["options"]
+        self._connect()
+
+    def __repr__(self) -> str:
+        return f"Store({self.uri!r}, options={redact(self.options)})"
+
+    def dataset(self, name: str):
+        """Table ``name`` as a Lance dataset (for scans and commits that LanceDB does not expose)."""
+        import lance
+
+        return lance.dataset(self.table_uri(name), storage_options=self.storage_options)
 
     # tables ---------------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -130,9 +161,10 @@ class Store:
         uri = self.table_uri(name)
         try:
             fragments = ([] if data is None or data.num_rows == 0 else
-                         lance.fragment.write_fragments(data.cast(schema), uri, schema=schema))
+                         lance.fragment.write_fragments(data.cast(schema), uri, schema=schema,
+                                                        storage_options=self.storage_options))
             lance.LanceDataset.commit(uri, lance.LanceOperation.Overwrite(schema, fragments), read_version=None,
-                                      max_retries=0)
+                                      max_retries=0, storage_options=self.storage_options)
             return True
         except Exception as e:  # it exists; anything else shows when the table cannot be opened either
             try:
@@ -397,7 +429,8 @@ def pooled_dataset(store: str | Store, model: str, condition: str = "clean", lay
 
     store = as_store(store)
     uri = store.embeddings(model).to_lance().uri
-    return lance_ray.read_lance(uri, columns=list(columns), filter=_filter(condition, layer))
+    return lance_ray.read_lance(uri, columns=list(columns), filter=_filter(condition, layer),
+                                storage_options=store.storage_options)
 
 
 def iter_frames(store: str | Store, model: str, condition: str = "clean", layer: int = 0,

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ray_ser.storage import run_path
 from ray_ser.train.config import TrainConfig
 from ray_ser.train.loop import build_fold_model
 from ray_ser.train.plan import FoldPlan, plan_mask
@@ -27,25 +28,32 @@ FINAL_DIR = "final"
 
 
 def fold_dir(out_dir: str | os.PathLike, fold: int) -> Path:
-    """``DIR/fold_<f>``, or ``DIR/final`` for the final model (fold -1)."""
-    return Path(out_dir) / (FINAL_DIR if fold == FINAL else f"fold_{fold}")
+    """``DIR/fold_<f>``, or ``DIR/final`` for the final model (fold -1); ``DIR`` a path or an object-store URI."""
+    return run_path(out_dir) / (FINAL_DIR if fold == FINAL else f"fold_{fold}")
 
 
 # ---- checkpoints evaluation reads -------------------------------------------------------------------
 def write_best(out_dir: Path, cfg: TrainConfig, plan: FoldPlan, state: dict) -> Path:
     """``DIR/fold_<f>/best/{model.pt,config.json}``: the best epoch's weights and everything needed to rebuild
-    the model and its input (layer, mask, categories) without other inputs. Written atomically."""
+    the model and its input (layer, mask, categories) without other inputs. Written atomically: a folder renamed
+    into place on disk; on an object store ``config.json``, which readers require, is the last object written."""
     import torch
 
     final = fold_dir(out_dir, plan.fold) / BEST_DIR
-    tmp = final.with_name(BEST_DIR + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(state["best_model"], tmp / "model.pt")
     info = {"train": cfg.model_dump(), "plan": plan.to_dict(), "best_epoch": state["best_epoch"],
             "best_val_score": state["best_score"], "epochs_run": state["epoch"]}
     if state.get("phase") == "refit":
         info.update(epochs_run=state["selected"]["epoch"], refit_epochs=state["refit_epochs"])
+    if not isinstance(final, Path):  # an object store: no rename, so the marker goes last (and first away)
+        (final / "config.json").unlink(missing_ok=True)
+        with (final / "model.pt").open("wb") as fh:
+            torch.save(state["best_model"], fh)
+        (final / "config.json").write_text(json.dumps(info, indent=1))
+        return final
+    tmp = final.with_name(BEST_DIR + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(state["best_model"], tmp / "model.pt")
     (tmp / "config.json").write_text(json.dumps(info, indent=1))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -70,27 +78,28 @@ def load_fold_model(path: str | os.PathLike, store: str | None = None) -> FoldMo
     """Rebuild a fold's best model from ``DIR/fold_<f>/best`` (``store`` overrides the recorded store URI)."""
     import torch
 
-    path = Path(path)
+    path = run_path(path)
     info = json.loads((path / "config.json").read_text())
     cfg = TrainConfig(**info["train"])
     if store is not None:
         cfg.store = store
     plan = FoldPlan(**info["plan"])
     module = build_fold_model(plan)
-    module.load_state_dict(torch.load(path / "model.pt", map_location="cpu"))
+    with (path / "model.pt").open("rb") as fh:
+        module.load_state_dict(torch.load(fh, map_location="cpu"))
     return FoldModel(module.eval(), cfg, plan, path)
 
 
 def final_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """``DIR/final/best`` of a run trained with ``final``, when it is complete."""
-    d = Path(run_dir) / FINAL_DIR / BEST_DIR
+    d = run_path(run_dir) / FINAL_DIR / BEST_DIR
     return d if (d / "config.json").exists() and (d / "model.pt").exists() else None
 
 
 def fold_checkpoints(run_dir: str | os.PathLike) -> dict[int, Path]:
     """{fold: best checkpoint folder} of a training run folder's outer folds (the final model is not one)."""
     out = {}
-    for d in sorted(Path(run_dir).glob(f"fold_*/{BEST_DIR}")):
+    for d in sorted(run_path(run_dir).glob(f"fold_*/{BEST_DIR}"), key=str):
         if (d / "config.json").exists() and (d / "model.pt").exists():
             out[int(d.parent.name.split("_", 1)[1])] = d
     return out

@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-from ray_ser import console
+from ray_ser import console, storage
 from ray_ser.corpora.folds import FoldAssignment
 from ray_ser.train.checkpoints import FINAL, final_checkpoint, fold_checkpoints, fold_dir, write_best
+from ray_ser.storage import arrow_filesystem, join, local_log_dir, run_path, write_parquet
 from ray_ser.train.config import TrainConfig
 from ray_ser.train.loop import final_state, load_state, train_loop_per_worker
 from ray_ser.train.plan import (
@@ -36,6 +37,20 @@ read by the driver's progress bar while the fold trains; removed when it ends.""
 
 
 # ---- the driver -------------------------------------------------------------------------------------
+def run_folder(out_dir):
+    """A run folder: an absolute local path, or the object-store location of a URI (never a local folder named
+    ``s3:``)."""
+    out = run_path(out_dir)
+    return out.resolve() if isinstance(out, Path) else out
+
+
+def progress_file(out_dir, fold: int) -> Path:
+    """Where rank 0 writes the fold's progress for the driver's bar: the run folder on this machine's disk; for a
+    run folder on an object store, the driver's local log folder (workers on other nodes then write none)."""
+    base = fold_dir(out_dir, fold) if isinstance(out_dir, Path) else local_log_dir(out_dir) / fold_dir(out_dir, fold).name
+    return base / PROGRESS_FILE
+
+
 def config_hash(cfg: TrainConfig) -> str:
     """8 hex digits naming a configuration: a Ray Train run resumes only a run of the same configuration."""
     import hashlib
@@ -109,21 +124,23 @@ def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
-    out_dir = Path(out_dir).resolve()
+    out_dir = run_folder(out_dir)
     t0 = time.perf_counter()
     plan, labels, centroids = plan_fold(cfg, assignment, fold, layer)
     datasets = fold_datasets(cfg, plan, labels, centroids)
     name = fold_dir(out_dir, fold).name
-    progress = fold_dir(out_dir, fold) / PROGRESS_FILE
+    progress = progress_file(out_dir, fold)
     progress.parent.mkdir(parents=True, exist_ok=True)
     progress.unlink(missing_ok=True)
+    filesystem, storage_path = arrow_filesystem(join(out_dir, "ray_train"))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(), "plan": plan.to_dict(), "datasets": sorted(datasets),
-                           "tb_dir": str(out_dir / "tensorboard" / name), "progress_file": str(progress)},
+                           "tb_dir": join(out_dir, "tensorboard", name), "progress_file": str(progress),
+                           "storage": storage.snapshot()},
         scaling_config=_scaling(cfg),
-        run_config=RunConfig(name=f"{name}-{config_hash(cfg)}", storage_path=str(out_dir / "ray_train"),
-                             checkpoint_config=CheckpointConfig(num_to_keep=1),
+        run_config=RunConfig(name=f"{name}-{config_hash(cfg)}", storage_path=storage_path,
+                             storage_filesystem=filesystem, checkpoint_config=CheckpointConfig(num_to_keep=1),
                              failure_config=FailureConfig(max_failures=2)),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=[n for n in ("train", "refit") if n in datasets]),
@@ -136,7 +153,8 @@ def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir:
     with result.checkpoint.as_directory() as d:
         state = final_state(load_state(d))
     write_best(out_dir, cfg, plan, state)
-    epochs_frame(state["history"]).write_parquet(fold_dir(out_dir, fold) / "epochs.parquet")
+    with (fold_dir(out_dir, fold) / "epochs.parquet").open("wb") as fh:
+        epochs_frame(state["history"]).write_parquet(fh)
     return {"fold": fold, "layer": plan.layer, "layers": plan.read_layers, "best_epoch": state["best_epoch"], "best_val_score": state["best_score"],
             "epochs": state.get("selected", state)["epoch"], "refit_epochs": state.get("refit_epochs"),
             "seconds": time.perf_counter() - t0, "n_train": len(plan.inner),
@@ -156,13 +174,12 @@ def collect_epochs(out_dir: str | os.PathLike) -> pl.DataFrame:
     """``DIR/epochs.parquet`` from the folds' own tables (fold, epoch, split, metric, value)."""
     import polars as pl
 
-    found = [*sorted(Path(out_dir).glob("fold_*/epochs.parquet")), *Path(out_dir).glob("final/epochs.parquet")]
-    parts = [pl.read_parquet(p) for p in found]
+    out = run_path(out_dir)
+    found = [*sorted(out.glob("fold_*/epochs.parquet"), key=str), *out.glob("final/epochs.parquet")]
+    parts = [pl.read_parquet(p.read_bytes()) for p in found]
     df = pl.concat(parts) if parts else epochs_frame([])
     df = df.sort(["fold", "epoch", "split", "metric"])
-    tmp = Path(out_dir) / "epochs.parquet.tmp"
-    df.write_parquet(tmp)
-    tmp.replace(Path(out_dir) / "epochs.parquet")
+    write_parquet(df, out / "epochs.parquet")
     return df
 
 
@@ -185,7 +202,7 @@ def run(cfg: TrainConfig, folds: str | Sequence[int] | None, out_dir: str | os.P
     skipped), then write ``epochs.parquet`` and ``run.json`` (with what the label set kept and left out)."""
     from ray_ser.corpora.label_sets import SetReport
 
-    out_dir = Path(out_dir).resolve()
+    out_dir = run_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = SetReport(list(cfg.label_set or []))
     assignment = resolve_assignment(cfg, report=report)

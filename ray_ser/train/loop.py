@@ -190,9 +190,9 @@ class EpochRunner:
                 torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.writer = None
         if tb_dir and rank == 0:
-            from tensorboardX import SummaryWriter
+            from ray_ser.train.events import EventWriter
 
-            self.writer = SummaryWriter(tb_dir)
+            self.writer = EventWriter(tb_dir)
 
     @property
     def epoch(self) -> int:
@@ -425,6 +425,9 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
     import torch
 
+    from ray_ser import storage
+
+    storage.restore(config.get("storage"))  # the driver's storage options: this node may have no credentials
     cfg, plan = TrainConfig(**config["cfg"]), FoldPlan(**config["plan"])
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()

@@ -182,13 +182,13 @@ def to_examples(batch: pa.Table, keep: np.ndarray | None, labels: Labels, centro
 
 
 def read_layers(batch: dict, uri: str, layers: Sequence[int], conditions: Sequence[str], keep: np.ndarray | None,
-                labels: Labels, scale: dict | None = None) -> dict:
+                labels: Labels, scale: dict | None = None, storage_options: dict | None = None) -> dict:
     """Ray Data map function over a batch of utt_ids: every (utterance, condition) row of ``layers`` read from
     the Lance table at ``uri``, each frame the concatenation of its layers' vectors in ``layers`` order."""
     import lance
 
     ids = [str(u) for u in batch["utt_id"]]
-    t = lance.dataset(uri).to_table(columns=["utt_id", "condition", "layer", "frames"],
+    t = lance.dataset(uri, storage_options=storage_options).to_table(columns=["utt_id", "condition", "layer", "frames"],
                                     filter=catalog.where(layer=[int(l) for l in layers], condition=list(conditions),
                                                          utt_id=ids))
     t = t.sort_by([("utt_id", "ascending"), ("condition", "ascending")])
@@ -241,10 +241,12 @@ def frames_dataset(store: str | Store, model: str, layer: int | Sequence[int], u
         keys = ray.data.from_items([{"utt_id": u} for u in sorted(set(utt_ids))],
                                    override_num_blocks=max(1, min(64, -(-len(set(utt_ids)) // batch_rows))))
         return keys.map_batches(read_layers, fn_kwargs={"uri": uri, "layers": layers, "conditions": list(conditions),
-                                                        "keep": keep, "labels": labels, "scale": scale},
+                                                        "keep": keep, "labels": labels, "scale": scale,
+                                                        "storage_options": store.storage_options},
                                 batch_format="numpy", batch_size=batch_rows)
     where = catalog.where(layer=layers[0], condition=list(conditions), utt_id=list(utt_ids))
-    ds = lance_ray.read_lance(uri, columns=["utt_id", "condition", "frames"], filter=where)
+    ds = lance_ray.read_lance(uri, columns=["utt_id", "condition", "frames"], filter=where,
+                              storage_options=store.storage_options)
     return ds.map_batches(to_examples, fn_kwargs={"keep": keep, "labels": labels, "centroids": centroids, "scale": scale},
                           batch_format="pyarrow", batch_size=batch_rows)
 

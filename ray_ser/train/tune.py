@@ -111,11 +111,16 @@ def trial_config(base: dict, params: dict) -> TrainConfig:
     return cfg
 
 
-def trainable(config: dict) -> None:
+def trainable(config: dict, storage: dict | None = None) -> None:
     """Tune function trainable: one :class:`EpochRunner` per search fold, one epoch of each per iteration,
-    reporting the mean inner-validation score with a checkpoint of every runner's state."""
+    reporting the mean inner-validation score with a checkpoint of every runner's state. ``storage``: the driver's
+    storage options (a trial on another node has no credentials of its own)."""
     import ray.tune
     import torch
+
+    from ray_ser import storage as storage_options
+
+    storage_options.restore(storage)
 
     cfg = trial_config(config["base"], config)
     # a trial is scored on each search fold's inner validation speakers: one inner split, no refit
@@ -187,16 +192,20 @@ def run_search(opts: SearchOptions, out_dir: str | Path, resume: bool = False):
     from ray_ser.train.tune_progress import TrialProgress
 
     console.quiet_libraries()  # optuna's import gave it a console handler
-    out_dir = Path(out_dir).resolve()
+    from ray_ser.storage import arrow_filesystem, join, snapshot
+    from ray_ser.train.driver import run_folder
+
+    out_dir = run_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    filesystem, storage_path = arrow_filesystem(out_dir)
     held_out, folds = plan_search(opts)
     layers, order = layer_prior(opts, held_out)
     log.info("layer prior (pool speakers only): %s; searching layers %s", order, layers)
     metric = metric_name(opts)
-    fn = tune.with_resources(tune.with_parameters(trainable), {"CPU": opts.cpus_per_trial})
-    path = out_dir / opts.name
-    if resume and tune.Tuner.can_restore(str(path)):
-        tuner = tune.Tuner.restore(str(path), trainable=fn, resume_errored=True)
+    fn = tune.with_resources(tune.with_parameters(trainable, storage=snapshot()), {"CPU": opts.cpus_per_trial})
+    path = join(storage_path, opts.name)
+    if resume and tune.Tuner.can_restore(path, storage_filesystem=filesystem):
+        tuner = tune.Tuner.restore(path, trainable=fn, resume_errored=True, storage_filesystem=filesystem)
     else:
         searcher = ConcurrencyLimiter(OptunaSearch(metric=metric, mode="max", seed=opts.seed,
                                                    points_to_evaluate=[first_point(opts, layers[0])]),
@@ -210,7 +219,7 @@ def run_search(opts: SearchOptions, out_dir: str | Path, resume: bool = False):
                                         num_samples=opts.num_samples, time_budget_s=opts.time_budget_s,
                                         max_concurrent_trials=opts.max_concurrent,
                                         trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
-            run_config=tune.RunConfig(name=opts.name, storage_path=str(out_dir),
+            run_config=tune.RunConfig(name=opts.name, storage_path=storage_path, storage_filesystem=filesystem,
                                       callbacks=[TBXLoggerCallback(), TrialProgress(metric, opts.num_samples)],
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                       verbose=None if console.is_verbose() else 0),  # quiet: the trials bar instead
@@ -253,9 +262,10 @@ def trials_table(results, metric: str) -> pl.DataFrame:
 def write_outputs(trials: pl.DataFrame, opts: SearchOptions, metric: str, out_dir: Path, held_out: Sequence[int],
                   folds: Sequence[int], prior: dict | None = None) -> dict:
     """``trials.parquet`` and ``best_config.json`` (a TrainConfig that jobs/train.py --config takes as is)."""
-    tmp = out_dir / "trials.parquet.tmp"
-    trials.write_parquet(tmp)
-    tmp.replace(out_dir / "trials.parquet")
+    from ray_ser.storage import run_path, write_parquet
+
+    out_dir = run_path(out_dir)
+    write_parquet(trials, out_dir / "trials.parquet")
     ok = trials.filter(pl.col(metric).is_not_null())
     if ok.height == 0:
         raise RuntimeError(f"no trial reported {metric}: see {out_dir / opts.name}")

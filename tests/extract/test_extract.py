@@ -189,6 +189,7 @@ def test_cpu_layout_prefers_single_threaded_actors_and_leaves_room_for_decoding(
     assert cpu_layout(8, pool_size=1, threads=8)[:2] == (1, 8)
     pool, _, cpus = cpu_layout(2, pool_size=8)
     assert pool == 8 and pool * cpus <= 2 - 0.5  # an oversized pool still leaves decode tasks a CPU share
+    assert cpu_layout(2, pool_size=1, node_cpus=1.0) == (1, 1, 0.5)  # two 1-CPU nodes: an actor fits on one
 
 
 def test_input_blocks_hold_whole_batches(emodb6):

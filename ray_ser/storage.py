@@ -1,0 +1,282 @@
+"""Where things are written: local folders or object-store URIs (``s3://``, ``gs://``, ``az://``), and the storage
+options that reach every library that opens them.
+
+One set of options (LanceDB/Lance keys: ``endpoint``, ``access_key_id``, ``secret_access_key``, ``session_token``,
+``region``, ``allow_http``) is resolved once, on the driver, from the config and the usual environment
+(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...), and then travels with the objects that use it (a
+:class:`ray_ser.store.core.Store`, a run folder) to workers on other nodes, which need no credentials of their own.
+The same options become a pyarrow filesystem for Ray Train and Tune (``storage_filesystem``) and an fsspec
+filesystem for run folders (:func:`run_path`, a pathlib-like ``UPath``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+from urllib.parse import urlparse
+
+from ray_ser.errors import InputError
+
+Options = dict[str, str]
+
+SCHEMES = ("s3", "gs", "az")
+"""Object stores whose options ray_ser resolves (Lance and LanceDB take more; they get the options as given)."""
+
+S3_ENV = {
+    "endpoint": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"),
+    "access_key_id": ("AWS_ACCESS_KEY_ID",),
+    "secret_access_key": ("AWS_SECRET_ACCESS_KEY",),
+    "session_token": ("AWS_SESSION_TOKEN",),
+    "region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
+    "allow_http": ("AWS_ALLOW_HTTP",),
+}
+GS_ENV = {"service_account": ("GOOGLE_SERVICE_ACCOUNT", "GOOGLE_APPLICATION_CREDENTIALS")}
+AZ_ENV = {"account_name": ("AZURE_STORAGE_ACCOUNT_NAME",), "account_key": ("AZURE_STORAGE_ACCOUNT_KEY",)}
+SECRET_KEYS = ("secret_access_key", "session_token", "account_key", "service_account_key", "sas_token", "token")
+"""Option keys whose values never reach a file (configs, run records) or a log line."""
+
+FAIL_FAST = {"connect_timeout": "5s", "timeout": "60s", "client_max_retries": "3", "client_retry_timeout": "15"}
+"""Lance's object-store client defaults to retrying for minutes; an unreachable endpoint should fail in seconds."""
+
+
+_REGISTERED: dict[str, Options] = {}
+"""{scheme: options} this process was given (:func:`register`): the experiment's options for its object store."""
+
+
+def register(location: str | os.PathLike | None, options: Mapping[str, Any] | None) -> Options:
+    """Make ``options`` (over the environment's) the ones every URI of ``location``'s scheme opens with in this
+    process: a job registers its config's once, a Ray worker the driver's (:func:`snapshot`). Returns them."""
+    if not is_uri(location):
+        return {}
+    resolved = resolve_options(location, options)
+    for key, value in _REGISTERED.get(scheme(location), {}).items():  # a saved config's masked secret: keep ours
+        if (options or {}).get(key) == REDACTED:
+            resolved[key] = value
+    _REGISTERED[scheme(location)] = resolved
+    return resolved
+
+
+def snapshot() -> dict[str, Options]:
+    """Every registered scheme's options, to hand to a worker (:func:`restore` there)."""
+    return {k: dict(v) for k, v in _REGISTERED.items()}
+
+
+def restore(saved: Mapping[str, Mapping[str, str]] | None) -> None:
+    """Register a driver's :func:`snapshot` in a worker process (options as they are, no environment)."""
+    for key, options in (saved or {}).items():
+        _REGISTERED[key] = dict(options)
+
+
+def options_for(location: str | os.PathLike | None, explicit: Mapping[str, Any] | None = None) -> Options:
+    """``explicit`` options (over the environment's) when given, else those registered for ``location``'s scheme,
+    else the environment's."""
+    if not is_uri(location):
+        return {}
+    if explicit is None and scheme(location) in _REGISTERED:
+        return dict(_REGISTERED[scheme(location)])
+    return resolve_options(location, explicit)
+
+
+class StoreUnavailable(InputError):
+    """An object-store URI that cannot be used: wrong credentials, no such bucket, or no endpoint answering."""
+
+
+def is_uri(location: str | os.PathLike | None) -> bool:
+    """True for ``scheme://...`` (an object store or another fsspec protocol), False for a local path."""
+    text = str(location or "")
+    return "://" in text and not text.startswith("file://")
+
+
+def scheme(location: str | os.PathLike) -> str:
+    """``s3`` for ``s3://bucket/x``; ``file`` for a local path."""
+    return urlparse(str(location)).scheme if is_uri(location) else "file"
+
+
+def join(location: str | os.PathLike, *parts: str) -> str:
+    """``location/part/...`` for a URI or a path, without turning ``s3://`` into ``s3:/``."""
+    if is_uri(location):
+        return "/".join([str(location).rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(location, *parts))
+
+
+def resolve_options(location: str | os.PathLike | None, explicit: Mapping[str, Any] | None = None) -> Options:
+    """Storage options for ``location``: the usual environment variables of its scheme, overridden by ``explicit``
+    (the config's ``store.options``); empty for a local path. Values are strings, as Lance takes them."""
+    if not is_uri(location):
+        return {}
+    env_map = {"s3": S3_ENV, "gs": GS_ENV, "az": AZ_ENV}.get(scheme(location), {})
+    options: Options = {}
+    for key, names in env_map.items():
+        for name in names:
+            if os.environ.get(name):
+                options[key] = os.environ[name]
+                break
+    options.update({str(k): _text(v) for k, v in (explicit or {}).items() if v is not None and v != REDACTED})
+    if scheme(location) == "s3" and options.get("endpoint", "").startswith("http://"):
+        options.setdefault("allow_http", "true")
+    return options
+
+
+def lance_options(location: str | os.PathLike | None, options: Mapping[str, str] | None) -> Options | None:
+    """What to hand Lance/LanceDB/lance-ray: the options plus fail-fast client settings (None for a local path)."""
+    if not is_uri(location):
+        return None
+    return {**FAIL_FAST, **dict(options or {})}
+
+
+REDACTED = "***"
+"""A secret option's value in a saved config: a stage that reads that config keeps the secret it already has."""
+
+
+def redact(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``options`` with secret values replaced (for configs, run records and messages)."""
+    return {k: (REDACTED if k in SECRET_KEYS and v else v) for k, v in (options or {}).items()}
+
+
+def _text(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _flag(value: str | None) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+# ---- filesystems ------------------------------------------------------------------------------------------------
+def fsspec_kwargs(location: str | os.PathLike, options: Mapping[str, str] | None) -> dict[str, Any]:
+    """The same options as keyword arguments of the scheme's fsspec filesystem (s3fs, gcsfs, adlfs)."""
+    o = dict(options or {})
+    kind = scheme(location)
+    if kind == "s3":
+        kw: dict[str, Any] = {"key": o.get("access_key_id"), "secret": o.get("secret_access_key"),
+                              "token": o.get("session_token"), "endpoint_url": o.get("endpoint"),
+                              # checksums only where S3 requires them: S3-compatible servers (Ceph RGW before 19,
+                              # older MinIO) refuse the streamed aws-chunked uploads that newer SDKs send by default
+                              "config_kwargs": {"connect_timeout": 5, "retries": {"max_attempts": 3},
+                                                "request_checksum_calculation": "when_required",
+                                                "response_checksum_validation": "when_required"}}
+        if o.get("region"):
+            kw["client_kwargs"] = {"region_name": o["region"]}
+        return {k: v for k, v in kw.items() if v is not None}
+    if kind == "gs":
+        return {"token": o["service_account"]} if o.get("service_account") else {}
+    if kind == "az":
+        return {k: o[k] for k in ("account_name", "account_key") if o.get(k)}
+    return {}
+
+
+def run_path(location: str | os.PathLike, options: Mapping[str, str] | None = None):
+    """A run folder (or a file in one) as a pathlib-like object: a :class:`~pathlib.Path` for a local path, an
+    ``upath.UPath`` on the object store for a URI (``read_text``, ``write_bytes``, ``glob``, ``exists``, ``/``)."""
+    if isinstance(location, Path) or not is_uri(location):
+        return Path(location)
+    if hasattr(location, "protocol"):  # already a UPath
+        return location
+    from upath import UPath
+
+    return UPath(str(location), **fsspec_kwargs(location, options_for(location, options)))
+
+
+@contextlib.contextmanager
+def staged(location: str | os.PathLike) -> Iterator[Path]:
+    """A local folder to write a job's outputs into: ``location`` itself when it is a path; for a URI a scratch
+    folder whose files are copied to ``location`` when the block ends without error (each file one PUT, so a
+    reader sees a file whole or not at all; a failed job uploads nothing)."""
+    if not is_uri(location):
+        Path(location).mkdir(parents=True, exist_ok=True)
+        yield Path(location)
+        return
+    with tempfile.TemporaryDirectory(prefix="ray_ser_out_") as d:
+        yield Path(d)
+        upload(Path(d), location)
+
+
+def upload(folder: Path, location: str | os.PathLike) -> int:
+    """Copy every file under the local ``folder`` to ``location`` (same relative names); returns the files copied."""
+    root = run_path(location)
+    n = 0
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            (root / f.relative_to(folder).as_posix()).write_bytes(f.read_bytes())
+            n += 1
+    return n
+
+
+def write_parquet(frame, target) -> None:
+    """Write a Polars frame to ``target`` (a path or a run_path on an object store) whole or not at all: a temporary
+    file renamed into place on disk, one PUT on an object store."""
+    target = run_path(target)
+    if isinstance(target, Path):
+        tmp = target.with_name(target.name + ".tmp")
+        frame.write_parquet(tmp)
+        tmp.replace(target)
+        return
+    import io
+
+    buf = io.BytesIO()
+    frame.write_parquet(buf)
+    target.write_bytes(buf.getvalue())
+
+
+def arrow_filesystem(location: str | os.PathLike, options: Mapping[str, str] | None = None):
+    """``(pyarrow filesystem, path on it)`` for Ray Train's and Tune's ``storage_path``/``storage_filesystem``;
+    ``(None, absolute local path)`` for a local folder (Ray's own default).
+
+    An object store gets the fsspec filesystem of :func:`fsspec_kwargs` wrapped for pyarrow: it carries the
+    options explicitly (a Train controller or Tune trial on another node has no environment of ours), and unlike
+    pyarrow's own S3 client it can be told to send checksums only where required, which S3-compatible servers
+    such as Ceph's gateway need for multipart uploads."""
+    if not is_uri(location):
+        return None, str(Path(location).resolve())
+    import fsspec
+    import pyarrow.fs as pafs
+
+    parsed = urlparse(str(location))
+    fs = fsspec.filesystem(parsed.scheme, **fsspec_kwargs(location, options_for(location, options)))
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), (parsed.netloc + parsed.path).rstrip("/")
+
+
+def local_log_dir(location: str | os.PathLike) -> Path:
+    """Where the driver's log of a run on an object store goes: this machine's cache (a log is the driver's own,
+    and an object store cannot be appended to line by line)."""
+    from ray_ser.fm.hashing import cache_dir
+
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", str(location).split("://", 1)[-1]).strip("_")[-80:]
+    digest = hashlib.sha1(str(location).encode()).hexdigest()[:8]
+    return cache_dir() / "logs" / f"{slug}-{digest}"
+
+
+# ---- a quick check before any work ------------------------------------------------------------------------------
+def check_reachable(location: str, options: Mapping[str, str] | None) -> None:
+    """Fail within seconds, naming ``location`` and the reason, when its bucket cannot be listed (wrong
+    credentials, no such bucket, no endpoint answering); nothing is written. A local path is always fine."""
+    key = (str(location), repr(sorted((options or {}).items())))
+    if not is_uri(location) or key in _CHECKED:
+        return
+    import fsspec
+
+    parsed = urlparse(str(location))
+    fs = fsspec.filesystem(parsed.scheme, skip_instance_cache=True, **fsspec_kwargs(location, options))
+    where = (options or {}).get("endpoint") or "the default endpoint"
+    try:
+        fs.ls(parsed.netloc, detail=False)
+    except FileNotFoundError:
+        raise StoreUnavailable(f"{location}: bucket {parsed.netloc!r} does not exist at {where}") from None
+    except Exception as e:  # noqa: BLE001 - the client's own reason (denied, bad signature, refused) says it best
+        reason = " ".join(str(e).split())
+        if reason in ("", "None"):  # s3fs's PermissionError carries the service's answer as its cause
+            reason = " ".join(str(e.__cause__ or e.__context__ or type(e).__name__).split())
+        reason = reason.removesuffix(": None")
+        if isinstance(e, PermissionError):
+            reason = f"access denied (credentials): {reason}"
+        if len(reason) > 300:
+            reason = reason[:300] + "..."
+        raise StoreUnavailable(f"{location}: cannot use the object store at {where}: {reason}") from None
+    _CHECKED.add(key)
+
+
+_CHECKED: set[tuple[str, str]] = set()

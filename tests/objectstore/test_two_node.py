@@ -1,0 +1,172 @@
+"""ray_ser on a real two-node Ray cluster (tests/services/ray_cluster.py: a head and a worker node on this machine)
+with the store on a real S3-compatible gateway: jobs go in with `ray job submit`, the storage options travel in
+the config file only (no node has AWS_* variables), and a lost node or a second driver loses and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from s3util import experiment, row_counts
+from services.ray_cluster import ray_cli, submit
+
+from ray_ser.storage import run_path
+from ray_ser.store.core import Store
+
+pytestmark = pytest.mark.cluster
+PROJECT = Path(__file__).resolve().parents[2]
+CONDS = ["clean", "5dB"]
+
+
+def job(cluster, *args: str, wait: bool = True):
+    """`ray job submit` of a ray_ser stage script from this checkout (``wait=False``: returns the job id)."""
+    out = submit(cluster, *([] if wait else ["--no-wait"]), "--working-dir", str(PROJECT), "--", "python", *args)
+    if wait:
+        return out
+    assert out.returncode == 0, out.stdout + out.stderr
+    return next(w for w in (out.stdout + out.stderr).replace("'", " ").split() if w.startswith("raysubmit_"))
+
+
+def job_status(cluster, job_id: str) -> str:
+    out = ray_cli("job", "status", "--address", cluster.dashboard, job_id, env=cluster.env(), timeout=60)
+    for state in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
+        if state in out.stdout + out.stderr:
+            return state
+    return "UNKNOWN"
+
+
+def wait_job(cluster, job_id: str, timeout: float = 600) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = job_status(cluster, job_id)
+        if state in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return state
+        time.sleep(2)
+    return "TIMEOUT"
+
+
+def job_logs(cluster, job_id: str) -> str:
+    out = ray_cli("job", "logs", "--address", cluster.dashboard, job_id, env=cluster.env(), timeout=60)
+    return out.stdout + out.stderr
+
+
+def tally(store: Store, utt_ids) -> dict[str, int]:
+    """Expected, written, missing and duplicated (utterance, condition, layer) rows."""
+    counts = row_counts(store)
+    want = {(u, c, layer) for u in utt_ids for c in CONDS for layer in range(3)}
+    return {"expected": len(want), "written": sum(counts.values()), "missing": len(want - set(counts)),
+            "duplicated": sum(n - 1 for n in counts.values() if n > 1), "unexpected": len(set(counts) - want)}
+
+
+@pytest.fixture(scope="module")
+def setup(rgw, tiny_model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("twonode")
+    config = experiment(tmp, rgw, tiny_model_dir, "twonode", store=rgw.uri("stores", "twonode"),
+                        extract={"commit_seconds": 0, "batch_size": 2})
+    return {"tmp": tmp, "config": str(config)}
+
+
+@pytest.fixture(scope="module")
+def extracted(two_node_cluster, rgw, setup):
+    """The extraction job with its model actor pinned to the worker node (actors need the `worker` resource)."""
+    done = job(two_node_cluster, "jobs/extract.py", "--config", setup["config"], "--write-mode", "fragments",
+               "--pool-size", "1", "--actor-resources", json.dumps({"worker": 0.5}))
+    return done
+
+
+def test_extraction_runs_its_model_on_the_worker_node_and_writes_only_the_bucket(two_node_cluster, rgw, setup, extracted):
+    assert extracted.returncode == 0, (extracted.stdout + extracted.stderr)[-5000:]
+    store = Store(rgw.uri("stores", "twonode"), rgw.storage_options())
+    counts = tally(store, store.manifest("synth").column("utt_id"))
+    print("extraction on the worker node:", counts)
+    assert counts["missing"] == counts["duplicated"] == counts["unexpected"] == 0
+    actors = ray_cli("list", "actors", "--detail", "--format", "json", "--limit", "10000",
+                     "--address", two_node_cluster.dashboard, env=two_node_cluster.env(), timeout=120)
+    embed = [a for a in json.loads(actors.stdout) if "EmbedStage" in (a.get("class_name") or "")]
+    assert embed and {a["node_id"] for a in embed} == {two_node_cluster.worker_node_id()}, embed
+    for root in (two_node_cluster.head_temp, setup["tmp"]):  # no table, fragment or run folder on a node's disk
+        assert not [p for p in Path(root).rglob("*.lance")], root
+        assert not [p for p in Path(root).rglob("s3:*")], root
+
+
+def test_a_killed_worker_node_then_a_rerun_leaves_every_row_once(two_node_cluster, rgw, setup, tmp_path):
+    from synthetic import write_corpus
+
+    write_corpus(tmp_path / "audio", n_speakers=6, per_class=5, seed=3)  # 90 utterances: time to kill it midway
+    import yaml
+
+    cfg = yaml.safe_load(Path(setup["config"]).read_text())
+    cfg["data"]["csv"], cfg["data"]["data_root"] = str(tmp_path / "audio" / "synth.csv"), str(tmp_path)
+    cfg["store"]["uri"] = uri = rgw.uri("stores", "killed")
+    path = tmp_path / "killed.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    args = ("jobs/extract.py", "--config", str(path), "--pool-size", "2")
+    job_id = job(two_node_cluster, *args, wait=False)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            if row_counts(Store(uri, rgw.storage_options())):
+                break
+        except Exception:  # no table yet
+            pass
+        time.sleep(0.5)
+    assert job_status(two_node_cluster, job_id) == "RUNNING", "finished before the node could be lost"
+    two_node_cluster.kill_worker()
+    two_node_cluster.wait_nodes(1)
+    two_node_cluster.start_worker()  # a replacement node joins; the job goes on or stops with its reason
+    state = wait_job(two_node_cluster, job_id)
+    assert state in ("SUCCEEDED", "FAILED"), state
+    if state == "FAILED":
+        assert "Error" in job_logs(two_node_cluster, job_id)
+    store = Store(uri, rgw.storage_options())
+    first = tally(store, store.manifest("synth").column("utt_id"))
+    rerun = job(two_node_cluster, *args)
+    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
+    after = tally(store, store.manifest("synth").column("utt_id"))
+    print(f"worker node killed: job {state}, then {first}; after the re-run {after}")
+    assert after["missing"] == after["duplicated"] == after["unexpected"] == 0
+
+
+def test_two_drivers_extracting_one_table_share_it_through_the_lease(two_node_cluster, rgw, setup):
+    import yaml
+
+    cfg = yaml.safe_load(Path(setup["config"]).read_text())
+    cfg["store"]["uri"] = uri = rgw.uri("stores", "two-drivers")
+    path = Path(setup["tmp"]) / "two-drivers.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    ids = [job(two_node_cluster, "jobs/extract.py", "--config", str(path), "--wait-lease", "600", "--pool-size", "1",
+               wait=False) for _ in range(2)]
+    states = [wait_job(two_node_cluster, i) for i in ids]
+    assert states == ["SUCCEEDED", "SUCCEEDED"], [job_logs(two_node_cluster, i)[-3000:] for i in ids]
+    store = Store(uri, rgw.storage_options())
+    counts = tally(store, store.manifest("synth").column("utt_id"))
+    runs = store.runs().to_arrow().to_pylist()
+    print("two drivers:", counts, [(r["extracted"], r["done_before"]) for r in runs])
+    assert counts["missing"] == counts["duplicated"] == 0
+    assert sorted(r["extracted"] for r in runs) == [0, 36 * len(CONDS)]  # one wrote it all, the other found it done
+
+
+def test_training_resumes_on_the_bucket_after_a_kill_then_evaluates(two_node_cluster, rgw, setup, extracted):
+    assert extracted.returncode == 0
+    out = rgw.uri("runs", "twonode-train")
+    args = ("jobs/train.py", "--config", setup["config"], "--out", out, "--layer", "1", "--epochs", "3")
+    job_id = job(two_node_cluster, *args, wait=False)
+    marker = run_path(out + "/fold_0/best/config.json", rgw.storage_options())
+    deadline = time.time() + 600
+    while time.time() < deadline and not marker.exists() and job_status(two_node_cluster, job_id) in ("PENDING", "RUNNING"):
+        time.sleep(1)
+    assert marker.exists(), job_logs(two_node_cluster, job_id)[-3000:]
+    stamp = marker.stat().st_mtime
+    ray_cli("job", "stop", "--address", two_node_cluster.dashboard, job_id, env=two_node_cluster.env(), timeout=120)
+    assert wait_job(two_node_cluster, job_id) in ("STOPPED", "SUCCEEDED")
+    resumed = job(two_node_cluster, *args)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
+    assert marker.stat().st_mtime == stamp  # fold 0 was kept, not trained again
+    for fold in range(4):
+        assert run_path(f"{out}/fold_{fold}/best/model.pt", rgw.storage_options()).exists()
+    evaluated = job(two_node_cluster, "jobs/evaluate.py", "--config", setup["config"], "--run", out)
+    assert evaluated.returncode == 0, (evaluated.stdout + evaluated.stderr)[-4000:]
+    assert run_path(out + "/eval/metrics.parquet", rgw.storage_options()).exists()
