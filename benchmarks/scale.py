@@ -23,12 +23,12 @@ The stages run in this order, except tune, which runs right after prune_frames (
 centroids; --pipeline-order says why and runs it after train instead). A failing stage ends that size (its
 error is in the table, the JSON and the log).
 
-Measured per stage: wall time; the driver's peak resident memory (this process: VmHWM, reset before the
-stage); the largest Ray worker's (processes descended from this one whose command line starts with "ray::",
-sampled every --sample-s from /proc: their VmHWM, reset at the stage's start, so peaks between samples
-count; workers kept from an earlier stage count with what they still hold); "growth": that peak less the
-process's resident memory when the stage began; the sum of all such workers' resident memory at its sampled peak; and the store's bytes on disk after
-the stage. Then a table per stage and size, each stage's growth exponent of wall time between consecutive
+Measured per stage: wall time; the driver's peak resident memory (the size's process: VmHWM, reset before the
+stage); the largest Ray worker's (processes descended from the driver whose command line starts with "ray::",
+Ray's agents left out, sampled every --sample-s from /proc: their VmHWM, reset at the stage's start, so peaks
+between samples count; workers kept from an earlier stage count with what they still hold); "growth": that
+peak less the process's resident memory when the stage began; the sum of all such workers' resident memory
+at its sampled peak; and the store's bytes on disk after the stage. Then a table per stage and size, each stage's growth exponent of wall time between consecutive
 sizes (log(t2/t1)/log(n2/n1)), a JSON of every figure (--out), and, last, one line per stage:
 
     scale <stage> exponent <e> driver_peak_mb <m> worker_peak_mb <w>

@@ -120,8 +120,11 @@ def write_centroids(store: Store, model: str, layer: int, k: int, centroids: np.
 
 def read_centroids(store: str | Store, model: str, layer: int, k: int, fold: int, fold_id: str) -> np.ndarray:
     """The stored (k, dim) float32 centroids of (fold, layer, k) under fold assignment ``fold_id``."""
-    t = catalog.read(store, catalog.CENTROIDS, model, columns=["cluster", "centroid"], fold_id=fold_id,
+    # centroids of other fold assignments may sit beside these (a Tune search's pool folds beside the cluster
+    # job's outer folds): only this assignment's count, none is a KeyError (ensure_centroids then fits them)
+    t = catalog.read(store, catalog.CENTROIDS, model, columns=["cluster", "centroid", "fold_id"],
                      layer=int(layer), k=int(k), fold=int(fold))
+    t = t.filter(pc.equal(t.column("fold_id"), fold_id))
     if t.num_rows == 0:
         raise KeyError(f"no centroids of {model} layer {layer} k {k} fold {fold} (fold assignment {fold_id})")
     return np.asarray(t.sort_by("cluster").column("centroid").to_pylist(), np.float32)

@@ -69,10 +69,16 @@ def test_centroids_of_folds_coexist_and_never_see_test_speakers(store_uri, fitte
     X = cl.draw_frames(store_uri, "tiny", LAYER, "clean", n=10**6, seed=0, train_utts=assignment.train_utts(FOLD))
     Y = cl.draw_frames(store_uri, "tiny", LAYER, "clean", n=10**6, seed=0, train_utts=assignment.utt_ids)
     assert len(X) < len(Y)
-    with pytest.raises(ValueError, match="fold assignment"):
+    with pytest.raises(KeyError, match="fold assignment 0123456789ab"):  # another assignment's: none stored
         cl.read_centroids(store_uri, "tiny", LAYER, 4, FOLD, "0123456789ab")
     again = cl.ensure_centroids(store_uri, "tiny", LAYER, 4, assignment, FOLD)  # stored: read, not refitted
     np.testing.assert_array_equal(again, cents[4])
+    # a Tune search's pool folds (another assignment) fit their own beside the cluster job's, which stay
+    pool = assignment.without([f for f in assignment.fold_ids if f != FOLD][:1])
+    assert pool.id != assignment.id
+    mine = cl.ensure_centroids(store_uri, "tiny", LAYER, 4, pool, FOLD)
+    np.testing.assert_array_equal(cl.read_centroids(store_uri, "tiny", LAYER, 4, FOLD, pool.id), mine)
+    np.testing.assert_array_equal(cl.read_centroids(store_uri, "tiny", LAYER, 4, FOLD, assignment.id), cents[4])
 
 
 def test_every_frame_of_every_condition_gets_an_id(store_uri, fitted, assignment):
