@@ -446,7 +446,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--utterances", default="300,1000", help="comma-separated corpus sizes, run in increasing order")
     p.add_argument("--work", default="/tmp/ray_ser_scale",
                    help="folder of the corpora, stores and runs (one n<N>/ each; a complete corpus is reused)")
-    p.add_argument("--out", default=str(HERE / "scale_results.json"), help="JSON of every figure")
+    p.add_argument("--out", default=None, help="JSON of every figure (default: <work>/scale_results.json)")
     p.add_argument("--log", default=None, help="the jobs' printed output (default: <work>/scale.log)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated corpus")
     p.add_argument("--processes", type=int, default=None, help="corpus generation processes (default: up to 2)")
@@ -477,6 +477,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    args.out = args.out or str(work / "scale_results.json")
     model = save_tiny_hubert(work / f"tiny-hubert-{args.model_layers}x{args.model_width}", args.model_layers,
                              args.model_width)
     results = []

@@ -24,9 +24,6 @@ from ray_ser.errors import InputError
 
 Options = dict[str, str]
 
-SCHEMES = ("s3", "gs", "az")
-"""Object stores whose options ray_ser resolves (Lance and LanceDB take more; they get the options as given)."""
-
 S3_ENV = {
     "endpoint": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"),
     "access_key_id": ("AWS_ACCESS_KEY_ID",),
@@ -40,8 +37,9 @@ AZ_ENV = {"account_name": ("AZURE_STORAGE_ACCOUNT_NAME",), "account_key": ("AZUR
 SECRET_KEYS = ("secret_access_key", "session_token", "account_key", "service_account_key", "sas_token", "token")
 """Option keys whose values never reach a file (configs, run records) or a log line."""
 
-FAIL_FAST = {"connect_timeout": "5s", "timeout": "60s", "client_max_retries": "3", "client_retry_timeout": "15"}
-"""Lance's object-store client defaults to retrying for minutes; an unreachable endpoint should fail in seconds."""
+FAIL_FAST = {"connect_timeout": "5s", "timeout": "300s", "client_max_retries": "3", "client_retry_timeout": "15"}
+"""Lance's object-store client defaults to retrying for minutes; an unreachable endpoint should fail in seconds (a
+request may still take minutes: a data file of a large commit over a slow link)."""
 
 
 _REGISTERED: dict[str, Options] = {}
@@ -140,10 +138,6 @@ def redact(options: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def _text(value: Any) -> str:
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
-
-
-def _flag(value: str | None) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 # ---- filesystems ------------------------------------------------------------------------------------------------

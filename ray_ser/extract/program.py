@@ -58,7 +58,7 @@ class ExtractOptions:
     keep_versions_s: float = 3600.0  # compaction deletes superseded versions only this long after (readers)
     write_mode: str = "driver"  # "driver": actors return rows, the driver appends them; "fragments": actors write
     # Lance fragments themselves and the driver only commits them (in arrival order, every commit_seconds)
-    actor_resources: dict[str, float] | None = None  # custom Ray resources each model actor needs (pins them to nodes)
+    actor_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources of each model actor
 
     @property
     def key(self) -> str:

@@ -23,7 +23,7 @@ def experiment(tmp: Path, gw, model_dir: Path, name: str, *, store: str, options
         "extract": {"model": str(model_dir), "model_key": "tiny", "conditions": ["clean", "5dB"], "batch_size": 4},
         "analysis": {"mis": False, "probe": True, "clusters": {"k": [4], "sample_frames": 2000}},
         "train": {"arch": "mlp", "mlp_hidden": 0, "auto_layers": 1, "epochs": 2, "patience": 2, "batch_size": 8,
-                  "cpus_per_worker": 0.5, "spec_augment": False},
+                  "cpus_per_worker": 0.5, "spec_augment": False, "outer_folds": "0,1"},  # two of the 4 LOSO folds
         "evaluate": {"n_boot": 20},
     }
     for key, value in sections.items():

@@ -133,3 +133,11 @@ def test_shard_cache_over_budget_streams_every_epoch():
         got = [u for c in cache.chunks(src, 16, np.random.default_rng(epoch)) for u in c["utt_id"]]
         assert sorted(got) == sorted(f"u{i:03d}" for i in range(100))
     assert src.reads == 3 and cache.rows is None and cache.streaming
+
+
+def test_domain_of_reads_the_class_index_and_ignores_other_domains():
+    from ray_ser.train.reader import IGNORE, Labels
+
+    labels = Labels(categories=["a"], rows={"u1": {"speaker": "s2"}, "u2": {"speaker": "s9"}, "u3": {}},
+                    domains=["s1", "s2", "s2"], domain_key="speaker")
+    assert [labels.domain_of(u) for u in ("u1", "u2", "u3")] == [1, IGNORE, IGNORE]  # first index, as list.index
