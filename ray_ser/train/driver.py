@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from ray_ser import console, storage
 from ray_ser.corpora.folds import FoldAssignment
-from ray_ser.train.checkpoints import FINAL, final_checkpoint, fold_checkpoints, fold_dir, write_best
 from ray_ser.storage import arrow_filesystem, join, local_log_dir, run_path, write_parquet
+from ray_ser.train.checkpoints import FINAL, final_checkpoint, fold_checkpoints, fold_dir, write_best
 from ray_ser.train.config import TrainConfig
 from ray_ser.train.loop import final_state, load_state, train_loop_per_worker
 from ray_ser.train.plan import (
@@ -153,8 +153,7 @@ def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir:
     with result.checkpoint.as_directory() as d:
         state = final_state(load_state(d))
     write_best(out_dir, cfg, plan, state)
-    with (fold_dir(out_dir, fold) / "epochs.parquet").open("wb") as fh:
-        epochs_frame(state["history"]).write_parquet(fh)
+    write_parquet(epochs_frame(state["history"]), fold_dir(out_dir, fold) / "epochs.parquet")
     return {"fold": fold, "layer": plan.layer, "layers": plan.read_layers, "best_epoch": state["best_epoch"], "best_val_score": state["best_score"],
             "epochs": state.get("selected", state)["epoch"], "refit_epochs": state.get("refit_epochs"),
             "seconds": time.perf_counter() - t0, "n_train": len(plan.inner),
