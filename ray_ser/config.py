@@ -25,8 +25,8 @@ from pydantic import (
 )
 
 from ray_ser.analysis.probe import DEFAULT_CS
-from ray_ser.errors import ConfigError, InputError  # noqa: F401 - re-exported: ray_ser.config is where users find them
 from ray_ser.analysis.saliency import DEFAULT_BINS
+from ray_ser.errors import ConfigError, InputError  # noqa: F401 - re-exported: ray_ser.config is where users find them
 from ray_ser.extract.conditions import DEFAULT_CONDITIONS, aug_conditions
 from ray_ser.extract.program import ExtractOptions
 from ray_ser.fm.registry import DEFAULT_MODEL
@@ -113,12 +113,6 @@ class StoreConfig(Section):
     """Storage options of object-store URIs (the store's and run folders'), as LanceDB takes them: endpoint,
     region, allow_http, access_key_id, ... Unset ones come from the usual environment (AWS_ENDPOINT_URL,
     AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP); keep secrets there, not in a file."""
-
-    def open(self):
-        """The :class:`~ray_ser.store.core.Store` at ``uri`` with these options."""
-        from ray_ser.store.core import Store
-
-        return Store(self.uri, use_storage(self))
 
 
 class ExtractConfig(Section):

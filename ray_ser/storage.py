@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, BinaryIO, Callable, Iterator, Mapping
 from urllib.parse import urlparse
 
 from ray_ser.errors import InputError
@@ -200,20 +201,26 @@ def upload(folder: Path, location: str | os.PathLike) -> int:
     return n
 
 
-def write_parquet(frame, target) -> None:
-    """Write a Polars frame to ``target`` (a path or a run_path on an object store) whole or not at all: a temporary
-    file renamed into place on disk, one PUT on an object store."""
+def write_whole(target, write: Callable[[BinaryIO], None]):
+    """Write a file whole or not at all, to a path or a URI: ``write`` fills a file object, which becomes a temporary
+    file renamed into place on disk, or one PUT on an object store. Returns the target (a path or a UPath)."""
     target = run_path(target)
     if isinstance(target, Path):
+        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".tmp")
-        frame.write_parquet(tmp)
+        with open(tmp, "wb") as fh:
+            write(fh)
         tmp.replace(target)
-        return
-    import io
-
+        return target
     buf = io.BytesIO()
-    frame.write_parquet(buf)
+    write(buf)
     target.write_bytes(buf.getvalue())
+    return target
+
+
+def write_parquet(frame, target) -> None:
+    """Write a Polars frame to ``target`` (a path or a URI) whole or not at all."""
+    write_whole(target, frame.write_parquet)
 
 
 def arrow_filesystem(location: str | os.PathLike, options: Mapping[str, str] | None = None):

@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 
 from ray_ser.analysis.saliency_store import labelled_rows, layer_matrix, layers_of
-from ray_ser.storage import is_uri, run_path
+from ray_ser.storage import is_uri, write_whole
 from ray_ser.store.core import Store, as_store
 
 MAX_ITER = 2000
@@ -259,8 +259,6 @@ def plot_layers(ranking: pl.DataFrame, probe: pl.DataFrame, path_png: str | Path
     import matplotlib.pyplot as plt
 
     path = str(path_png) if is_uri(path_png) else Path(path_png)
-    if isinstance(path, Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
     r = ranking.sort("layer")
     p = probe.sort("layer")
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
@@ -290,14 +288,7 @@ def plot_layers(ranking: pl.DataFrame, probe: pl.DataFrame, path_png: str | Path
         head += f", Spearman ρ = {rho:.2f}"
     ax.set_title(head, fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    if is_uri(path):  # on the object store: one PUT of the finished PNG
-        import io
-
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        plt.close(fig)
-        run_path(path).write_bytes(buf.getvalue())
-        return path
-    fig.savefig(path)
+    kind = Path(str(path)).suffix.lstrip(".") or "png"  # the format the name asks for, as savefig(path) reads it
+    write_whole(path, lambda fh: fig.savefig(fh, format=kind))  # on disk or one PUT on the object store
     plt.close(fig)
     return path

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ray_ser.storage import is_uri, run_path
+from ray_ser.storage import is_uri, run_path, write_whole
 
 CATEGORIES_KEY = b"ray_ser.categories"
 CORPUS_KEY = b"ray_ser.corpus"
@@ -147,18 +147,7 @@ class Manifest:
     def write(self, path: str | Path) -> Path:
         """Write as Parquet, atomically (temp file + rename; one PUT on an object store), so a crash never leaves
         half a manifest."""
-        if is_uri(path):
-            sink = pa.BufferOutputStream()
-            pq.write_table(self.table, sink)
-            target = run_path(path)
-            target.write_bytes(sink.getvalue().to_pybytes())
-            return target
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        pq.write_table(self.table, tmp)
-        tmp.replace(path)
-        return path
+        return write_whole(path, lambda fh: pq.write_table(self.table, fh))
 
     # views ----------------------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -114,12 +114,6 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({self.uri!r}, options={redact(self.options)})"
 
-    def dataset(self, name: str):
-        """Table ``name`` as a Lance dataset (for scans and commits that LanceDB does not expose)."""
-        import lance
-
-        return lance.dataset(self.table_uri(name), storage_options=self.storage_options)
-
     # tables ---------------------------------------------------------------------------------------
     def names(self) -> list[str]:
         result = self.db.list_tables()

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ray_ser.storage import is_uri, run_path
+from ray_ser.storage import is_uri, upload
 
 
 class EventWriter:
@@ -26,18 +26,11 @@ class EventWriter:
 
     def flush(self) -> None:
         self.writer.flush()
-        if self.target:
-            self._upload()
+        if self.target:  # the event files are small: each is copied up whole, replacing the object
+            upload(self.local, self.target)
 
     def close(self) -> None:
         self.writer.close()
         if self.target:
-            self._upload()
+            upload(self.local, self.target)
             shutil.rmtree(self.local, ignore_errors=True)
-
-    def _upload(self) -> None:
-        """Copy every event file up whole (they are small, and a re-upload replaces the object atomically)."""
-        root = run_path(self.target)
-        for f in self.local.rglob("*"):
-            if f.is_file():
-                (root / f.relative_to(self.local).as_posix()).write_bytes(f.read_bytes())

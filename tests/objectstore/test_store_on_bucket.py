@@ -10,26 +10,13 @@ import threading
 import uuid
 from datetime import timedelta
 
-import lance
-import numpy as np
 import pyarrow as pa
 import pytest
 from s3util import experiment, no_aws_env
+from store_checks import check_compaction_grace, rows
 
-from ray_ser.store.core import Store, embedding_schema
+from ray_ser.store.core import Store
 from ray_ser.store.lease import Lease, LeaseHeld
-
-
-def rows(keys, dim: int = 4) -> pa.Table:
-    n = len(keys)
-    schema = embedding_schema(dim).remove_metadata()
-    vec = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(n * dim, np.float32)), dim)
-    data = {"utt_id": [k[0] for k in keys], "condition": [k[1] for k in keys],
-            "layer": pa.array([k[2] for k in keys], pa.int16()), "n_frames": pa.array([5] * n, pa.int32()),
-            "duration": pa.array([1.0] * n, pa.float32()), "snr_db": pa.nulls(n, pa.float32()),
-            "rt60": pa.nulls(n, pa.float32()), "mean": vec, "std": vec, "frames": pa.nulls(n, schema.field("frames").type),
-            "aug_params": pa.nulls(n, pa.string())}
-    return pa.table(data).cast(schema)
 
 
 @pytest.fixture
@@ -39,17 +26,7 @@ def store(rgw):
 
 @pytest.mark.parametrize(("keep", "old_reader_survives"), [(None, True), (timedelta(0), False)])
 def test_compaction_keeps_superseded_files_for_readers(store, keep, old_reader_survives):
-    table = store.embeddings("m", dim=4, meta={})
-    for u in "abcde":
-        table.add(rows([(u, "clean", layer) for layer in range(3)]))
-    reader = lance.dataset(table.to_lance().uri, storage_options=store.storage_options)
-    Store.compact(table, keep)
-    assert len(table.to_lance().get_fragments()) == 1
-    if old_reader_survives:
-        assert reader.to_table(columns=["utt_id"]).num_rows == 15
-    else:
-        with pytest.raises(Exception, match="Not found|not found|NotFound"):
-            reader.to_table(columns=["utt_id"])
+    check_compaction_grace(store, keep, old_reader_survives)
 
 
 def test_resume_bookkeeping_finds_partial_and_duplicate_rows(store):

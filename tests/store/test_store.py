@@ -6,10 +6,10 @@ import json
 from datetime import timedelta
 
 import lance
-import numpy as np
 import pyarrow as pa
 import pytest
 from racing import race
+from store_checks import check_compaction_grace, rows
 
 from ray_ser.corpora import Manifest, Utterance
 from ray_ser.store.core import META_KEY, RUNS_SCHEMA, Store, embedding_schema
@@ -54,20 +54,6 @@ def test_multi_corpus_manifest_names_are_safe(tmp_path):
     assert len(store.manifest("emodb+ravdess")) == 6 and store.manifests().num_rows == 6
 
 
-def rows(keys, layers=3, dim=4) -> pa.Table:
-    """Embedding rows for (utt_id, condition, layer) triples."""
-    n = len(keys)
-    schema = embedding_schema(dim).remove_metadata()
-    vec = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(n * dim, np.float32)), dim)
-    return pa.table({
-        "utt_id": [k[0] for k in keys], "condition": [k[1] for k in keys], "layer": pa.array([k[2] for k in keys], pa.int16()),
-        "n_frames": pa.array([5] * n, pa.int32()), "duration": pa.array([1.0] * n, pa.float32()),
-        "snr_db": pa.nulls(n, pa.float32()), "rt60": pa.nulls(n, pa.float32()), "mean": vec, "std": vec,
-        "frames": pa.nulls(n, schema.field("frames").type),
-    }).cast(pa.schema([schema.field(c) for c in ("utt_id", "condition", "layer", "n_frames", "duration", "snr_db",
-                                                  "rt60", "mean", "std", "frames")]))
-
-
 def test_scan_keys_finds_complete_partial_and_exact_duplicates(tmp_path):
     store = Store(str(tmp_path))
     table = store.embeddings("m", dim=4, meta={})
@@ -88,18 +74,7 @@ def test_scan_keys_finds_complete_partial_and_exact_duplicates(tmp_path):
 
 @pytest.mark.parametrize(("keep", "old_reader_survives"), [(None, True), (timedelta(0), False)])
 def test_compaction_keeps_superseded_files_for_readers(tmp_path, keep, old_reader_survives):
-    store = Store(str(tmp_path))
-    table = store.embeddings("m", dim=4, meta={})
-    for u in "abcde":
-        table.add(rows([(u, "clean", layer) for layer in range(3)]))
-    reader = lance.dataset(table.to_lance().uri)  # a reader that opened the table before compaction
-    Store.compact(table, keep)  # default: the one-hour grace
-    assert len(table.to_lance().get_fragments()) == 1
-    if old_reader_survives:
-        assert reader.to_table(columns=["utt_id"]).num_rows == 15
-    else:
-        with pytest.raises(Exception, match="Not found"):
-            reader.to_table(columns=["utt_id"])
+    check_compaction_grace(Store(str(tmp_path)), keep, old_reader_survives)
 
 
 def test_runs_table_of_an_older_store_gets_the_new_columns(tmp_path):
