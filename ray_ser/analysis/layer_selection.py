@@ -43,6 +43,7 @@ per-fold choices, and the regret of the fold-averaged score's choice.
 from __future__ import annotations
 
 import warnings
+from collections import abc
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -64,6 +65,8 @@ __all__ = [
     "available_criteria",
     "choose_layer",
     "choose_from_arrays",
+    "fold_layer_scores",
+    "StoredLayers",
     "choose_layers",
     "comparison_table",
     "layer_rank_rows",
@@ -392,9 +395,50 @@ def choose_from_arrays(layers: Mapping[int, np.ndarray], data: LayerData, fold: 
     return pick(scores_from_arrays(layers, data, fold, criterion, seed))
 
 
+def fold_layer_scores(layers: Mapping[int, np.ndarray], data: LayerData, folds: Sequence[int],
+                      criterion: str = DEFAULT_CRITERION, seed: int = 0) -> dict[int, dict[int, float]]:
+    """{fold: {layer: ``criterion`` score}} for several outer folds, :func:`scores_from_arrays` each, with the
+    layers outermost: a :class:`StoredLayers` then reads each layer's vectors once and holds one at a time."""
+    subsets = {}
+    for f in folds:
+        train = data.train(int(f))
+        sub = data.subset(train)
+        subsets[int(f)] = (train, sub, inner_folds(sub.speakers, sub.labels, seed=seed)
+                           if criterion.endswith("_inner") else None)
+    out: dict[int, dict[int, float]] = {int(f): {} for f in folds}
+    for k in list(layers):
+        H = layers[k]
+        for f, (train, sub, inner) in subsets.items():
+            out[f][int(k)] = criterion_scores(H[train], sub, [criterion], inner, seed)[criterion]
+        del H
+    return out
+
+
+class StoredLayers(abc.Mapping):
+    """{layer: (n, N) float32 mean vectors of ``utt_ids``}, each read from the store when asked for and not kept:
+    every layer of a large model at MSP-Podcast's size (25 x 150,000 x 1,024 floats, 15 GB) never sits in one
+    process; a caller that needs a layer twice keeps it itself."""
+
+    def __init__(self, store, model: str, condition: str, layers: Sequence[int], utt_ids: Sequence[str]):
+        self.store, self.model, self.condition = store, model, condition
+        self.layers, self.utt_ids = [int(k) for k in layers], list(utt_ids)
+
+    def __getitem__(self, layer: int) -> np.ndarray:
+        if int(layer) not in self.layers:
+            raise KeyError(layer)
+        return layer_matrix(self.store, self.model, self.condition, int(layer), self.utt_ids)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+
 def load_layer_data(store, model: str, condition: str = "clean", folds: str | int = "auto", seed: int = 0,
                     layers: Sequence[int] | None = None, assignment=None) -> tuple[LayerData, dict[int, np.ndarray]]:
-    """(LayerData, {layer: (n, N) mean vectors}) of the labelled utterances of ``model``/``condition``:
+    """(LayerData, {layer: (n, N) mean vectors}, read a layer at a time: :class:`StoredLayers`) of the labelled
+    utterances of ``model``/``condition``:
     the saliency's rows and folds (:func:`ray_ser.analysis.saliency_store.labelled_rows`) less those without a
     categorical label (the probe needs one), as :func:`ray_ser.analysis.probe.layer_probe` does.  With ``assignment``
     (a :class:`~ray_ser.corpora.folds.FoldAssignment`) only its utterances, in its folds: e.g. a search's
@@ -413,7 +457,7 @@ def load_layer_data(store, model: str, condition: str = "clean", folds: str | in
     data = LayerData(targets_of(rows), np.asarray(rows["label"].to_list(), dtype=object),
                      np.asarray(rows["speaker"].to_list(), dtype=object), fold, utt_ids, desc)
     layers = list(layers) if layers is not None else layers_of(store, model, condition)
-    return data, {k: layer_matrix(store, model, condition, k, utt_ids) for k in layers}
+    return data, StoredLayers(store, model, condition, layers, utt_ids)
 
 
 def layer_scores(store, model: str, fold: int, condition: str = "clean", criterion: str = DEFAULT_CRITERION,
@@ -438,7 +482,7 @@ def choose_layers(store, model: str, folds_to_choose: Sequence[int] | None = Non
     store once; with ``assignment``, its utterances and folds (see :func:`load_layer_data`)."""
     data, layers = load_layer_data(store, model, condition, folds, seed, assignment=assignment)
     wanted = list(folds_to_choose) if folds_to_choose is not None else [-1, *sorted(set(data.fold.tolist()))]
-    return {int(f): choose_from_arrays(layers, data, int(f), criterion, seed) for f in wanted}
+    return {f: pick(s) for f, s in fold_layer_scores(layers, data, wanted, criterion, seed).items()}
 
 
 def best_first(scores: Mapping[int, float]) -> list[int]:
@@ -455,8 +499,7 @@ def layer_rank_rows(store, model: str, condition: str = "clean", criterion: str 
     data, layers = load_layer_data(store, model, condition, folds, seed, assignment=assignment)
     wanted = list(folds_to_score) if folds_to_score is not None else [-1, *sorted(set(data.fold.tolist()))]
     rows = []
-    for f in wanted:
-        scores = scores_from_arrays(layers, data, int(f), criterion, seed)
+    for f, scores in fold_layer_scores(layers, data, wanted, criterion, seed).items():
         order = best_first(scores)
         rows += [(int(f), k, float(scores[k]), order.index(k), criterion) for k in sorted(scores)]
     return pl.DataFrame(rows, schema={"fold": pl.Int32, "layer": pl.Int32, "layer_score": pl.Float64,
@@ -507,7 +550,7 @@ def ranked_layers(store, model: str, assignment, folds_wanted: Sequence[int], k:
     if found is not None:
         return found, f"layer_rank ({criterion}, fold assignment {assignment.id})"
     data, layers = load_layer_data(store, model, condition, seed=seed, assignment=assignment)
-    return ({int(f): best_first(scores_from_arrays(layers, data, int(f), criterion, seed))[:k] for f in folds_wanted},
+    return ({f: best_first(s)[:k] for f, s in fold_layer_scores(layers, data, folds_wanted, criterion, seed).items()},
             f"computed ({criterion} on each fold's training speakers)")
 
 

@@ -49,18 +49,27 @@ class FoldPredictor:
         x = collate(batch, self.device)
         with torch.no_grad():
             out = self.fm.module(x["x"], x["lengths"])
-        n = len(batch["utt_id"])
-        result = {"utt_id": batch["utt_id"], "condition": batch["condition"]}
-        if "logits" in out:
-            result["probs"] = torch.softmax(out["logits"].float(), -1).cpu().numpy()
-        if "dims" in out:
-            d = out["dims"].float().cpu().numpy()
-            for j, name in enumerate(DIMENSIONS):
-                result[f"pred_{name}"] = d[:, j]
-        else:
-            for name in DIMENSIONS:
-                result[f"pred_{name}"] = np.full(n, np.nan, np.float32)
-        return result
+        return prediction_rows(batch["utt_id"], batch["condition"], out)
+
+
+def prediction_rows(utt_ids, conditions, out: dict):
+    """One Arrow table of a batch's predictions: utt_id, condition, probs (list<float32>, when the model has a
+    categorical head) and pred_arousal/valence/dominance (NaN without a dimensional head). Arrow, not numpy, so
+    the driver gathers compact columns instead of one ndarray object per row."""
+    import pyarrow as pa
+    import torch
+
+    n = len(utt_ids)
+    cols = {"utt_id": pa.array([str(u) for u in utt_ids], pa.string()),
+            "condition": pa.array([str(c) for c in conditions], pa.string())}
+    if "logits" in out:
+        p = torch.softmax(out["logits"].float(), -1).cpu().numpy().astype(np.float32)
+        cols["probs"] = pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * p.shape[1]),
+                                                 pa.array(p.reshape(-1)))
+    d = out["dims"].float().cpu().numpy() if "dims" in out else np.full((n, len(DIMENSIONS)), np.nan, np.float32)
+    for j, name in enumerate(DIMENSIONS):
+        cols[f"pred_{name}"] = pa.array(d[:, j].astype(np.float32))
+    return pa.table(cols)
 
 
 def evaluation_conditions(store, model: str) -> list[str]:
@@ -101,10 +110,8 @@ def predict_fold(store: str, checkpoint: str | Path, conditions: Sequence[str] |
     ds = ds.map_batches(FoldPredictor, fn_constructor_kwargs={"checkpoint": str(checkpoint), "store": store,
                                                               "threads": max(1, int(cpus)), "storage": snapshot()},
                         batch_size=batch_size, batch_format="numpy", concurrency=1, num_cpus=cpus, num_gpus=num_gpus)
-    rows = ds.to_pandas()
-    df = pl.from_pandas(rows) if len(rows) else pl.DataFrame()
-    if "probs" in df.columns:
-        df = df.with_columns(pl.col("probs").cast(pl.List(pl.Float32)))
+    parts = [pl.from_arrow(b) for b in ds.iter_batches(batch_size=None, batch_format="pyarrow") if b.num_rows]
+    df = pl.concat(parts) if parts else pl.DataFrame()
     return df.with_columns(pl.lit(fm.plan.fold, pl.Int32).alias("fold"),
                            pl.lit("final" if fm.plan.fold == -1 else "fold").alias("model"))
 

@@ -265,22 +265,25 @@ def auto_layers(cfg: TrainConfig, assignment: FoldAssignment, folds: Sequence[in
 
 
 def fold_datasets(cfg: TrainConfig, plan: FoldPlan, labels, centroids) -> dict:
-    """The fold's materialised Ray Datasets: "train" (inner speakers, every training condition), "val"
-    (validation speakers, clean) and, for a refit, "refit" (inner + validation speakers, every training condition).
-    With inner folds (``plan.cv_val``): "refit" and, the same rows unsplit across workers, "pool"."""
+    """The fold's Ray Datasets, lazy: "train" (inner speakers, every training condition), "val" (validation
+    speakers, clean) and, for a refit, "refit" (inner + validation speakers, every training condition). With inner
+    folds (``plan.cv_val``): "refit" and, the same rows unsplit across workers, "pool".
+
+    Nothing is materialised: each worker streams its shard from the store on the first epoch and keeps it in its
+    :class:`~ray_ser.train.reader.ShardCache` when it fits (``cache_mb``), else streams every epoch, so no process
+    (the object store included) ever holds a whole fold's frames."""
     from ray_ser.train.reader import frames_dataset
 
     common = {"labels": labels, "mask": plan_mask(cfg, plan), "centroids": centroids, "scale": plan.corpus_norm}
     layers = plan.read_layers
     out = {}
     if not plan.cv_val:
-        out["train"] = frames_dataset(cfg.store, cfg.model, layers, plan.inner, conditions=cfg.conditions,
-                                      **common).materialize()
-        out["val"] = frames_dataset(cfg.store, cfg.model, layers, plan.val, conditions=["clean"], **common).materialize()
+        out["train"] = frames_dataset(cfg.store, cfg.model, layers, plan.inner, conditions=cfg.conditions, **common)
+        out["val"] = frames_dataset(cfg.store, cfg.model, layers, plan.val, conditions=["clean"], **common)
     if cfg.refit:  # inner folds imply a refit
         out["refit"] = frames_dataset(cfg.store, cfg.model, layers, [*plan.inner, *plan.val], conditions=cfg.conditions,
-                                      **common).materialize()
-    if plan.cv_val:  # one read serves both
+                                      **common)
+    if plan.cv_val:  # one plan serves both
         out["pool"] = out["refit"]
     return out
 

@@ -184,6 +184,39 @@ def test_choose_layer_reads_the_store_rows_and_folds(monkeypatch, case):
 
 
 # ---- references ----------------------------------------------------------------------------------
+def test_store_ranking_reads_each_layer_once_and_holds_one_at_a_time(monkeypatch, case):
+    """At MSP-Podcast's size every layer of a large model is 15 GB of mean vectors: the ranking of every fold reads
+    a layer once, scores it for all folds, and lets it go before the next (StoredLayers keeps nothing)."""
+    import weakref
+
+    layers, data = case
+    rows = pl.DataFrame({"utt_id": data.utt_ids, "speaker": list(data.speakers), "label": list(data.labels)})
+    monkeypatch.setattr(lsel, "labelled_rows", lambda store, model, cond, folds, seed:
+                        (rows, data.targets["pdf"], ["a"], data.fold, "loso (6 folds)"))
+    monkeypatch.setattr(lsel, "layers_of", lambda store, model, cond: sorted(layers))
+    reads, alive = [], []
+
+    class Held(np.ndarray):  # a weak reference tells whether a layer read earlier is still held
+        pass
+
+    def layer_matrix(store, model, cond, k, utt_ids):
+        reads.append(k)
+        alive[:] = [r for r in alive if r() is not None]
+        assert not alive, f"layer {k} read while an earlier layer is still held"
+        H = layers[k][[int(u[1:]) for u in utt_ids]].view(Held)
+        alive.append(weakref.ref(H))
+        return H
+
+    monkeypatch.setattr(lsel, "layer_matrix", layer_matrix)
+    rank = lsel.layer_rank_rows("S", "m", criterion="lda_inner")
+    assert sorted(reads) == sorted(layers)  # once each
+    per_fold = lsel.fold_layer_scores(layers, data, [-1, *range(N_SPK)], "lda_inner")
+    for f in [-1, *range(N_SPK)]:
+        assert per_fold[f] == lsel.scores_from_arrays(layers, data, f, "lda_inner")
+        got = rank.filter(pl.col("fold") == f).sort("layer")
+        assert got["layer_score"].to_list() == [per_fold[f][k] for k in sorted(layers)]
+
+
 def test_direct_term_equals_scipy_pearson(case):
     layers, data = case
     H, L = layers[SIGNAL][:, :12], data.targets["pdf"]

@@ -55,10 +55,32 @@ def test_out_of_fold_predictions_cover_each_utterance_and_condition_once(synth_s
     assert len(keys) == len(set(keys)) == 2 * len(a.utt_ids)  # clean + 5dB, each once
     fold_of = a.fold_of()
     assert all(fold_of[u] == f for u, f in zip(pred["utt_id"], pred["fold"]))  # predicted by its own test fold
-    assert pred["probs"].list.len().unique().to_list() == [3]
+    assert pred["probs"].list.len().unique().to_list() == [3] and pred["probs"].dtype == pl.List(pl.Float32)
     assert pred.filter(pl.col("condition") == "5dB")["snr_db"].null_count() == 0
     assert pred.filter(pl.col("condition") == "clean")["snr_db"].null_count() == pred.height // 2
     assert set(pred["pred"].unique().to_list()) <= set(categories) and pred["has_votes"].all()
+
+
+def test_prediction_rows_are_arrow_columns_of_the_model_outputs():
+    """The predictor's batches reach the driver as Arrow columns (a list<float32> per row, not one ndarray object
+    per row in a pandas frame): values are the softmax and the dimensional head, NaN where the model has none."""
+    import numpy as np
+    import pyarrow as pa
+    import torch
+
+    from ray_ser.evaluate.predict import prediction_rows
+
+    logits, dims = torch.randn(5, 4), torch.randn(5, 3)
+    ids, conds = [f"c/u{i}" for i in range(5)], ["clean"] * 5
+    t = prediction_rows(np.array(ids, dtype=object), np.array(conds, dtype=object), {"logits": logits, "dims": dims})
+    assert t.column_names == ["utt_id", "condition", "probs", "pred_arousal", "pred_valence", "pred_dominance"]
+    assert t.schema.field("probs").type == pa.list_(pa.float32()) and t.column("utt_id").to_pylist() == ids
+    np.testing.assert_allclose(np.array(t.column("probs").to_pylist()), torch.softmax(logits, -1).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(t.column("pred_valence").to_numpy(), dims[:, 1].numpy())
+    only_dims = prediction_rows(ids, conds, {"dims": dims})
+    assert "probs" not in only_dims.column_names
+    no_dims = prediction_rows(ids, conds, {"logits": logits})
+    assert np.isnan(no_dims.column("pred_arousal").to_numpy()).all()
 
 
 def test_evaluate_job_writes_predictions_metrics_and_report(synth_store, run_dir, tmp_path):
