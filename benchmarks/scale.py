@@ -20,7 +20,7 @@ runs it from one experiment config (written to <work>/n<N>/scale.yaml):
 
 Each size runs in a fresh process of its own (its own driver and Ray instance; --in-process: all in this one).
 The stages run in this order, except tune, which runs right after prune_frames (before the cluster job writes its
-centroids; --pipeline-order says why and runs it after train instead). A failing stage ends that size (its
+centroids, so its trials fit their own, as on a fresh store; --pipeline-order runs it after train instead). A failing stage ends that size (its
 error is in the table, the JSON and the log).
 
 Measured per stage: wall time; the driver's peak resident memory (the size's process: VmHWM, reset before the
@@ -283,7 +283,7 @@ def stages(conf: Path, work: Path, data_root: Path, manifest: Path, store: Path,
     order = [("manifest", manifest_stage), ("extract", extract_stage), ("saliency", saliency_stage),
              ("prune_frames", prune_stage), ("clusters", cluster_stage), ("train", train_stage),
              ("tune", tune_stage), ("evaluate", evaluate_stage)]
-    if args.tune_first:  # see --pipeline-order: the search runs before the cluster job writes its centroids
+    if args.tune_first:  # see --pipeline-order: the search fits its own centroids, as on a fresh store
         order.insert(4, order.pop(6))
     return order
 
@@ -465,10 +465,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--in-process", action="store_true",
                    help="run every size in this process (default: each in a fresh process of its own)")
     p.add_argument("--pipeline-order", dest="tune_first", action="store_false",
-                   help="run the tune stage after train, as listed, instead of before clusters (default): a search "
-                        "run after jobs/cluster.py fails its trials that draw a cluster head (n_clusters > 0), since "
-                        "ray_ser.analysis.clusters.ensure_centroids only fits when read_centroids raises KeyError "
-                        "and catalog.read raises ValueError on the cluster job's rows of the outer fold assignment")
+                   help="run the tune stage after train, as listed, instead of before clusters (default): run "
+                        "first, the trials that draw a cluster head (n_clusters > 0) fit the centroids of the "
+                        "search's folds themselves, as a search on a fresh store does, and that cost is timed")
     args = p.parse_args(argv)
     args.conditions = [c for c in args.conditions.split(",") if c]
     args.k = [int(k) for k in args.k.split(",") if k]

@@ -1,4 +1,5 @@
-"""All-layer extraction with Ray Data: manifest rows x conditions -> audio (CPU tasks) -> model actors -> store.
+"""All-layer extraction with Ray Data: manifest rows x conditions -> audio (CPU tasks; on a CPU-only cluster the
+model actors decode their own items) -> model actors -> store.
 
 The driver streams the finished blocks and appends them to LanceDB in commits of ~64 MB or 30 s, so
 progress is durable at that granularity; it holds the table's lease (:mod:`ray_ser.store.lease`) for the whole run, so
@@ -277,7 +278,8 @@ class EmbedStage:
     """A Ray Data actor: loads the model once, then turns audio batches into per-layer rows."""
 
     def __init__(self, options: dict[str, Any], threads: int = 1, fragments_to: str | None = None,
-                 table_schema: pa.Schema | None = None, storage_options: dict[str, str] | None = None):
+                 table_schema: pa.Schema | None = None, storage_options: dict[str, str] | None = None,
+                 decode: dict[str, Any] | None = None):
         import torch
 
         from ray_ser.fm import load_model, pick_device
@@ -298,6 +300,7 @@ class EmbedStage:
         self.schema = embedding_schema(self.dim).remove_metadata()
         self.fragments_to, self.table_schema = fragments_to, table_schema  # write mode "fragments"
         self.storage_options = storage_options  # the store's, from the driver: this node may have no credentials
+        self.decode = decode  # decode_batch's arguments when this actor decodes its own items (CPU-only clusters)
 
     def sub_batches(self, lengths: list[int]) -> list[list[int]]:
         """Split a batch so that (longest utterance x count) stays under max_batch_seconds of audio and, on a
@@ -308,6 +311,8 @@ class EmbedStage:
         return plan_batches(lengths, self.opts.max_batch_seconds * self.model.sample_rate, seq, self.max_frames)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.decode is not None:  # work items in: decode them here (see decode_in_actors)
+            batch = decode_batch(batch, **self.decode)
         errors, stages = batch.column("error").to_pylist(), batch.column("stage").to_pylist()
         audio_col = batch.column("audio")
         ok = [i for i, e in enumerate(errors) if e is None]
@@ -473,6 +478,14 @@ def actor_node_cpus(needs: dict[str, float] | None) -> float:
         raise InputError(f"no node of the Ray cluster offers the model actors' resources {needs} "
                          f"(extract.actor_resources); the nodes offer {', '.join(offered)}")
     return max(fit)
+
+
+def decode_in_actors(gpus: int) -> bool:
+    """Whether the model actors decode their own work items. On a CPU-only cluster they do: the cores are all the
+    model's, so separate decode tasks only add worker processes (each importing Ray Data and the audio stack),
+    a trip of every decoded waveform through the object store and Ray Data's scheduling of hundreds of small
+    tasks, for no overlap. With GPUs, decode tasks on the CPUs keep the devices fed while the actors compute."""
+    return not gpus
 
 
 def cluster_gpus() -> int:
@@ -719,13 +732,16 @@ def _run(store: Store, table, manifest: Manifest, opts: ExtractOptions, conds: l
         blocks = input_blocks(items, opts.batch_size, len(conds))
         pool = min(pool, len(blocks))  # an actor with no block to work on would only load the model
         log.info("model actors: %d, each on %s", pool, "1 GPU" if gpus else f"{threads} CPU thread(s)")
+        decode = {"sample_rate": sample_rate, "seed": opts.seed, "max_seconds": opts.max_seconds}
         ds = ray.data.from_arrow(blocks)
-        ds = ds.map_batches(decode_batch, fn_kwargs={"sample_rate": sample_rate, "seed": opts.seed,
-                                                     "max_seconds": opts.max_seconds},
-                            batch_format="pyarrow", batch_size=None, num_cpus=0.5)
+        fused = decode_in_actors(gpus)
+        if not fused:
+            ds = ds.map_batches(decode_batch, fn_kwargs=decode, batch_format="pyarrow", batch_size=None, num_cpus=0.5)
         ds = ds.map_batches(EmbedStage, fn_constructor_kwargs={"options": asdict(opts), "threads": threads,
+                                                               "decode": decode if fused else None,
                                                                **fragment_kwargs(opts, table, store.storage_options)},
-                            batch_format="pyarrow", batch_size=opts.batch_size,
+                            batch_format="pyarrow",
+                            batch_size=max(1, opts.batch_size // len(conds)) if fused else opts.batch_size,
                             compute=ray.data.ActorPoolStrategy(size=pool),
                             num_gpus=1 if gpus else 0, num_cpus=actor_cpus,
                             **({"resources": dict(opts.actor_resources)} if opts.actor_resources else {}))
@@ -783,7 +799,7 @@ def _run(store: Store, table, manifest: Manifest, opts: ExtractOptions, conds: l
                 commit()
         commit()
         bar.close()
-        store.finalize(key, keep=timedelta(seconds=opts.keep_versions_s))
+        store.finalize(key, keep=timedelta(seconds=opts.keep_versions_s), commit_bytes=opts.commit_mb * 2**20)
 
     return ExtractResult(run_id, key, table_name(key), extracted, n_errors, done_before, failed_before, dropped,
                          duplicates, manifest_errors, 0.0)

@@ -324,6 +324,20 @@ class Store:
         return len(keys)
 
     @staticmethod
+    def small_fragments(table, commit_bytes: float = 64 * 2**20) -> int:
+        """Fragments of an embeddings table holding under a quarter of the rows a full commit of ``commit_bytes``
+        holds (rows sized from the table's mean frame count and width)."""
+        ds = table.to_lance()
+        fragments = ds.get_fragments()
+        if not fragments:
+            return 0
+        t = ds.to_table(columns=["n_frames"])
+        dim = ds.schema.field("mean").type.list_size
+        frames = float(np.mean(t.column("n_frames").to_numpy())) if t.num_rows else 0.0
+        full_rows = commit_bytes / max(1.0, frames * dim * 2 + 2 * dim * 4)  # float16 frames, float32 mean and std
+        return sum(1 for f in fragments if f.metadata.physical_rows < full_rows / 4)
+
+    @staticmethod
     def compact(table, keep: timedelta | None = None) -> None:
         """Merge a table's fragments, then delete the files of versions superseded more than ``keep`` ago
         (default :data:`CLEANUP_GRACE`, an hour): a reader that opened an older version within that time keeps
@@ -333,10 +347,14 @@ class Store:
             warnings.filterwarnings("ignore", message="optimize\\(cleanup_older_than=0\\)")
             table.optimize(cleanup_older_than=keep)
 
-    def finalize(self, model: str, max_fragments: int = 64, keep: timedelta | None = None) -> None:
-        """Index the columns readers filter on; compact first once re-runs have left many small fragments."""
+    def finalize(self, model: str, max_fragments: int = 64, keep: timedelta | None = None,
+                 commit_bytes: float = 64 * 2**20) -> None:
+        """Index the columns readers filter on; compact first once re-runs have left more than ``max_fragments``
+        small fragments (under a quarter of a full commit of ``commit_bytes``). A large corpus written in full
+        commits has many fragments too, but merging them would rewrite the whole table and, for the readers'
+        grace, keep both copies on disk: twice the store for an hour, for nothing a reader gains."""
         table = self.embeddings(model)
-        if len(table.to_lance().get_fragments()) > max_fragments:
+        if self.small_fragments(table, commit_bytes) > max_fragments:
             self.compact(table, keep)
         ds = table.to_lance()
         for column, kind in (("layer", "BITMAP"), ("condition", "BITMAP"), ("utt_id", "BTREE")):

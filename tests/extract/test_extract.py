@@ -67,6 +67,29 @@ def test_pooled_vectors_equal_a_direct_model_call(extracted, emodb6, tiny_model_
                 np.testing.assert_allclose(np.asarray(row["mean"]), want, atol=2e-4, rtol=1e-3)
 
 
+def test_decode_tasks_and_decoding_actors_store_the_same_rows(extracted, emodb6, tmp_path, monkeypatch):
+    """A CPU-only cluster decodes in the model actors; GPU clusters keep separate decode tasks. Both paths store
+    the same rows (same audio, conditions and batches), so the choice is the cluster's, not the table's."""
+    from ray_ser.extract import program
+
+    assert program.decode_in_actors(0) and not program.decode_in_actors(1)
+    uri, opts, _ = extracted
+    monkeypatch.setattr(program, "decode_in_actors", lambda gpus: False)
+    other = str(tmp_path / "store")
+    result = extract(emodb6, other, opts)
+    assert result.extracted == 12 and result.errors == 0
+
+    def pooled(u):
+        t = Store(u).embeddings("tiny").to_arrow().select(["utt_id", "condition", "layer", "mean", "n_frames"])
+        return t.sort_by([("utt_id", "ascending"), ("condition", "ascending"), ("layer", "ascending")])
+
+    a, b = pooled(uri), pooled(other)
+    assert a.select(["utt_id", "condition", "layer", "n_frames"]).equals(b.select(["utt_id", "condition", "layer",
+                                                                                   "n_frames"]))
+    np.testing.assert_allclose(np.array(a.column("mean").to_pylist()), np.array(b.column("mean").to_pylist()),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_read_pooled_joins_manifest_and_masks(extracted):
     uri, _, _ = extracted
     df = read_pooled(uri, "tiny", condition="clean", layer=1)

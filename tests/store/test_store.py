@@ -72,6 +72,25 @@ def test_scan_keys_finds_complete_partial_and_exact_duplicates(tmp_path):
     assert store.scan_keys("m", 3).duplicates == [] and store.keys("m", 3)[1] == {("d", "clean")}
 
 
+def test_only_small_fragments_call_for_compaction(tmp_path):
+    """A large corpus written in full commits has many fragments and is not rewritten (that would hold two copies
+    of the store for the readers' grace); re-runs that left many small fragments are merged."""
+    store = Store(str(tmp_path))
+    table = store.embeddings("m", dim=4, meta={})
+    row_bytes = 5 * 4 * 2 + 2 * 4 * 4  # 5 float16 frames of 4 dims, float32 mean and std
+    for i in range(4):  # four "full commits" of 30 rows each
+        table.add(rows([(f"u{i}_{j}", "clean", layer) for j in range(10) for layer in range(3)]))
+    assert Store.small_fragments(table, commit_bytes=30 * row_bytes) == 0
+    for i in range(5):  # five re-runs of one utterance each: 3 rows, a tenth of a commit
+        table.add(rows([(f"late{i}", "clean", layer) for layer in range(3)]))
+    assert Store.small_fragments(table, commit_bytes=30 * row_bytes) == 5
+    store.finalize("m", max_fragments=5, commit_bytes=30 * row_bytes)
+    assert len(table.to_lance().get_fragments()) == 9  # five small ones are not more than five: left as they are
+    store.finalize("m", max_fragments=4, commit_bytes=30 * row_bytes)
+    table = store.embeddings("m")  # a fresh handle: the compaction committed a new version
+    assert len(table.to_lance().get_fragments()) < 9 and table.count_rows() == 135
+
+
 @pytest.mark.parametrize(("keep", "old_reader_survives"), [(None, True), (timedelta(0), False)])
 def test_compaction_keeps_superseded_files_for_readers(tmp_path, keep, old_reader_survives):
     check_compaction_grace(Store(str(tmp_path)), keep, old_reader_survives)
