@@ -383,10 +383,7 @@ def regret(scores: Mapping[int, float], probe_uar: Mapping[int, float]) -> float
 def scores_from_arrays(layers: Mapping[int, np.ndarray], data: LayerData, fold: int,
                        criterion: str = DEFAULT_CRITERION, seed: int = 0) -> dict[int, float]:
     """{layer: ``criterion`` score} on the training rows of outer fold ``fold`` (-1: all rows)."""
-    train = data.train(fold)
-    sub = data.subset(train)
-    inner = inner_folds(sub.speakers, sub.labels, seed=seed) if criterion.endswith("_inner") else None
-    return {int(k): criterion_scores(H[train], sub, [criterion], inner, seed)[criterion] for k, H in layers.items()}
+    return fold_layer_scores(layers, data, [fold], criterion, seed)[int(fold)]
 
 
 def choose_from_arrays(layers: Mapping[int, np.ndarray], data: LayerData, fold: int,
@@ -397,8 +394,8 @@ def choose_from_arrays(layers: Mapping[int, np.ndarray], data: LayerData, fold: 
 
 def fold_layer_scores(layers: Mapping[int, np.ndarray], data: LayerData, folds: Sequence[int],
                       criterion: str = DEFAULT_CRITERION, seed: int = 0) -> dict[int, dict[int, float]]:
-    """{fold: {layer: ``criterion`` score}} for several outer folds, :func:`scores_from_arrays` each, with the
-    layers outermost: a :class:`StoredLayers` then reads each layer's vectors once and holds one at a time."""
+    """{fold: {layer: ``criterion`` score}} on the training rows of each outer fold in ``folds`` (-1: all rows),
+    with the layers outermost: a :class:`StoredLayers` then reads each layer's vectors once and holds one at a time."""
     subsets = {}
     for f in folds:
         train = data.train(int(f))

@@ -453,8 +453,9 @@ def cpu_layout(cpus: float, pool_size: int | None = None, threads: int | None = 
 
     Single-threaded actors, one per core up to MAX_CPU_ACTORS, beat one actor with all threads: measured on
     2 cores, two 1-thread copies of whisper-base run 13 % more audio than one 2-thread copy, and they do not
-    stall at OpenMP barriers when a decode task or the driver takes a core for a moment. Half a CPU stays
-    unreserved so the decode tasks can always be scheduled, whatever ``pool_size`` asks for.
+    stall at OpenMP barriers when the driver takes a core for a moment. The actors decode their own items here
+    (:func:`decode_in_actors`); half a CPU stays unreserved for the driver's and Ray's own work, whatever
+    ``pool_size`` asks for.
     """
     pool = pool_size or max(1, min(int(cpus), MAX_CPU_ACTORS))
     reserve = max(0.01, (cpus - 0.5) / pool)  # never all CPUs, even for a pool larger than the node

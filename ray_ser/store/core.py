@@ -354,7 +354,8 @@ class Store:
         commits has many fragments too, but merging them would rewrite the whole table and, for the readers'
         grace, keep both copies on disk: twice the store for an hour, for nothing a reader gains."""
         table = self.embeddings(model)
-        if self.small_fragments(table, commit_bytes) > max_fragments:
+        if (len(table.to_lance().get_fragments()) > max_fragments  # a cheap count first: most runs stop here
+                and self.small_fragments(table, commit_bytes) > max_fragments):
             self.compact(table, keep)
         ds = table.to_lance()
         for column, kind in (("layer", "BITMAP"), ("condition", "BITMAP"), ("utt_id", "BTREE")):

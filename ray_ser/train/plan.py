@@ -283,7 +283,7 @@ def fold_datasets(cfg: TrainConfig, plan: FoldPlan, labels, centroids) -> dict:
     if cfg.refit:  # inner folds imply a refit
         out["refit"] = frames_dataset(cfg.store, cfg.model, layers, [*plan.inner, *plan.val], conditions=cfg.conditions,
                                       **common)
-    if plan.cv_val:  # one plan serves both
+    if plan.cv_val:  # the same rows: "pool" unsplit, "refit" split across the workers (each read by its users)
         out["pool"] = out["refit"]
     return out
 

@@ -202,16 +202,16 @@ def test_table_name_is_safe_for_hub_ids():
     assert table_name("microsoft/wavlm-base-plus") == "emb__microsoft_wavlm-base-plus"
 
 
-def test_cpu_layout_prefers_single_threaded_actors_and_leaves_room_for_decoding():
+def test_cpu_layout_prefers_single_threaded_actors_and_leaves_room_for_the_driver():
     from ray_ser.extract.program import cpu_layout
 
-    assert cpu_layout(2) == (2, 1, 0.75)  # this machine: two 1-thread copies, 0.5 CPU left for decode tasks
+    assert cpu_layout(2) == (2, 1, 0.75)  # this machine: two 1-thread copies, 0.5 CPU left for the driver and Ray
     assert cpu_layout(1) == (1, 1, 0.5)
     pool, threads, cpus = cpu_layout(16)
     assert (pool, threads) == (4, 4) and pool * cpus <= 16 - 0.5
     assert cpu_layout(8, pool_size=1, threads=8)[:2] == (1, 8)
     pool, _, cpus = cpu_layout(2, pool_size=8)
-    assert pool == 8 and pool * cpus <= 2 - 0.5  # an oversized pool still leaves decode tasks a CPU share
+    assert pool == 8 and pool * cpus <= 2 - 0.5  # an oversized pool still leaves the driver a CPU share
     assert cpu_layout(2, pool_size=1, node_cpus=1.0) == (1, 1, 0.5)  # two 1-CPU nodes: an actor fits on one
 
 
