@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import uuid
 import zlib
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -31,23 +32,110 @@ IGNORE = -100
 """Target value the losses skip (unlabelled utterance, padding frame, domain of a non-training speaker)."""
 
 
-@dataclass
 class Labels:
-    """Per-utterance targets and metadata, looked up by utt_id in the map tasks (small: travels with them)."""
+    """Per-utterance targets and metadata, looked up by utt_id in the map tasks.
 
-    categories: list[str]
-    rows: dict[str, dict]
-    domains: list[str]
-    domain_key: str
-    """Manifest column the adversarial head predicts ("speaker" or "corpus"); ``domains`` lists its classes."""
+    On the driver ``rows`` is a dict per utterance. What travels to Ray tasks is one Arrow table of those rows
+    (:meth:`table`), not the dicts: every map task unpickles its arguments, and a dict per utterance made that
+    cost grow with the corpus in each of a number of tasks that also grows with it (at 100,000 utterances the
+    training readers spent over 90 % of their time unpickling labels). A worker process derives the target arrays
+    and the utt_id index from the table once per Labels (:meth:`columns`, cached by ``token``)."""
+
+    def __init__(self, categories: Sequence[str], rows: dict[str, dict], domains: Sequence[str], domain_key: str):
+        self.categories, self.domains = list(categories), list(domains)
+        self.domain_key = domain_key
+        """Manifest column the adversarial head predicts ("speaker" or "corpus"); ``domains`` lists its classes."""
+        self._rows: dict[str, dict] | None = rows
+        self._table: pa.Table | None = None
+        self.token = uuid.uuid4().hex  # names this label set in a worker's cache of derived columns
+
+    @property
+    def rows(self) -> dict[str, dict]:
+        """{utt_id: row} (rebuilt from the table in a process that received the Labels pickled)."""
+        if self._rows is None:
+            self._rows = {r["utt_id"]: r for r in self._table.to_pylist()}
+        return self._rows
+
+    def table(self) -> pa.Table:
+        """The rows as one Arrow table (utt_id, speaker, gender, corpus, label, pdf, A/V/D): what pickling sends."""
+        if self._table is None:
+            ids = list(self._rows)
+            vals = list(self._rows.values())
+            col = lambda k: [r.get(k) for r in vals]  # noqa: E731
+            self._table = pa.table({
+                "utt_id": pa.array(ids, pa.string()),
+                **{k: pa.array(col(k)) for k in ("speaker", "gender", "corpus", "label")},
+                "pdf": pa.array(col("pdf"), pa.list_(pa.float32())),
+                **{d: pa.array(col(d), pa.float64()) for d in DIMENSIONS},
+            })
+        return self._table
+
+    def __getstate__(self) -> dict:
+        return {"categories": self.categories, "domains": self.domains, "domain_key": self.domain_key,
+                "token": self.token, "table": self.table()}
+
+    def __setstate__(self, state: dict) -> None:
+        self.categories, self.domains = state["categories"], state["domains"]
+        self.domain_key, self.token = state["domain_key"], state["token"]
+        self._table, self._rows = state["table"], None
 
     def domain_of(self, utt_id: str) -> int:
-        """The utterance's domain class (IGNORE outside ``domains``), by a dict: a list search per row would cost
-        O(rows x domains), thousands of speakers times every row at MSP-Podcast's size."""
-        index = self.__dict__.get("_domain_index")
-        if index is None:
-            index = self.__dict__["_domain_index"] = {d: i for i, d in reversed(list(enumerate(self.domains)))}
-        return index.get(self.rows[utt_id].get(self.domain_key), IGNORE)
+        """The utterance's domain class (IGNORE outside ``domains``)."""
+        cols = self.columns()
+        return int(cols.domain[cols.index[utt_id]])
+
+    def columns(self) -> "TargetColumns":
+        """The per-utterance target arrays, built once per process and label set (see the class note)."""
+        cols = _COLUMNS.get(self.token)
+        if cols is None:
+            cols = _COLUMNS[self.token] = TargetColumns.build(self)
+            while len(_COLUMNS) > 4:  # a few label sets per process (a trial's folds); oldest out
+                _COLUMNS.pop(next(iter(_COLUMNS)))
+        return cols
+
+
+@dataclass
+class TargetColumns:
+    """Targets of every labelled utterance as arrays (row i is utterance ``ids[i]``): what a batch takes from."""
+
+    index: dict[str, int]
+    label_index: np.ndarray  # (n,) int64, IGNORE when unlabelled
+    pdf: np.ndarray  # (n, C) float32: the votes' distribution, or one-hot of the label when there are none
+    dims: np.ndarray  # (n, 3) float32 A/V/D, NaN when absent
+    domain: np.ndarray  # (n,) int64 domain class, IGNORE outside the domains
+    corpus: np.ndarray  # (n,) object
+
+    @classmethod
+    def build(cls, labels: Labels) -> "TargetColumns":
+        t = labels.table()
+        n, C = t.num_rows, len(labels.categories)
+        ids = t.column("utt_id").to_pylist()
+        cat = {c: i for i, c in enumerate(labels.categories)}
+        names = t.column("label").to_pylist()
+        unknown = sorted({x for x in names if x is not None and x not in cat})
+        if unknown:
+            raise ValueError(f"labels {unknown[:5]} are not among the categories {labels.categories}")
+        label_index = np.array([IGNORE if x is None else cat[x] for x in names], np.int64)
+        pdf = np.zeros((n, C), np.float32)
+        votes = t.column("pdf").combine_chunks()
+        full = np.flatnonzero(votes.value_lengths().fill_null(0).to_numpy(zero_copy_only=False) == C) if C else []
+        if len(full):
+            pdf[full] = votes.take(pa.array(full)).flatten().to_numpy(zero_copy_only=False).reshape(-1, C)
+        one_hot = np.setdiff1d(np.flatnonzero(label_index >= 0), full)
+        pdf[one_hot, label_index[one_hot]] = 1.0
+        dims = np.stack([t.column(d).to_numpy(zero_copy_only=False).astype(np.float32) for d in DIMENSIONS], axis=1)
+        first = {d: i for i, d in reversed(list(enumerate(labels.domains)))}  # the first index, as list.index
+        domain = np.array([first.get(v, IGNORE) for v in t.column(labels.domain_key).to_pylist()], np.int64) \
+            if labels.domain_key in t.column_names else np.full(n, IGNORE, np.int64)
+        return cls(dict(zip(ids, range(n))), label_index, pdf, dims.reshape(n, len(DIMENSIONS)), domain,
+                   np.array(t.column("corpus").to_pylist(), dtype=object))
+
+    def take(self, utt_ids: Sequence[str]) -> np.ndarray:
+        """Row positions of ``utt_ids`` (KeyError naming an utterance without labels)."""
+        return np.fromiter((self.index[u] for u in utt_ids), np.int64, len(utt_ids))
+
+
+_COLUMNS: dict[str, TargetColumns] = {}
 
 
 def load_labels(store: str | Store, utt_ids: Sequence[str], domain_utts: Sequence[str] = (),
@@ -105,27 +193,6 @@ def ragged(items) -> np.ndarray:
     return out
 
 
-def _targets(labels: Labels, utt_ids: Sequence[str]) -> dict[str, np.ndarray]:
-    n, C = len(utt_ids), len(labels.categories)
-    index = {c: i for i, c in enumerate(labels.categories)}
-    label_index = np.full(n, IGNORE, np.int64)
-    pdf = np.zeros((n, C), np.float32)
-    dims = np.full((n, len(DIMENSIONS)), np.nan, np.float32)
-    for i, u in enumerate(utt_ids):
-        r = labels.rows[u]
-        if r.get("label") is not None:
-            label_index[i] = index[r["label"]]
-        if r.get("pdf") is not None and len(r["pdf"]) == C:
-            pdf[i] = r["pdf"]
-        elif label_index[i] >= 0:
-            pdf[i, label_index[i]] = 1.0
-        for j, d in enumerate(DIMENSIONS):
-            if r.get(d) is not None:
-                dims[i, j] = r[d]
-    return {"label_index": label_index, "pdf": pdf, "dims": dims,
-            "domain": np.array([labels.domain_of(u) for u in utt_ids], np.int64)}
-
-
 def standardise(kept: np.ndarray, lengths: np.ndarray, corpora: Sequence[str], scale: dict) -> np.ndarray:
     """Frames ``kept`` (sum of ``lengths``, dim) of utterances of ``corpora`` standardised by their corpus's
     (mean, std) in ``scale`` (a per-corpus scaler); float16 like the stored frames."""
@@ -147,9 +214,12 @@ def _as_examples(ids: list[str], conditions: list, X: np.ndarray, lengths: np.nd
     from ray_ser.analysis.clusters import nearest
 
     bounds = np.concatenate([[0], np.cumsum(lengths)])
-    corpora = [labels.rows[u]["corpus"] for u in ids]
+    cols = labels.columns()
+    at = cols.take(ids)
+    corpora = list(cols.corpus[at])
     out = {"utt_id": np.array(ids, dtype=object), "condition": np.array(conditions, dtype=object),
-           "corpus": np.array(corpora, dtype=object), "n_frames": lengths, **_targets(labels, ids)}
+           "corpus": cols.corpus[at], "n_frames": lengths, "label_index": cols.label_index[at], "pdf": cols.pdf[at],
+           "dims": cols.dims[at], "domain": cols.domain[at]}
     kept = X if keep is None else X[:, keep]
     if scale is not None:
         kept = standardise(kept, lengths, corpora, scale)

@@ -141,3 +141,38 @@ def test_domain_of_reads_the_class_index_and_ignores_other_domains():
     labels = Labels(categories=["a"], rows={"u1": {"speaker": "s2"}, "u2": {"speaker": "s9"}, "u3": {}},
                     domains=["s1", "s2", "s2"], domain_key="speaker")
     assert [labels.domain_of(u) for u in ("u1", "u2", "u3")] == [1, IGNORE, IGNORE]  # first index, as list.index
+
+
+def test_labels_travel_as_one_table_and_give_each_row_its_targets():
+    """A pickled Labels carries one Arrow table (no dict per utterance, whose unpickling in every map task grew
+    with the corpus); the worker's target arrays equal the per-row rules: votes when there are C of them, else the
+    label's one-hot, NaN for a missing dimension, IGNORE outside the label and domain sets."""
+    import pickle
+
+    from ray_ser.train.reader import IGNORE, Labels, _as_examples
+
+    rows = {
+        "u1": {"utt_id": "u1", "speaker": "s1", "corpus": "a", "label": "hap", "pdf": [0.25, 0.75], "arousal": 0.5},
+        "u2": {"utt_id": "u2", "speaker": "s2", "corpus": "b", "label": "sad", "pdf": None, "valence": -1.0},
+        "u3": {"utt_id": "u3", "speaker": "s3", "corpus": "a", "label": None, "pdf": [1.0, 0.0, 0.0],
+               "arousal": 0.1, "valence": 0.2, "dominance": 0.3},
+        "u4": {"utt_id": "u4", "speaker": "s1", "corpus": "b", "label": None},
+    }
+    sent = Labels(["sad", "hap"], rows, domains=["s1", "s2"], domain_key="speaker")
+    blob = pickle.dumps(sent)
+    got = pickle.loads(blob)
+    assert got._rows is None and set(got.__getstate__()) == {"categories", "domains", "domain_key", "token", "table"}
+    ids = ["u3", "u1", "u4", "u2"]
+    X = np.arange(8, dtype=np.float16).reshape(4, 2)
+    ex = _as_examples(ids, ["clean"] * 4, X, np.ones(4, np.int64), None, got, None)
+    assert got._rows is None  # the targets came from the table's arrays, not from rebuilt row dicts
+    assert ex["label_index"].tolist() == [IGNORE, 1, IGNORE, 0]
+    np.testing.assert_array_equal(ex["pdf"], np.array([[0, 0], [0.25, 0.75], [0, 0], [1, 0]], np.float32))
+    np.testing.assert_array_equal(ex["dims"], np.array(
+        [[0.1, 0.2, 0.3], [0.5, np.nan, np.nan], [np.nan] * 3, [np.nan, -1.0, np.nan]], np.float32))
+    assert ex["domain"].tolist() == [IGNORE, 0, 0, 1] and ex["corpus"].tolist() == ["a", "a", "b", "b"]
+    assert [got.domain_of(u) for u in ids] == [sent.domain_of(u) for u in ids] == [IGNORE, 0, 0, 1]
+    assert got.columns() is got.columns() and pickle.loads(blob).columns() is got.columns()  # once per process
+    assert got.rows["u1"]["pdf"] == [0.25, 0.75] and got.rows["u2"]["speaker"] == "s2"
+    with pytest.raises(KeyError, match="u9"):
+        _as_examples(["u9"], ["clean"], X[:1], np.ones(1, np.int64), None, got, None)
