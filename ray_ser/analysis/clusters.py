@@ -209,16 +209,16 @@ def assign_frames(store: str | Store, model: str, layer: int, centroids: dict[in
     fold ``fold``'s test utterances (``utts="all"``: every utterance of the assignment) for every k of
     ``centroids``; returns the rows written.
 
-    Ray Data reads the frames (lance-ray, one task per fragment) and maps :func:`assign_batch` over them;
-    the driver gathers the (small) id rows and replaces each (fold, layer, k) in one commit, so a reader
+    Ray Data reads the frames (by row address, :func:`~ray_ser.store.take.rows_dataset`) and maps
+    :func:`assign_batch` over them; the driver gathers the (small) id rows and replaces each (fold, layer, k) in one commit, so a reader
     never sees a mix of old and new ids."""
-    import lance_ray
+    from ray_ser.store.take import rows_dataset
 
     store = as_store(store)
     uri = store.embeddings(model).to_lance().uri
     wanted = assignment.test_utts(fold) if utts == "test" and fold >= 0 else list(assignment.utt_ids)
-    ds = lance_ray.read_lance(uri, columns=["utt_id", "condition", "frames"],
-                              filter=_frames_filter(layer, conditions, wanted), storage_options=store.storage_options)
+    ds = rows_dataset(uri, ["utt_id", "condition", "frames"], [layer], conditions or None, wanted,
+                      store.storage_options)
     cents = {int(k): np.asarray(c, np.float32) for k, c in centroids.items()}  # small: travels with the tasks
     ds = ds.map_batches(assign_batch, fn_kwargs={"centroids": cents, "layer": int(layer),
                                                  "fold_id": assignment.id, "fold": int(fold)},

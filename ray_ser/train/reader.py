@@ -252,16 +252,11 @@ def to_examples(batch: pa.Table, keep: np.ndarray | None, labels: Labels, centro
     return _as_examples(ids, batch.column("condition").to_pylist(), X, lengths, keep, labels, centroids, scale)
 
 
-def read_layers(batch: dict, uri: str, layers: Sequence[int], conditions: Sequence[str], keep: np.ndarray | None,
-                labels: Labels, scale: dict | None = None, storage_options: dict | None = None) -> dict:
-    """Ray Data map function over a batch of utt_ids: every (utterance, condition) row of ``layers`` read from
-    the Lance table at ``uri``, each frame the concatenation of its layers' vectors in ``layers`` order."""
-    import lance
-
-    ids = [str(u) for u in batch["utt_id"]]
-    t = lance.dataset(uri, storage_options=storage_options).to_table(columns=["utt_id", "condition", "layer", "frames"],
-                                    filter=catalog.where(layer=[int(l) for l in layers], condition=list(conditions),
-                                                         utt_id=ids))
+def join_layers(t: pa.Table, layers: Sequence[int], keep: np.ndarray | None, labels: Labels,
+                scale: dict | None = None) -> dict:
+    """Ray Data map function over stored rows of every layer of some (utterance, condition) keys (a whole block of
+    :func:`~ray_ser.store.take.rows_dataset` ``by_key``): examples whose frames concatenate the layers' vectors in
+    ``layers`` order."""
     t = t.sort_by([("utt_id", "ascending"), ("condition", "ascending")])
     per_layer = []
     for layer in layers:
@@ -272,8 +267,8 @@ def read_layers(batch: dict, uri: str, layers: Sequence[int], conditions: Sequen
     for layer, (k, _, n) in zip(layers, per_layer):
         if k != keys or not np.array_equal(n, per_layer[0][2]):
             missing = sorted(set(keys) ^ set(k))[:3]
-            raise ValueError(f"layer {layer} of {uri} does not hold the same (utterance, condition) rows and frame "
-                             f"counts as layer {layers[0]}: e.g. {missing or 'frame counts differ'}")
+            raise ValueError(f"layer {layer} does not hold the same (utterance, condition) rows and frame counts as "
+                             f"layer {layers[0]}: e.g. {missing or 'frame counts differ'}")
     X = np.hstack([x for _, x, _ in per_layer])
     return _as_examples([u for u, _ in keys], [c for _, c in keys], X, per_layer[0][2], keep, labels, None, scale)
 
@@ -293,10 +288,10 @@ def frames_dataset(store: str | Store, model: str, layer: int | Sequence[int], u
     each utterance's frames by its corpus's statistics (the per-corpus scaler).
 
     Several layers (a list) give each frame the concatenation of their vectors (``mask`` then spans the
-    concatenated dims); lance-ray's scan returns one layer's rows in storage order, so that path reads by key
-    instead: the utt_ids in batches of ``batch_rows``, each batch's rows of every layer in one filtered read."""
-    import lance_ray
-    import ray
+    concatenated dims). The rows are read by address (:func:`~ray_ser.store.take.rows_dataset`): a read's set-up
+    costs one scan of the key columns, whatever the number of ids and read tasks; several layers are read in
+    blocks that hold every layer of their (utterance, condition) keys."""
+    from ray_ser.store.take import rows_dataset
 
     if os.environ.get(READ_LOG_ENV):
         with open(os.environ[READ_LOG_ENV], "a") as fh:
@@ -309,15 +304,11 @@ def frames_dataset(store: str | Store, model: str, layer: int | Sequence[int], u
         if centroids is not None:
             raise ValueError(f"frame-cluster ids come from one layer's k-means: train on one layer, not {layers}, "
                              "or turn the cluster head off")
-        keys = ray.data.from_items([{"utt_id": u} for u in sorted(set(utt_ids))],
-                                   override_num_blocks=max(1, min(64, -(-len(set(utt_ids)) // batch_rows))))
-        return keys.map_batches(read_layers, fn_kwargs={"uri": uri, "layers": layers, "conditions": list(conditions),
-                                                        "keep": keep, "labels": labels, "scale": scale,
-                                                        "storage_options": store.storage_options},
-                                batch_format="numpy", batch_size=batch_rows)
-    where = catalog.where(layer=layers[0], condition=list(conditions), utt_id=list(utt_ids))
-    ds = lance_ray.read_lance(uri, columns=["utt_id", "condition", "frames"], filter=where,
-                              storage_options=store.storage_options)
+        ds = rows_dataset(uri, ["utt_id", "condition", "layer", "frames"], layers, conditions, utt_ids,
+                          store.storage_options, by_key=True)
+        return ds.map_batches(join_layers, fn_kwargs={"layers": layers, "keep": keep, "labels": labels, "scale": scale},
+                              batch_format="pyarrow", batch_size=None)
+    ds = rows_dataset(uri, ["utt_id", "condition", "frames"], layers, conditions, utt_ids, store.storage_options)
     return ds.map_batches(to_examples, fn_kwargs={"keep": keep, "labels": labels, "centroids": centroids, "scale": scale},
                           batch_format="pyarrow", batch_size=batch_rows)
 
