@@ -210,8 +210,8 @@ def assign_frames(store: str | Store, model: str, layer: int, centroids: dict[in
     ``centroids``; returns the rows written.
 
     Ray Data reads the frames (by row address, :func:`~ray_ser.store.take.rows_dataset`) and maps
-    :func:`assign_batch` over them; the driver gathers the (small) id rows and replaces each (fold, layer, k) in one commit, so a reader
-    never sees a mix of old and new ids."""
+    :func:`assign_batch` over them; the driver gathers the (small) id rows and replaces each (fold, layer, k) in
+    one commit, so a reader never sees a mix of old and new ids."""
     from ray_ser.store.take import rows_dataset
 
     store = as_store(store)

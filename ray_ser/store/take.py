@@ -21,8 +21,8 @@ ADDRESS = "_rowaddr"
 
 
 def wanted_rows(uri: str, layers: Sequence[int], conditions: Sequence[str] | None, utt_ids: Sequence[str] | None,
-                storage_options: dict[str, str] | None = None) -> tuple[int, pa.Table]:
-    """(table version, key rows): ``utt_id``, ``condition``, ``layer``, ``n_frames`` and the row address of every
+                storage_options: dict[str, str] | None = None):
+    """(the table as opened, a ``lance.LanceDataset``; key rows): ``utt_id``, ``condition``, ``layer``, ``n_frames`` and the row address of every
     stored row of ``layers`` x ``conditions`` (all when None) x ``utt_ids`` (all when None), in storage order."""
     import lance
 
@@ -33,7 +33,7 @@ def wanted_rows(uri: str, layers: Sequence[int], conditions: Sequence[str] | Non
     if utt_ids is not None:
         keys = keys.filter(pc.is_in(keys.column("utt_id"), value_set=pa.array(sorted({str(u) for u in utt_ids}),
                                                                               pa.string())))
-    return ds.version, keys
+    return ds, keys
 
 
 def address_blocks(keys: pa.Table, row_bytes: np.ndarray, block_bytes: int, by_key: bool = False) -> list[pa.Table]:
@@ -78,11 +78,10 @@ def rows_dataset(uri: str, columns: Sequence[str], layers: Sequence[int], condit
                  block_mb: float = 64, by_key: bool = False):
     """A Ray Dataset of ``columns`` of exactly the stored rows of ``layers`` x ``conditions`` x ``utt_ids`` (see
     :func:`wanted_rows`), one read task per block of about ``block_mb`` of frames (see :func:`address_blocks`)."""
-    import lance
     import ray
 
-    version, keys = wanted_rows(uri, layers, conditions, utt_ids, storage_options)
-    schema = lance.dataset(uri, version=version, storage_options=storage_options).schema
+    table, keys = wanted_rows(uri, layers, conditions, utt_ids, storage_options)
+    version, schema = table.version, table.schema
     dim = schema.field("mean").type.list_size
     per_row = 8 * dim  # mean and std, float32
     row_bytes = np.full(keys.num_rows, float(per_row))

@@ -96,7 +96,7 @@ class Labels:
 
 @dataclass
 class TargetColumns:
-    """Targets of every labelled utterance as arrays (row i is utterance ``ids[i]``): what a batch takes from."""
+    """Targets of every labelled utterance as arrays (row ``index[utt_id]``): what a batch takes its rows from."""
 
     index: dict[str, int]
     label_index: np.ndarray  # (n,) int64, IGNORE when unlabelled
@@ -216,9 +216,9 @@ def _as_examples(ids: list[str], conditions: list, X: np.ndarray, lengths: np.nd
     bounds = np.concatenate([[0], np.cumsum(lengths)])
     cols = labels.columns()
     at = cols.take(ids)
-    corpora = list(cols.corpus[at])
+    corpora = cols.corpus[at]
     out = {"utt_id": np.array(ids, dtype=object), "condition": np.array(conditions, dtype=object),
-           "corpus": cols.corpus[at], "n_frames": lengths, "label_index": cols.label_index[at], "pdf": cols.pdf[at],
+           "corpus": corpora, "n_frames": lengths, "label_index": cols.label_index[at], "pdf": cols.pdf[at],
            "dims": cols.dims[at], "domain": cols.domain[at]}
     kept = X if keep is None else X[:, keep]
     if scale is not None:

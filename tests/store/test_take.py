@@ -48,8 +48,8 @@ def table(tmp_path):
 
 def test_wanted_rows_are_the_layers_conditions_and_utterances_asked_for(table):
     uri = table.to_lance().uri
-    version, keys = wanted_rows(uri, [1], ["clean"], ["u03", "u07", "u11", "nobody"])
-    assert version == table.to_lance().version
+    opened, keys = wanted_rows(uri, [1], ["clean"], ["u03", "u07", "u11", "nobody"])
+    assert opened.version == table.to_lance().version
     assert sorted(zip(*(keys.column(c).to_pylist() for c in ("utt_id", "condition", "layer")))) == \
         [("u03", "clean", 1), ("u07", "clean", 1), ("u11", "clean", 1)]
     assert keys.column("n_frames").to_pylist() == [2, 3, 4]  # 2 + i % 3, in storage order
