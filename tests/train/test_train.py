@@ -245,6 +245,24 @@ def test_refit_resumes_in_its_own_phase(synth_store):
     assert len([r for r in final["history"] if r["split"] == "train" and r["metric"] == "loss"]) == 4
 
 
+def test_fold_datasets_are_lazy_plans_that_read_exactly_their_fold(synth_store):
+    """No fold is materialised on the driver or in the object store (at MSP-Podcast's size a fold's frames are
+    tens of GB): each split is a plan the training workers stream, and it reads its speakers' rows and nothing else."""
+    from ray.data.dataset import MaterializedDataset
+
+    from ray_ser.train.plan import fold_datasets
+
+    cfg = small_cfg(synth_store, arch="mlp", mlp_hidden=0, refit=True, conditions=["clean", "5dB"])
+    plan, labels, centroids = plan_fold(cfg, resolve_assignment(cfg), 1)
+    data = fold_datasets(cfg, plan, labels, centroids)
+    assert set(data) == {"train", "val", "refit"}
+    assert not any(isinstance(ds, MaterializedDataset) for ds in data.values())
+    keys = lambda ds: sorted((r["utt_id"], r["condition"]) for r in ds.select_columns(["utt_id", "condition"]).iter_rows())  # noqa: E731
+    assert keys(data["train"]) == sorted((u, c) for u in plan.inner for c in ("clean", "5dB"))
+    assert keys(data["val"]) == sorted((u, "clean") for u in plan.val)
+    assert keys(data["refit"]) == sorted((u, c) for u in [*plan.inner, *plan.val] for c in ("clean", "5dB"))
+
+
 def test_train_job_flags_override_the_config_file(tmp_path):
     from ray_ser.jobs import train as job
 
