@@ -37,9 +37,11 @@ def config_show(argv: list[str]) -> int:
     p = add_config_args(argparse.ArgumentParser(prog="ray-ser config show",
                                                 description="print the resolved experiment config"))
     p.add_argument("file", metavar="CONFIG", nargs="?", help="experiment config (YAML); none: every default")
+    p.add_argument("--show-secrets", action="store_true",
+                   help="print secret values (keys, tokens, passwords) in clear instead of ***")
     args = p.parse_args(argv)
     cfg = load(args.file or args.config, dict(parse_assignment(s) for s in args.set))
-    print(cfg.to_yaml(), end="")
+    print(cfg.to_yaml(secrets=args.show_secrets), end="")
     return 0
 
 

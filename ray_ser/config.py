@@ -54,23 +54,30 @@ class DataConfig(Section):
     manifest: str | None = None
     """A manifest Parquet written by `ray-ser manifest`, extracted instead of building the corpora's manifests."""
     csv: str | None = None
-    """With the `csv` corpus: the CSV file of utterances (path, speaker, label, ...)."""
+    """With the `csv` corpus: the CSV file of utterances (path, speaker, label, ...); a path or an object-store URI."""
     audio_root: str | None = None
-    """With the `csv` corpus: the folder the CSV's paths are relative to."""
+    """With the `csv` corpus: the folder the CSV's paths are relative to (a path or a URI; default: the CSV's folder)."""
     csv_name: str | None = None
     """With the `csv` corpus: the name the store files it under (null: the CSV's `corpus` column, else the file's
     stem); a safe name (letters, digits, _ . -) and no built-in adapter's."""
     limit: int | None = Field(None, ge=1)
     """Extract only this many utterances per corpus, spread over speakers and categories (smoke runs)."""
+    options: dict[str, str | int | float | bool] = {}
+    """Storage options of the inputs' URIs (csv, audio_root, manifest and audio paths: s3://, gs://, az://) when they
+    differ from the store's (another bucket's credentials, another endpoint); the keys of store.options. Empty: the
+    store's options for URIs of the store's scheme, else the environment's."""
 
-    def corpus_names(self) -> list[str]:
+    def corpus_names(self, store: "StoreConfig | None" = None) -> list[str]:
         """The names the store files these corpora under: the adapter's, or for `csv` the one
         :mod:`ray_ser.corpora.generic_csv` gives it (``csv_name``, else the CSV's `corpus` column, else its stem;
-        the stem too when the CSV is not on this machine)."""
+        the stem too when the CSV is not on this machine). A CSV on an object store is read with this section's
+        options, else ``store``'s."""
         from csv import Error as CsvError
 
         from ray_ser.corpora.generic_csv import corpus_name
+        from ray_ser.inputs import config_options, stem
         from ray_ser.settings import data_root
+        from ray_ser.storage import is_uri
 
         names = []
         for corpus in self.corpora:
@@ -78,6 +85,12 @@ class DataConfig(Section):
                 names.append(corpus)
             elif self.csv_name:
                 names.append(self.csv_name)
+            elif self.csv and is_uri(self.csv):
+                options = config_options(self.csv, self.options, store and store.uri, store and store.options)
+                try:
+                    names.append(corpus_name(data_root(self.data_root), self.csv, options=options))
+                except Exception:  # noqa: BLE001 - not readable with these options: building the manifest says why
+                    names.append(stem(self.csv))
             elif self.csv:
                 try:
                     names.append(corpus_name(data_root(self.data_root), self.csv))
@@ -130,7 +143,11 @@ class ExtractConfig(Section):
     frame_layers: list[int] | None = None
     """Store frames of these layers only (null: every layer); pooled vectors are always kept for all."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    """Model precision: auto is float16 on CUDA and float32 on CPU."""
+    """Model precision: auto is float16 on GPUs (device gpu, or auto resolved to GPUs) and float32 on CPUs."""
+    device: Literal["auto", "gpu", "cpu"] = "auto"
+    """Where the model actors run: gpu asks Ray for one GPU per actor even when no GPU node is up yet (the cluster's
+    autoscaler adds GPU nodes for them); cpu never asks for one; auto is gpu when a node has GPUs or the autoscaler
+    has a node type with GPUs, else cpu. A request no node and no node type could meet is refused at once."""
     whisper_mode: str = ExtractOptions.whisper_mode
     """How Whisper sees a clip: strided:<s> | trimmed | padded | window:<seconds>."""
     write_mode: Literal["driver", "fragments"] = "driver"
@@ -140,7 +157,7 @@ class ExtractConfig(Section):
     max_batch_seconds: float = Field(ExtractOptions.max_batch_seconds, gt=0)
     """Most audio seconds in one model batch."""
     pool_size: int | None = Field(None, ge=1)
-    """Model actors (null: one per GPU; on CPUs one per core, at most 4)."""
+    """Model actors (null: one per GPU, alive or to be added by the autoscaler; on CPUs one per core, at most 4)."""
     threads: int | None = Field(None, ge=1)
     """Torch threads per CPU actor (null: cores / actors)."""
     model_key: str | None = None
@@ -333,6 +350,12 @@ class ExperimentConfig(Section):
     crosscorpus: CrossCorpusConfig = CrossCorpusConfig()
     """The cross-corpus matrix."""
 
+    @field_validator("store", mode="before")
+    @classmethod
+    def _store_uri_alone(cls, value: Any) -> Any:
+        """``store: s3://bucket/x`` is short for ``store: {uri: s3://bucket/x}``."""
+        return {"uri": value} if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _train_follows_the_experiment(self) -> "ExperimentConfig":
         """train.store/model/corpora take the experiment's store, model key and corpora unless set."""
@@ -342,7 +365,7 @@ class ExperimentConfig(Section):
         if "model" not in given:
             self.train.__dict__["model"] = self.extract.key
         if "corpora" not in given:
-            self.train.__dict__["corpora"] = self.data.corpus_names()
+            self.train.__dict__["corpora"] = self.data.corpus_names(self.store)
         return self
 
     @property
@@ -352,19 +375,25 @@ class ExperimentConfig(Section):
 
         return run_path(join(self.runs, self.name))
 
-    def to_yaml(self) -> str:
-        """The resolved config, every default included, as YAML."""
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True, default_flow_style=None)
+    def to_yaml(self, secrets: bool = False) -> str:
+        """The resolved config, every default included, as YAML; secret values masked unless ``secrets``."""
+        data = self.model_dump(mode="json") if secrets else self.public()
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=None)
+
+    def public(self) -> dict[str, Any]:
+        """The resolved config as plain data with every secret value masked (:mod:`ray_ser.redaction`): what any
+        record of a run (saved config, the store's runs table, reports) holds."""
+        from ray_ser.redaction import redact
+
+        return redact(self.model_dump(mode="json"))
 
     def save(self, folder) -> Path:
-        """Write the resolved config as ``<folder>/config.yaml`` (what a stage ran with; secret storage options
-        masked)."""
-        from ray_ser.storage import redact, run_path
+        """Write the resolved config as ``<folder>/config.yaml`` (what a stage ran with; secrets masked)."""
+        from ray_ser.storage import run_path
 
         path = run_path(folder) / RESOLVED_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        public = self.model_copy(update={"store": self.store.model_copy(update={"options": redact(self.store.options)})})
-        path.write_text(public.to_yaml(), encoding="utf-8")
+        path.write_text(self.to_yaml(), encoding="utf-8")
         return path
 
 
@@ -430,11 +459,18 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else None
 
 
+def is_bare_train(path: str | Path | None, data: Mapping[str, Any]) -> bool:
+    """Whether ``data`` is a bare TrainConfig, such as a Tune search's ``best_config.json``: only ever a ``.json``
+    file whose keys are all train keys (a YAML experiment config whose only key is ``store`` stays a store)."""
+    return (path is not None and str(path).lower().endswith(".json") and bool(data)
+            and all(k in TrainConfig.model_fields and not isinstance(v, dict) for k, v in data.items()))
+
+
 def load(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
     """The experiment config in ``path`` (None: every default) with ``overrides`` (dotted path -> value) on top."""
     data = read_file(path) if path else {}
-    if data and all(k in TrainConfig.model_fields and not isinstance(v, dict) for k, v in data.items()):
-        data = {"train": data}  # a bare TrainConfig, such as a Tune search's best_config.json
+    if is_bare_train(path, data):
+        data = {"train": data}
     for key, value in (overrides or {}).items():
         set_path(data, key, value)
     source = str(path) if path else "defaults"
@@ -494,18 +530,22 @@ def from_args(parser: argparse.ArgumentParser, argv: list[str] | None,
             value = getattr(args, dest)
             overrides[bind.path] = bind.to_config(value) if bind.to_config else value
     cfg = load(args.config, overrides)
-    use_storage(cfg.store)
+    use_storage(cfg.store, cfg.data)
     for dest, bind in binds.items():
         value = get_path(cfg, bind.read or bind.path)
         setattr(args, dest, bind.to_arg(value) if bind.to_arg else value)
     return cfg, args
 
 
-def use_storage(store: StoreConfig) -> dict[str, str]:
+def use_storage(store: StoreConfig, data: DataConfig | None = None) -> dict[str, str]:
     """Register the config's storage options (over the environment's) for its store's scheme in this process, so
-    every URI of that scheme (the store, run folders) opens with them; returns them (empty for a local store)."""
+    every URI of that scheme (the store, run folders) opens with them, and ``data.options`` for the inputs' URIs
+    (:mod:`ray_ser.inputs`); returns the store's (empty for a local store)."""
+    from ray_ser import inputs
     from ray_ser.storage import register
 
+    if data is not None:
+        inputs.register(data.options or None)
     return register(store.uri, store.options or None)
 
 

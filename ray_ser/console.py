@@ -18,6 +18,8 @@ import weakref
 from pathlib import Path
 from typing import Any, Iterator
 
+from ray_ser.redaction import ScrubFilter, remember_environment, scrub
+
 LOG_NAME = "ray_ser.log"
 VERBOSE_ENV = "RAY_SER_VERBOSE"
 FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -261,6 +263,7 @@ def setup(log_dir: str | Path | None, verbose: bool | None = None, *, native_std
     (``LANCE_LOG_FILE``, for processes that load Lance later), and with ``native_stderr`` points fd 2 at the file
     (:func:`redirect_native_stderr`) so native libraries' stderr lines land there too."""
     reset()
+    remember_environment()  # AWS_SECRET_ACCESS_KEY and the like: masked in every line from here on
     verbose = _env_verbose() if verbose is None else bool(verbose)
     path = None
     root = logging.getLogger()
@@ -276,11 +279,13 @@ def setup(log_dir: str | Path | None, verbose: bool | None = None, *, native_std
         fh = logging.FileHandler(path, encoding="utf-8")
         fh.setLevel(logging.INFO)
         fh.setFormatter(logging.Formatter(FILE_FORMAT))
+        fh.addFilter(ScrubFilter())
         setattr(fh, _TAG, True)
         root.addHandler(fh)
     console = _ConsoleHandler()
     console.setLevel(logging.INFO if verbose else logging.WARNING)
     console.addFilter(_ConsoleFilter(verbose))
+    console.addFilter(ScrubFilter())  # after the level filter: a secret known to this process never prints
     console.setFormatter(logging.Formatter(FILE_FORMAT) if verbose else _ConsoleFormatter("%(levelname)s: %(message)s"))
     setattr(console, _TAG, True)
     root.addHandler(console)
@@ -376,8 +381,8 @@ def fmt_seconds(seconds: float) -> str:
 
 
 def say(msg: str) -> None:
-    """A result line on stdout, above any open progress bar."""
-    _write(str(msg), sys.stdout)
+    """A result line on stdout, above any open progress bar (known secrets masked)."""
+    _write(scrub(str(msg)), sys.stdout)
 
 
 def detail(text: str) -> None:

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Mapping
 from urllib.parse import urlparse
 
+from ray_ser import redaction
 from ray_ser.errors import InputError
+from ray_ser.redaction import REDACTED
 
 Options = dict[str, str]
 
@@ -35,8 +37,6 @@ S3_ENV = {
 }
 GS_ENV = {"service_account": ("GOOGLE_SERVICE_ACCOUNT", "GOOGLE_APPLICATION_CREDENTIALS")}
 AZ_ENV = {"account_name": ("AZURE_STORAGE_ACCOUNT_NAME",), "account_key": ("AZURE_STORAGE_ACCOUNT_KEY",)}
-SECRET_KEYS = ("secret_access_key", "session_token", "account_key", "service_account_key", "sas_token", "token")
-"""Option keys whose values never reach a file (configs, run records) or a log line."""
 
 FAIL_FAST = {"connect_timeout": "5s", "timeout": "300s", "client_max_retries": "3", "client_retry_timeout": "15"}
 """Lance's object-store client defaults to retrying for minutes; an unreachable endpoint should fail in seconds (a
@@ -53,10 +53,12 @@ def register(location: str | os.PathLike | None, options: Mapping[str, Any] | No
     if not is_uri(location):
         return {}
     resolved = resolve_options(location, options)
+    given = {canonical(k): v for k, v in (options or {}).items()}
     for key, value in _REGISTERED.get(scheme(location), {}).items():  # a saved config's masked secret: keep ours
-        if (options or {}).get(key) == REDACTED:
+        if given.get(key) == REDACTED:
             resolved[key] = value
     _REGISTERED[scheme(location)] = resolved
+    redaction.remember(v for k, v in resolved.items() if redaction.is_secret(k))  # masked in every log line
     return resolved
 
 
@@ -103,6 +105,22 @@ def join(location: str | os.PathLike, *parts: str) -> str:
     return str(Path(location, *parts))
 
 
+ALIASES = {
+    "aws_access_key_id": "access_key_id", "aws_secret_access_key": "secret_access_key",
+    "aws_session_token": "session_token", "aws_endpoint": "endpoint", "aws_endpoint_url": "endpoint",
+    "aws_region": "region", "aws_allow_http": "allow_http", "google_service_account": "service_account",
+    "azure_storage_account_name": "account_name", "azure_storage_account_key": "account_key",
+}
+"""Other spellings of the storage options (Lance's ``aws_*`` aliases, the environment variables' names in lower
+case): each is read as the key it stands for, so fsspec and Lance see the same credentials."""
+
+
+def canonical(key: Any) -> str:
+    """The option key that ``key`` stands for (``AWS_SECRET_ACCESS_KEY`` -> ``secret_access_key``)."""
+    text = str(key).lower()
+    return ALIASES.get(text, text)
+
+
 def resolve_options(location: str | os.PathLike | None, explicit: Mapping[str, Any] | None = None) -> Options:
     """Storage options for ``location``: the usual environment variables of its scheme, overridden by ``explicit``
     (the config's ``store.options``); empty for a local path. Values are strings, as Lance takes them."""
@@ -115,7 +133,7 @@ def resolve_options(location: str | os.PathLike | None, explicit: Mapping[str, A
             if os.environ.get(name):
                 options[key] = os.environ[name]
                 break
-    options.update({str(k): _text(v) for k, v in (explicit or {}).items() if v is not None and v != REDACTED})
+    options.update({canonical(k): _text(v) for k, v in (explicit or {}).items() if v is not None and v != REDACTED})
     if scheme(location) == "s3" and options.get("endpoint", "").startswith("http://"):
         options.setdefault("allow_http", "true")
     return options
@@ -125,16 +143,25 @@ def lance_options(location: str | os.PathLike | None, options: Mapping[str, str]
     """What to hand Lance/LanceDB/lance-ray: the options plus fail-fast client settings (None for a local path)."""
     if not is_uri(location):
         return None
-    return {**FAIL_FAST, **dict(options or {})}
+    out = {**FAIL_FAST, **dict(options or {})}
+    if scheme(location) == "s3":
+        for key, lance_key in LANCE_S3_KEYS.items():
+            if key in out:
+                out[lance_key] = out.pop(key)
+    return out
 
 
-REDACTED = "***"
-"""A secret option's value in a saved config: a stage that reads that config keeps the secret it already has."""
+LANCE_S3_KEYS = {"access_key_id": "aws_access_key_id", "secret_access_key": "aws_secret_access_key",
+                 "session_token": "aws_session_token"}
+"""S3 credentials under Lance's ``aws_`` names: under the short ones, Lance's namespace listing (what
+``lancedb.connect`` does first) took a key pair from the AWS_* environment over the options given, and a driver with
+another account's AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY set failed with SignatureDoesNotMatch."""
 
 
 def redact(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``options`` with secret values replaced (for configs, run records and messages)."""
-    return {k: (REDACTED if k in SECRET_KEYS and v else v) for k, v in (options or {}).items()}
+    """``options`` with secret values replaced (for configs, run records and messages): the one rule of
+    :mod:`ray_ser.redaction`, which names which keys hold secrets."""
+    return redaction.redact(dict(options or {}))
 
 
 def _text(value: Any) -> str:

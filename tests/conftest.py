@@ -17,6 +17,45 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["RAY_SER_CACHE"] = tempfile.mkdtemp(prefix="ray_ser_cache_")  # tests never touch the user's hash cache
 
 
+# ---- skips: only the CUDA-bound tests may skip in CI -----------------------------------------------------------
+DEVICE_MARKERS = ("cuda", "no_cuda")
+"""Tests that can only run with (``cuda``) or without (``no_cuda``) a CUDA device: the only skips CI accepts."""
+
+_skips: list[tuple[str, str, bool]] = []
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA device (may skip anywhere, CI included)")
+    config.addinivalue_line("markers", "no_cuda: needs torch without CUDA (may skip anywhere, CI included)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Record every skip; under CI (``$CI`` set) a skip of any test not marked cuda/no_cuda becomes a failure that
+    keeps the reason (missing corpora, a service that could not start), so CI cannot go green by skipping."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    allowed = any(item.get_closest_marker(m) for m in DEVICE_MARKERS)
+    _skips.append((item.nodeid, reason, allowed))
+    if os.environ.get("CI") and not allowed:
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI, where only CUDA-bound tests may skip: {reason}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line counting the skips (device-bound and other), before pytest's own closing line."""
+    device = sum(1 for *_, ok in _skips if ok)
+    other = [(n, r) for n, r, ok in _skips if not ok]
+    terminalreporter.write_line(f"skips: {len(_skips)} ({device} CUDA-bound, {len(other)} other"
+                                f"{', failed under CI' if other and os.environ.get('CI') else ''})")
+    for nodeid, reason in other[:20]:
+        terminalreporter.write_line(f"  skipped {nodeid}: {reason}")
+
+
 @pytest.fixture(scope="session")
 def corpora() -> Path:
     """The real corpora folder (../shared/corpora or $RAY_SER_DATA_ROOT); skips when it is absent."""

@@ -86,8 +86,8 @@ def test_both_files_install_ray_ser_the_same_way_and_the_aws_workers_have_gpus(o
     assert aws["worker_setup_commands"] == local["worker_setup_commands"]
     for cfg in (aws, local):
         assert not any("torch" in c for c in cfg["setup_commands"]), "setup must keep the node's own CUDA torch"
-        (remote, local_path), = cfg["file_mounts"].items()
-        assert local_path == "." and f"cd {remote} " in installs[AWS.name][0]
+        (remote,) = [r for r, local_path in cfg["file_mounts"].items() if local_path == "."]
+        assert f"cd {remote} " in installs[AWS.name][0]
 
     # constraints.txt pins no torch (a GPU node keeps its CUDA build) and the Ray the laptop runs.
     import ray
@@ -113,3 +113,42 @@ def test_both_files_install_ray_ser_the_same_way_and_the_aws_workers_have_gpus(o
         assert types[name]["min_workers"] == 0 and types[name]["max_workers"] >= 1  # autoscaled from zero
     for t in types.values():  # S3 credentials come from each node's instance profile
         assert "Arn" in t["node_config"]["IamInstanceProfile"]
+
+
+
+LOCALHOST = {"127.0.0.1", "localhost", "::1"}
+
+
+def job_api_problems(cfg: dict) -> list[str]:
+    """Why a launcher config would open the job API (port 8265) to anyone: a `ray start` without token auth, a
+    dashboard listening beyond the head's localhost, or no shared token on the nodes."""
+    problems = []
+    starts = [c for key in ("head_start_ray_commands", "worker_start_ray_commands") for c in cfg.get(key, [])
+              if re.search(r"\bray start\b", c)]
+    problems += [f"no token auth: {c}" for c in starts if not re.search(r"\bRAY_AUTH_MODE=token ray start\b", c)]
+    for head in (c for c in starts if "--head" in c):
+        host = re.search(r"--dashboard-host[= ](\S+)", head)
+        if not host or host.group(1) not in LOCALHOST:
+            problems.append(f"dashboard beyond localhost: {head}")
+    if cfg.get("file_mounts", {}).get("~/.ray/auth_token") != "~/.ray/auth_token":
+        problems.append("the laptop's ~/.ray/auth_token is not copied to the nodes")
+    return problems
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_no_config_opens_the_job_api_without_a_token(path):
+    """Every node starts Ray with token authentication and the same token (the laptop's ~/.ray/auth_token), and the
+    dashboard listens on the head's localhost only (reached through `ray dashboard`'s SSH tunnel)."""
+    cfg = load(path)
+    assert len(cfg["head_start_ray_commands"]) + len(cfg["worker_start_ray_commands"]) >= 2
+    assert job_api_problems(cfg) == []
+
+
+def test_an_open_head_is_caught():
+    """The configs as they were before: dashboard on 0.0.0.0 and no token."""
+    cfg = load(AWS)
+    cfg["head_start_ray_commands"] = [c.replace("RAY_AUTH_MODE=token ", "").replace("127.0.0.1", "0.0.0.0")
+                                      for c in cfg["head_start_ray_commands"]]
+    del cfg["file_mounts"]["~/.ray/auth_token"]
+    problems = job_api_problems(cfg)
+    assert len(problems) == 3 and problems[0].startswith("no token auth") and "0.0.0.0" in problems[1]

@@ -154,3 +154,15 @@ def test_a_stage_script_refuses_a_bad_key_before_anything_runs(tmp_path):
     assert done.returncode == 2
     assert "extract.modle" in done.stderr and str(path) in done.stderr and "Traceback" not in done.stderr
     assert not store.exists()
+
+
+def test_a_yaml_whose_only_key_is_store_is_a_store(tmp_path):
+    load = C.load
+    path = tmp_path / "c.yaml"
+    path.write_text("store: s3://bucket/stores/x\n")  # short for store: {uri: ...}; never a bare train section
+    cfg = load(path)
+    assert cfg.store.uri == "s3://bucket/stores/x" and cfg.train.store == "s3://bucket/stores/x"
+    best = tmp_path / "best_config.json"
+    best.write_text('{"store": "s3://bucket/stores/x", "epochs": 3}')
+    cfg = load(best)
+    assert cfg.train.epochs == 3 and cfg.train.store == "s3://bucket/stores/x"

@@ -75,7 +75,8 @@ def test_a_store_travels_with_its_options_and_never_prints_its_secret(tmp_path):
     fake = Store.__new__(Store)  # an object-store Store as a worker receives it (no connection made here)
     fake.uri, fake.options = "s3://b/s", {"access_key_id": "k", "secret_access_key": "s3cr3t", "endpoint": "http://h:1"}
     assert "s3cr3t" not in repr(fake) and fake.__getstate__() == {"uri": "s3://b/s", "options": fake.options}
-    assert fake.storage_options["secret_access_key"] == "s3cr3t" and fake.storage_options["connect_timeout"]
+    assert fake.storage_options["aws_secret_access_key"] == "s3cr3t" and fake.storage_options["connect_timeout"]
+    assert "secret_access_key" not in fake.storage_options  # Lance's own names (see storage.LANCE_S3_KEYS)
 
 
 def test_local_folders_get_no_arrow_filesystem_and_a_uri_log_stays_local(tmp_path, monkeypatch):

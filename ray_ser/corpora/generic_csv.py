@@ -3,7 +3,10 @@
 Columns (header names are case-sensitive, surrounding spaces ignored; a UTF-8 BOM is fine):
 
 * ``path`` (required): the audio file; relative paths are relative to ``audio_root`` when given, else to
-  the CSV's folder. ``audio_root`` itself, if relative, is relative to the CSV's folder.
+  the CSV's folder. ``audio_root`` itself, if relative, is relative to the CSV's folder. The CSV, ``audio_root``
+  and any path may be object-store URIs (``s3://bucket/corpus/labels.csv``, ``s3://bucket/corpus/a.wav``): a
+  relative path then lies under the URI's folder, and the objects are read with the storage options of
+  :mod:`ray_ser.inputs` (``data.options``, else the store's, else the environment's).
 * ``speaker`` (required, non-empty).
 * ``utt_id``: defaults to the audio file's stem.
 * ``label``: a category name, or empty for an unlabelled utterance.
@@ -36,15 +39,17 @@ A relative ``csv`` is looked up under ``data_root`` first, then in the working d
 
 from __future__ import annotations
 
+import contextlib
 import csv as csvlib
+import io
 import math
-import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 
+from ray_ser import inputs
 from ray_ser.corpora.labels import one_hot, votes_to_pdf
 from ray_ser.corpora.manifest import (
     PDF_TOLERANCE,
@@ -54,6 +59,7 @@ from ray_ser.corpora.manifest import (
     Utterance,
     read_duration,
 )
+from ray_ser.storage import is_uri
 from ray_ser.store.names import safe_name
 
 NAME = "csv"
@@ -81,7 +87,7 @@ def check_name(name: str, what: str) -> str:
     return name
 
 
-def _name_from(source: Path, corpus: str | None, cells: Any) -> str:
+def _name_from(source: str | Path, corpus: str | None, cells: Any) -> str:
     """The corpus name (module docstring): ``corpus``, else the one value of the ``corpus`` column (``cells``:
     (value, row, line) of its non-empty cells, None without the column), else the stem of ``source``."""
     if corpus is not None:
@@ -97,16 +103,18 @@ def _name_from(source: Path, corpus: str | None, cells: Any) -> str:
     if found:
         (value, (row, line)), = found.items()
         return check_name(value, f"{source} row {row} (line {line}) column 'corpus'")
-    return check_name(source.stem, f"{source} (no corpus column: the file's stem)")
+    return check_name(inputs.stem(source), f"{source} (no corpus column: the file's stem)")
 
 
-def corpus_name(data_root: Path, csv: str | Path, name: str | None = None) -> str:
+def corpus_name(data_root: Path, csv: str | Path, name: str | None = None,
+                options: dict[str, str] | None = None) -> str:
     """The name :func:`build` files ``csv`` under, reading no more of the CSV than up to the first non-empty
-    ``corpus`` cell (a CSV whose column names two corpora is refused by :func:`build`, not here)."""
+    ``corpus`` cell (a CSV whose column names two corpora is refused by :func:`build`, not here); ``options``: a
+    URI's storage options (default: the registered ones)."""
     source = _resolve_csv(Path(data_root), csv)
     if name is not None:
         return _name_from(source, name, None)
-    with open(source, newline="", encoding="utf-8-sig") as f:
+    with _open_csv(source, options) as f:
         reader = csvlib.DictReader(f)
         reader.fieldnames = [h.strip() for h in reader.fieldnames or []]
         first = None
@@ -119,7 +127,10 @@ def corpus_name(data_root: Path, csv: str | Path, name: str | None = None) -> st
     return _name_from(source, None, first)
 
 
-def _resolve_csv(data_root: Path, csv: str | Path) -> Path:
+def _resolve_csv(data_root: Path, csv: str | Path) -> str | Path:
+    """The CSV file ``csv`` names: a URI as it is, else a local file (module docstring)."""
+    if is_uri(csv):
+        return str(csv)
     p = Path(csv).expanduser()
     if p.is_absolute():
         candidates = [p]
@@ -131,23 +142,36 @@ def _resolve_csv(data_root: Path, csv: str | Path) -> Path:
     raise FileNotFoundError(f"CSV manifest {csv} not found (looked at {', '.join(map(str, candidates))})")
 
 
+@contextlib.contextmanager
+def _open_csv(source: str | Path, options: dict[str, str] | None = None) -> Iterator[Any]:
+    """The CSV as a text file for :mod:`csv` (UTF-8, a BOM dropped); a URI streams in ranged reads, with ``options``
+    (default: the inputs' registered ones, :mod:`ray_ser.inputs`)."""
+    if not is_uri(source):
+        with open(source, newline="", encoding="utf-8-sig") as f:
+            yield f
+        return
+    try:
+        raw = inputs.open_stream(str(source), options)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"CSV manifest {source} not found (no such object)") from None
+    with io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
+        yield f
+
+
 class _Row:
     """One CSV row plus the means to fail naming file, row and line."""
 
-    def __init__(self, source: Path, index: int, line: int, cells: dict[str, str]):
+    def __init__(self, source: str | Path, index: int, line: int, cells: dict[str, str]):
         self.source, self.index, self.line, self.cells = source, index, line, cells
 
     def fail(self, reason: str) -> None:
         raise ManifestError(f"{self.source} row {self.index} (line {self.line}): {reason}")
 
-    def rejection(self, reason: str, corpus: str, base: Path) -> dict[str, Any]:
+    def rejection(self, reason: str, corpus: str, base: str | Path) -> dict[str, Any]:
         """What :attr:`Manifest.rejected` keeps of this row: best-effort utt_id and path, and the reason."""
         rel = self.text("path")
-        path = None
-        if rel is not None:
-            p = Path(rel).expanduser()
-            path = str(p if p.is_absolute() else Path(os.path.normpath(base / p)))
-        uid = self.text("utt_id") or (Path(rel).stem if rel else f"row{self.index}")
+        path = None if rel is None else inputs.resolve(base, rel)
+        uid = self.text("utt_id") or (inputs.stem(rel) if rel else f"row{self.index}")
         return {"utt_id": _prefixed(uid, corpus), "path": path, "source": str(self.source), "row": self.index,
                 "line": self.line, "reason": reason}
 
@@ -212,10 +236,9 @@ def build(
     if name is not None and corpus is not None and name != corpus:
         raise ValueError(f"two corpus names given: name={name!r}, corpus={corpus!r}")
     explicit = name if name is not None else corpus
-    base = source.parent
-    if audio_root is not None:
-        base = Path(audio_root).expanduser()
-        base = base if base.is_absolute() else source.parent / base
+    base = inputs.parent(source)
+    if audio_root is not None:  # a URI, an absolute folder, or a folder relative to the CSV's
+        base = inputs.resolve(base, str(audio_root))
 
     rejected: list[dict[str, Any]] = []
 
@@ -224,7 +247,7 @@ def build(
             raise error
         rejected.append(row.rejection(str(error), corpus, base))
 
-    with open(source, newline="", encoding="utf-8-sig") as f:
+    with _open_csv(source) as f:
         reader = csvlib.DictReader(f)
         if not reader.fieldnames:
             raise ManifestError(f"{source}: empty file, expected a header row")
@@ -284,18 +307,17 @@ def build(
     return Manifest(table, categories, source=str(source), rejected=rejected)
 
 
-def _utterance(r: _Row, corpus: str, base: Path, categories: list[str], p_cols: dict[str, str],
+def _utterance(r: _Row, corpus: str, base: str | Path, categories: list[str], p_cols: dict[str, str],
                v_cols: dict[str, str], extra_cols: list[str]) -> Utterance:
     """One CSV row as an Utterance; a fault raises ManifestError naming the file, row and line."""
     rel = r.text("path")
     if rel is None:
         r.fail("empty path")
-    path = Path(rel).expanduser()
-    path = path if path.is_absolute() else Path(os.path.normpath(base / path))
+    path = inputs.resolve(base, rel)
     speaker = r.text("speaker")
     if speaker is None:
         r.fail("empty speaker")
-    utt_id = _prefixed(r.text("utt_id") or path.stem, corpus)
+    utt_id = _prefixed(r.text("utt_id") or inputs.stem(path), corpus)
 
     label = r.text("label")
     if label is not None and label not in categories:
@@ -333,9 +355,9 @@ def _utterance(r: _Row, corpus: str, base: Path, categories: list[str], p_cols: 
     fold, language, split = r.integer("fold"), r.text("language"), r.text("split")
     extra = {c: v for c in extra_cols if (v := r.text(c)) is not None and not (c == "corpus" and v == corpus)}
     if duration is None:  # last: a row that fails above never costs a header read
-        duration = read_duration(str(path), extra)
+        duration = read_duration(path, extra)
     return Utterance(
-        utt_id=utt_id, path=str(path), speaker=_prefixed(speaker, corpus), corpus=corpus,
+        utt_id=utt_id, path=path, speaker=_prefixed(speaker, corpus), corpus=corpus,
         duration=duration, gender=gender, language=language, split=split, fold=fold, label=label,
         pdf=None if pdf is None else pdf.tolist(), votes=None if votes is None else votes.tolist(),
         n_raters=n_raters, agreement=agreement, **dims, extra=extra,

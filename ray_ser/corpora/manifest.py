@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ray_ser.storage import is_uri, run_path, write_whole
+from ray_ser.storage import is_uri, write_whole
 
 CATEGORIES_KEY = b"ray_ser.categories"
 CORPUS_KEY = b"ray_ser.corpus"
@@ -130,10 +130,12 @@ class Manifest:
     @classmethod
     def read(cls, path: str | Path) -> "Manifest":
         """Read and validate a manifest Parquet file; errors name the file and the row."""
+        from ray_ser import inputs
+
         path = str(path)
         try:
-            if is_uri(path):  # e.g. s3://bucket/manifests/x.parquet, with the registered storage options
-                table = pq.read_table(pa.BufferReader(run_path(path).read_bytes()))
+            if is_uri(path):  # e.g. s3://bucket/manifests/x.parquet, with the data (else the store's) options
+                table = pq.read_table(pa.BufferReader(inputs.read_bytes(path)))
             else:
                 table = pq.read_table(path)
         except Exception as e:
@@ -183,8 +185,11 @@ class Manifest:
         return out
 
     def missing_audio(self) -> list[tuple[str, str]]:
-        """(utt_id, path) of the rows whose audio file does not exist (yet): a label-only manifest is allowed."""
-        return [(u, p) for u, p in zip(self.column("utt_id"), self.column("path")) if not os.path.lexists(p)]
+        """(utt_id, path) of the rows whose audio file does not exist (yet): a label-only manifest is allowed. Local
+        files only: an object-store URI is not asked for (one request per row); a missing object is an ``errors``
+        row ("object not found") when extraction decodes it."""
+        return [(u, p) for u, p in zip(self.column("utt_id"), self.column("path"))
+                if not is_uri(p) and not os.path.lexists(p)]
 
     def summary(self) -> str:
         """One line on what a user should look at: rows left out, unreadable and missing audio files."""
@@ -292,12 +297,15 @@ def validate(table: pa.Table, categories: Sequence[str], source: str = "<memory>
 
 def read_duration(path: str, extra: dict[str, Any]) -> float | None:
     """The audio file's duration from its header; None when the file is missing (a label-only manifest), and None
-    plus ``extra[AUDIO_ERROR]`` = the reason when it exists but cannot be read, so one bad file never stops a build."""
+    plus ``extra[AUDIO_ERROR]`` = the reason when it exists but cannot be read, so one bad file never stops a build.
+    An object-store URI's header comes from a small ranged read; a missing object counts as a missing file."""
     from ray_ser.extract import audio
 
-    if not os.path.lexists(path):
+    if not is_uri(path) and not os.path.lexists(path):
         return None
     duration, problem = audio.probe(str(path))
+    if problem == audio.OBJECT_NOT_FOUND:
+        return None
     if problem is not None:
         extra[AUDIO_ERROR] = problem
     return duration

@@ -36,8 +36,10 @@ class FoldPredictor:
 
         storage_options.restore(storage)  # the driver's: a checkpoint on the object store opens with them
 
+        from ray_ser.fm.base import pick_device
+
         torch.set_num_threads(max(1, threads))
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = pick_device()
         self.fm = load_fold_model(checkpoint, store=store)
         self.fm.module.to(self.device)
 
@@ -168,7 +170,7 @@ def predict_run(store: str, run_dir: str | Path, conditions: Sequence[str] | Non
     checkpoints = fold_checkpoints(run_dir)
     if not checkpoints:
         raise FileNotFoundError(f"{run_dir}: no fold_*/best checkpoints (train with jobs/train.py --out {run_dir})")
-    gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0  # GPUs alive only: never a new node
     parts, categories, config = [], None, None
     seen: dict[str, int] = {}
     bar = console.progress(len(checkpoints), "predict folds", "fold")
@@ -238,7 +240,7 @@ def predict_zero_shot(store: str, run_dir: str | Path, corpora: Sequence[str], c
     if not utts:
         raise ValueError(f"corpora {', '.join(corpora)}: no utterance has a label in the run's set {fm.plan.categories}")
     conds = list(conditions) if conditions else evaluation_conditions(store, fm.cfg.model)
-    gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0  # GPUs alive only: never a new node
     config = {"train": fm.cfg.model_dump(), "fold_id": fm.plan.fold_id, "zero_shot": list(corpora)}
     by_corpus: dict[str, list[str]] = {}
     for u, c in utts.items():

@@ -18,6 +18,7 @@ import polars as pl
 from matplotlib.figure import Figure
 
 from ray_ser.evaluate.tables import condition_order
+from ray_ser.redaction import redact
 
 PLOTS_DIR = "plots"
 GENDER_COLOURS = {"all": "#222222", "male": "#1f77b4", "female": "#d62728"}
@@ -377,7 +378,7 @@ utterances; a group of one speaker has none.</p>
 <h3>Confusion matrices</h3>
 <div class=grid>{''.join(f'<img src="{html.escape(p)}" alt="confusion {html.escape(c)}">' for c, p in confs if p)}</div>
 """)
-    config = json.dumps(run_config or {}, indent=2, sort_keys=True, default=str)
+    config = json.dumps(redact(run_config or {}), indent=2, sort_keys=True, default=str)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>ray_ser evaluation: {html.escape(', '.join(runs))}</title>
 <style>{CSS}</style></head>

@@ -1,20 +1,24 @@
 """Audio decoding: any file soundfile reads -> mono float32 at the model's rate, or an AudioError naming why.
 
 Reasons say what a user has to fix ("file not found", "is a directory", "permission denied", "empty file",
-"not an audio file", "truncated", "audio too long") and keep the decoder's own words after them.
+"not an audio file", "truncated", "audio too long") and keep the decoder's own words after them. A path may be an
+object-store URI (``s3://...``, :mod:`ray_ser.inputs`): a header is read with small ranged reads, a decode fetches
+the object once and decodes it from memory, and a missing object is "object not found".
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import struct
 from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf
 import soxr
+
+from ray_ser import inputs
+from ray_ser.storage import is_uri
 
 MIN_SECONDS = 0.25
 """Shorter audio is rejected: every supported model needs at least a few frames (HuBERT/WavLM: 400 samples)."""
@@ -42,6 +46,10 @@ class AudioInfo:
         return self.frames / self.sample_rate if self.sample_rate else 0.0
 
 
+OBJECT_NOT_FOUND = "object not found"
+"""The reason of an object-store URI with no object behind it (a local path's is "file not found")."""
+
+
 def _os_reason(e: OSError) -> str:
     """The user-facing reason of a failed open."""
     if isinstance(e, FileNotFoundError) or e.errno == errno.ENOENT:
@@ -63,6 +71,17 @@ def _decoder_reason(e: Exception, while_reading: bool) -> str:
     if while_reading or "lost sync" in low or "malformed" in low:
         return f"truncated or corrupt audio data: {text}"
     return f"corrupt audio header: {text}"
+
+
+def _object_reason(e: Exception) -> str:
+    """The user-facing reason of a failed read of an object-store URI."""
+    if isinstance(e, FileNotFoundError):
+        return OBJECT_NOT_FOUND
+    if isinstance(e, IsADirectoryError):
+        return "is a folder (prefix), not an audio object"
+    if isinstance(e, PermissionError):
+        return f"access denied (check the storage options' credentials): {e}"
+    return f"cannot read the object ({e.__class__.__name__}: {' '.join(str(e).split())[:300]})"
 
 
 def _open(path: str):
@@ -98,17 +117,23 @@ def _wav_truncation(f, size: int) -> str | None:
 
 
 @contextlib.contextmanager
-def _checked_file(path: str):
+def _checked_file(path: str, header: bool = False):
     """The open file of ``path``, rewound, once it exists, is readable, is not empty and is not a truncated WAV;
-    otherwise an AudioError with a reason a user can act on (shared by :func:`info` and :func:`load`)."""
+    otherwise an AudioError with a reason a user can act on (shared by :func:`info` and :func:`load`). An object-store
+    URI is fetched whole, or with ``header`` read lazily in small ranged reads."""
+    remote = is_uri(path)
     try:
-        f = _open(path)
+        f = inputs.open_object(path, header) if remote else _open(path)
     except OSError as e:
-        raise AudioError(path, _os_reason(e)) from e
+        raise AudioError(path, _object_reason(e) if remote else _os_reason(e)) from e
+    except Exception as e:  # noqa: BLE001 - an object store's client raises its own errors (denied, unreachable)
+        if not remote:
+            raise
+        raise AudioError(path, _object_reason(e)) from e
     with f:
-        size = os.fstat(f.fileno()).st_size
+        size = inputs.size(f)
         if size == 0:
-            raise AudioError(path, "empty file (0 bytes)")
+            raise AudioError(path, f"empty {'object' if remote else 'file'} (0 bytes)")
         truncated = _wav_truncation(f, size)
         if truncated:
             raise AudioError(path, truncated)
@@ -119,7 +144,7 @@ def _checked_file(path: str):
 def info(path: str) -> AudioInfo:
     """Read the header of ``path``; raises AudioError (with a reason a user can act on) when it cannot."""
     path = str(path)
-    with _checked_file(path) as f:
+    with _checked_file(path, header=True) as f:
         try:
             with sf.SoundFile(f, closefd=False) as s:
                 return AudioInfo(sample_rate=int(s.samplerate), channels=int(s.channels), frames=int(s.frames))

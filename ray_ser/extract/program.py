@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from ray_ser import __version__, console
 from ray_ser.corpora.manifest import Manifest
 from ray_ser.extract import audio, conditions
+from ray_ser.redaction import redact
 from ray_ser.store.core import Store, _sql, as_store, embedding_schema, now
 from ray_ser.store.names import table_name
 
@@ -42,11 +43,12 @@ class ExtractOptions:
     conditions: list[str] = field(default_factory=lambda: list(conditions.DEFAULT_CONDITIONS))
     frames: bool = True
     frame_layers: list[int] | None = None  # store frames of these layers only (None: all); pooled always all
-    dtype: str = "auto"  # model precision: auto (float16 on CUDA, float32 on CPU) | float32 | float16 | bfloat16
+    dtype: str = "auto"  # model precision: auto (float16 on GPUs, float32 on CPUs) | float32 | float16 | bfloat16
+    device: str = "auto"  # auto | gpu | cpu: where the model actors run (ray_ser.cluster_resources)
     whisper_mode: str = DEFAULT_WHISPER_MODE
     batch_size: int = 8
     max_batch_seconds: float = 240.0
-    pool_size: int | None = None  # model actors; default: one per GPU, else see cpu_layout
+    pool_size: int | None = None  # model actors; default: one per GPU (alive or addable), else see cpu_layout
     threads: int | None = None  # torch threads per CPU actor; default: see cpu_layout
     seed: int = 0
     retry_errors: bool = False
@@ -73,6 +75,7 @@ RUNTIME_OPTIONS = frozenset({
     "conditions",  # a run may add conditions; each condition's parameters are compared by name instead
     "batch_size", "max_batch_seconds", "pool_size", "threads", "retry_errors", "commit_mb", "commit_seconds",
     "model_key", "max_seconds", "on_drift", "wait_lease", "keep_versions_s", "write_mode", "actor_resources",
+    "device",  # where the model runs; what that changes in the rows, the resolved dtype records
 })
 """Options that change how a run works, never what a stored row holds. Every other option (seed, frames,
 frame_layers, dtype, whisper_mode, and any option added later) must match the table's, or the run is refused."""
@@ -148,12 +151,17 @@ def drift_key(key: str, meta: dict[str, Any]) -> str:
 
 
 # ---- stage 1: CPU tasks --------------------------------------------------------------------------
-def decode_batch(batch: pa.Table, sample_rate: int, seed: int, max_seconds: float | None = None) -> pa.Table:
+def decode_batch(batch: pa.Table, sample_rate: int, seed: int, max_seconds: float | None = None,
+                 storage: dict[str, Any] | None = None) -> pa.Table:
     """Decode and resample each utterance once, then degrade it for each of its conditions.
 
     In: one row per utterance with a ``conditions`` list. Out: one row per (utterance, condition) with the
-    audio, or with ``error``/``stage`` set when decoding or degrading failed.
+    audio, or with ``error``/``stage`` set when decoding or degrading failed. ``storage``: the driver's
+    :func:`ray_ser.inputs.snapshot`, for audio on an object store (this node may have no credentials).
     """
+    from ray_ser import inputs
+
+    inputs.restore(storage)
     out: dict[str, list] = {k: [] for k in ("utt_id", "path", "condition", "audio", "error", "stage", "snr_db", "rt60",
                                             "aug_params")}
 
@@ -223,19 +231,23 @@ def gpu_unusable_message(gpus: int, where: str, torch_version: str, cuda_build: 
 
 
 def ensure_gpu_usable() -> None:
-    """In an actor that Ray gave a GPU: fail at start-up when torch cannot use CUDA."""
+    """In an actor that Ray gave a GPU: fail at start-up when torch cannot use CUDA (unless the test-only
+    :data:`ray_ser.cluster_resources.FAKE_GPUS_ENV` switch says the GPU is a fake one)."""
     import socket
 
     import ray
     import torch
 
-    if ray.is_initialized() and ray.get_gpu_ids() and not torch.cuda.is_available():
+    from ray_ser.cluster_resources import fake_gpus
+
+    if ray.is_initialized() and ray.get_gpu_ids() and not torch.cuda.is_available() and not fake_gpus():
         raise RuntimeError(gpu_unusable_message(len(ray.get_gpu_ids()), socket.gethostname(), torch.__version__,
                                                 torch.version.cuda))
 
 
 def check_gpu_workers(gpus: int, timeout: float = 600.0) -> None:
-    """Before starting the pipeline on a cluster with GPUs: one GPU task checks that torch there can use CUDA."""
+    """Before starting the pipeline on GPUs: one GPU task checks that torch there can use CUDA. With no GPU alive
+    yet, its request is what the autoscaler adds the first GPU node for; after ``timeout`` the actors check."""
     import ray
 
     @ray.remote(num_gpus=1, num_cpus=0)
@@ -244,7 +256,9 @@ def check_gpu_workers(gpus: int, timeout: float = 600.0) -> None:
 
         import torch
 
-        return torch.cuda.is_available(), torch.__version__, torch.version.cuda, socket.gethostname()
+        from ray_ser.cluster_resources import fake_gpus
+
+        return torch.cuda.is_available() or fake_gpus(), torch.__version__, torch.version.cuda, socket.gethostname()
 
     try:
         ok, version, cuda_build, host = ray.get(probe.remote(), timeout=timeout)
@@ -465,20 +479,38 @@ def cpu_layout(cpus: float, pool_size: int | None = None, threads: int | None = 
     return pool, threads, min(float(threads), reserve)
 
 
-def actor_node_cpus(needs: dict[str, float] | None) -> float:
-    """CPUs of the largest alive node that offers ``needs`` (the model actors' custom resources); refuses, naming
-    them, when no node does (the actors would wait for one forever)."""
-    import ray
+def actor_node_cpus(needs: dict[str, float] | None, alive: list[dict[str, float]] | None = None,
+                    types: list | None = None) -> float | None:
+    """CPUs of the largest node that offers ``needs`` (the model actors' custom resources): an alive one, or one of
+    a node type the autoscaler may add (None when no such node lists its CPUs); refuses, naming them, when no node
+    could (the actors would wait for one forever), see :func:`ray_ser.cluster_resources.place`."""
+    from ray_ser import cluster_resources as cr
 
-    from ray_ser.errors import InputError
+    needs = dict(needs or {})
+    alive = cr.alive_nodes() if alive is None else alive
+    types = cr.node_types() if types is None else types
+    cr.place(needs, "the model actors (extract.actor_resources)", alive=alive, types=types)
+    fit = [r.get("CPU", 0.0) for r in alive if all(r.get(k, 0.0) >= v for k, v in needs.items())]
+    fit += [t.resources["CPU"] for t in types if t.offers(needs) and "CPU" in t.resources]
+    return max(fit) if fit else None
 
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    fit = [r.get("CPU", 0.0) for r in nodes if all(r.get(k, 0.0) >= v for k, v in (needs or {}).items())]
-    if not fit:
-        offered = sorted({k for r in nodes for k in r if not k.startswith("node:") and k not in ("memory", "object_store_memory")})
-        raise InputError(f"no node of the Ray cluster offers the model actors' resources {needs} "
-                         f"(extract.actor_resources); the nodes offer {', '.join(offered)}")
-    return max(fit)
+
+GPU_HINT = ("Set extract.device: cpu (--device cpu), add a GPU node, or give the cluster's autoscaler a node type "
+            "with GPUs (docs/cluster.md)")
+
+
+def plan_gpu_actors(needs: dict[str, float], pool_size: int | None) -> int:
+    """GPU model actors: checks that a node could hold one (an alive node, or one the autoscaler adds: a line says
+    what the run waits for), and that torch there can use CUDA; returns the pool size (``pool_size``, else one
+    per GPU alive or addable)."""
+    from ray_ser import cluster_resources as cr
+
+    request = {"GPU": 1.0, **needs}
+    alive, types = cr.alive_nodes(), cr.node_types()
+    cr.place(request, "the model actors (extract.device gpu)", GPU_HINT, alive=alive, types=types)
+    slots = max(1, cr.gpu_slots(request, alive=alive, types=types))
+    check_gpu_workers(slots)
+    return pool_size or slots
 
 
 def decode_in_actors(gpus: int) -> bool:
@@ -489,30 +521,40 @@ def decode_in_actors(gpus: int) -> bool:
     return not gpus
 
 
-def cluster_gpus() -> int:
-    """GPUs of the Ray cluster this driver is attached to (of this machine when Ray is not started yet)."""
+def resolve_device(device: str, gpus: int | None = None) -> str:
+    """``device`` as a run applies it, gpu or cpu: auto is gpu when the cluster has GPUs or its autoscaler can add
+    them (:func:`ray_ser.cluster_resources.wants_gpu`; this machine's CUDA devices before Ray starts); ``gpus``
+    given: gpu when it is positive."""
+    from ray_ser.cluster_resources import check_device, wants_gpu
+
+    if check_device(device) != "auto":
+        return device
+    if gpus is not None:
+        return "gpu" if gpus else "cpu"
     import ray
 
     if ray.is_initialized():
-        return int(ray.cluster_resources().get("GPU", 0))
+        return "gpu" if wants_gpu("auto") else "cpu"
     import torch
 
-    return torch.cuda.device_count()
+    return "gpu" if torch.cuda.device_count() else "cpu"
 
 
 def run_options(opts: ExtractOptions, num_layers: int, gpus: int | None = None) -> ExtractOptions:
-    """The options as this run applies them, which the table records: ``dtype`` auto resolved for the cluster's
-    devices (float16 with GPUs, float32 without) and ``frame_layers`` checked and made non-negative."""
+    """The options as this run applies them, which the table records: ``device`` resolved to gpu or cpu
+    (:func:`resolve_device`), ``dtype`` auto resolved for it (float16 on GPUs, float32 on CPUs, also for a GPU
+    node the autoscaler has yet to add) and ``frame_layers`` checked and made non-negative."""
     from dataclasses import replace
 
     from ray_ser.fm.base import resolve_dtype
     from ray_ser.fm.step import resolve_frame_layers
 
-    gpus = cluster_gpus() if gpus is None else gpus
+    device = resolve_device(opts.device, gpus)
     layers = opts.frame_layers
     if layers is not None and opts.frames:
         layers = list(resolve_frame_layers(layers, num_layers))
-    return replace(opts, dtype=resolve_dtype(opts.dtype, "cuda" if gpus else "cpu"), frame_layers=layers)
+    return replace(opts, device=device, dtype=resolve_dtype(opts.dtype, "cuda" if device == "gpu" else "cpu"),
+                   frame_layers=layers)
 
 
 def ensure_aug_column(table, conds: list[str]) -> None:
@@ -686,11 +728,11 @@ def extract(manifest: Manifest, store_uri: str | Store, options: ExtractOptions 
              else "", result.dropped_partial, result.duplicates_removed, result.manifest_errors)
     store.runs().add(pa.table({
         "run_id": [run_id], "model": [opts.key], "table": [result.table], "corpus": [manifest.corpus],
-        "started": [t0], "finished": [now()], "options": [json.dumps(meta, sort_keys=True, default=str)],
+        "started": [t0], "finished": [now()], "options": [json.dumps(redact(meta), sort_keys=True, default=str)],
         "extracted": [result.extracted], "errors": [result.errors], "skipped": [result.skipped],
         "done_before": [result.done_before], "failed_before": [result.failed_before],
         "manifest_errors": [result.manifest_errors], "duplicates_removed": [result.duplicates_removed],
-        "config": [json.dumps(experiment, sort_keys=True, default=str) if experiment is not None else None],
+        "config": [json.dumps(redact(experiment), sort_keys=True, default=str) if experiment is not None else None],
     }, schema=store.runs().schema))
     return result
 
@@ -723,17 +765,20 @@ def _run(store: Store, table, manifest: Manifest, opts: ExtractOptions, conds: l
     extracted = n_errors = 0
     if items.num_rows:
         resources = ray.cluster_resources()
-        gpus = int(resources.get("GPU", 0))
-        if gpus:
-            check_gpu_workers(gpus)
-            pool, threads, actor_cpus = opts.pool_size or gpus, 1, 0.0
+        if resolve_device(opts.device) == "gpu":
+            pool = gpus = plan_gpu_actors(dict(opts.actor_resources), opts.pool_size)
+            threads, actor_cpus = 1, 0.0
         else:
+            gpus = 0
             pool, threads, actor_cpus = cpu_layout(resources.get("CPU", 1), opts.pool_size, opts.threads,
                                                    actor_node_cpus(opts.actor_resources))
         blocks = input_blocks(items, opts.batch_size, len(conds))
         pool = min(pool, len(blocks))  # an actor with no block to work on would only load the model
         log.info("model actors: %d, each on %s", pool, "1 GPU" if gpus else f"{threads} CPU thread(s)")
-        decode = {"sample_rate": sample_rate, "seed": opts.seed, "max_seconds": opts.max_seconds}
+        from ray_ser import inputs
+
+        decode = {"sample_rate": sample_rate, "seed": opts.seed, "max_seconds": opts.max_seconds,
+                  "storage": inputs.snapshot(items.column("path").to_pylist())}  # audio in a bucket: its options
         ds = ray.data.from_arrow(blocks)
         fused = decode_in_actors(gpus)
         if not fused:

@@ -28,10 +28,13 @@ class EncoderOutput:
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` if given, else the first CUDA device when there is one, else the CPU."""
+    """``device`` if given, else the first CUDA device when there is one, else the CPU (always the CPU under the
+    test-only fake-GPU switch, :data:`ray_ser.cluster_resources.FAKE_GPUS_ENV`)."""
+    from ray_ser.cluster_resources import fake_gpus
+
     if device is not None:
         return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device("cuda" if torch.cuda.is_available() and not fake_gpus() else "cpu")
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

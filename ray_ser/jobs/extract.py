@@ -32,6 +32,10 @@ def parser() -> argparse.ArgumentParser:
                    help="store frames of these layers only, e.g. 2,3,4 or -1 (pooled vectors are always stored for all)")
     p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"],
                    help="model precision (default auto: float16 on GPUs, float32 on CPUs); recorded with the table")
+    p.add_argument("--device", choices=["auto", "gpu", "cpu"],
+                   help="where the model actors run: gpu asks Ray for a GPU each even before a GPU node is up (the "
+                        "autoscaler adds them), cpu never; auto (default): gpu when a node or an autoscaler node type "
+                        "has GPUs")
     p.add_argument("--aug-copies", type=int,
                    help="add N augmented training copies per utterance as conditions aug0..aug<N-1> (seed 002's suite)")
     p.add_argument("--write-mode", choices=["driver", "fragments"],
@@ -41,7 +45,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--whisper-mode", help="strided:<s> (default strided:10) | trimmed | padded | window:<seconds>")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-batch-seconds", type=float)
-    p.add_argument("--pool-size", type=int, help="model actors (default: one per GPU; on CPUs one per core, at most 4)")
+    p.add_argument("--pool-size", type=int, help="model actors (default: one per GPU, alive or addable by the autoscaler; on CPUs one per core, "
+                                                 "at most 4)")
     p.add_argument("--threads", type=int, help="torch threads per CPU actor (default: cores / actors)")
     p.add_argument("--model-key", help="name to file the embeddings under (default: model, plus @mode)")
     p.add_argument("--seed", type=int, help="seed of the degraded copies")
@@ -72,7 +77,7 @@ BINDS = {
     "csv": "data.csv", "audio_root": "data.audio_root", "csv_name": "data.csv_name", "limit": "data.limit",
     "store": "store.uri",
     "no_frames": negated("extract.frames"), "keep_versions": "extract.keep_versions_s",
-    **{k: f"extract.{k}" for k in ("model", "conditions", "frame_layers", "dtype", "aug_copies", "write_mode",
+    **{k: f"extract.{k}" for k in ("model", "conditions", "frame_layers", "dtype", "device", "aug_copies", "write_mode",
                                    "whisper_mode", "batch_size", "max_batch_seconds", "pool_size", "threads",
                                    "model_key", "seed", "retry_errors", "commit_mb", "commit_seconds",
                                    "max_seconds", "on_drift", "wait_lease", "actor_resources")},
@@ -189,7 +194,7 @@ def run(cfg: ExperimentConfig) -> list[dict]:
     for manifest in found:
         console.say(f"manifest {manifest.corpus}: {manifest.summary()}")
         init_ray()
-        result = extract(manifest, cfg.store.uri, cfg.extract.options(), experiment=cfg.model_dump(mode="json"))
+        result = extract(manifest, cfg.store.uri, cfg.extract.options(), experiment=cfg.public())
         console.detail(json.dumps(result.__dict__, indent=2))
         console.say(summary(result.__dict__))
         results.append(result.__dict__)

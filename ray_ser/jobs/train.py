@@ -28,7 +28,7 @@ BINDS = {
         "store", "model", "layer", "layers", "epochs", "seed", "keep_ratio", "n_clusters", "adv_weight", "target",
         "arch", "pooling", "lr", "batch_size", "patience", "num_workers", "cpus_per_worker", "mlp_hidden",
         "weight_decay", "dropout", "refit", "spec_augment", "auto_layers", "inner_folds", "conditions", "label_set",
-        "scaler", "balance", "final", "domain", "final_selection", "final_inner_folds")},
+        "scaler", "balance", "final", "domain", "final_selection", "final_inner_folds", "device")},
 }
 """Each flag's config key (the train section)."""
 
@@ -93,6 +93,10 @@ def parser(matrix: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--conditions", type=csv_list, default=None, help="training copies, e.g. clean,25dB,15dB,5dB (multi-condition)")
     p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers per fold (DDP)")
     p.add_argument("--cpus-per-worker", type=float, default=None)
+    p.add_argument("--device", choices=("auto", "gpu", "cpu"), default=None,
+                   help="where the workers train: gpu asks Ray for a GPU each even before a GPU node is up (the "
+                        "autoscaler adds them), cpu never; auto (default): gpu when a node or an autoscaler node type "
+                        "has GPUs")
     if not matrix:
         p.add_argument("--no-test-report", action="store_true", help="skip the per-fold test-speaker UAR printout")
     return p

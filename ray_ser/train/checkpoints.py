@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from ray_ser.redaction import redact
 from ray_ser.storage import run_path
 from ray_ser.train.config import TrainConfig
 from ray_ser.train.loop import build_fold_model
+from ray_ser.train import state_io
 from ray_ser.train.plan import FoldPlan, plan_mask
 
 log = logging.getLogger(__name__)
@@ -37,23 +39,21 @@ def write_best(out_dir: Path, cfg: TrainConfig, plan: FoldPlan, state: dict) -> 
     """``DIR/fold_<f>/best/{model.pt,config.json}``: the best epoch's weights and everything needed to rebuild
     the model and its input (layer, mask, categories) without other inputs. Written atomically: a folder renamed
     into place on disk; on an object store ``config.json``, which readers require, is the last object written."""
-    import torch
-
     final = fold_dir(out_dir, plan.fold) / BEST_DIR
-    info = {"train": cfg.model_dump(), "plan": plan.to_dict(), "best_epoch": state["best_epoch"],
+    info = {"train": redact(cfg.model_dump()), "plan": plan.to_dict(), "best_epoch": state["best_epoch"],
             "best_val_score": state["best_score"], "epochs_run": state["epoch"]}
     if state.get("phase") == "refit":
         info.update(epochs_run=state["selected"]["epoch"], refit_epochs=state["refit_epochs"])
     if not isinstance(final, Path):  # an object store: no rename, so the marker goes last (and first away)
         (final / "config.json").unlink(missing_ok=True)
         with (final / "model.pt").open("wb") as fh:
-            torch.save(state["best_model"], fh)
+            state_io.save(state["best_model"], fh)
         (final / "config.json").write_text(json.dumps(info, indent=1))
         return final
     tmp = final.with_name(BEST_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save(state["best_model"], tmp / "model.pt")
+    state_io.save(state["best_model"], tmp / "model.pt")
     (tmp / "config.json").write_text(json.dumps(info, indent=1))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -76,8 +76,6 @@ class FoldModel:
 
 def load_fold_model(path: str | os.PathLike, store: str | None = None) -> FoldModel:
     """Rebuild a fold's best model from ``DIR/fold_<f>/best`` (``store`` overrides the recorded store URI)."""
-    import torch
-
     path = run_path(path)
     info = json.loads((path / "config.json").read_text())
     cfg = TrainConfig(**info["train"])
@@ -86,7 +84,7 @@ def load_fold_model(path: str | os.PathLike, store: str | None = None) -> FoldMo
     plan = FoldPlan(**info["plan"])
     module = build_fold_model(plan)
     with (path / "model.pt").open("rb") as fh:
-        module.load_state_dict(torch.load(fh, map_location="cpu"))
+        module.load_state_dict(state_io.load(fh, name=str(path / "model.pt")))
     return FoldModel(module.eval(), cfg, plan, path)
 
 

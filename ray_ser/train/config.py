@@ -124,8 +124,12 @@ class TrainConfig(BaseModel):
     cache_mb: int = Field(2048, ge=0)
     """A worker's training (and validation) shard up to this size stays in memory after the first epoch's read
     (0: stream from Ray Data every epoch)."""
+    device: Literal["auto", "gpu", "cpu"] = "auto"
+    """Where the Ray Train workers train: gpu asks Ray for one GPU per worker even when no GPU node is up yet (the
+    cluster's autoscaler adds GPU nodes for them); cpu never asks for one; auto is gpu when a node has GPUs or the
+    autoscaler has a node type with GPUs, else cpu. A request no node and no node type could meet is refused."""
     use_gpu: bool | None = None
-    """null: use GPUs when the cluster has them."""
+    """Deprecated, use device: true is device gpu, false device cpu (null: device decides)."""
 
     @field_validator("label_set", mode="before")
     @classmethod
@@ -133,6 +137,16 @@ class TrainConfig(BaseModel):
         from ray_ser.corpora.label_sets import resolve
 
         return resolve(value)
+
+    @model_validator(mode="after")
+    def _use_gpu_is_device(self) -> "TrainConfig":
+        """The deprecated ``use_gpu`` becomes ``device`` (one truth for the driver and the run's hash)."""
+        if self.use_gpu is not None:
+            wanted = "gpu" if self.use_gpu else "cpu"
+            if "device" in self.model_fields_set and self.device not in ("auto", wanted):
+                raise ValueError(f"use_gpu {self.use_gpu} contradicts device {self.device!r}: set device only")
+            self.__dict__.update(device=wanted, use_gpu=None)
+        return self
 
     @model_validator(mode="after")
     def _cv_refits(self) -> "TrainConfig":

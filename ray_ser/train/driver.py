@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from ray_ser import console, storage
+from ray_ser.redaction import redact
 from ray_ser.corpora.folds import FoldAssignment
 from ray_ser.storage import arrow_filesystem, join, local_log_dir, run_path, write_parquet
 from ray_ser.train.checkpoints import FINAL, final_checkpoint, fold_checkpoints, fold_dir, write_best
@@ -58,9 +59,10 @@ def config_hash(cfg: TrainConfig) -> str:
     return hashlib.sha1(json.dumps(defining(cfg.model_dump()), sort_keys=True).encode()).hexdigest()[:8]
 
 
-RUNTIME_FIELDS = ("cache_mb", "checkpoint_every_s", "outer_folds", "final")
+RUNTIME_FIELDS = ("cache_mb", "checkpoint_every_s", "outer_folds", "final", "device")
 """TrainConfig fields that change how a run is executed, not what it learns (a resumed run may change them; which
-folds a run trains and whether it adds a final model do not change any fold's model)."""
+folds a run trains and whether it adds a final model do not change any fold's model; ``device`` auto never was part
+of a run's identity either, since it followed the cluster)."""
 
 
 def defining(config: dict) -> dict:
@@ -68,13 +70,40 @@ def defining(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in RUNTIME_FIELDS}
 
 
+GPU_HINT = ("Set train.device: cpu (--device cpu), add a GPU node, or give the cluster's autoscaler a node type with "
+            "GPUs (docs/cluster.md)")
+
+
 def _scaling(cfg: TrainConfig):
-    import ray
+    """Ray Train's workers: one GPU each when ``cfg.device`` resolves to gpu (alive or to be added by the
+    autoscaler), checked against the cluster's nodes and node types first (refused when none could hold one)."""
     from ray.train import ScalingConfig
 
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= 1
-    return ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
-                         resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if use_gpu else {})})
+    from ray_ser import cluster_resources as cr
+
+    use_gpu = cr.wants_gpu(cfg.device)
+    per_worker = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    cr.place(per_worker, f"each Ray Train worker (train.device {cfg.device})", GPU_HINT if use_gpu else "")
+    return ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=per_worker)
+
+
+def _torch_config():
+    """Ray Train's torch backend: its default (NCCL on GPUs), gloo under the test-only fake-GPU switch, whose GPUs
+    have no device for NCCL."""
+    from ray.train.torch import TorchConfig
+
+    from ray_ser.cluster_resources import fake_gpus
+
+    return TorchConfig(backend="gloo") if fake_gpus() else None
+
+
+def _fake_gpu_loop(config: dict) -> None:
+    """The worker loop under the test-only fake-GPU switch: Ray assigned a GPU that has no device, so Ray Train's
+    device (``ray.train.torch.get_device``, ``prepare_model``) is made the CPU before the loop starts."""
+    from ray.air._internal import device_manager
+
+    device_manager._torch_device_manager = device_manager.CPUTorchDeviceManager()
+    train_loop_per_worker(config)
 
 
 @contextlib.contextmanager
@@ -133,8 +162,11 @@ def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir:
     progress.parent.mkdir(parents=True, exist_ok=True)
     progress.unlink(missing_ok=True)
     filesystem, storage_path = arrow_filesystem(join(out_dir, "ray_train"))
+    from ray_ser.cluster_resources import fake_gpus
+
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        _fake_gpu_loop if fake_gpus() else train_loop_per_worker,
+        torch_config=_torch_config(),
         train_loop_config={"cfg": cfg.model_dump(), "plan": plan.to_dict(), "datasets": sorted(datasets),
                            "tb_dir": join(out_dir, "tensorboard", name), "progress_file": str(progress),
                            "storage": storage.snapshot()},
@@ -240,7 +272,7 @@ def run(cfg: TrainConfig, folds: str | Sequence[int] | None, out_dir: str | os.P
                 on_fold(summary)
     bar.close()
     collect_epochs(out_dir)
-    (out_dir / "run.json").write_text(json.dumps({"config": cfg.model_dump(), "fold_id": assignment.id,
+    (out_dir / "run.json").write_text(json.dumps({"config": redact(cfg.model_dump()), "fold_id": assignment.id,
                                                   "folds": assignment.description, "label_set": report.to_dict(),
                                                   "summaries": summaries}, indent=1))
     return summaries

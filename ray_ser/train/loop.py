@@ -383,17 +383,18 @@ def final_state(state: dict) -> dict:
 
 
 def save_state(state: dict, directory: str | os.PathLike) -> Path:
-    import torch
+    from ray_ser.train import state_io
 
     path = Path(directory) / STATE_FILE
-    torch.save(state, path)
+    state_io.save(state, path)
     return path
 
 
 def load_state(directory: str | os.PathLike) -> dict:
-    import torch
+    """A fold's training state (tensors and plain data only: nothing is unpickled)."""
+    from ray_ser.train import state_io
 
-    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+    return state_io.load(Path(directory) / STATE_FILE)
 
 
 def write_progress(path: str | os.PathLike, metrics: dict, st: dict, cfg: TrainConfig, plan: FoldPlan) -> None:

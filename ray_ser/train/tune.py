@@ -30,6 +30,7 @@ import polars as pl
 
 from ray_ser.train.config import TrainConfig
 from ray_ser.train.loop import EpochRunner
+from ray_ser.train import state_io
 from ray_ser.train.plan import fold_datasets, plan_fold, resolve_assignment
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def trainable(config: dict, storage: dict | None = None) -> None:
     checkpoint = ray.tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            states = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
+            states = state_io.load(Path(d) / STATE_FILE)
     runners = {}
     for fold in config["search_folds"]:
         plan, labels, centroids = plan_fold(cfg, pool, fold)
@@ -147,7 +148,7 @@ def trainable(config: dict, storage: dict | None = None) -> None:
         metrics = {config["metric"]: float(score), "epoch": max(r.epoch for r in runners.values()) - 1,
                    "seconds_per_epoch": time.perf_counter() - t0}
         with tempfile.TemporaryDirectory() as d:
-            torch.save({f: r.state() for f, r in runners.items()}, Path(d) / STATE_FILE)
+            state_io.save({f: r.state() for f, r in runners.items()}, Path(d) / STATE_FILE)
             ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(d))
 
 

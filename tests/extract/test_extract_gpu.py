@@ -13,7 +13,8 @@ from ray_ser.corpora import Manifest, Utterance
 from ray_ser.extract.program import ExtractOptions, ensure_gpu_usable, extract
 from ray_ser.store.core import Store
 
-pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine's torch can use CUDA")
+pytestmark = [pytest.mark.no_cuda,
+              pytest.mark.skipif(torch.cuda.is_available(), reason="this machine's torch can use CUDA")]
 MESSAGE = r"offers 1 GPU\(s\), but torch .* cannot use CUDA \(a CPU-only build"
 
 

@@ -10,16 +10,18 @@ import yaml
 from synthetic import write_corpus
 
 
-def experiment(tmp: Path, gw, model_dir: Path, name: str, *, store: str, options: bool = True, **sections) -> Path:
+def experiment(tmp: Path, gw, model_dir: Path, name: str, *, store: str, options: bool | dict = True,
+               **sections) -> Path:
     """A config file of the synthetic corpus with the store and run folders on the gateway's bucket; ``options``
-    puts the gateway's storage options in the file (no AWS_* environment needed anywhere)."""
+    puts the gateway's storage options in the file (no AWS_* environment needed anywhere), or these options."""
     csv_path = tmp / "audio" / "synth.csv"
     if not csv_path.exists():
         write_corpus(tmp / "audio", n_speakers=4, per_class=3)
     config = {
         "name": name, "runs": gw.uri("runs"),
         "data": {"corpora": ["csv"], "csv": str(csv_path), "data_root": str(tmp)},
-        "store": {"uri": store, **({"options": gw.storage_options()} if options else {})},
+        "store": {"uri": store, **({"options": options if isinstance(options, dict) else gw.storage_options()}
+                                   if options else {})},
         "extract": {"model": str(model_dir), "model_key": "tiny", "conditions": ["clean", "5dB"], "batch_size": 4},
         "analysis": {"mis": False, "probe": True, "clusters": {"k": [4], "sample_frames": 2000}},
         "train": {"arch": "mlp", "mlp_hidden": 0, "auto_layers": 1, "epochs": 2, "patience": 2, "batch_size": 8,

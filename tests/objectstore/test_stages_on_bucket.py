@@ -1,6 +1,7 @@
 """Every stage with its store, checkpoints, Tune state and run folders on a real S3-compatible server (Ceph's RADOS
-Gateway, tests/services/rgw.py): the storage options come from the config file alone (no AWS_* variable in any
-process), nothing lands in the working directory, and a store that cannot be used fails within seconds."""
+Gateway, tests/services/rgw.py): the storage options come from the config file alone (the only AWS_* variable in
+any process is a planted secret that the config's key overrides), nothing lands in the working directory, no secret
+reaches a file, table, log or console line, and a store that cannot be used fails within seconds."""
 
 from __future__ import annotations
 
@@ -16,9 +17,25 @@ from ray_ser.storage import StoreUnavailable, run_path
 from ray_ser.store.core import Store
 
 
+ENV_SECRET = "planted-env-secret-7f3a9c2e51"
+"""A secret in every stage's environment (read by ray_ser, overridden by the config's key, so never used)."""
+
+CONSOLE: list[str] = []
+"""Everything every stage of this module printed (stdout and stderr), for the secret grep."""
+
+
 def ray_ser(*args: str, cwd, timeout: float = 1200) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ray_ser.cli", *args], cwd=cwd, env=no_aws_env(), text=True,
-                          capture_output=True, timeout=timeout)
+    done = subprocess.run([sys.executable, "-m", "ray_ser.cli", *args], cwd=cwd, text=True, capture_output=True,
+                          env={**no_aws_env(), "AWS_SECRET_ACCESS_KEY": ENV_SECRET}, timeout=timeout)
+    CONSOLE.append(done.stdout + done.stderr)
+    return done
+
+
+def aliased(options: dict[str, str]) -> dict[str, str]:
+    """The gateway's options with the secret under Lance's other spelling, ``aws_secret_access_key``."""
+    out = dict(options)
+    out["aws_secret_access_key"] = out.pop("secret_access_key")
+    return out
 
 
 def listing(gw, *parts: str) -> list[str]:
@@ -32,7 +49,8 @@ def pipeline(rgw, tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bucket")
     cwd = tmp / "cwd"
     cwd.mkdir()
-    config = experiment(tmp, rgw, tiny_model_dir, "onbucket", store=rgw.uri("stores", "synth"))
+    config = experiment(tmp, rgw, tiny_model_dir, "onbucket", store=rgw.uri("stores", "synth"),
+                        options=aliased(rgw.storage_options()))
     done = ray_ser("run", str(config), cwd=cwd, timeout=1500)
     return {"done": done, "config": config, "cwd": cwd, "tmp": tmp}
 
@@ -100,7 +118,7 @@ def test_evaluation_reads_the_bucket_and_writes_a_local_folder(pipeline, rgw, tm
     assert done.returncode == 0, done.stderr[-4000:]
     assert (tmp_path / "eval" / "metrics.parquet").is_file() and (tmp_path / "eval" / "report.html").is_file()
     saved = yaml.safe_load((tmp_path / "eval" / "config.yaml").read_text())
-    assert saved["store"]["options"]["secret_access_key"] == "***"
+    assert saved["store"]["options"]["aws_secret_access_key"] == "***"
 
 
 @pytest.mark.parametrize("case", ["wrong secret", "no such bucket", "nothing listening"])
@@ -151,3 +169,51 @@ def test_pruned_frames_and_a_manifest_file_on_the_bucket(pipeline, rgw):
     storage.register(out, rgw.storage_options())
     assert len(Manifest.read(out)) == 36
     assert list(pipeline["cwd"].iterdir()) == []
+
+
+def test_no_secret_reaches_a_file_a_table_a_log_or_the_console(pipeline, rgw):
+    """The config's secret (spelt aws_secret_access_key) and the environment's (AWS_SECRET_ACCESS_KEY), after every
+    stage above ran: in no object on the bucket (raw bytes, and every string of every store table as Lance decodes
+    it, since its files may be compressed), no local log or cache file, no file where the stages ran, no console."""
+    import os
+    from pathlib import Path
+
+    assert pipeline["done"].returncode == 0
+    secrets = [rgw.secret_key, ENV_SECRET]
+    hits: list[str] = []
+
+    def check(where: str, data: bytes | str) -> None:
+        raw = data.encode() if isinstance(data, str) else data
+        hits.extend(f"{where}: {secret[:7]}..." for secret in secrets if secret.encode() in raw)
+
+    check("control", pipeline["config"].read_text() + ENV_SECRET)  # the grep sees both secrets where they are
+    assert len(hits) == 2, hits
+    hits.clear()
+
+    import fsspec
+
+    from ray_ser.storage import fsspec_kwargs
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True, **fsspec_kwargs(rgw.uri(), rgw.storage_options()))
+    objects = fs.find(rgw.bucket)  # a fresh client: no listing or ETag cached from before a rewrite
+    assert len(objects) > 50  # the stores, run folders, checkpoints, Tune state and reports of every test above
+    for key in objects:
+        check(key, fs.cat_file(key))
+    for uri in (rgw.uri("stores", "synth"), rgw.uri("stores", "fragments")):
+        store = Store(uri, rgw.storage_options())
+        for name in store.names():
+            table = store.open(name).to_arrow()
+            for column in table.column_names:
+                if str(table.schema.field(column).type) in ("string", "large_string"):
+                    check(f"{uri} {name}.{column}", "\n".join(v for v in table.column(column).to_pylist() if v))
+            check(f"{uri} {name} schema", str(table.schema.metadata))
+    own_configs = set(pipeline["tmp"].glob("*.yaml"))  # the test's own config files hold the secret by design
+    local = [f for root in (Path(os.environ["RAY_SER_CACHE"]), pipeline["tmp"]) for f in root.rglob("*")
+             if f.is_file() and f not in own_configs]
+    assert any(f.name == "ray_ser.log" for f in local)  # the drivers' logs (a run folder on a bucket: the cache)
+    for f in local:
+        check(str(f), f.read_bytes())
+    assert CONSOLE  # at least the pipeline's own run (every stage); the other tests' runs when they ran
+    for i, text in enumerate(CONSOLE):
+        check(f"console of stage run {i}", text)
+    assert hits == [], hits

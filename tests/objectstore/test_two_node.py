@@ -171,3 +171,76 @@ def test_training_resumes_on_the_bucket_after_a_kill_then_evaluates(two_node_clu
     evaluated = job(two_node_cluster, "jobs/evaluate.py", "--config", setup["config"], "--run", out)
     assert evaluated.returncode == 0, (evaluated.stdout + evaluated.stderr)[-4000:]
     assert run_path(out + "/eval/metrics.parquet", rgw.storage_options()).exists()
+
+
+def test_a_corpus_whose_audio_is_only_in_the_bucket_extracts_trains_and_evaluates(two_node_cluster, rgw, setup,
+                                                                                 tmp_path):
+    """No shared disk for the corpus: its CSV and audio are objects (the local copies deleted after the upload), the
+    model actor on the worker node decodes them with the config file's options (no node has AWS_* variables), and
+    a missing and a corrupt object end as named errors rows, as a bad local file does."""
+    import shutil
+
+    import fsspec
+    import soundfile as sf
+    import yaml
+    from synthetic import write_corpus
+
+    from ray_ser import storage
+
+    folder = tmp_path / "audio"
+    local_csv = write_corpus(folder, n_speakers=4, per_class=2, seed=5)  # 24 utterances, relative paths
+    text = local_csv.read_text()
+    for wav in folder.glob("s1_*.wav"):  # speaker s1 in FLAC, the others in WAV
+        samples, rate = sf.read(wav)
+        sf.write(wav.with_suffix(".flac"), samples, rate, format="FLAC")
+        wav.unlink()
+        text = text.replace(wav.name, wav.with_suffix(".flac").name)
+    # one row whose object never arrives, one whose object is not audio
+    text += "s0_lost,lost.wav,s0,male,calm,10,0.80,0.10,0.10\ns1_junk,junk.flac,s1,female,sad,10,0.10,0.10,0.80\n"
+    local_csv.write_text(text)
+    (folder / "junk.flac").write_bytes(b"fLaC not really" * 40)
+    prefix = rgw.uri("corpora", "bucket-audio")
+    fs = fsspec.filesystem("s3", **storage.fsspec_kwargs(prefix, rgw.storage_options()))
+    for f in folder.iterdir():
+        fs.put_file(str(f), f"{prefix}/{f.name}")
+    shutil.rmtree(folder)
+    cfg = yaml.safe_load(Path(setup["config"]).read_text())
+    cfg["name"] = "bucket-audio"
+    cfg["data"].update(csv=f"{prefix}/synth.csv", data_root=str(tmp_path))
+    cfg["store"]["uri"] = uri = rgw.uri("stores", "bucket-audio")
+    config = tmp_path / "bucket-audio.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+
+    extracted = job(two_node_cluster, "jobs/extract.py", "--config", str(config), "--pool-size", "1",
+                    "--actor-resources", json.dumps({"worker": 0.5}))
+    logs = extracted.stdout + extracted.stderr
+    assert extracted.returncode == 0, logs[-5000:]
+    assert "48 extracted, 4 failed" in logs, logs[-3000:]
+    assert rgw.secret_key not in logs
+    store = Store(uri, rgw.storage_options())
+    manifest = store.manifest("synth")
+    assert len(manifest) == 26 and all(p.startswith(prefix + "/") for p in manifest.column("path"))
+    durations = dict(zip(manifest.column("utt_id"), manifest.column("duration")))
+    assert durations["synth/s0_lost"] is None and durations["synth/s1_junk"] is None  # no header to read
+    assert all(d is not None for u, d in durations.items() if not u.endswith(("lost", "junk")))
+    errors = {(e["utt_id"], e["condition"]): e for e in store.errors().to_arrow().to_pylist()}
+    assert set(errors) == {(u, c) for u in ("synth/s0_lost", "synth/s1_junk") for c in CONDS}
+    assert errors["synth/s0_lost", "clean"]["path"] == f"{prefix}/lost.wav"
+    assert errors["synth/s0_lost", "clean"]["message"] == "object not found"
+    assert errors["synth/s1_junk", "5dB"]["message"].startswith("corrupt audio header"), errors
+    assert all(e["stage"] == "decode" for e in errors.values())
+    assert tally(store, [u for u in manifest.column("utt_id") if not u.endswith(("lost", "junk"))])["missing"] == 0
+
+    out = rgw.uri("runs", "bucket-audio")
+    trained = job(two_node_cluster, "jobs/train.py", "--config", str(config), "--out", out, "--layer", "1",
+                  "--epochs", "2", "--folds", "0,1")
+    assert trained.returncode == 0, (trained.stdout + trained.stderr)[-4000:]
+    evaluated = job(two_node_cluster, "jobs/evaluate.py", "--config", str(config), "--run", out)
+    assert evaluated.returncode == 0, (evaluated.stdout + evaluated.stderr)[-4000:]
+    import polars as pl
+
+    metrics = pl.read_parquet(run_path(out + "/eval/metrics.parquet", rgw.storage_options()).read_bytes())
+    print("bucket audio: 48 extracted, 4 failed; metrics of the two evaluated folds\n", metrics.head(4))
+    overall = metrics.filter(pl.col("group_by") == "all")
+    assert overall.height > 0 and set(overall["n"]) == {12}  # 2 speakers x 6 decodable utterances: no bad one
+    assert not list(tmp_path.rglob("*.wav")) and not list(tmp_path.rglob("*.flac"))

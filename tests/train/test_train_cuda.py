@@ -18,7 +18,7 @@ from ray_ser.train.loop import (
 )
 from ray_ser.train.synthetic_fold import synthetic_fold
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 CUDA = torch.device("cuda") if torch.cuda.is_available() else None
 
 
