@@ -264,8 +264,67 @@ def arrow_filesystem(location: str | os.PathLike, options: Mapping[str, str] | N
     import pyarrow.fs as pafs
 
     parsed = urlparse(str(location))
-    fs = fsspec.filesystem(parsed.scheme, **fsspec_kwargs(location, options_for(location, options)))
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), (parsed.netloc + parsed.path).rstrip("/")
+    resolved = options_for(location, options)
+    fs = fsspec.filesystem(parsed.scheme, **fsspec_kwargs(location, resolved))
+    return pafs.PyFileSystem(_KeptHandler(fs, str(location), resolved)), (parsed.netloc + parsed.path).rstrip("/")
+
+
+KV_NAMESPACE = "ray_ser_storage"
+"""The Ray GCS key-value namespace where :func:`arrow_filesystem`'s options wait for the processes that unpickle it."""
+
+
+def _handler_base():
+    import pyarrow.fs as pafs
+
+    return pafs.FSSpecHandler
+
+
+class _KeptHandler(_handler_base()):
+    """pyarrow's fsspec handler, pickled without its credentials: Ray Tune saves its run config (this filesystem
+    included) in tuner.pkl and its search state beside the experiment, on the bucket. The options go to the Ray
+    cluster's in-memory key-value store instead, under a digest that the pickle carries; a trial or Train worker
+    that unpickles it reads them there (else this process's registered options, else the environment). A resumed
+    search is handed a fresh filesystem, so nothing needs the options from the file."""
+
+    def __init__(self, fs, location: str, options: Mapping[str, str]):
+        super().__init__(fs)
+        self.location, self.options = location, dict(options)
+
+    def __reduce__(self):
+        import json
+
+        key = hashlib.sha256(json.dumps(sorted(self.options.items())).encode()).hexdigest()[:32]
+        try:
+            import ray
+            from ray.experimental import internal_kv
+
+            if ray.is_initialized():
+                internal_kv._internal_kv_put(key, json.dumps(self.options), overwrite=True, namespace=KV_NAMESPACE)
+        except Exception:  # noqa: BLE001 - no cluster: the unpickling process falls back to its own options
+            pass
+        return _kept_handler, (self.location, key)
+
+
+def _kept_handler(location: str, key: str) -> "_KeptHandler":
+    """Unpickle a :class:`_KeptHandler`: its options from the Ray cluster's key-value store, else this process's."""
+    import json
+
+    import fsspec
+
+    options = None
+    try:
+        import ray
+        from ray.experimental import internal_kv
+
+        if ray.is_initialized():
+            raw = internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE)
+            options = json.loads(raw) if raw else None
+    except Exception:  # noqa: BLE001 - not in a Ray process
+        options = None
+    if options is None:
+        options = options_for(location)
+    fs = fsspec.filesystem(urlparse(location).scheme, **fsspec_kwargs(location, options))
+    return _KeptHandler(fs, location, options)
 
 
 def local_log_dir(location: str | os.PathLike) -> Path:
