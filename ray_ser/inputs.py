@@ -32,20 +32,11 @@ _DATA: dict[str, Options] = {}
 def register(options: Mapping[str, Any] | None) -> dict[str, Options]:
     """Make ``data.options`` (over the environment's) the options every input URI opens with in this process; none
     given: inputs open with the store's options (same scheme) or the environment's. A saved config's masked
-    secret (``***``) keeps the one this process already has."""
-    from ray_ser.redaction import REDACTED, is_secret, remember
-
+    secret (``***``) keeps the one this process already has (:func:`ray_ser.storage.resolve_kept`)."""
     if not options:
         _DATA.clear()
         return {}
-    resolved = {}
-    for kind in SCHEMES:
-        opts = storage.resolve_options(f"{kind}://", options)
-        for key, value in _DATA.get(kind, {}).items():
-            if options.get(key) == REDACTED:
-                opts[key] = value
-        resolved[kind] = opts
-        remember(v for k, v in opts.items() if is_secret(k))  # masked in every log line
+    resolved = {kind: storage.resolve_kept(f"{kind}://", options, _DATA.get(kind)) for kind in SCHEMES}
     _DATA.clear()
     _DATA.update(resolved)
     return dict(resolved)

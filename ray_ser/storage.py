@@ -52,13 +52,21 @@ def register(location: str | os.PathLike | None, options: Mapping[str, Any] | No
     process: a job registers its config's once, a Ray worker the driver's (:func:`snapshot`). Returns them."""
     if not is_uri(location):
         return {}
+    resolved = _REGISTERED[scheme(location)] = resolve_kept(location, options, _REGISTERED.get(scheme(location)))
+    return resolved
+
+
+def resolve_kept(location: str | os.PathLike, options: Mapping[str, Any] | None,
+                 previous: Mapping[str, str] | None) -> Options:
+    """:func:`resolve_options`, where a saved config's masked secret (``***``, under any spelling of its key) keeps
+    the value this process registered before (``previous``); the secret values are remembered, so every log line
+    masks them. One rule for the store's options and the inputs' (:func:`ray_ser.inputs.register`)."""
     resolved = resolve_options(location, options)
     given = {canonical(k): v for k, v in (options or {}).items()}
-    for key, value in _REGISTERED.get(scheme(location), {}).items():  # a saved config's masked secret: keep ours
+    for key, value in (previous or {}).items():
         if given.get(key) == REDACTED:
             resolved[key] = value
-    _REGISTERED[scheme(location)] = resolved
-    redaction.remember(v for k, v in resolved.items() if redaction.is_secret(k))  # masked in every log line
+    redaction.remember(v for k, v in resolved.items() if redaction.is_secret(k))
     return resolved
 
 

@@ -105,3 +105,18 @@ def test_staged_output_to_a_uri_is_copied_up_whole_and_only_on_success():
             (local / "half.parquet").write_bytes(b"x")
             raise RuntimeError("the evaluation failed")
     assert not storage.run_path("memory://bucket/failed/half.parquet").exists()
+
+
+def test_a_masked_secret_under_another_spelling_keeps_ours_for_the_store_and_the_inputs():
+    from ray_ser import inputs
+
+    given = {"aws_secret_access_key": "real-secret", "endpoint": "http://127.0.0.1:9"}
+    masked = {"aws_secret_access_key": storage.REDACTED, "endpoint": "http://127.0.0.1:9"}
+    try:
+        storage.register("s3://b/x", given)
+        assert storage.register("s3://b/x", masked)["secret_access_key"] == "real-secret"
+        inputs.register(given)
+        assert inputs.register(masked)["s3"]["secret_access_key"] == "real-secret"
+    finally:
+        inputs.register(None)
+        storage._REGISTERED.pop("s3", None)
