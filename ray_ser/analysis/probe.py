@@ -219,6 +219,103 @@ def layer_set_probe(store: str | Store, model: str, layers: Sequence[int] | Mapp
             "fold_layers": [per_fold[f] for f in fold_ids], "readouts": readouts}
 
 
+# ---- the regression twin: ridge on A/V/D ---------------------------------------------------------------------------
+DEFAULT_ALPHAS = (10000.0, 3000.0, 1000.0, 300.0, 100.0, 30.0, 10.0, 1.0)
+"""The L2 strengths the ridge probe chooses among, strongest first (ties go to the stronger one)."""
+
+
+def _ridge(H: np.ndarray, y: np.ndarray, train: np.ndarray, alpha: float):
+    """StandardScaler + Ridge fitted on the ``train`` rows."""
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(H[train], y[train])
+
+
+def inner_alpha(H: np.ndarray, y: np.ndarray, fold: np.ndarray, train: np.ndarray,
+                alphas: Sequence[float] = DEFAULT_ALPHAS) -> tuple[float, dict[float, float]]:
+    """The alpha of ``alphas`` whose ridge scores best (mean CCC over the inner folds) in a CV over the ``train`` rows
+    alone, their own fold ids the inner folds (speaker-disjoint), and every alpha's score; ties to the first."""
+    from ray_ser.evaluate.metrics import ccc
+
+    y = np.asarray(y, dtype=np.float64)
+    train = np.asarray(train, dtype=bool)
+    inner = sorted(int(x) for x in np.unique(fold[train]))
+    if len(inner) < 2:
+        raise ValueError(f"choosing alpha needs at least 2 folds among the training rows, got {len(inner)}")
+    scores = {}
+    with one_thread():
+        for alpha in alphas:
+            per = []
+            for v in inner:
+                fit, score = train & (fold != v), train & (fold == v)
+                per.append(ccc(y[score], _ridge(H, y, fit, alpha).predict(H[score])))
+            scores[float(alpha)] = float(np.nanmean(per))
+    return max(scores, key=lambda a: -np.inf if np.isnan(scores[a]) else scores[a]), scores
+
+
+def ridge_nested(H: np.ndarray | Mapping[int, np.ndarray], y: Sequence[float], fold: np.ndarray,
+                 alphas: Sequence[float] = DEFAULT_ALPHAS) -> tuple[np.ndarray, dict[int, float], dict[int, float]]:
+    """The ridge probe with its alpha chosen per outer fold on that fold's training speakers (:func:`inner_alpha`),
+    then refit on all of them: (out-of-fold predictions, {fold: CCC}, {fold: alpha}). ``H``: one matrix or
+    {outer fold: its matrix}."""
+    from ray_ser.evaluate.metrics import ccc
+
+    y = np.asarray(y, dtype=np.float64)
+    pred = np.full(len(y), np.nan)
+    per_fold, chosen = {}, {}
+    for f in sorted(int(x) for x in np.unique(fold)):
+        train, test = fold != f, fold == f
+        Hf = H[f] if isinstance(H, Mapping) else H
+        chosen[f], _ = inner_alpha(Hf, y, fold, train, alphas)
+        with one_thread():
+            pred[test] = _ridge(Hf, y, train, chosen[f]).predict(Hf[test])
+        per_fold[f] = ccc(y[test], pred[test])
+    return pred, per_fold, chosen
+
+
+def layer_set_ridge(store: str | Store, model: str, layers: Sequence[int] | Mapping[int, Sequence[int]],
+                    condition: str = "clean", folds: str | int = "auto", seed: int = 0,
+                    alphas: Sequence[float] = DEFAULT_ALPHAS, n_boot: int = 500) -> dict:
+    """The regression twin of :func:`layer_set_probe`: per A/V/D dimension the rows have, a nested ridge probe
+    (:func:`ridge_nested`) on the concatenated mean vectors of ``layers`` (one list, or {outer fold: its layers}),
+    over the saliency's utterances and folds that have that dimension. Returns ``{"dims": {dimension: {ccc, ci
+    (speaker-bootstrap 95 %), pearson, mae, fold_ccc, mean_fold_ccc, fold_alpha, n, n_speakers}}, "fold_layers"}``;
+    ``dims`` is empty when no row has a dimension."""
+    from ray_ser.corpora.manifest import DIMENSIONS
+    from ray_ser.evaluate.metrics import ccc, ccc_ci, pearson
+
+    store = as_store(store)
+    rows, _, _, fold_all, _ = labelled_rows(store, model, condition, folds, seed)
+    fold_ids = sorted(int(x) for x in np.unique(fold_all))
+    if isinstance(layers, Mapping) and (missing := [f for f in fold_ids if f not in layers]):
+        raise ValueError(f"layer_set_ridge: no layers given for folds {missing} (got folds {sorted(layers)})")
+    per_fold = {f: [int(k) for k in (layers[f] if isinstance(layers, Mapping) else layers)] for f in fold_ids}
+    out: dict = {"dims": {}, "fold_layers": [per_fold[f] for f in fold_ids]}
+    present = [d for d in DIMENSIONS if d in rows.columns and rows[d].is_not_null().sum() > 1]
+    if not present:
+        return out
+    utt_ids = rows["utt_id"].to_list()
+    cache = {k: layer_matrix(store, model, condition, k, utt_ids) for k in sorted({k for v in per_fold.values() for k in v})}
+    stacked = {v: np.hstack([cache[k] for k in v]) for v in {tuple(v) for v in per_fold.values()}}
+    speakers = np.asarray(rows["speaker"].to_list(), dtype=object)
+    for d in present:
+        has = rows[d].is_not_null().to_numpy()
+        y, fold = rows[d].to_numpy()[has].astype(np.float64), fold_all[has]
+        if len(np.unique(fold)) < 3:
+            continue  # an outer fold's training rows must hold 2 inner folds
+        views = {f: stacked[tuple(v)][has] for f, v in per_fold.items() if f in set(fold.tolist())}
+        pred, fold_ccc, chosen = ridge_nested(views, y, fold, alphas)
+        fc = [fold_ccc[f] for f in sorted(fold_ccc)]
+        lo, hi = ccc_ci(y, pred, speakers[has], n_boot=n_boot, seed=seed)
+        out["dims"][d] = {"ccc": ccc(y, pred), "ci": [lo, hi], "pearson": pearson(y, pred),
+                          "mae": float(np.mean(np.abs(y - pred))), "fold_ccc": fc, "mean_fold_ccc": float(np.mean(fc)),
+                          "fold_alpha": [chosen[f] for f in sorted(chosen)], "n": int(has.sum()),
+                          "n_speakers": int(len(set(speakers[has])))}
+    return out
+
+
 def _by_layer(values) -> dict[int, float]:
     if isinstance(values, pl.DataFrame):
         col = "uar" if "uar" in values.columns else "layer_score"

@@ -63,7 +63,8 @@ def targets_for(frame: pl.DataFrame, categories: Sequence[str] | None) -> tuple[
        manifest has all three for every row — the papers' targets;
     2. else the per-class probability columns of the label PDF (one target per category of
        ``categories``) when every row has a PDF of that length;
-    3. else the one-hot of ``label`` over ``categories`` (or over the labels present when None).
+    3. else the one-hot of ``label`` over ``categories`` (or over the labels present when None);
+    4. else the dimensions every row has (a dimensional-only corpus with arousal alone, say).
     Raises ValueError when no choice covers every row (drop unlabelled rows first).
     """
     n = frame.height
@@ -85,6 +86,9 @@ def targets_for(frame: pl.DataFrame, categories: Sequence[str] | None) -> tuple[
         onehot = np.zeros((n, len(names)), np.float64)
         onehot[np.arange(n), [index[lab] for lab in labels]] = 1.0
         return onehot, names
+    some = [c for c in DIMENSIONS if c in frame.columns and frame[c].null_count() == 0]
+    if some:  # a dimensional-only corpus with some of A/V/D (e.g. arousal alone) on every row
+        return np.column_stack([frame[c].to_numpy().astype(np.float64) for c in some]), some
     raise ValueError("rows lack V/A/D scores, a PDF and a label for every row: no saliency targets")
 
 
@@ -161,7 +165,7 @@ def labelled_rows(store: str | Store, model: str, condition: str = "clean",
         raise ValueError(f"store {store.uri} has no manifest for the utterances of {model}")
     usable = pl.col("speaker").is_not_null() & (
         pl.col("label").is_not_null() | pl.col("pdf").is_not_null()
-        | pl.all_horizontal([pl.col(c).is_not_null() for c in DIMENSIONS]))
+        | pl.any_horizontal([pl.col(c).is_not_null() for c in DIMENSIONS]))
     kept = frame.filter(usable)
     if kept.height < frame.height:
         log.warning("%d of %d utterances lack a speaker or labels: left out of saliency", frame.height - kept.height, frame.height)

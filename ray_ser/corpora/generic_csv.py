@@ -14,6 +14,11 @@ Columns (header names are case-sensitive, surrounding spaces ignored; a UTF-8 BO
   audio header when the column is absent or empty and the file exists; a file that exists but cannot be
   read leaves it null, with the reason in ``extra["audio_error"]``), ``split``, ``language``, ``fold``,
   ``n_raters``, ``agreement``, ``arousal``/``valence``/``dominance`` and their ``*_std``.
+* ``arousal``/``valence``/``dominance`` may be on any scale (1-3, 1-5, 1-7, -1..1), one per corpus: training maps
+  each corpus's values from their range among a fold's training utterances onto [-1, 1], records the range in the
+  checkpoint (``plan.dim_scale``) and maps predictions back, so metrics are on the CSV's own scale. A row may have
+  a ``label``, dimensions, or both; a CSV with dimensions and no ``label`` column is a dimensional-only corpus (no
+  categories: it trains the A/V/D head alone).
 * ``p_<category>``: a probability per category, summing to 1 in each row, or ``votes_<category>``: vote
   counts per category. A category without a column gets 0. ``pdf`` is the ``p_`` columns when present,
   else the normalised votes, else one-hot on ``label``. A row may leave all of them empty.

@@ -118,11 +118,17 @@ def write_matrix_report(matrix: pl.DataFrame, out_dir: str | Path, notes: Sequen
              "is scored out of fold (its outer folds' test speakers); every other cell is zero-shot (a model trained "
              "on all speakers of the row's corpora, never on the column's). Intervals: speaker-level bootstrap.</p>"]
     parts += [f"<p>{html.escape(n)}</p>" for n in notes]
+    present = set(matrix["metric"].to_list()) if matrix.height else set()
+    dims = [f"ccc_{d}" for d in ("arousal", "valence", "dominance") if f"ccc_{d}" in present]
+    headline = (["uar"] if "uar" in present else []) + dims  # a dimensional corpus's cells are CCC
     for cond in conds:
-        png = heat_map(matrix, cond, out_dir / "plots" / f"matrix_{cond}.png")
-        if png is not None:
-            parts.append(f"<h2>{html.escape(cond)}</h2><img src='plots/{png.name}'>")
-    metrics = [m for m in ("uar", "wa", "f1_macro") if m in set(matrix["metric"].to_list())]
+        for metric in headline:
+            suffix = "" if metric == "uar" else f"_{metric}"
+            png = heat_map(matrix, cond, out_dir / "plots" / f"matrix_{cond}{suffix}.png", metric)
+            if png is not None:
+                parts.append(f"<h2>{html.escape(cond)}{' ' + html.escape(metric) if suffix else ''}</h2>"
+                             f"<img src='plots/{png.name}'>")
+    metrics = [m for m in ("uar", "wa", "f1_macro") if m in present] + dims
     for test in sorted(matrix["test_corpus"].unique().to_list()) if matrix.height else []:
         sub = matrix.filter(pl.col("test_corpus") == test)
         parts.append(f"<h2>Test corpus {html.escape(test)}</h2><table><tr><th>trained on</th><th>protocol</th>"

@@ -96,10 +96,13 @@ def _snr_of(store, model: str, utt_ids: Sequence[str], conditions: Sequence[str]
 
 def predict_fold(store: str, checkpoint: str | Path, conditions: Sequence[str] | None = None,
                  batch_size: int = 32, num_gpus: float = 0.0, cpus: float = 1.0, fm=None,
-                 utt_ids: Sequence[str] | None = None, scale: dict | None = None) -> pl.DataFrame:
+                 utt_ids: Sequence[str] | None = None, scale: dict | None = None,
+                 dim_scale: dict | None = None) -> pl.DataFrame:
     """Predictions of one fold's checkpoint on its test speakers (or on ``utt_ids``), for ``conditions`` (default:
     every evaluation condition of the store): utt_id, condition, fold, model, probs, pred_arousal/valence/dominance.
-    The per-corpus scaler is the checkpoint's, or ``scale`` (a zero-shot corpus's own statistics)."""
+    The per-corpus scaler is the checkpoint's, or ``scale`` (a zero-shot corpus's own statistics). A/V/D predictions
+    are mapped back from the training range to each corpus's own scale: the checkpoint's ``dim_scale``, with
+    ``dim_scale`` (a zero-shot corpus's) over it."""
     from ray_ser.train.checkpoints import load_fold_model
     from ray_ser.train.reader import frames_dataset, load_labels
 
@@ -114,6 +117,14 @@ def predict_fold(store: str, checkpoint: str | Path, conditions: Sequence[str] |
                         batch_size=batch_size, batch_format="numpy", concurrency=1, num_cpus=cpus, num_gpus=num_gpus)
     parts = [pl.from_arrow(b) for b in ds.iter_batches(batch_size=None, batch_format="pyarrow") if b.num_rows]
     df = pl.concat(parts) if parts else pl.DataFrame()
+    back = {**(fm.plan.dim_scale or {}), **(dim_scale or {})}
+    if back and df.height:
+        from ray_ser.train.reader import scale_dims
+
+        names = [f"pred_{d}" for d in DIMENSIONS]
+        corpora = [labels.rows[u]["corpus"] for u in df["utt_id"].to_list()]
+        raw = scale_dims(df.select(names).to_numpy(), corpora, back, inverse=True)
+        df = df.with_columns(*[pl.Series(n, raw[:, j].astype(np.float32)) for j, n in enumerate(names)])
     return df.with_columns(pl.lit(fm.plan.fold, pl.Int32).alias("fold"),
                            pl.lit("final" if fm.plan.fold == -1 else "fold").alias("model"))
 
@@ -214,7 +225,7 @@ def zero_shot_utterances(store, fm, corpora: Sequence[str], report=None) -> dict
     rows = corpus_rows(store, corpora, fm.cfg.label_set, report)
     if fm.cfg.label_set is None:
         for c in corpora:
-            if store.categories(c) != fm.plan.categories:
+            if store.categories(c) and store.categories(c) != fm.plan.categories:  # [] : A/V/D alone, any run
                 raise ValueError(f"corpus {c}: categories {store.categories(c)} differ from the run's {fm.plan.categories} "
                                  "and the run has no label set: train it with --label-set to score other corpora")
     return {u: rows[u]["corpus"] for u in sorted(rows)}
@@ -245,15 +256,37 @@ def predict_zero_shot(store: str, run_dir: str | Path, corpora: Sequence[str], c
     by_corpus: dict[str, list[str]] = {}
     for u, c in utts.items():
         by_corpus.setdefault(c, []).append(u)
+    dim_scale = zero_shot_dim_scale(store, fm, utts) if fm.plan.dim_scale else None
+    if dim_scale:
+        config["zero_shot_dim_scale"] = dim_scale
     parts = []
     for cond in conds:
         scale = None
         if fm.plan.corpus_norm is not None:
             scale = {c: [v.tolist() for v in frame_stats(store, fm.cfg.model, fm.plan.read_layers, us, [cond],
                                                          fm.plan.keep)] for c, us in by_corpus.items()}
-        parts.append(predict_fold(store, path, [cond], batch_size, num_gpus=gpus, fm=fm, utt_ids=list(utts), scale=scale))
+        parts.append(predict_fold(store, path, [cond], batch_size, num_gpus=gpus, fm=fm, utt_ids=list(utts), scale=scale,
+                                  dim_scale=dim_scale))
     pred = pl.concat(parts, how="diagonal_relaxed")
     return _finish(store, pred, fm.plan.categories, config, run_dir, by, "zero-shot"), fm.plan.categories, config
+
+
+def zero_shot_dim_scale(store, fm, utts: dict[str, str]) -> dict[str, dict[str, list[float]]]:
+    """The scale each zero-shot corpus's A/V/D predictions are mapped back to: the range its manifest's values
+    span (its annotation scale, 1-3, 1-7, ...: no prediction is compared with a label to choose it); a corpus
+    without A/V/D values takes the training corpus's scale when the run trained on one corpus."""
+    from ray_ser.train.reader import dim_ranges, load_labels
+
+    rows = load_labels(store, list(utts)).rows
+    out = dim_ranges(rows, list(utts))
+    trained = fm.plan.dim_scale or {}
+    for corpus in sorted(set(utts.values())):
+        if corpus not in out and len(trained) == 1:
+            out[corpus] = dict(next(iter(trained.values())))
+        elif corpus not in out:
+            log.warning("zero-shot corpus %s has no A/V/D values and the run trained on %d corpora: its A/V/D "
+                        "predictions stay on the training range [-1, 1]", corpus, len(trained))
+    return out
 
 
 def _finish(store, pred: pl.DataFrame, categories: list[str], config: dict, run_dir: str | Path, by: Sequence[str],
@@ -266,6 +299,8 @@ def _finish(store, pred: pl.DataFrame, categories: list[str], config: dict, run_
                                        dtype=pl.Float32))
     meta = manifest_columns(store, by, config["train"].get("label_set"))
     index = {c: i for i, c in enumerate(categories)}
+    if "probs" not in pred.columns:  # a model without a categorical head (a dimensional-only run)
+        pred = pred.with_columns(pl.lit(None, pl.List(pl.Float32)).alias("probs"))
     pred = pred.join(meta, on="utt_id", how="left").with_columns(
         pl.lit((run_dir.resolve() if isinstance(run_dir, Path) else run_dir).name).alias("run"),
         pl.col("label").replace_strict(index, default=None, return_dtype=pl.Int32).alias("label_index"),
@@ -310,10 +345,12 @@ def ensemble_predictions(members: Sequence[tuple[pl.DataFrame, list[str], dict]]
         for d in DIMENSIONS:
             dims[d].append(pred[f"pred_{d}"].to_numpy().astype(np.float64))
     mean = np.mean(probs, axis=0)
+    has = np.isfinite(mean).all(axis=1) & (mean.shape[1] > 0)  # rows the members gave class probabilities
     out = first.with_columns(
         pl.lit("+".join(names)).alias("run"),
-        pl.Series("probs", mean.astype(np.float32).tolist(), dtype=pl.List(pl.Float32)),
-        pl.Series("pred", [categories[i] for i in mean.argmax(1)], dtype=pl.Utf8),
+        pl.Series("probs", [m.tolist() if h else None for m, h in zip(mean.astype(np.float32), has)],
+                  dtype=pl.List(pl.Float32)),
+        pl.Series("pred", [categories[int(np.argmax(m))] if h else None for m, h in zip(mean, has)], dtype=pl.Utf8),
         *[pl.Series(f"pred_{d}", np.mean(dims[d], axis=0).astype(np.float32)) for d in DIMENSIONS])
     config = {**config, "ensemble": [{"run": n, "train": m[2].get("train")} for n, m in zip(names, members)]}
     return out, categories, config

@@ -2,7 +2,9 @@
 report.html that shows them with the key tables and the run's configuration.
 
 Plots per run: UAR vs SNR per gender with 95 % speaker-bootstrap bars; per-speaker UAR sorted, 1/2/3-best;
-a confusion matrix per condition; paUAR-50/75 bars per k; CCC vs SNR where the model predicts A/V/D.
+a confusion matrix per condition; paUAR-50/75 bars per k. Where the model predicts A/V/D: CCC vs SNR, predicted
+against true value per dimension, CCC / Pearson r / MAE per condition, per gender (with the gap) and the weakest
+speakers; a dimensional-only run gets these alone.
 """
 
 from __future__ import annotations
@@ -295,12 +297,94 @@ def _weakest_table(m: pl.DataFrame, conds: list[str], genders: dict[str, str]) -
     return _table(header + ["mean"], rows)
 
 
+def _dims_of(m: pl.DataFrame) -> list[str]:
+    """The dimensions the metrics score (``ccc_<dimension>`` rows), in A/V/D order."""
+    present = set(m.filter(pl.col("metric").str.starts_with("ccc_"))["metric"].unique().to_list())
+    return [d for d in DIM_COLOURS if f"ccc_{d}" in present]
+
+
 def _ccc_table(m: pl.DataFrame, conds: list[str]) -> str:
-    metrics = sorted(m.filter(pl.col("group_by") == "all", pl.col("metric").str.starts_with("ccc_"))["metric"]
-                     .unique().to_list())
-    looks = [(_lookup(m, "all", metric), metric.removeprefix("ccc_")) for metric in metrics]
-    rows = [[html.escape(c)] + [_ci(lk.get((c, "all"))) for lk, _ in looks] for c in conds]
-    return _table(["condition"] + [f"CCC {d}" for _, d in looks], rows)
+    dims = _dims_of(m)
+    cols = [(f"{name}_{d}", f"{title} {d}") for d in dims
+            for name, title in (("ccc", "CCC"), ("pearson", "Pearson r"), ("mae", "MAE"))]
+    looks = [(_lookup(m, "all", metric), title) for metric, title in cols]
+    looks = [(lk, t) for lk, t in looks if lk]
+    first = _lookup(m, "all", f"ccc_{dims[0]}") if dims else {}
+    rows = [[html.escape(c)] + [_ci(lk.get((c, "all"))) for lk, _ in looks]
+            + [str(first[(c, "all")]["n"]) if (c, "all") in first else "–",
+               str(first[(c, "all")]["n_speakers"]) if (c, "all") in first else "–"] for c in conds]
+    return _table(["condition"] + [t for _, t in looks] + ["utterances", "speakers"], rows)
+
+
+def _ccc_gender_table(m: pl.DataFrame, conds: list[str]) -> str:
+    dims = _dims_of(m)
+    rows, header = [], ["condition"]
+    looks = []
+    for d in dims:
+        g = _lookup(m, "gender", f"ccc_{d}")
+        gap = _lookup(m, "gender_gap", f"ccc_{d}")
+        genders = sorted({k[1] for k in g})
+        looks.append((d, g, gap, genders))
+        header += [f"CCC {d} {html.escape(x)}" for x in genders] + ([f"{d} male − female"] if gap else [])
+    if not any(genders for *_, genders in looks):
+        return "<p>No gender information in the predictions.</p>"
+    for c in conds:
+        cells = [html.escape(c)]
+        for d, g, gap, genders in looks:
+            cells += [_ci(g.get((c, x))) + (f" <span class=n>({g[(c, x)]['n_speakers']} spk)</span>"
+                                            if (c, x) in g else "") for x in genders]
+            if gap:
+                cells.append(_ci(next((v for (cc, _), v in gap.items() if cc == c), None)))
+        rows.append(cells)
+    return _table(header, rows)
+
+
+def _ccc_speaker_table(m: pl.DataFrame, conds: list[str], genders: dict[str, str]) -> str:
+    """The weakest speakers by their mean CCC (over dimensions and conditions)."""
+    dims = _dims_of(m)
+    spk = m.filter(pl.col("group_by") == "speaker", pl.col("metric").is_in([f"ccc_{d}" for d in dims]))
+    if spk.is_empty():
+        return "<p>No per-speaker CCC.</p>"
+    wide = (spk.filter(pl.col("condition") == conds[0]).pivot(on="metric", index="group", values="value"))
+    present = [f"ccc_{d}" for d in dims if f"ccc_{d}" in wide.columns]
+    wide = wide.with_columns(pl.mean_horizontal(present).alias("_mean")).sort("_mean", nulls_last=True)
+    n_all = wide.height
+    wide = wide.head(N_WEAKEST)
+    show_gender = any(genders.get(s) for s in wide["group"])
+    rows = [[html.escape(r["group"])] + ([html.escape(genders.get(r["group"]) or "")] if show_gender else [])
+            + ["–" if r[c] is None else f"{r[c]:.3f}" for c in present]
+            for r in wide.iter_rows(named=True)]
+    header = ["speaker"] + (["gender"] if show_gender else []) + [f"CCC {c.removeprefix('ccc_')}" for c in present]
+    return (f"<p class=note>{html.escape(conds[0])}, the {len(rows)} lowest of {n_all} speakers by their mean CCC "
+            "(a speaker's CCC also reflects how much its own values spread).</p>" + _table(header, rows))
+
+
+def _plot_scatter(preds: pl.DataFrame | None, run: str, conds: list[str], dims: list[str], path: Path) -> Path | None:
+    """Predicted against true value per dimension (the first condition, clean when there is one)."""
+    if preds is None or not dims or "run" not in preds.columns:
+        return None
+    part = preds.filter((pl.col("run") == run) & (pl.col("condition") == conds[0]))
+    dims = [d for d in dims if d in part.columns and f"pred_{d}" in part.columns]
+    if part.is_empty() or not dims:
+        return None
+    fig = Figure(figsize=(4.2 * len(dims), 4.0))
+    for i, d in enumerate(dims):
+        ax = fig.add_subplot(1, len(dims), i + 1)
+        xy = part.select(pl.col(d).cast(pl.Float64), pl.col(f"pred_{d}").cast(pl.Float64)).drop_nulls().drop_nans()
+        x, y = xy[d].to_numpy(), xy[f"pred_{d}"].to_numpy()
+        jitter = np.random.default_rng(0).normal(0, 0.02 * (np.ptp(x) or 1.0), len(x)) if len(np.unique(x)) < 12 else 0
+        ax.scatter(x + jitter, y, s=6, alpha=0.35, color=DIM_COLOURS.get(d, "grey"))
+        if len(x):
+            lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+            ax.plot([lo, hi], [lo, hi], ls=":", color="grey", lw=1)
+            for v in np.unique(x) if len(np.unique(x)) < 12 else []:
+                ax.plot([v], [np.mean(y[x == v])], marker="_", ms=18, mew=2, color="black")
+        ax.set_xlabel(f"true {d}")
+        ax.set_ylabel(f"predicted {d}")
+        ax.set_title(f"{conds[0]}: {d} ({len(x)} utterances)", fontsize=10)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 CSS = """
@@ -350,6 +434,7 @@ def write_report(out_dir: str | Path, predictions: Frame, metrics: Frame, confus
             "speakers": rel(_plot_speaker_uar(mr, conds, pdir / f"{prefix}speaker_uar.png")),
             "pauar": rel(_plot_pauar(mr, conds, pdir / f"{prefix}pauar.png")),
             "ccc": rel(_plot_ccc(mr, conds, pdir / f"{prefix}ccc_vs_snr.png")),
+            "scatter": rel(_plot_scatter(preds, run, conds, _dims_of(mr), pdir / f"{prefix}dims_scatter.png")),
         }
         confs = [(c, rel(_plot_confusion(cr, c, cats, pdir / f"{prefix}confusion_{_slug(c)}.png")))
                  for c in conds] if cr is not None and cats else []
@@ -357,12 +442,28 @@ def write_report(out_dir: str | Path, predictions: Frame, metrics: Frame, confus
         def img(key: str, alt: str) -> str:
             return f'<img src="{html.escape(imgs[key])}" alt="{html.escape(alt)}">' if imgs[key] else ""
 
-        has_ccc = imgs["ccc"] is not None
-        sections.append(f"""
+        has_ccc = bool(_dims_of(mr))
+        has_uar = bool(_lookup(mr, "all", "uar", 1))
+        dimensional = "" if not has_ccc else f"""
+<h3>Dimensional: CCC, Pearson r and MAE per condition</h3>
+{_ccc_table(mr, conds)}
+{img("ccc", "CCC vs SNR")}
+{img("scatter", "predicted against true value per dimension")}
+<h3>Per gender, per condition (CCC)</h3>
+{_ccc_gender_table(mr, conds)}
+<h3>Weakest speakers (CCC)</h3>
+{_ccc_speaker_table(mr, conds, genders)}
+"""
+        head = f"""
 <h2>Run {html.escape(run)}</h2>
 <p class=note>Conditions: {', '.join(html.escape(c) for c in conds)}. Intervals are 95 % speaker-level
 bootstrap intervals: speakers are resampled with replacement and the metric is recomputed on their pooled
 utterances; a group of one speaker has none.</p>
+"""
+        if not has_uar:  # a dimensional-only run: no categories to score
+            sections.append(head + dimensional)
+            continue
+        sections.append(head + f"""
 <h3>Overall, per condition</h3>
 {_overall_table(mr, conds)}
 {img("uar", "UAR vs SNR per gender")}
@@ -374,7 +475,7 @@ utterances; a group of one speaker has none.</p>
 <h3>Weakest speakers (lowest mean 1-best UAR over the conditions)</h3>
 {_weakest_table(mr, conds, genders)}
 {img("speakers", "per-speaker UAR sorted")}
-{"<h3>Dimensional (CCC)</h3>" + _ccc_table(mr, conds) + img("ccc", "CCC vs SNR") if has_ccc else ""}
+{dimensional}
 <h3>Confusion matrices</h3>
 <div class=grid>{''.join(f'<img src="{html.escape(p)}" alt="confusion {html.escape(c)}">' for c, p in confs if p)}</div>
 """)

@@ -108,7 +108,7 @@ def read_predictions(path: str | Path) -> tuple[pl.DataFrame, list[str], dict]:
     categories come from the schema metadata, without which probs/pdf cannot be read."""
     (f,) = _files(path, "predictions.parquet")
     cats, config = read_metadata(f)
-    if not cats:
+    if cats is None:  # [] is a dimensional-only run's: no probs or pdf to order
         raise ValueError(f"{f}: schema metadata has no {CATEGORIES_KEY.decode()} (the category order of probs/pdf)")
     return pl.read_parquet(f), list(cats), config
 

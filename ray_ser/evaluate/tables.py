@@ -67,7 +67,7 @@ class _Cell:
 def list_matrix(df: pl.DataFrame, col: str, c: int) -> np.ndarray:
     """A list column of per-class values (``probs``, ``pdf``) as an (n, c) float64 matrix; NaN where the column is
     absent, an error naming it when its lists are not c long."""
-    if col not in df.columns:
+    if col not in df.columns or c == 0 or df[col].null_count() == df.height:
         return np.full((df.height, c), np.nan)
     s = df[col]
     lengths = s.list.len().drop_nulls().unique().to_list()
@@ -95,8 +95,14 @@ def _validate(df: pl.DataFrame, categories: Sequence[str], by: Sequence[str]) ->
         if dup.height:
             raise ValueError(f"predictions: {dup.height} (run, condition, utt_id) rows occur more than once, "
                              f"e.g. {dup.row(0)[:3]}; each utterance x condition must be predicted once")
-    if len(categories) < 2:
-        raise ValueError(f"need at least 2 categories, got {list(categories)}")
+    if len(categories) < 2 and not dimensional(df):
+        raise ValueError(f"need at least 2 categories (or A/V/D predictions), got {list(categories)}")
+
+
+def dimensional(df: pl.DataFrame) -> list[str]:
+    """The A/V/D dimensions a predictions table scores: a true value and a prediction on some row."""
+    return [d for d in DIMENSIONS if d in df.columns and f"pred_{d}" in df.columns
+            and (df[d].is_not_null() & df[f"pred_{d}"].is_not_null() & df[f"pred_{d}"].is_not_nan()).any()]
 
 
 def _true_index(df: pl.DataFrame, categories: Sequence[str]) -> np.ndarray:
@@ -125,7 +131,7 @@ def _cells(df: pl.DataFrame, categories: Sequence[str], group_cols: Sequence[str
         y = _true_index(part, categories)
         probs = list_matrix(part, "probs", c)
         pdf = list_matrix(part, "pdf", c)
-        has_probs = np.isfinite(probs).all(axis=1)
+        has_probs = np.isfinite(probs).all(axis=1) & (c > 0)
         has_votes = part["has_votes"].fill_null(False).to_numpy() if "has_votes" in part.columns else \
             np.zeros(part.height, bool)
         votes = has_votes & has_probs & np.isfinite(pdf).all(axis=1) & (np.nan_to_num(pdf).sum(axis=1) > 0)
@@ -261,13 +267,18 @@ def _group(cell: _Cell, mask: np.ndarray, c: int, ks: Sequence[int], n_boot: int
         s = len(names)
         m = M.moments(x[rows], yh[rows], codes, s)  # (S, 6)
         boot = s >= 2
-        r = M.resample_stats(m, counts(s)) if boot else None
+        w = counts(s) if boot else None
+        r = M.resample_stats(m, w) if boot else None
         n = int(rows.sum())
         pooled = m.sum(axis=0)
         for name, fn in (("ccc", M.ccc_from_moments), ("pearson", M.pearson_from_moments),
                          ("mse", M.mse_from_moments)):
             res.add(f"{name}_{d}", None, fn(pooled), fn(r) if boot else None, n, s)
             each_speaker(names, f"{name}_{d}", None, fn(m), m[:, 0].astype(np.int64))
+        ae = np.stack([np.bincount(codes, np.abs(x[rows] - yh[rows]), s), m[:, 0]], axis=1)  # (S, 2) sum |e|, n
+        ra = M.resample_stats(ae, w) if boot else None
+        res.add(f"mae_{d}", None, ae[:, 0].sum() / ae[:, 1].sum(), ra[:, 0] / ra[:, 1] if boot else None, n, s)
+        each_speaker(names, f"mae_{d}", None, ae[:, 0] / np.maximum(ae[:, 1], 1), m[:, 0].astype(np.int64))
     return res
 
 
@@ -369,7 +380,7 @@ def confusion_table(predictions: pl.DataFrame | pl.LazyFrame, categories: Sequen
     _validate(df, categories, ())
     c = len(categories)
     rows = []
-    for cell in _cells(df, categories, ()):
+    for cell in _cells(df, categories, ()) if c else ():  # a dimensional-only run has no classes to confuse
         conf = M.confusion(cell.y[cell.cat], cell.probs[cell.cat].argmax(axis=1), c) if cell.cat.any() \
             else np.zeros((c, c), np.int64)
         rows += [(cell.run, cell.condition, categories[i], categories[j], int(conf[i, j]))
@@ -386,10 +397,10 @@ def write_tables(predictions: str | Path | pl.DataFrame, out_dir: str | Path, ca
     if isinstance(predictions, (str, Path)):
         source = str(predictions)
         df, cats, config = read_predictions(predictions)
-        categories = categories or cats
+        categories = cats if categories is None else categories
     else:
         df = predictions
-    if not categories:
+    if categories is None:
         raise ValueError("write_tables: categories are needed when predictions are given as a frame")
     try:
         metrics = metric_table(df, categories, by=by, n_boot=n_boot, seed=seed)

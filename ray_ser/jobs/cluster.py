@@ -94,10 +94,14 @@ def cluster(args: argparse.Namespace, fold_seed: int) -> dict:
     console.detail(f"wrote {rows} rows (utterance x condition x k) to {catalog.FRAME_CLUSTERS.name(args.model)}, "
           f"{len(folds)} fold(s) of assignment {assignment.id} ({assignment.description}); layer per fold: {layers}")
     scores, base = {}, None
-    for k in ks:
-        scores[k], base = purity(args.store, args.model, layers, k, folds, assignment.id, args.condition)
-    console.say(f"out-of-fold purity against utterance labels ({args.condition} frames; majority-label share "
-                f"{base:.4f}): " + ", ".join(f"purity k={k}: {v:.4f}" for k, v in scores.items()))
+    try:
+        for k in ks:
+            scores[k], base = purity(args.store, args.model, layers, k, folds, assignment.id, args.condition)
+    except ValueError as e:  # a dimensional-only corpus: no categories to score the clusters against
+        console.say(f"out-of-fold purity not scored: {e}")
+    else:
+        console.say(f"out-of-fold purity against utterance labels ({args.condition} frames; majority-label share "
+                    f"{base:.4f}): " + ", ".join(f"purity k={k}: {v:.4f}" for k, v in scores.items()))
     console.detail(f"time: fit {t_fit:.1f} s, assign {t_assign:.1f} s, total {time.perf_counter() - t0:.1f} s")
     return {"purity": scores, "majority": base, "rows": rows, "fit_seconds": t_fit, "assign_seconds": t_assign,
             "fold_id": assignment.id, "layers": layers}

@@ -120,18 +120,23 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def summary(matrix) -> str:
-    """The clean UAR matrix as a few aligned console lines (zero-shot cells marked *)."""
+    """The clean UAR matrix (CCC of the first dimension when no cell has a UAR) as a few aligned console lines
+    (zero-shot cells marked *)."""
     import polars as pl
 
     from ray_ser.evaluate.matrix import row_order
 
     conds = matrix["condition"].unique().to_list()
     cond = "clean" if "clean" in conds else sorted(conds)[0]
-    m = matrix.filter(pl.col("metric") == "uar", pl.col("condition") == cond)
+    present = set(matrix["metric"].to_list())
+    metric = "uar" if "uar" in present else next((f"ccc_{d}" for d in ("arousal", "valence", "dominance")
+                                                   if f"ccc_{d}" in present), "uar")  # dimensional corpora: CCC
+    m = matrix.filter(pl.col("metric") == metric, pl.col("condition") == cond)
     cols = sorted(m["test_corpus"].unique().to_list())
     rows = row_order(m["train_corpora"].unique().to_list())
     width = max([len(r) for r in rows] + [10])
-    lines = [f"UAR ({cond}), rows trained on, columns scored on (* zero-shot):",
+    name = "UAR" if metric == "uar" else f"CCC {metric.removeprefix('ccc_')}"
+    lines = [f"{name} ({cond}), rows trained on, columns scored on (* zero-shot):",
              "  " + " " * width + "".join(f"{c:>12}" for c in cols)]
     look = {(r["train_corpora"], r["test_corpus"]): r for r in m.iter_rows(named=True)}
     for r in rows:

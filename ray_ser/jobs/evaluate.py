@@ -111,21 +111,48 @@ def evaluate(args: argparse.Namespace, out: Path, shown: str | None = None) -> d
     models = f"{pred['fold'].n_unique()} folds" if pred["model"][0] == "fold" else "the final model"
     console.say(f"{pred.height} predictions ({pred['utt_id'].n_unique()} utterances x {pred['condition'].n_unique()} "
                 f"conditions, {models}) in {t_pred:.1f} s")
-    console.say(uar_table(overall))
+    if overall.height:
+        console.say(uar_table(overall))
+    dims = ccc_overall(m)
+    if dims.height:
+        console.say(ccc_table(dims))
     where = (lambda p: join(shown, Path(p).name)) if shown else str  # noqa: E731
     console.detail(f"wrote {where(path)}, {where(paths['metrics'])}, {where(paths['confusion'])}; "
                    f"total {time.perf_counter() - t0:.1f} s")
     console.say(f"report: {where(report)}")
-    return {"predictions": pred, "metrics": m, "overall": overall, "report": report, "seconds": time.perf_counter() - t0}
+    return {"predictions": pred, "metrics": m, "overall": overall, "dims": dims, "report": report,
+            "seconds": time.perf_counter() - t0}
+
+
+def ccc_overall(m):
+    """condition, metric (ccc_<dimension>), value, ci_low, ci_high, n, n_speakers of the pooled rows (group "all")."""
+    import polars as pl
+
+    return (m.filter((pl.col("group_by") == "all") & pl.col("metric").str.starts_with("ccc_"))
+            .select("condition", "metric", "value", "ci_low", "ci_high", "n", "n_speakers"))
+
+
+def ccc_table(dims) -> str:
+    """The per-condition CCC of each dimension with its speaker-bootstrap interval, a few aligned lines."""
+    lines = ["CCC per condition and dimension, speaker-bootstrap 95 % interval:",
+             f"  {'condition':<12} {'dimension':<10} {'CCC':>6}  {'interval':<16} {'utterances':>10} {'speakers':>8}"]
+    for r in dims.iter_rows(named=True):
+        lo = "–" if r["ci_low"] is None else f"{r['ci_low']:.3f}"
+        hi = "–" if r["ci_high"] is None else f"{r['ci_high']:.3f}"
+        value = float("nan") if r["value"] is None else r["value"]
+        lines.append(f"  {r['condition']:<12} {r['metric'].removeprefix('ccc_'):<10} {value:>6.3f}  "
+                     f"[{lo}, {hi}]   {r['n']:>10} {r['n_speakers']:>8}")
+    return "\n".join(lines)
 
 
 def uar_table(overall) -> str:
     """The per-condition UAR with its speaker-bootstrap interval, a few aligned lines."""
     lines = ["UAR (1-best) per condition, speaker-bootstrap 95 % interval:",
              f"  {'condition':<12} {'UAR':>6}  {'interval':<16} {'utterances':>10} {'speakers':>8}"]
-    for r in overall.iter_rows(named=True):
-        lines.append(f"  {r['condition']:<12} {r['value']:>6.3f}  [{r['ci_low']:.3f}, {r['ci_high']:.3f}]   "
-                     f"{r['n']:>10} {r['n_speakers']:>8}")
+    for r in overall.iter_rows(named=True):  # one speaker: no interval
+        lo = "–" if r["ci_low"] is None else f"{r['ci_low']:.3f}"
+        hi = "–" if r["ci_high"] is None else f"{r['ci_high']:.3f}"
+        lines.append(f"  {r['condition']:<12} {r['value']:>6.3f}  [{lo}, {hi}]   {r['n']:>10} {r['n_speakers']:>8}")
     return "\n".join(lines)
 
 

@@ -67,8 +67,16 @@ def run(cfg: ExperimentConfig) -> dict:
     # emotion models per outer fold (layers chosen per fold on its training speakers), then the evaluation
     train_job.main(conf)
     evaluation = evaluate_job.main(conf)
-    line = versus_baseline(evaluation["overall"], probes.get("set_probe"), cfg.train.arch,
-                           probes.get("set_probe_layers", ""))
+    lines = []
+    dims = evaluation.get("dims")
+    has_dims = dims is not None and dims.height > 0
+    if evaluation["overall"].height or not has_dims:  # UAR where the run has categories
+        lines.append(versus_baseline(evaluation["overall"], probes.get("set_probe"), cfg.train.arch,
+                                     probes.get("set_probe_layers", "")))
+    if has_dims:  # CCC where it has A/V/D
+        lines += versus_ridge(evaluation["dims"], probes.get("set_ridge"), cfg.train.arch,
+                              probes.get("set_probe_layers", ""))
+    line = "\n".join(lines)
     console.say(line)
     result = {"probes": probes, "evaluation": evaluation, "summary": line}
     if cfg.crosscorpus.enabled:  # the leave-one-corpus-out matrix over the experiment's corpora
@@ -94,6 +102,30 @@ def versus_baseline(overall, set_probe: dict | None, arch: str, layers: str = ""
     return (f"clean UAR, pooled over the outer folds: {arch} model {clean['value'][0]:.3f} "
             f"[{clean['ci_low'][0]:.3f}, {clean['ci_high'][0]:.3f}] vs the probe baseline ({layers or 'its layers'}, "
             f"C by inner CV) {set_probe['uar']:.3f}")
+
+
+def versus_ridge(dims, set_ridge: dict | None, arch: str, layers: str = "") -> list[str]:
+    """One line per dimension: the trained model's pooled clean CCC (jobs/evaluate.py's ``dims`` table) with its
+    speaker-bootstrap interval next to the ridge probe baseline's on the same utterances, and whether each lies
+    inside the other's interval."""
+    import polars as pl
+
+    clean = dims.filter(pl.col("condition") == "clean")
+    out = []
+    for r in clean.iter_rows(named=True):
+        d = r["metric"].removeprefix("ccc_")
+        base = (set_ridge or {}).get("dims", {}).get(d)
+        model = f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if r["ci_low"] is not None \
+            else f"{r['value']:.3f}"
+        if base is None:
+            out.append(f"clean CCC {d}, pooled over the outer folds: {arch} model {model} (no ridge probe baseline)")
+            continue
+        lo, hi = base["ci"]
+        inside = r["ci_low"] is not None and r["ci_low"] <= base["ccc"] <= r["ci_high"] and lo <= r["value"] <= hi
+        out.append(f"clean CCC {d}, pooled over the outer folds: {arch} model {model} vs the ridge probe baseline "
+                   f"({layers or 'its layers'}, alpha by inner CV) {base['ccc']:.3f} [{lo:.3f}, {hi:.3f}]"
+                   + (" (each inside the other's interval)" if inside else ""))
+    return out or ["no clean CCC to compare"]
 
 
 if __name__ == "__main__":

@@ -208,6 +208,8 @@ def saliency_main(args: argparse.Namespace, readouts: list[str]) -> dict:
     )
 
     t1 = time.perf_counter()
+    if not has_labels(args.store, args.model, args.condition, args.folds, args.seed):
+        return dimensional_probes(args, info, result, t0, t1)
     probe = layer_probe(args.store, args.model, args.condition, folds=args.folds, seed=args.seed)
     t_probe = time.perf_counter() - t1
     folds_scores = ss.mean_over_folds(ranking)
@@ -238,9 +240,51 @@ def saliency_main(args: argparse.Namespace, readouts: list[str]) -> dict:
               + " ".join("/".join(f"{c[r]:g}" for r in readouts) for c in sp["fold_c"])
               + ("; layers per fold " + " ".join("+".join(map(str, v)) for v in sp["fold_layers"])
                  if isinstance(layers, dict) else ""))
+        t3 = time.perf_counter()
+        ridge_twin(args, layers, result)
+        t_probe += time.perf_counter() - t3
     console.detail(f"time: saliency {t_sal:.1f} s, probe {t_probe:.1f} s, total {time.perf_counter() - t0:.1f} s")
     console.say(f"spearman: {rho:.4f}")
     result.update(probe=probe, spearman=rho, plot=str(path), probe_seconds=t_probe)
+    return result
+
+
+def has_labels(store, model: str, condition: str, folds, seed: int) -> bool:
+    """Whether any of the saliency's utterances has a categorical label (the classification probes need one)."""
+    rows = ss.labelled_rows(store, model, condition, folds, seed)[0]
+    return bool(rows["label"].is_not_null().any())
+
+
+def ridge_twin(args: argparse.Namespace, layers, result: dict) -> dict | None:
+    """The probe's regression twin on the same layers (ridge per A/V/D dimension, alpha by a CV over each outer
+    fold's training speakers) when the rows have dimensions; its line to the console, its result in ``set_ridge``."""
+    from ray_ser.analysis.probe import layer_set_ridge
+
+    ridge = layer_set_ridge(args.store, args.model, layers, args.condition, folds=args.folds, seed=args.seed)
+    if not ridge["dims"]:
+        return None
+    result["set_ridge"] = ridge
+    for d, r in ridge["dims"].items():
+        console.say(f"ridge probe on {result.get('set_probe_layers', 'the layers')} ({d}; alpha per outer fold by a CV "
+                    f"over its training speakers): CCC {r['ccc']:.4f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}], Pearson r "
+                    f"{r['pearson']:.4f}, MAE {r['mae']:.4f}; per fold " + " ".join(f"{v:.3f}" for v in r["fold_ccc"])
+                    + "; alpha per fold " + " ".join(f"{a:g}" for a in r["fold_alpha"]))
+    return ridge
+
+
+def dimensional_probes(args: argparse.Namespace, info: dict, result: dict, t0: float, t1: float) -> dict:
+    """--probe on rows without a categorical label (a dimensional-only corpus): no per-layer UAR probe, and with
+    --probe-layers the ridge probe alone (explicit layers: the layer criterion ranks layers by their categories)."""
+    console.say("no categorical labels: the per-layer UAR probe is skipped" +
+                ("" if args.probe_layers else "; --probe-layers L,L,... adds the ridge probe on A/V/D"))
+    if args.probe_layers:
+        if args.probe_layers.strip().startswith("auto:"):
+            raise SystemExit(f"--probe-layers {args.probe_layers}: the layer criterion ranks layers by their categories "
+                             "and these rows have none; name the layers (e.g. --probe-layers 2,3,4, and train with "
+                             "--layers 2,3,4)")
+        layers, result["set_probe_layers"], _ = probe_layer_set(args, info["assignment"])
+        ridge_twin(args, layers, result)
+    console.detail(f"time: probes {time.perf_counter() - t1:.1f} s, total {time.perf_counter() - t0:.1f} s")
     return result
 
 

@@ -120,28 +120,54 @@ def _layers(summary: dict) -> str:
 
 
 def test_report(cfg, summary: dict, out: str) -> str:
-    """The fold's best checkpoint's UAR on its test speakers per condition (the evaluation job makes the tables)."""
-
+    """The fold's best checkpoint on its test speakers per condition: UAR where it has a categorical head and the
+    speakers have labels, CCC per A/V/D dimension where it has a dimensional head and they have those values (the
+    evaluation job makes the tables)."""
+    import numpy as np
     from sklearn.metrics import balanced_accuracy_score
 
+    from ray_ser.corpora.manifest import DIMENSIONS
+    from ray_ser.evaluate.metrics import ccc
     from ray_ser.evaluate.predict import predict_fold
     from ray_ser.train.checkpoints import fold_checkpoints
+    from ray_ser.train.reader import load_labels
 
     path = fold_checkpoints(out)[summary["fold"]]
     pred = predict_fold(cfg.store, path)
-    from ray_ser.train.reader import load_labels
-
     labels = load_labels(cfg.store, pred["utt_id"].unique().to_list(), label_set=cfg.label_set)
     cats = {c: i for i, c in enumerate(labels.categories)}
-    parts = []
+    uar, dims = [], []
     for cond in sorted(pred["condition"].unique().to_list()):
         sub = pred.filter(pred["condition"] == cond)
-        y = [cats.get(labels.rows[u].get("label"), -1) for u in sub["utt_id"].to_list()]
-        yp = [int(max(range(len(p)), key=p.__getitem__)) for p in sub["probs"].to_list()]
-        ok = [i for i, v in enumerate(y) if v >= 0]
-        parts.append(f"{cond} {balanced_accuracy_score([y[i] for i in ok], [yp[i] for i in ok]):.3f}")
-    return (f"fold {summary['fold']} test UAR ({path.parent.name}, {_layers(summary)}, best epoch "
-            f"{summary['best_epoch']}): " + ", ".join(parts))
+        rows = [labels.rows[u] for u in sub["utt_id"].to_list()]
+        if "probs" in sub.columns and cats:
+            y = [cats.get(r.get("label"), -1) for r in rows]
+            ok = [i for i, v in enumerate(y) if v >= 0]
+            if ok:
+                yp = [int(np.argmax(p)) for p in sub["probs"].to_list()]
+                uar.append(f"{cond} {balanced_accuracy_score([y[i] for i in ok], [yp[i] for i in ok]):.3f}")
+        scores = []
+        for d in DIMENSIONS:
+            if f"pred_{d}" not in sub.columns:
+                continue
+            x = np.array([np.nan if r.get(d) is None else r[d] for r in rows], float)
+            yh = sub[f"pred_{d}"].to_numpy().astype(float)
+            ok = np.isfinite(x) & np.isfinite(yh)
+            if ok.sum() > 1:
+                scores.append(f"{d} {ccc(x[ok], yh[ok]):.3f}")
+        if scores:
+            dims.append(f"{cond} " + " ".join(scores))
+    where = f"({path.parent.name}, {_layers(summary)}, best epoch {summary['best_epoch']}{cap_note(summary)})"
+    if dims and not uar:
+        return f"fold {summary['fold']} test CCC {where}: " + ", ".join(dims)
+    line = f"fold {summary['fold']} test UAR {where}: " + ", ".join(uar)
+    return line + ("; test CCC: " + ", ".join(dims) if dims else "")
+
+
+def cap_note(summary: dict) -> str:
+    """`` of N, hit the epoch cap`` when the fold's selection stopped at its epoch budget while its validation score
+    was still improving (its best epoch within the last ``patience`` epochs): more epochs might have helped."""
+    return f" of {summary['epochs']}, hit the epoch cap while still improving" if summary.get("hit_cap") else ""
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -160,8 +186,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             """One console line per fold: its test speakers' UAR (or, without the report, its training summary)."""
             refit = f", refit {summary['refit_epochs']} epochs on all training speakers" if summary.get("refit_epochs") else ""
             name = "final model" if summary["fold"] == -1 else f"fold {summary['fold']}"
+            cap = " (hit the epoch cap while still improving: raise --epochs, patience stops it)" \
+                if summary.get("hit_cap") else ""
             line = (f"{name}: {_layers(summary)}, best epoch {summary['best_epoch']} of "
-                    f"{summary['epochs']}, val score {summary['best_val_score']:.4f}{refit}, {summary['seconds']:.1f} s")
+                    f"{summary['epochs']}{cap}, val {summary.get('val_metric', 'score')} "
+                    f"{summary['best_val_score']:.4f}{refit}, {summary['seconds']:.1f} s")
             if args.no_test_report or summary["fold"] == -1:
                 console.say(line)
             else:

@@ -186,11 +186,28 @@ def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir:
         state = final_state(load_state(d))
     write_best(out_dir, cfg, plan, state)
     write_parquet(epochs_frame(state["history"]), fold_dir(out_dir, fold) / "epochs.parquet")
+    epochs_run = state.get("selected", state)["epoch"]
     return {"fold": fold, "layer": plan.layer, "layers": plan.read_layers, "best_epoch": state["best_epoch"], "best_val_score": state["best_score"],
-            "epochs": state.get("selected", state)["epoch"], "refit_epochs": state.get("refit_epochs"),
+            "epochs": epochs_run, "refit_epochs": state.get("refit_epochs"),
+            "hit_cap": hit_cap(cfg, state["best_epoch"], epochs_run), "val_metric": val_metric(plan.model_cfg),
             "seconds": time.perf_counter() - t0, "n_train": len(plan.inner),
             "n_val": len(plan.val), "n_test": len(plan.test), "corpus_counts": plan.corpus_counts,
             "corpus_dims": plan.corpus_dims}
+
+
+def hit_cap(cfg: TrainConfig, best_epoch: int, epochs_run: int) -> bool:
+    """Whether a fold's selection ran into its epoch budget (``cfg.epochs``) while still improving: it stopped at
+    the budget, not on patience, its best epoch among the last ``cfg.patience`` (a longer budget might have found a
+    better one; training until the curve is flat means a budget that patience, not the cap, ends)."""
+    return int(epochs_run) >= cfg.epochs and int(best_epoch) >= int(epochs_run) - cfg.patience
+
+
+def val_metric(model_cfg: dict) -> str:
+    """What a fold's validation score is (:func:`ray_ser.train.loop._val_score`): UAR with a categorical head, else
+    the mean CCC of the dimensions present."""
+    if model_cfg.get("n_classes"):
+        return "UAR"
+    return "mean CCC" if model_cfg.get("n_dims") else "score"
 
 
 def epochs_frame(rows: list[dict]) -> pl.DataFrame:
@@ -261,7 +278,8 @@ def run(cfg: TrainConfig, folds: str | Sequence[int] | None, out_dir: str | os.P
             summary = {"fold": fold, "layer": info["plan"]["layer"],
                        "layers": info["plan"].get("layers") or [info["plan"]["layer"]], "best_epoch": info["best_epoch"],
                        "best_val_score": info["best_val_score"], "epochs": info["epochs_run"], "seconds": 0.0,
-                       "skipped": True}
+                       "skipped": True, "hit_cap": hit_cap(fold_cfg, info["best_epoch"], info["epochs_run"]),
+                       "val_metric": val_metric(info["plan"].get("model_cfg", {}))}
         else:
             summary = train_fold(fold_cfg, assignment, fold, out_dir, layers.get(fold),
                                  on_epoch=lambda p, f=fold: bar.set_postfix_str(epoch_note(f, p)))

@@ -50,6 +50,10 @@ class FoldPlan:
     """Training utterances per corpus (corpus-balanced sampling draws from these)."""
     corpus_dims: dict[str, list[str]] | None = None
     """The A/V/D dimensions each training corpus contributes to the dimensional head."""
+    dim_scale: dict[str, dict[str, list[float]]] | None = None
+    """{corpus: {dimension: [lo, hi]}}: the range of each training corpus's A/V/D values on its training utterances;
+    targets train on [-1, 1] (:func:`ray_ser.train.reader.scale_dims`) and predictions are mapped back to the
+    corpus's own scale (None: targets as stored, a checkpoint from before the mapping)."""
 
     @property
     def read_layers(self) -> list[int]:
@@ -230,6 +234,12 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
     corpus_dims = {c: [d for d in DIMENSIONS if any(labels.rows[u].get(d) is not None for u in us)]
                    for c, us in sorted(by_corpus.items())}
     has_dims = any(corpus_dims.values())
+    dim_scale = None
+    if has_dims and cfg.dimensional:  # each corpus's scale (1-3, 1-7, -1..1) onto one range, from training utterances
+        from ray_ser.train.reader import dim_ranges
+
+        dim_scale = dim_ranges(labels.rows, [*inner, *val])  # training speakers only, never the test ones
+        labels.with_dim_scale(dim_scale)
     n_domains = len(labels.domains) if cfg.adv_weight > 0 else 0
     model_cfg = model_config(cfg, len(keep) if keep is not None else dim, len(labels.categories), has_dims, n_domains)
     norm_mean = norm_std = corpus_norm = None
@@ -241,7 +251,7 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
     plan = FoldPlan(fold, assignment.id, layer, inner, val, test, labels.categories, keep, model_cfg["input_dim"],
                     n_domains, labels.domains if n_domains else [], bool(model_cfg["n_dims"]), model_cfg,
                     norm_mean, norm_std, read if len(read) > 1 else None, cv_val, corpus_norm,
-                    {c: len(us) for c, us in sorted(by_corpus.items())}, corpus_dims)
+                    {c: len(us) for c, us in sorted(by_corpus.items())}, corpus_dims, dim_scale)
     return plan, labels, centroids
 
 

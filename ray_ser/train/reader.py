@@ -47,7 +47,16 @@ class Labels:
         """Manifest column the adversarial head predicts ("speaker" or "corpus"); ``domains`` lists its classes."""
         self._rows: dict[str, dict] | None = rows
         self._table: pa.Table | None = None
+        self.dim_scale: dict[str, dict[str, list[float]]] | None = None
+        """{corpus: {dimension: [lo, hi]}}: each corpus's A/V/D targets mapped linearly from [lo, hi] to [-1, 1]
+        (:func:`scale_dims`); None: as stored."""
         self.token = uuid.uuid4().hex  # names this label set in a worker's cache of derived columns
+
+    def with_dim_scale(self, scale: dict[str, dict[str, list[float]]] | None) -> "Labels":
+        """These labels with their A/V/D targets on one range per dimension (``scale``, see ``dim_scale``)."""
+        self.dim_scale = scale
+        self.token = uuid.uuid4().hex  # other targets: other derived columns
+        return self
 
     @property
     def rows(self) -> dict[str, dict]:
@@ -72,12 +81,13 @@ class Labels:
 
     def __getstate__(self) -> dict:
         return {"categories": self.categories, "domains": self.domains, "domain_key": self.domain_key,
-                "token": self.token, "table": self.table()}
+                "token": self.token, "table": self.table(), "dim_scale": self.dim_scale}
 
     def __setstate__(self, state: dict) -> None:
         self.categories, self.domains = state["categories"], state["domains"]
         self.domain_key, self.token = state["domain_key"], state["token"]
         self._table, self._rows = state["table"], None
+        self.dim_scale = state.get("dim_scale")
 
     def domain_of(self, utt_id: str) -> int:
         """The utterance's domain class (IGNORE outside ``domains``)."""
@@ -124,6 +134,8 @@ class TargetColumns:
         one_hot = np.setdiff1d(np.flatnonzero(label_index >= 0), full)
         pdf[one_hot, label_index[one_hot]] = 1.0
         dims = np.stack([t.column(d).to_numpy(zero_copy_only=False).astype(np.float32) for d in DIMENSIONS], axis=1)
+        if labels.dim_scale:
+            dims = scale_dims(dims, t.column("corpus").to_pylist(), labels.dim_scale).astype(np.float32)
         first = {d: i for i, d in reversed(list(enumerate(labels.domains)))}  # the first index, as list.index
         domain = np.array([first.get(v, IGNORE) for v in t.column(labels.domain_key).to_pylist()], np.int64) \
             if labels.domain_key in t.column_names else np.full(n, IGNORE, np.int64)
@@ -136,6 +148,48 @@ class TargetColumns:
 
 
 _COLUMNS: dict[str, TargetColumns] = {}
+
+TARGET_RANGE = (-1.0, 1.0)
+"""The one range every corpus's A/V/D targets are mapped to for training (:func:`scale_dims`)."""
+
+
+def dim_ranges(rows: dict[str, dict], utt_ids: Sequence[str]) -> dict[str, dict[str, list[float]]]:
+    """{corpus: {dimension: [lo, hi]}}: the range of each corpus's A/V/D values among ``utt_ids`` (a fold's
+    training utterances: nothing is read from its test speakers), the scale :func:`scale_dims` maps from."""
+    found: dict[str, dict[str, list[float]]] = {}
+    for u in utt_ids:
+        r = rows[u]
+        for d in DIMENSIONS:
+            v = r.get(d)
+            if v is None or not np.isfinite(v):
+                continue
+            lo_hi = found.setdefault(r["corpus"], {}).setdefault(d, [float(v), float(v)])
+            lo_hi[0], lo_hi[1] = min(lo_hi[0], float(v)), max(lo_hi[1], float(v))
+    return found
+
+
+def _affine(lo: float, hi: float) -> tuple[float, float]:
+    """(a, b) with a * v + b mapping [lo, hi] onto TARGET_RANGE (a shift alone when lo == hi)."""
+    t0, t1 = TARGET_RANGE
+    a = (t1 - t0) / (hi - lo) if hi > lo else 1.0
+    return a, (t0 - a * lo) if hi > lo else (0.5 * (t0 + t1) - lo)
+
+
+def scale_dims(dims: np.ndarray, corpora: Sequence[str], scale: dict, inverse: bool = False) -> np.ndarray:
+    """A/V/D values (n, 3) of utterances of ``corpora`` mapped from each corpus's [lo, hi] in ``scale`` onto
+    TARGET_RANGE (``inverse``: back to the corpus's own scale); a corpus or dimension ``scale`` lacks is kept."""
+    out = np.array(dims, dtype=np.float64, copy=True).reshape(len(corpora), len(DIMENSIONS))
+    corpora = np.asarray(list(corpora), dtype=object)
+    for corpus, per_dim in scale.items():
+        rows = corpora == corpus
+        if not rows.any():
+            continue
+        for j, d in enumerate(DIMENSIONS):
+            if d not in per_dim:
+                continue
+            a, b = _affine(*per_dim[d])
+            out[rows, j] = (out[rows, j] - b) / a if inverse else a * out[rows, j] + b
+    return out
 
 
 def load_labels(store: str | Store, utt_ids: Sequence[str], domain_utts: Sequence[str] = (),
@@ -177,8 +231,9 @@ def corpus_categories(store: Store, corpora: Sequence[str], label_set: Sequence[
                 rows[u] = mapped.get(u, {**rows[u], "label": None, "pdf": None})
         return list(label_set)
     lists = {c: store.categories(c) for c in corpora}
-    first = next(iter(lists.values()), None)
-    if first is None or any(v != first for v in lists.values()):
+    named = {c: v for c, v in lists.items() if v}  # a dimensional-only corpus (no categories) goes with any list
+    first = next(iter(named.values()), [] if lists else None)
+    if first is None or any(v != first for v in named.values()):
         raise ValueError(f"the corpora {list(corpora)} have different category lists "
                          f"({'; '.join(f'{c}: {v}' for c, v in lists.items())}): choose a label set to train them "
                          "together (--label-set four|five|NAME,NAME,... or train.label_set)")

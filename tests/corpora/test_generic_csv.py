@@ -269,3 +269,13 @@ def test_manifest_job_csv_name(tmp_path):
     assert Manifest.read(out).corpus == "mycorpus"
     manifest_job.main(["--corpus", "csv", "--csv", str(tmp_path / "list.csv"), "--csv-name", "given", "--out", str(out)])
     assert Manifest.read(out).corpus == "given"
+
+
+def test_an_arousal_column_without_labels_is_a_dimensional_only_corpus(tmp_path):
+    """RAVDESS-intensity style: arousal 1-3 and no label column; every row is kept, with no categories or PDF."""
+    (tmp_path / "intensity.csv").write_text("path,speaker,gender,arousal\na.wav,s1,f,1\nb.wav,s1,f,3\nc.wav,s2,m,2\n")
+    m = generic_csv.build(tmp_path, csv="intensity.csv")
+    assert m.categories == [] and not m.rejected and len(m) == 3
+    rows = m.table.to_pylist()
+    assert [r["arousal"] for r in rows] == [1.0, 3.0, 2.0]
+    assert all(r["label"] is None and r["pdf"] is None and r["valence"] is None for r in rows)

@@ -69,7 +69,7 @@ def test_every_png_is_referenced_exists_and_is_valid(report):
     written = {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
     assert set(page.images) == written
     assert {"plots/uar_vs_snr.png", "plots/speaker_uar.png", "plots/pauar.png", "plots/ccc_vs_snr.png",
-            "plots/confusion_clean.png", "plots/confusion_5dB.png"} <= written
+            "plots/confusion_clean.png", "plots/confusion_5dB.png", "plots/dims_scatter.png"} <= written
     for src in page.images:
         assert not Path(src).is_absolute()
         f = out / src
@@ -81,7 +81,7 @@ def test_every_png_is_referenced_exists_and_is_valid(report):
 
 def test_tables_render_with_content(report, metrics):
     _, page = report
-    overall, gender, pauar, weakest, ccc = page.tables
+    overall, gender, pauar, weakest, ccc, ccc_gender, ccc_weakest = page.tables
     assert overall[0][:2] == ["condition", "UAR (1-best)"]
     assert [r[0] for r in overall[1:]] == ["clean", "25dB", "15dB", "5dB"]  # SNR order
     row = metrics.filter(pl.col("group_by") == "all", pl.col("condition") == "15dB", pl.col("metric") == "uar",
@@ -93,7 +93,11 @@ def test_tables_render_with_content(report, metrics):
              .group_by("group").agg(pl.col("value").mean()).sort("value")["group"].head(5).to_list())
     assert [r[0] for r in weakest[1:]] == worst
     assert weakest[1][1] in ("male", "female")
-    assert ccc[0] == ["condition", "CCC arousal", "CCC valence"]
+    assert ccc[0] == ["condition", "CCC arousal", "Pearson r arousal", "MAE arousal", "CCC valence", "Pearson r valence",
+                      "MAE valence", "utterances", "speakers"]
+    assert ccc_gender[0] == ["condition", "CCC arousal female", "CCC arousal male", "arousal male − female",
+                             "CCC valence female", "CCC valence male", "valence male − female"]
+    assert len(ccc_weakest) == 1 + 5 and ccc_weakest[0][:2] == ["speaker", "gender"]
     assert '"layer": 3' in "".join(page.pre)
 
 
@@ -112,3 +116,28 @@ def test_two_runs_without_gender_or_dimensions(tmp_path, categories):
     assert "plots/base__uar_vs_snr.png" in written and "plots/masked_v2__confusion_clean.png" in written
     assert not any("ccc" in p for p in written)
     assert "No gender information" in path.read_text(encoding="utf-8")
+
+
+def test_a_dimensional_only_run_reports_ccc_alone(tmp_path):
+    """No categories (a corpus with arousal and no label): CCC, Pearson r and MAE with intervals, per gender and
+    speaker, the scatter and CCC vs SNR; no UAR section, no confusion matrix, metrics.parquet with mae rows."""
+    from ray_ser.evaluate.synthetic import synthetic_predictions
+    from ray_ser.evaluate.tables import confusion_table, metric_table
+
+    preds = synthetic_predictions(n_speakers=4, n_per_class=2, conditions=["clean", "5dB"], dims=True, seed=3)
+    preds = preds.with_columns(pl.lit(None, pl.List(pl.Float32)).alias("probs"), pl.lit(None, pl.Utf8).alias("label"),
+                               pl.lit(None, pl.Int32).alias("label_index"), pl.lit(None, pl.Utf8).alias("pred"),
+                               pl.lit(None, pl.List(pl.Float32)).alias("pdf"))
+    metrics = metric_table(preds, [], n_boot=50)
+    assert not (metrics["metric"] == "uar").any() and confusion_table(preds, []).height == 0
+    mae = metrics.filter(pl.col("group_by") == "all", pl.col("metric") == "mae_arousal", pl.col("condition") == "clean")
+    x = preds.filter(pl.col("condition") == "clean")
+    assert mae["value"][0] == pytest.approx((x["arousal"] - x["pred_arousal"]).abs().mean(), rel=1e-5)
+    assert mae["ci_low"][0] <= mae["value"][0] <= mae["ci_high"][0]
+    path = write_report(tmp_path, preds, metrics, confusion_table(preds, []), {})
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    written = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")}
+    assert set(page.images) == written == {"plots/ccc_vs_snr.png", "plots/dims_scatter.png"}
+    assert [t[0][0] for t in page.tables] == ["condition", "condition", "speaker"]
+    assert "UAR" not in path.read_text(encoding="utf-8")

@@ -161,7 +161,8 @@ def test_labels_travel_as_one_table_and_give_each_row_its_targets():
     sent = Labels(["sad", "hap"], rows, domains=["s1", "s2"], domain_key="speaker")
     blob = pickle.dumps(sent)
     got = pickle.loads(blob)
-    assert got._rows is None and set(got.__getstate__()) == {"categories", "domains", "domain_key", "token", "table"}
+    assert got._rows is None and set(got.__getstate__()) == {"categories", "domains", "domain_key", "token", "table",
+                                                                   "dim_scale"}
     ids = ["u3", "u1", "u4", "u2"]
     X = np.arange(8, dtype=np.float16).reshape(4, 2)
     ex = _as_examples(ids, ["clean"] * 4, X, np.ones(4, np.int64), None, got, None)
