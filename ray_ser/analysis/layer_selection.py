@@ -29,6 +29,13 @@ Label-based (the consensus ``label``):
 - ``probe_inner``     the same inner split with the probe's own classifier (StandardScaler +
                       LogisticRegression, :mod:`ray_ser.analysis.probe`).
 
+Dimension-based (arousal, valence, dominance; a row counts for each dimension it has):
+
+- ``ridge_inner``     the regression twin of ``lda_inner``: mean over the dimensions present of the CCC of the
+                      pooled inner out-of-fold predictions of a ridge regression (StandardScaler + RidgeCV) on
+                      the same speaker-disjoint inner folds.  A label criterion asked of rows without any
+                      category (a dimension-only corpus) becomes this one (:func:`criterion_for`).
+
 :func:`effective_rank` (exp of the entropy of the normalised singular values of the standardised
 layer) is reported beside the scores: the redundancy term rewards dimensions that move together, so
 a low effective rank is what lets CCS favour a layer whose probe is poor.
@@ -52,7 +59,7 @@ import polars as pl
 
 from ray_ser.analysis import saliency as sal
 from ray_ser.analysis.probe import MAX_ITER, one_thread, probe_layer, spearman
-from ray_ser.analysis.saliency_store import labelled_rows, layer_matrix, layers_of
+from ray_ser.analysis.saliency_store import layer_matrix, layers_of, usable_rows
 from ray_ser.corpora.manifest import DIMENSIONS
 
 __all__ = [
@@ -80,7 +87,9 @@ __all__ = [
     "study_table",
     "STUDY_CRITERIA",
     "targets_of",
+    "criterion_for",
     "criterion_scores",
+    "REGRESSION_CRITERION",
     "effective_rank",
     "fisher_criterion",
     "inner_folds",
@@ -109,6 +118,10 @@ INNER_FOLDS = 3
 _TARGET_ORDER = ("pdf", "onehot", "avd")
 _TARGET_KINDS = ("ccs_top10", "ccs_mean", "direct_top10", "direct_mean", "redundancy_mean", "mis_top10")
 _LABEL_KINDS = ("anova_top10", "fisher", "lda_inner", "probe_inner")
+_DIM_KINDS = ("ridge_inner",)
+
+REGRESSION_CRITERION = "ridge_inner"
+"""What a label criterion becomes on rows with no category at all (a dimension-only corpus)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -129,6 +142,8 @@ class LayerData:
     fold: np.ndarray
     utt_ids: list[str] = field(default_factory=list)
     description: str = ""
+    dims: np.ndarray | None = None
+    """``(n, 3)`` arousal, valence, dominance (NaN where a row lacks one), for ``ridge_inner``."""
 
     def __post_init__(self):
         n = len(self.labels)
@@ -140,12 +155,19 @@ class LayerData:
         for k, v in self.targets.items():
             if v.shape[0] != n:
                 raise ValueError(f"target {k} has {v.shape[0]} rows, labels {n}")
+        if self.dims is not None and len(self.dims) != n:
+            raise ValueError(f"dims has {len(self.dims)} rows, labels {n}")
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether any row carries a categorical label (the label criteria need them)."""
+        return any(x is not None for x in self.labels.tolist())
 
     def subset(self, rows: np.ndarray) -> "LayerData":
         """The same data restricted to ``rows`` (a boolean mask or indices)."""
         return LayerData({k: v[rows] for k, v in self.targets.items()}, self.labels[rows], self.speakers[rows],
                          self.fold[rows], [self.utt_ids[i] for i in np.arange(len(self.labels))[rows]]
-                         if self.utt_ids else [], self.description)
+                         if self.utt_ids else [], self.description, None if self.dims is None else self.dims[rows])
 
     def train(self, fold: int) -> np.ndarray:
         """Boolean mask of the training rows of outer fold ``fold`` (-1: every row)."""
@@ -288,6 +310,36 @@ def inner_uar(H: np.ndarray, labels: Sequence, inner: np.ndarray, kind: str = "p
         return float(balanced_accuracy_score(y.astype(str), pred.astype(str)))
 
 
+def inner_ccc(H: np.ndarray, dims: np.ndarray, inner: np.ndarray) -> float:
+    """Mean over the dimensions (columns of ``dims``, NaN = missing) of the CCC of the pooled inner out-of-fold
+    predictions: for each inner fold i a StandardScaler + RidgeCV (alpha among the ridge probe's, by its efficient
+    leave-one-out on the fitting rows) is fitted on that dimension's rows with ``inner != i`` and predicts those
+    of i.  A dimension with values in fewer than 2 inner folds is left out; NaN when none is left."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from ray_ser.analysis.probe import DEFAULT_ALPHAS
+    from ray_ser.evaluate.metrics import ccc
+
+    dims = np.asarray(dims, dtype=np.float64)
+    per_dim = []
+    with one_thread():
+        for d in range(dims.shape[1]):
+            has = np.isfinite(dims[:, d])
+            folds = np.unique(inner[has])
+            if len(folds) < 2:
+                continue
+            y, Hd, fd = dims[has, d], H[has], inner[has]
+            pred = np.empty(len(y))
+            for i in folds:
+                fit, test = fd != i, fd == i
+                model = make_pipeline(StandardScaler(), RidgeCV(alphas=DEFAULT_ALPHAS))
+                pred[test] = model.fit(Hd[fit], y[fit]).predict(Hd[test])
+            per_dim.append(ccc(y, pred))
+    return float(np.mean(per_dim)) if per_dim else float("nan")
+
+
 def _top(scores: np.ndarray) -> float:
     return sal.layer_score(np.nan_to_num(np.asarray(scores, np.float64), nan=0.0), TOP_FRACTION)
 
@@ -319,7 +371,7 @@ def criterion_scores(H: np.ndarray, data: LayerData, criteria: Sequence[str], in
             if target not in data.targets:
                 raise ValueError(f"criterion {c}: the rows have no {target!r} targets (have {sorted(data.targets)})")
             by_target.setdefault(target, []).append(kind)
-        elif kind not in _LABEL_KINDS or target:
+        elif kind not in (*_LABEL_KINDS, *_DIM_KINDS) or target:
             raise ValueError(f"unknown criterion {c!r}; known: {', '.join(CRITERIA)}")
     for target, kinds in by_target.items():
         for kind, v in _target_scores(H, data.targets[target], kinds).items():
@@ -339,10 +391,25 @@ def criterion_scores(H: np.ndarray, data: LayerData, criteria: Sequence[str], in
             if inner is None:
                 inner = inner_folds(data.speakers, labels, seed=seed)
             out[f"{kind}_inner"] = inner_uar(H, labels, inner, kind)
+    if "ridge_inner" in criteria:
+        if data.dims is None or not np.isfinite(data.dims).any():
+            raise ValueError("criterion ridge_inner: the rows have no arousal, valence or dominance")
+        if inner is None:
+            inner = inner_folds(data.speakers, labels, seed=seed)
+        out["ridge_inner"] = inner_ccc(H, data.dims, inner)
     return {c: out[c] for c in criteria}
 
 
-CRITERIA: tuple[str, ...] = (*(f"{k}:{t}" for t in _TARGET_ORDER for k in _TARGET_KINDS), *_LABEL_KINDS)
+def criterion_for(data: LayerData, criterion: str) -> str:
+    """The criterion that scores ``data``: a label criterion on rows with no category but with A/V/D becomes
+    :data:`REGRESSION_CRITERION`; anything else is kept."""
+    if (criterion in _LABEL_KINDS and not data.has_labels and data.dims is not None
+            and np.isfinite(data.dims).any()):
+        return REGRESSION_CRITERION
+    return criterion
+
+
+CRITERIA: tuple[str, ...] = (*(f"{k}:{t}" for t in _TARGET_ORDER for k in _TARGET_KINDS), *_LABEL_KINDS, *_DIM_KINDS)
 """Every criterion name (``<score>:<target>`` for the target-based scores); see the module docstring."""
 
 STUDY_CRITERIA: tuple[str, ...] = (
@@ -436,23 +503,29 @@ def load_layer_data(store, model: str, condition: str = "clean", folds: str | in
                     layers: Sequence[int] | None = None, assignment=None) -> tuple[LayerData, dict[int, np.ndarray]]:
     """(LayerData, {layer: (n, N) mean vectors}, read a layer at a time: :class:`StoredLayers`) of the labelled
     utterances of ``model``/``condition``:
-    the saliency's rows and folds (:func:`ray_ser.analysis.saliency_store.labelled_rows`) less those without a
-    categorical label (the probe needs one), as :func:`ray_ser.analysis.probe.layer_probe` does.  With ``assignment``
+    the saliency's rows and folds (:func:`ray_ser.analysis.saliency_store.usable_rows`) less those without a
+    categorical label (the probe needs one), as :func:`ray_ser.analysis.probe.layer_probe` does; where no row has
+    one (a dimension-only corpus), the rows with any of A/V/D, for ``ridge_inner``.  With ``assignment``
     (a :class:`~ray_ser.corpora.folds.FoldAssignment`) only its utterances, in its folds: e.g. a search's
     pool, whose held-out speakers must not be scored."""
-    rows, _, _, fold, desc = labelled_rows(store, model, condition, folds, seed)
+    rows, fold, desc = usable_rows(store, model, condition, folds, seed)
     if assignment is not None:
         fold_of = assignment.fold_of()
         inside = np.asarray([u in fold_of for u in rows["utt_id"].to_list()], bool)
         rows = rows.filter(pl.Series(inside))
         fold, desc = np.asarray([fold_of[u] for u in rows["utt_id"].to_list()], np.int64), assignment.description
-    has_label = rows["label"].is_not_null().to_numpy()
-    rows, fold = rows.filter(pl.Series(has_label)), fold[has_label]
+    keep = rows["label"].is_not_null().to_numpy()
+    if not keep.any():  # a dimension-only corpus: the rows with a dimension, for ridge_inner
+        keep = np.column_stack([rows[c].is_not_null().to_numpy() for c in DIMENSIONS if c in rows.columns]).any(1) \
+            if any(c in rows.columns for c in DIMENSIONS) else keep
+    rows, fold = rows.filter(pl.Series(keep)), fold[keep]
     if rows.height == 0:
-        raise ValueError(f"no labelled utterances of {model}/{condition} in {store}")
+        raise ValueError(f"no utterances of {model}/{condition} in {store} with a label or a dimension")
     utt_ids = rows["utt_id"].to_list()
+    dims = np.column_stack([rows[c].cast(pl.Float64).fill_null(np.nan).to_numpy() if c in rows.columns
+                            else np.full(rows.height, np.nan) for c in DIMENSIONS])
     data = LayerData(targets_of(rows), np.asarray(rows["label"].to_list(), dtype=object),
-                     np.asarray(rows["speaker"].to_list(), dtype=object), fold, utt_ids, desc)
+                     np.asarray(rows["speaker"].to_list(), dtype=object), fold, utt_ids, desc, dims)
     layers = list(layers) if layers is not None else layers_of(store, model, condition)
     return data, StoredLayers(store, model, condition, layers, utt_ids)
 
@@ -462,7 +535,7 @@ def layer_scores(store, model: str, fold: int, condition: str = "clean", criteri
     """{layer: ``criterion`` score} on the training speakers of outer fold ``fold`` of the saliency's
     folds (``fold=-1``: every speaker); higher is better (the rows of a ``layer_rank`` table)."""
     data, layers = load_layer_data(store, model, condition, folds, seed)
-    return scores_from_arrays(layers, data, fold, criterion, seed)
+    return scores_from_arrays(layers, data, fold, criterion_for(data, criterion), seed)
 
 
 def choose_layer(store, model: str, fold: int, condition: str = "clean", criterion: str = DEFAULT_CRITERION,
@@ -491,9 +564,10 @@ def layer_rank_rows(store, model: str, condition: str = "clean", criterion: str 
                     folds_to_score: Sequence[int] | None = None, *, folds: str | int = "auto",
                     seed: int = 0, assignment=None) -> pl.DataFrame:
     """Rows for ``layer_rank__<model>``: fold, layer, layer_score, layer_rank (0 = the layer
-    :func:`choose_layer` returns), criterion; one store read for every fold (default: -1 and each outer fold).
-    With ``assignment``, its utterances and folds (see :func:`load_layer_data`)."""
+    :func:`choose_layer` returns), criterion (as :func:`criterion_for` resolves it); one store read for every fold
+    (default: -1 and each outer fold).  With ``assignment``, its utterances and folds (see :func:`load_layer_data`)."""
     data, layers = load_layer_data(store, model, condition, folds, seed, assignment=assignment)
+    criterion = criterion_for(data, criterion)
     wanted = list(folds_to_score) if folds_to_score is not None else [-1, *sorted(set(data.fold.tolist()))]
     rows = []
     for f, scores in fold_layer_scores(layers, data, wanted, criterion, seed).items():
@@ -513,6 +587,7 @@ def write_layer_rank(store, model: str, condition: str, assignment, criterion: s
     rows = layer_rank_rows(store, model, condition, criterion, folds=folds, seed=seed, assignment=assignment)
     rows = rows.with_columns(pl.lit(model).alias("model"), pl.lit(condition).alias("condition"),
                              pl.lit(assignment.id).alias("fold_id"))
+    criterion = rows["criterion"][0] if rows.height else criterion  # ridge_inner on a dimension-only corpus
     catalog.replace(store, catalog.LAYER_RANK, model, rows.to_arrow(),
                     {"model": model, "condition": condition, "criterion": criterion})
     return rows
@@ -542,11 +617,17 @@ def ranked_layers(store, model: str, assignment, folds_wanted: Sequence[int], k:
                   criterion: str = DEFAULT_CRITERION, seed: int = 0) -> tuple[dict[int, list[int]], str]:
     """({fold: its ``k`` best layers, best first}, where from): the stored ranking of ``criterion`` under
     ``assignment`` when jobs/saliency.py wrote one, else computed now from one read of the store on each fold's
-    training speakers of ``assignment`` (never on its test speakers)."""
+    training speakers of ``assignment`` (never on its test speakers).  On a dimension-only corpus a label
+    criterion is read or computed as :data:`REGRESSION_CRITERION` (:func:`criterion_for`)."""
     found = stored_layers(store, model, assignment, folds_wanted, condition, criterion, k)
     if found is not None:
         return found, f"layer_rank ({criterion}, fold assignment {assignment.id})"
     data, layers = load_layer_data(store, model, condition, seed=seed, assignment=assignment)
+    if (resolved := criterion_for(data, criterion)) != criterion:
+        found = stored_layers(store, model, assignment, folds_wanted, condition, resolved, k)
+        if found is not None:
+            return found, f"layer_rank ({resolved}: no categories, fold assignment {assignment.id})"
+        criterion = resolved
     return ({f: best_first(s)[:k] for f, s in fold_layer_scores(layers, data, folds_wanted, criterion, seed).items()},
             f"computed ({criterion} on each fold's training speakers)")
 
@@ -564,7 +645,7 @@ def layer_prior(store, model: str, assignment, condition: str = "clean", criteri
     """Every layer, best first, by ``criterion`` on all speakers of ``assignment`` (for a search: its pool,
     so no held-out speaker is scored): the order the Tune search starts from."""
     data, layers = load_layer_data(store, model, condition, seed=seed, assignment=assignment)
-    return best_first(scores_from_arrays(layers, data, -1, criterion, seed))
+    return best_first(scores_from_arrays(layers, data, -1, criterion_for(data, criterion), seed))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import polars as pl
 
-from ray_ser.analysis.saliency_store import labelled_rows, layer_matrix, layers_of
+from ray_ser.analysis.saliency_store import layer_matrix, layers_of, usable_rows
 from ray_ser.storage import is_uri, write_whole
 from ray_ser.store.core import Store, as_store
 
@@ -157,9 +157,9 @@ def probe_nested(H: np.ndarray | Mapping[int, np.ndarray], labels: Sequence[str]
 
 
 def probe_rows(store: Store, model: str, condition: str, folds: str | int, seed: int) -> tuple[pl.DataFrame, np.ndarray]:
-    """(rows, fold per row): the saliency's utterances and folds (:func:`ray_ser.analysis.saliency_store.labelled_rows`),
+    """(rows, fold per row): the saliency's utterances and folds (:func:`ray_ser.analysis.saliency_store.usable_rows`),
     less those without a categorical label."""
-    rows, _, _, fold, _ = labelled_rows(store, model, condition, folds, seed)
+    rows, fold, _ = usable_rows(store, model, condition, folds, seed)
     has_label = rows["label"].is_not_null().to_numpy()
     rows, fold = rows.filter(pl.Series(has_label)), fold[has_label]
     if rows.height == 0:
@@ -171,7 +171,7 @@ def layer_probe(store: str | Store, model: str, condition: str = "clean", folds:
                 seed: int = 0, layers: Sequence[int] | None = None, C: float = 1.0) -> pl.DataFrame:
     """One row per layer: ``layer``, ``uar`` (pooled out-of-fold balanced accuracy), ``fold_uar``
     (list, per fold in fold order), ``mean_fold_uar``.  The utterances and folds are the saliency's
-    (:func:`ray_ser.analysis.saliency_store.labelled_rows`, same ``folds`` and ``seed``) less those without a label."""
+    (:func:`ray_ser.analysis.saliency_store.usable_rows`, same ``folds`` and ``seed``) less those without a label."""
     store = as_store(store)
     layers = list(layers) if layers is not None else layers_of(store, model, condition)
     rows, fold = probe_rows(store, model, condition, folds, seed)
@@ -287,7 +287,7 @@ def layer_set_ridge(store: str | Store, model: str, layers: Sequence[int] | Mapp
     from ray_ser.evaluate.metrics import ccc, ccc_ci, pearson
 
     store = as_store(store)
-    rows, _, _, fold_all, _ = labelled_rows(store, model, condition, folds, seed)
+    rows, fold_all, _ = usable_rows(store, model, condition, folds, seed)
     fold_ids = sorted(int(x) for x in np.unique(fold_all))
     if isinstance(layers, Mapping) and (missing := [f for f in fold_ids if f not in layers]):
         raise ValueError(f"layer_set_ridge: no layers given for folds {missing} (got folds {sorted(layers)})")

@@ -150,13 +150,12 @@ def layers_of(store: str | Store, model: str, condition: str = "clean") -> list[
     return sorted(int(x) for x in pc.unique(t.column("layer")).to_pylist())
 
 
-def labelled_rows(store: str | Store, model: str, condition: str = "clean",
-                  folds: str | int = "auto", seed: int = 0) -> tuple[pl.DataFrame, np.ndarray, list[str], np.ndarray, str]:
-    """(rows, targets, target names, fold per row, fold description) for one model/condition.
-
-    ``rows`` are the layer-0 rows (utt_id order) joined with their manifest, keeping only utterances
-    with a speaker and a label or PDF or V/A/D; every layer has the same utterances in the same order.
-    """
+def usable_rows(store: str | Store, model: str, condition: str = "clean", folds: str | int = "auto",
+                seed: int = 0) -> tuple[pl.DataFrame, np.ndarray, str]:
+    """(rows, fold per row, fold description) for one model/condition: the layer-0 rows (utt_id order) joined with
+    their manifest, keeping only utterances with a speaker and a label or PDF or V/A/D; every layer has the same
+    utterances in the same order.  No target matrix: rows of corpora with different kinds of target may mix here
+    (the layer criteria and the probes pick the rows they score)."""
     store = as_store(store)
     t = read_pooled_arrow(store, model, condition, layer=layers_of(store, model, condition)[0],
                           columns=("utt_id", "condition", "layer"))
@@ -169,11 +168,20 @@ def labelled_rows(store: str | Store, model: str, condition: str = "clean",
     kept = frame.filter(usable)
     if kept.height < frame.height:
         log.warning("%d of %d utterances lack a speaker or labels: left out of saliency", frame.height - kept.height, frame.height)
+    fold, desc = assign_folds(kept, folds, seed)
+    return kept, fold, desc
+
+
+def labelled_rows(store: str | Store, model: str, condition: str = "clean",
+                  folds: str | int = "auto", seed: int = 0) -> tuple[pl.DataFrame, np.ndarray, list[str], np.ndarray, str]:
+    """(rows, targets, target names, fold per row, fold description) for one model/condition: the rows of
+    :func:`usable_rows` and their saliency targets (:func:`targets_for`, a target that never varies dropped)."""
+    store = as_store(store)
+    kept, fold, desc = usable_rows(store, model, condition, folds, seed)
     L, names = targets_for(kept, _categories(store, kept["corpus"].to_list()))
     keep_t = L.max(axis=0) > L.min(axis=0)  # a target that never varies (a category nobody uses) says nothing
     if not keep_t.any():
         raise ValueError("every saliency target is constant over the utterances")
-    fold, desc = assign_folds(kept, folds, seed)
     return kept, L[:, keep_t], [n for n, k in zip(names, keep_t) if k], fold, desc
 
 
@@ -208,7 +216,7 @@ def fold_assignment(store: str | Store, model: str, condition: str = "clean", fo
                     seed: int = 0) -> FoldAssignment:
     """The speaker-independent fold assignment of the labelled utterances of ``model``'s ``condition`` rows:
     the one saliency, clustering, training and evaluation share (same rows, ``folds`` and ``seed``, same id)."""
-    rows, _, _, fold, desc = labelled_rows(store, model, condition, folds, seed)
+    rows, fold, desc = usable_rows(store, model, condition, folds, seed)
     return FoldAssignment(tuple(rows["utt_id"].to_list()), tuple(rows["speaker"].to_list()),
                           tuple(int(f) for f in fold), desc)
 

@@ -251,7 +251,7 @@ def saliency_main(args: argparse.Namespace, readouts: list[str]) -> dict:
 
 def has_labels(store, model: str, condition: str, folds, seed: int) -> bool:
     """Whether any of the saliency's utterances has a categorical label (the classification probes need one)."""
-    rows = ss.labelled_rows(store, model, condition, folds, seed)[0]
+    rows = ss.usable_rows(store, model, condition, folds, seed)[0]
     return bool(rows["label"].is_not_null().any())
 
 
@@ -274,14 +274,11 @@ def ridge_twin(args: argparse.Namespace, layers, result: dict) -> dict | None:
 
 def dimensional_probes(args: argparse.Namespace, info: dict, result: dict, t0: float, t1: float) -> dict:
     """--probe on rows without a categorical label (a dimensional-only corpus): no per-layer UAR probe, and with
-    --probe-layers the ridge probe alone (explicit layers: the layer criterion ranks layers by their categories)."""
+    --probe-layers the ridge probe alone (``auto:K``: each fold's K best layers by ridge_inner, the regression twin of
+    the layer criterion)."""
     console.say("no categorical labels: the per-layer UAR probe is skipped" +
-                ("" if args.probe_layers else "; --probe-layers L,L,... adds the ridge probe on A/V/D"))
+                ("" if args.probe_layers else "; --probe-layers L,L,... or auto:K adds the ridge probe on A/V/D"))
     if args.probe_layers:
-        if args.probe_layers.strip().startswith("auto:"):
-            raise SystemExit(f"--probe-layers {args.probe_layers}: the layer criterion ranks layers by their categories "
-                             "and these rows have none; name the layers (e.g. --probe-layers 2,3,4, and train with "
-                             "--layers 2,3,4)")
         layers, result["set_probe_layers"], _ = probe_layer_set(args, info["assignment"])
         ridge_twin(args, layers, result)
     console.detail(f"time: probes {time.perf_counter() - t1:.1f} s, total {time.perf_counter() - t0:.1f} s")

@@ -273,6 +273,74 @@ def test_inner_uar_equals_sklearn_cross_val_predict(case):
         assert lsel.inner_uar(H, data.labels, inner, kind) == pytest.approx(ref, abs=1e-12)
 
 
+def dimensional(seed: int = 0) -> tuple[dict[int, np.ndarray], lsel.LayerData]:
+    """6 speakers x 40 utterances, no category; arousal on every row, valence on half of them; layer 0 carries both
+    (a few dimensions each), layer 1 is noise."""
+    rng = np.random.default_rng(seed)
+    n = N_SPK * PER
+    aro, val = rng.uniform(1, 5, n), rng.uniform(-1, 1, n)
+    good = rng.normal(size=(n, 16))
+    good[:, :3] += aro[:, None] * 0.8
+    good[:, 3:5] += val[:, None] * 2.0
+    dims = np.column_stack([aro, np.where(np.arange(n) % 2 == 0, val, np.nan), np.full(n, np.nan)])
+    data = lsel.LayerData({}, np.full(n, None, dtype=object), np.repeat([f"s{i}" for i in range(N_SPK)], PER),
+                          np.repeat(np.arange(N_SPK), PER), [f"u{i}" for i in range(n)], "loso (6 folds)", dims)
+    return {0: good, 1: rng.normal(size=(n, 16))}, data
+
+
+def test_ridge_inner_is_the_mean_ccc_of_inner_out_of_fold_ridge_and_scores_dimension_only_rows():
+    from sklearn.linear_model import RidgeCV
+
+    from ray_ser.analysis.probe import DEFAULT_ALPHAS
+
+    layers, data = dimensional()
+    inner = lsel.inner_folds(data.speakers, data.labels)
+    assert len({(s, f) for s, f in zip(data.speakers, inner)}) == N_SPK  # speaker-disjoint
+
+    def ccc(y, p):  # Lin's concordance, written out
+        return 2 * np.cov(y, p, bias=True)[0, 1] / (y.var() + p.var() + (y.mean() - p.mean()) ** 2)
+
+    H = layers[0]
+    ref = []
+    for d in (0, 1):
+        has = np.isfinite(data.dims[:, d])
+        y = data.dims[has, d]
+        pred = cross_val_predict(make_pipeline(StandardScaler(), RidgeCV(alphas=DEFAULT_ALPHAS)), H[has], y,
+                                 cv=PredefinedSplit(inner[has]))
+        ref.append(ccc(y, pred))
+    assert lsel.inner_ccc(H, data.dims, inner) == pytest.approx(np.mean(ref), abs=1e-9)
+    assert ref[0] > 0.8 and ref[1] > 0.5
+
+    # a label criterion on rows with no category becomes ridge_inner; on labelled rows it is kept
+    assert lsel.criterion_for(data, "lda_inner") == "ridge_inner" == lsel.REGRESSION_CRITERION
+    assert lsel.criterion_for(data, "ccs_top10:avd") == "ccs_top10:avd"
+    assert lsel.criterion_for(planted()[1], "lda_inner") == "lda_inner"
+    scores = lsel.scores_from_arrays(layers, data, 2, "ridge_inner")
+    assert lsel.pick(scores) == 0 and scores[0] > 0.7 and scores[1] < 0.2
+    with pytest.raises(ValueError, match="no arousal, valence or dominance"):
+        lsel.criterion_scores(planted()[0][0], planted()[1], ["ridge_inner"])
+
+
+def test_a_dimension_only_store_is_ranked_by_ridge_inner_stored_and_read_back(tmp_path, capsys):
+    from dimensional import MODEL, build_dims_store
+
+    from ray_ser.analysis import saliency_store as ss
+    from ray_ser.jobs import saliency as job
+
+    uri = build_dims_store(tmp_path, speakers={"aro3": 6}, conditions=("clean",))
+    job.main(["--store", uri, "--model", MODEL, "--folds", "3", "--no-mis", "--probe", "--probe-layers", "auto:1"])
+    out = capsys.readouterr().out
+    assert "pipeline layer choice (ridge_inner" in out and "ridge probe on each fold's 1 best layers" in out
+    a = ss.stored_assignment(uri, MODEL)
+    mine = ss.read_layer_ranking(uri, MODEL).filter(pl.col("criterion") == "ridge_inner")
+    assert set(mine["fold"]) == {-1, *a.fold_ids} and mine["layer_score"].min() > 0.9  # both layers carry arousal
+    # training, the clusters and Tune ask for the default criterion and read the ridge ranking back
+    ranked, source = lsel.ranked_layers(uri, MODEL, a, a.fold_ids, k=2)
+    assert source.startswith("layer_rank (ridge_inner: no categories")
+    assert ranked == {f: mine.filter(pl.col("fold") == f).sort("layer_rank")["layer"].to_list() for f in a.fold_ids}
+    assert lsel.layer_prior(uri, MODEL, a) == mine.filter(pl.col("fold") == -1).sort("layer_rank")["layer"].to_list()
+
+
 # ---- regret and the summary ----------------------------------------------------------------------
 def test_pick_and_regret():
     assert lsel.pick({0: 0.5, 1: 0.9, 2: 0.9}) == 1
