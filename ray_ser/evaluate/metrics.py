@@ -1,5 +1,6 @@
 """Evaluation metrics on arrays: categorical (UAR, WA, F1, k-best UAR), speaker level (per-speaker UAR,
-paUAR), agreement with the graders' PDFs, dimensional (CCC, Pearson, MSE) and a speaker-level bootstrap.
+paUAR), agreement with the graders' PDFs, calibration of the probabilities (ECE, Brier, NLL), dimensional (CCC,
+Pearson, MSE) and a speaker-level bootstrap.
 
 Two layers. *Array functions* score one set of predictions (scikit-learn / SciPy where they exist).
 *Count functions* turn predictions into additive per-speaker statistics (confusion tensors, k-best hit
@@ -272,6 +273,71 @@ def mse_from_moments(m) -> np.ndarray:
     m = np.asarray(m, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(m[..., 0] > 0, np.maximum(m[..., 3] - 2 * m[..., 5] + m[..., 4], 0.0) / m[..., 0], np.nan)
+
+
+ECE_BINS = 15
+"""Equal-width confidence bins of the expected calibration error (Guo et al. 2017 use 15)."""
+_TINY = 1e-12
+
+
+def confidence_bin(confidence, n_bins: int = ECE_BINS) -> np.ndarray:
+    """Bin of each top-class probability among ``n_bins`` equal-width bins (lo, hi] of [0, 1] (0 goes to bin 0)."""
+    c = np.asarray(confidence, dtype=np.float64)
+    return np.clip(np.ceil(c * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+
+
+def calibration_counts(groups, y_true, probs, n_groups: int, n_bins: int = ECE_BINS) -> np.ndarray:
+    """(n_groups, n_bins + 1, 3) additive calibration statistics: per confidence bin [rows, sum of top-class
+    probability, correct top-class predictions]; the last slot holds [rows, sum of -log p(true), sum of the Brier
+    term sum_c (p_c - onehot_c)^2]."""
+    y = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    g = np.asarray(groups, dtype=np.int64)
+    out = np.zeros((n_groups, n_bins + 1, 3))
+    conf, top = p.max(axis=1), p.argmax(axis=1)
+    b = confidence_bin(conf, n_bins)
+    idx = g * (n_bins + 1) + b
+    size = n_groups * (n_bins + 1)
+    out[..., 0] = np.bincount(idx, minlength=size).reshape(n_groups, n_bins + 1)
+    out[..., 1] = np.bincount(idx, weights=conf, minlength=size).reshape(n_groups, n_bins + 1)
+    out[..., 2] = np.bincount(idx, weights=(top == y).astype(np.float64), minlength=size).reshape(n_groups, n_bins + 1)
+    onehot = np.zeros_like(p)
+    onehot[np.arange(len(y)), y] = 1.0
+    nll = -np.log(np.clip(p[np.arange(len(y)), y], _TINY, 1.0))
+    brier = ((p - onehot) ** 2).sum(axis=1)
+    out[:, n_bins, 0] = np.bincount(g, minlength=n_groups)
+    out[:, n_bins, 1] = np.bincount(g, weights=nll, minlength=n_groups)
+    out[:, n_bins, 2] = np.bincount(g, weights=brier, minlength=n_groups)
+    return out
+
+
+def ece_from_counts(cal) -> np.ndarray:
+    """Expected calibration error from ``calibration_counts`` sums (..., n_bins + 1, 3): sum over the bins of
+    |correct - confidence| / rows."""
+    cal = np.asarray(cal, dtype=np.float64)
+    bins = cal[..., :-1, :]
+    n = bins[..., 0].sum(axis=-1)
+    gap = np.abs(bins[..., 2] - bins[..., 1]).sum(axis=-1)
+    return np.divide(gap, n, out=np.full(n.shape, np.nan), where=n > 0)
+
+
+def nll_from_counts(cal) -> np.ndarray:
+    """Mean negative log-likelihood of the true class (natural log) from ``calibration_counts`` sums."""
+    last = np.asarray(cal, dtype=np.float64)[..., -1, :]
+    return np.divide(last[..., 1], last[..., 0], out=np.full(last.shape[:-1], np.nan), where=last[..., 0] > 0)
+
+
+def brier_from_counts(cal) -> np.ndarray:
+    """Multi-class Brier score (mean over rows of sum_c (p_c - onehot_c)^2, in [0, 2]) from ``calibration_counts``."""
+    last = np.asarray(cal, dtype=np.float64)[..., -1, :]
+    return np.divide(last[..., 2], last[..., 0], out=np.full(last.shape[:-1], np.nan), where=last[..., 0] > 0)
+
+
+def reliability(y_true, probs, n_bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, mean confidence, accuracy) per confidence bin, for a reliability diagram (NaN in empty bins)."""
+    cal = calibration_counts(np.zeros(len(y_true), np.int64), y_true, probs, 1, n_bins)[0, :-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return cal[:, 0], cal[:, 1] / cal[:, 0], cal[:, 2] / cal[:, 0]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -99,7 +99,8 @@ def predict_fold(store: str, checkpoint: str | Path, conditions: Sequence[str] |
                  utt_ids: Sequence[str] | None = None, scale: dict | None = None,
                  dim_scale: dict | None = None) -> pl.DataFrame:
     """Predictions of one fold's checkpoint on its test speakers (or on ``utt_ids``), for ``conditions`` (default:
-    every evaluation condition of the store): utt_id, condition, fold, model, probs, pred_arousal/valence/dominance.
+    every evaluation condition of the store): utt_id, condition, fold, model, probs (temperature-scaled by the
+    checkpoint's temperature, recorded in ``temperature``), pred_arousal/valence/dominance.
     The per-corpus scaler is the checkpoint's, or ``scale`` (a zero-shot corpus's own statistics). A/V/D predictions
     are mapped back from the training range to each corpus's own scale: the checkpoint's ``dim_scale``, with
     ``dim_scale`` (a zero-shot corpus's) over it."""
@@ -125,8 +126,15 @@ def predict_fold(store: str, checkpoint: str | Path, conditions: Sequence[str] |
         corpora = [labels.rows[u]["corpus"] for u in df["utt_id"].to_list()]
         raw = scale_dims(df.select(names).to_numpy(), corpora, back, inverse=True)
         df = df.with_columns(*[pl.Series(n, raw[:, j].astype(np.float32)) for j, n in enumerate(names)])
+    if fm.temperature is not None and "probs" in df.columns and df.height:
+        from ray_ser.evaluate.tables import list_matrix
+        from ray_ser.train.calibration import scale
+
+        p = scale(list_matrix(df, "probs", len(df["probs"][0])), fm.temperature).astype(np.float32)
+        df = df.with_columns(pl.Series("probs", p.tolist(), dtype=pl.List(pl.Float32)))
     return df.with_columns(pl.lit(fm.plan.fold, pl.Int32).alias("fold"),
-                           pl.lit("final" if fm.plan.fold == -1 else "fold").alias("model"))
+                           pl.lit("final" if fm.plan.fold == -1 else "fold").alias("model"),
+                           pl.lit(fm.temperature, pl.Float32).alias("temperature"))
 
 
 def manifest_columns(store, by: Sequence[str] = (), label_set: Sequence[str] | None = None) -> pl.DataFrame:
@@ -308,7 +316,10 @@ def _finish(store, pred: pl.DataFrame, categories: list[str], config: dict, run_
                                                       return_dtype=pl.Utf8).alias("pred"))
     pred = pred.with_columns(pl.lit(protocol).alias("protocol"))
     front = ["run", "fold", "condition", "snr_db", "utt_id", "speaker", "gender", "corpus", "label", "label_index",
-             "pdf", "has_votes", "probs", "pred", *DIMENSIONS, *[f"pred_{d}" for d in DIMENSIONS], "model", "protocol"]
+             "pdf", "has_votes", "probs", "pred", *DIMENSIONS, *[f"pred_{d}" for d in DIMENSIONS], "model", "protocol",
+             "temperature"]
+    if "temperature" not in pred.columns:
+        pred = pred.with_columns(pl.lit(None, pl.Float32).alias("temperature"))
     return pred.select(front + [c for c in pred.columns if c not in front]).sort(["fold", "condition", "utt_id"])
 
 
@@ -318,8 +329,8 @@ ROW_KEYS = ["fold", "condition", "utt_id"]
 
 def ensemble_predictions(members: Sequence[tuple[pl.DataFrame, list[str], dict]]) -> tuple[pl.DataFrame, list[str], dict]:
     """One prediction table from several runs' (predictions, categories, config) of the same fold assignment: the
-    members' class probabilities and A/V/D predictions averaged per (fold, condition, utterance), ``pred`` taken
-    from the mean. Seed or layer ensembles: every member must predict the same rows with the same categories."""
+    members' class probabilities (each temperature-scaled) and A/V/D predictions averaged per (fold, condition,
+    utterance), ``pred`` taken from the mean; ``temperature`` is null (no one temperature undoes a mean). Seed or layer ensembles: every member must predict the same rows with the same categories."""
     if not members:
         raise ValueError("an ensemble needs at least one run")
     if len(members) == 1:
@@ -351,7 +362,8 @@ def ensemble_predictions(members: Sequence[tuple[pl.DataFrame, list[str], dict]]
         pl.Series("probs", [m.tolist() if h else None for m, h in zip(mean.astype(np.float32), has)],
                   dtype=pl.List(pl.Float32)),
         pl.Series("pred", [categories[int(np.argmax(m))] if h else None for m, h in zip(mean, has)], dtype=pl.Utf8),
-        *[pl.Series(f"pred_{d}", np.mean(dims[d], axis=0).astype(np.float32)) for d in DIMENSIONS])
+        *[pl.Series(f"pred_{d}", np.mean(dims[d], axis=0).astype(np.float32)) for d in DIMENSIONS],
+        *([pl.lit(None, pl.Float32).alias("temperature")] if "temperature" in first.columns else []))
     config = {**config, "ensemble": [{"run": n, "train": m[2].get("train")} for n, m in zip(names, members)]}
     return out, categories, config
 

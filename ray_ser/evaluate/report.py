@@ -387,6 +387,54 @@ def _plot_scatter(preds: pl.DataFrame | None, run: str, conds: list[str], dims: 
     return _save(fig, path)
 
 
+def _calibration_table(m: pl.DataFrame, conds: list[str]) -> str:
+    looks = [(_lookup(m, "all", metric), title) for metric, title in
+             (("ece_uncalibrated", "ECE before temperature"), ("ece", "ECE (15 bins)"), ("brier", "Brier"),
+              ("nll_uncalibrated", "NLL before temperature"), ("nll", "NLL"))]
+    looks = [(lk, t) for lk, t in looks if lk]
+    gender = _lookup(m, "gender", "ece")
+    genders = sorted({k[1] for k in gender})
+    rows = [[html.escape(c)] + [_ci(lk.get((c, "all"))) for lk, _ in looks] + [_ci(gender.get((c, g))) for g in genders]
+            for c in conds]
+    return _table(["condition"] + [t for _, t in looks] + [f"ECE {html.escape(g)}" for g in genders], rows)
+
+
+def _plot_reliability(preds: pl.DataFrame | None, run: str, conds: list[str], cats: list[str] | None,
+                      path: Path) -> Path | None:
+    """Reliability diagram per condition: accuracy of the top class against its mean probability in 15 bins."""
+    from ray_ser.evaluate.metrics import ECE_BINS, reliability
+    from ray_ser.evaluate.tables import list_matrix, true_index
+
+    if preds is None or not cats or "probs" not in preds.columns or "run" not in preds.columns:
+        return None
+    fig = Figure(figsize=(3.6 * len(conds), 3.6))
+    drawn = 0
+    for i, c in enumerate(conds):
+        part = preds.filter((pl.col("run") == run) & (pl.col("condition") == c))
+        if part.is_empty():
+            continue
+        y, probs = true_index(part, cats), list_matrix(part, "probs", len(cats))
+        ok = (y >= 0) & np.isfinite(probs).all(axis=1)
+        if not ok.any():
+            continue
+        n, conf, acc = reliability(y[ok], probs[ok])
+        ax = fig.add_subplot(1, len(conds), i + 1)
+        centres = (np.arange(ECE_BINS) + 0.5) / ECE_BINS
+        ax.bar(centres, np.nan_to_num(acc), width=1 / ECE_BINS, edgecolor="black", lw=0.5, alpha=0.7, label="accuracy")
+        ax.plot(conf, acc, "o", ms=3, color="black", label="mean probability")
+        ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("top-class probability")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{c} ({int(n.sum())} utterances)", fontsize=10)
+        drawn += 1
+    if not drawn:
+        return None
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 CSS = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em auto; max-width: 1250px;
        color: #222; padding: 0 1em; }
@@ -435,6 +483,7 @@ def write_report(out_dir: str | Path, predictions: Frame, metrics: Frame, confus
             "pauar": rel(_plot_pauar(mr, conds, pdir / f"{prefix}pauar.png")),
             "ccc": rel(_plot_ccc(mr, conds, pdir / f"{prefix}ccc_vs_snr.png")),
             "scatter": rel(_plot_scatter(preds, run, conds, _dims_of(mr), pdir / f"{prefix}dims_scatter.png")),
+            "reliability": rel(_plot_reliability(preds, run, conds, cats, pdir / f"{prefix}reliability.png")),
         }
         confs = [(c, rel(_plot_confusion(cr, c, cats, pdir / f"{prefix}confusion_{_slug(c)}.png")))
                  for c in conds] if cr is not None and cats else []
@@ -475,6 +524,10 @@ utterances; a group of one speaker has none.</p>
 <h3>Weakest speakers (lowest mean 1-best UAR over the conditions)</h3>
 {_weakest_table(mr, conds, genders)}
 {img("speakers", "per-speaker UAR sorted")}
+<h3>Calibration of the probabilities (ECE with 15 bins, Brier score, NLL; lower is better; "before temperature":
+the probabilities before the temperature fitted on each fold's validation speakers)</h3>
+{_calibration_table(mr, conds)}
+{img("reliability", "reliability diagram per condition")}
 {dimensional}
 <h3>Confusion matrices</h3>
 <div class=grid>{''.join(f'<img src="{html.escape(p)}" alt="confusion {html.escape(c)}">' for c, p in confs if p)}</div>

@@ -36,6 +36,7 @@ PREDICTIONS_TYPES: dict[str, pl.DataType] = {
     "pdf": pl.List(pl.Float32), "has_votes": pl.Boolean, "probs": pl.List(pl.Float32), "pred": pl.String,
     "arousal": pl.Float32, "valence": pl.Float32, "dominance": pl.Float32, "pred_arousal": pl.Float32,
     "pred_valence": pl.Float32, "pred_dominance": pl.Float32, "model": pl.String, "protocol": pl.String,
+    "temperature": pl.Float32,
 }
 
 

@@ -35,6 +35,9 @@ GROUP_BYS = ("all", "condition", "gender", "gender:condition", "gender_gap", "co
 KS = (1, 2, 3)
 PAUAR_THRESHOLDS = {"pauar50": 0.50, "pauar75": 0.75}
 GENDER_GAP = ("male", "female")
+CALIBRATION = {"ece": M.ece_from_counts, "brier": M.brier_from_counts, "nll": M.nll_from_counts}
+"""Calibration of the category probabilities: ECE (15 confidence bins), multi-class Brier score, NLL (nats); where
+the predictions carry a ``temperature``, the same three of the probabilities before it, as ``<metric>_uncalibrated``."""
 
 
 def condition_order(conditions) -> list[str]:
@@ -62,6 +65,7 @@ class _Cell:
     overlap: np.ndarray
     js: np.ndarray
     dims: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)  # d -> (x, y, ok)
+    raw_probs: np.ndarray | None = None  # (n, C) before temperature scaling, where the rows carry a temperature
 
 
 def list_matrix(df: pl.DataFrame, col: str, c: int) -> np.ndarray:
@@ -105,7 +109,8 @@ def dimensional(df: pl.DataFrame) -> list[str]:
             and (df[d].is_not_null() & df[f"pred_{d}"].is_not_null() & df[f"pred_{d}"].is_not_nan()).any()]
 
 
-def _true_index(df: pl.DataFrame, categories: Sequence[str]) -> np.ndarray:
+def true_index(df: pl.DataFrame, categories: Sequence[str]) -> np.ndarray:
+    """Each row's category index (from `label_index`, else `label` among ``categories``); -1 where it has none."""
     c = len(categories)
     y = np.full(df.height, -1, np.int64)
     if "label_index" in df.columns:
@@ -128,7 +133,7 @@ def _cells(df: pl.DataFrame, categories: Sequence[str], group_cols: Sequence[str
     c = len(categories)
     cells = []
     for (run, cond), part in df.partition_by("run", "condition", as_dict=True, maintain_order=True).items():
-        y = _true_index(part, categories)
+        y = true_index(part, categories)
         probs = list_matrix(part, "probs", c)
         pdf = list_matrix(part, "pdf", c)
         has_probs = np.isfinite(probs).all(axis=1) & (c > 0)
@@ -144,6 +149,12 @@ def _cells(df: pl.DataFrame, categories: Sequence[str], group_cols: Sequence[str
         cell = _Cell(run=str(run), condition=str(cond), spk=spk, spk_names=spk_names,
                      columns={col: _strings(part, col) for col in group_cols if col in part.columns},
                      y=y, probs=probs, cat=(y >= 0) & has_probs, votes=votes, overlap=overlap, js=js)
+        if "temperature" in part.columns and part["temperature"].is_not_null().any():
+            # the probabilities before temperature scaling: softmax(T * log p) undoes softmax(log p_raw / T)
+            t = part["temperature"].cast(pl.Float64).fill_null(1.0).to_numpy()
+            logp = np.log(np.clip(np.nan_to_num(probs, nan=1.0), 1e-12, 1.0)) * t[:, None]
+            raw = np.exp(logp - logp.max(axis=1, keepdims=True))
+            cell.raw_probs = np.where(has_probs[:, None], raw / raw.sum(axis=1, keepdims=True), np.nan)
         for d in DIMENSIONS:
             if d in part.columns and f"pred_{d}" in part.columns:
                 x = part[d].cast(pl.Float64).fill_null(np.nan).to_numpy()
@@ -239,6 +250,13 @@ def _group(cell: _Cell, mask: np.ndarray, c: int, ks: Sequence[int], n_boot: int
         each_speaker(names, "wa", None, M.wa_from_confusion(conf), n_spk)
         each_speaker(names, "f1_macro", None, M.f1_macro_from_confusion(conf), n_spk)
         each_speaker(names, "f1_micro", None, M.wa_from_confusion(conf), n_spk)
+        versions = [("", probs)] + ([("_uncalibrated", cell.raw_probs[rows])] if cell.raw_probs is not None else [])
+        for suffix, p in versions:
+            cal = M.calibration_counts(codes, y, p, s)  # (S, bins + 1, 3)
+            rcal = M.resample_stats(cal, w) if boot else None
+            for metric, fn in CALIBRATION.items():
+                res.add(metric + suffix, None, fn(cal.sum(axis=0)), fn(rcal) if boot else None, n, s)
+                each_speaker(names, metric + suffix, None, fn(cal), n_spk)
         if speaker_level:
             for metric, thr in PAUAR_THRESHOLDS.items():
                 ind = (su >= thr - M.THRESHOLD_EPS).astype(np.float64)

@@ -41,7 +41,8 @@ def write_best(out_dir: Path, cfg: TrainConfig, plan: FoldPlan, state: dict) -> 
     into place on disk; on an object store ``config.json``, which readers require, is the last object written."""
     final = fold_dir(out_dir, plan.fold) / BEST_DIR
     info = {"train": redact(cfg.model_dump()), "plan": plan.to_dict(), "best_epoch": state["best_epoch"],
-            "best_val_score": state["best_score"], "epochs_run": state["epoch"]}
+            "best_val_score": state["best_score"], "epochs_run": state["epoch"],
+            "temperature": state.get("best_temperature")}
     if state.get("phase") == "refit":
         info.update(epochs_run=state["selected"]["epoch"], refit_epochs=state["refit_epochs"])
     if not isinstance(final, Path):  # an object store: no rename, so the marker goes last (and first away)
@@ -68,6 +69,9 @@ class FoldModel:
     cfg: TrainConfig
     plan: FoldPlan
     path: Path
+    temperature: float | None = None
+    """Temperature scaling of the category probabilities, fitted on the inner validation speakers (None: none,
+    a model without categories or a checkpoint from before it was fitted)."""
 
     @property
     def mask(self) -> np.ndarray | None:
@@ -85,7 +89,7 @@ def load_fold_model(path: str | os.PathLike, store: str | None = None) -> FoldMo
     module = build_fold_model(plan)
     with (path / "model.pt").open("rb") as fh:
         module.load_state_dict(state_io.load(fh, name=str(path / "model.pt")))
-    return FoldModel(module.eval(), cfg, plan, path)
+    return FoldModel(module.eval(), cfg, plan, path, info.get("temperature"))
 
 
 def final_checkpoint(run_dir: str | os.PathLike) -> Path | None:

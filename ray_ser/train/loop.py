@@ -179,7 +179,7 @@ class EpochRunner:
         self.aug = SpecAugment(seed=cfg.seed + plan.fold) if cfg.spec_augment else None
         self.weights = LossWeights(domain=1.0, cluster=cfg.cluster_weight)
         self.st = {"epoch": 0, "best_score": -float("inf"), "best_epoch": -1, "best_model": None, "bad_epochs": 0,
-                   "last_score": -float("inf"), "scores": [], "history": []}
+                   "last_score": -float("inf"), "scores": [], "history": [], "best_temperature": None}
         if state:
             self.net.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optimizer"])
@@ -242,7 +242,7 @@ class EpochRunner:
         if self.val_source is None:  # refit: no validation speakers left, the last epoch is the model
             val_metrics, score = {}, float(epoch)
         else:
-            val_metrics, _ = evaluate_batches(
+            val_metrics, val_out = evaluate_batches(
                 self.net, epoch_batches(self.val_source, cfg, epoch, False, self.device, self.caches["val"],
                                         self.subsets.get("val")),
                 self.device, cfg.target)
@@ -250,6 +250,10 @@ class EpochRunner:
         if score > st["best_score"]:
             st.update(best_score=score, best_epoch=epoch, bad_epochs=0,
                       best_model={k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()})
+            if self.val_source is not None and "probs" in val_out:  # the best epoch's temperature, on its val speakers
+                from ray_ser.train.calibration import fit_temperature
+
+                st["best_temperature"] = fit_temperature(val_out["probs"], val_out["label_index"])
         else:
             st["bad_epochs"] += 1
         st["epoch"], st["last_score"] = epoch + 1, score
@@ -319,8 +323,9 @@ def cross_validate(cfg: TrainConfig, plan: FoldPlan, pool_source, report: Callab
     on inside the inner fold it was in. Returns the selection (best_epoch, best_score, epoch, history)."""
     if pool_source is None:
         raise ValueError("inner_folds > 1 needs the fold's training utterances as one unsplit source (pool)")
-    cv = state["cv"] if state else {"round": 0, "curves": [], "history": []}
+    cv = state["cv"] if state else {"round": 0, "curves": [], "history": [], "temperatures": []}
     curves, history = list(cv["curves"]), list(cv["history"])
+    temperatures = list(cv.get("temperatures", []))
     pool = frozenset([*plan.inner, *plan.val])
     cache = shard_cache(cfg)
     round_cfg = cfg.model_copy(update={"patience": cfg.epochs + 1})  # whole curves: the mean picks the epoch
@@ -328,7 +333,7 @@ def cross_validate(cfg: TrainConfig, plan: FoldPlan, pool_source, report: Callab
     tb = runner_options.get("tb_dir")
 
     def reporter(r: int) -> Callable[[dict, dict], None]:
-        extra = {"phase": "cv", "cv": {"round": r, "curves": curves, "history": history}}
+        extra = {"phase": "cv", "cv": {"round": r, "curves": curves, "history": history, "temperatures": temperatures}}
         return lambda metrics, st: report({**metrics, "inner_fold": r}, {**st, **extra})
 
     for r in range(len(curves), len(plan.cv_val)):
@@ -338,10 +343,13 @@ def cross_validate(cfg: TrainConfig, plan: FoldPlan, pool_source, report: Callab
                            tb_dir=f"{tb}/inner_{r}" if tb else None, train_split=f"train_r{r}", val_split=f"val_r{r}",
                            caches={"train": cache, "val": cache}, subsets={"train": pool - val, "val": val})
         curves, history = [*curves, list(final["scores"])], [*history, *final["history"]]
+        temperatures = [*temperatures, final.get("best_temperature")]
     mean = np.mean(np.asarray(curves, dtype=float), axis=0)
     best = int(np.argmax(mean))
+    from ray_ser.train.calibration import pooled_temperature
+
     return {"best_epoch": best, "best_score": float(mean[best]), "epoch": len(mean),
-            "history": history + mean_curves(history, len(curves))}
+            "history": history + mean_curves(history, len(curves)), "temperature": pooled_temperature(temperatures)}
 
 
 def fit_fold(cfg: TrainConfig, plan: FoldPlan, train_source, val_source, report: Callable[[dict, dict], None],
@@ -360,7 +368,9 @@ def fit_fold(cfg: TrainConfig, plan: FoldPlan, train_source, val_source, report:
         state = {**state, "phase": "select"}
         if not cfg.refit:
             return state
-        selected, state = {k: state[k] for k in ("best_epoch", "best_score", "epoch", "history")}, None
+        selected = {**{k: state[k] for k in ("best_epoch", "best_score", "epoch", "history")},
+                    "temperature": state.get("best_temperature")}
+        state = None
     else:
         selected = state["selected"]
     if refit_source is None:
@@ -374,12 +384,14 @@ def fit_fold(cfg: TrainConfig, plan: FoldPlan, train_source, val_source, report:
 
 def final_state(state: dict) -> dict:
     """A fold's last reported state as its result: after a refit, the refit's last weights with the selection's
-    best epoch and validation score, and the history of both phases."""
+    best epoch, validation score and temperature (fitted on the selection's validation speakers: the refit model
+    has trained on them), and the history of both phases."""
     if state.get("phase") != "refit":
         return state
     selected = state["selected"]
     return {**state, "best_epoch": selected["best_epoch"], "best_score": selected["best_score"],
-            "refit_epochs": state["epoch"], "history": selected["history"] + state["history"]}
+            "refit_epochs": state["epoch"], "history": selected["history"] + state["history"],
+            "best_temperature": selected.get("temperature")}
 
 
 def save_state(state: dict, directory: str | os.PathLike) -> Path:

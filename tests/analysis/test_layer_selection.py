@@ -156,8 +156,8 @@ def test_choose_layer_reads_the_store_rows_and_folds(monkeypatch, case):
     rows = pl.DataFrame({"utt_id": data.utt_ids, "speaker": data.speakers.tolist(), "label": data.labels.tolist(),
                          "pdf": data.targets["pdf"].tolist()})
     calls = []
-    monkeypatch.setattr(lsel, "labelled_rows", lambda store, model, cond, folds, seed: (calls.append((store, model, cond)) or
-                        (rows, data.targets["pdf"], ["a"], data.fold, "loso (6 folds)")))
+    monkeypatch.setattr(lsel, "usable_rows", lambda store, model, cond, folds, seed: (calls.append((store, model, cond)) or
+                        (rows, data.fold, "loso (6 folds)")))
     monkeypatch.setattr(lsel, "layers_of", lambda store, model, cond: sorted(layers))
     monkeypatch.setattr(lsel, "layer_matrix", lambda store, model, cond, k, utt_ids: layers[k][[int(u[1:]) for u in utt_ids]])
     assert lsel.choose_layer("S", "m", 2) == SIGNAL
@@ -191,8 +191,7 @@ def test_store_ranking_reads_each_layer_once_and_holds_one_at_a_time(monkeypatch
 
     layers, data = case
     rows = pl.DataFrame({"utt_id": data.utt_ids, "speaker": list(data.speakers), "label": list(data.labels)})
-    monkeypatch.setattr(lsel, "labelled_rows", lambda store, model, cond, folds, seed:
-                        (rows, data.targets["pdf"], ["a"], data.fold, "loso (6 folds)"))
+    monkeypatch.setattr(lsel, "usable_rows", lambda store, model, cond, folds, seed: (rows, data.fold, "loso (6 folds)"))
     monkeypatch.setattr(lsel, "layers_of", lambda store, model, cond: sorted(layers))
     reads, alive = [], []
 

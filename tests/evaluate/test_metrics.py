@@ -239,3 +239,35 @@ def test_speaker_bootstrap_comparable_to_confidence_intervals_package():
     pkg2 = ci_pkg.Bootstrap(150, uar_of).get_conf_int(pred, y, conditions=codes)
     assert ours == pytest.approx(pkg2, abs=0.06)
     assert pkg2[1] - pkg2[0] > 0.9 * (ours[1] - ours[0])
+
+
+def test_calibration_counts_give_ece_brier_nll_of_references_and_resample_like_a_loop():
+    import torch
+    from sklearn.metrics import brier_score_loss, log_loss
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    y, probs = _random(400, 5, seed=3, missing_class=False)
+    probs = probs ** 3 / (probs ** 3).sum(1, keepdims=True)  # overconfident: a large ECE
+    cal = M.calibration_counts(np.zeros(len(y), int), y, probs, 1)[0]
+    ece = float(multiclass_calibration_error(torch.tensor(probs), torch.tensor(y), num_classes=5, n_bins=15))
+    assert M.ece_from_counts(cal) == pytest.approx(ece, abs=1e-6) and ece > 0.05
+    assert M.nll_from_counts(cal) == pytest.approx(log_loss(y, probs, labels=range(5)), rel=1e-12)
+    assert M.brier_from_counts(cal) == pytest.approx(brier_score_loss(y, probs, labels=list(range(5))), rel=1e-12)
+    # a perfectly calibrated top class: confidence 0.6 in one bin, right 60 % of the time
+    y2 = np.array([0] * 6 + [1] * 4)
+    p2 = np.tile([0.6, 0.4], (10, 1))
+    assert M.ece_from_counts(M.calibration_counts(np.zeros(10, int), y2, p2, 1)[0]) == pytest.approx(0.0)
+    assert M.confidence_bin([0.0, 1 / 15, 0.0667, 1.0]).tolist() == [0, 0, 1, 14]  # bins (lo, hi]
+    n, conf, acc = M.reliability(y2, p2)
+    assert n[8] == 10 and conf[8] == pytest.approx(0.6) and acc[8] == pytest.approx(0.6) and np.isnan(acc[0])
+
+    # per-speaker sums resampled = the metric on the pooled rows of the drawn speakers
+    spk = np.arange(len(y)) % 8
+    per = M.calibration_counts(spk, y, probs, 8)
+    draws = np.random.default_rng(5).integers(0, 8, size=(20, 8))
+    reps = M.ece_from_counts(M.resample_stats(per, M.speaker_resample_counts(8, 20, 5)))
+    for d, r in zip(draws, reps):
+        rows = np.concatenate([np.flatnonzero(spk == s) for s in d])
+        ref = float(multiclass_calibration_error(torch.tensor(probs[rows]), torch.tensor(y[rows]), num_classes=5,
+                                                 n_bins=15))
+        assert r == pytest.approx(ref, abs=1e-6)

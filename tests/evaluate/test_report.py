@@ -69,7 +69,8 @@ def test_every_png_is_referenced_exists_and_is_valid(report):
     written = {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
     assert set(page.images) == written
     assert {"plots/uar_vs_snr.png", "plots/speaker_uar.png", "plots/pauar.png", "plots/ccc_vs_snr.png",
-            "plots/confusion_clean.png", "plots/confusion_5dB.png", "plots/dims_scatter.png"} <= written
+            "plots/confusion_clean.png", "plots/confusion_5dB.png", "plots/dims_scatter.png",
+            "plots/reliability.png"} <= written
     for src in page.images:
         assert not Path(src).is_absolute()
         f = out / src
@@ -81,7 +82,11 @@ def test_every_png_is_referenced_exists_and_is_valid(report):
 
 def test_tables_render_with_content(report, metrics):
     _, page = report
-    overall, gender, pauar, weakest, ccc, ccc_gender, ccc_weakest = page.tables
+    overall, gender, pauar, weakest, calibration, ccc, ccc_gender, ccc_weakest = page.tables
+    assert calibration[0] == ["condition", "ECE (15 bins)", "Brier", "NLL", "ECE female", "ECE male"]
+    ece = metrics.filter(pl.col("group_by") == "gender", pl.col("group") == "male", pl.col("condition") == "5dB",
+                         pl.col("metric") == "ece").row(0, named=True)
+    assert calibration[4][0] == "5dB" and calibration[4][5] == f"{ece['value']:.3f} [{ece['ci_low']:.3f}, {ece['ci_high']:.3f}]"
     assert overall[0][:2] == ["condition", "UAR (1-best)"]
     assert [r[0] for r in overall[1:]] == ["clean", "25dB", "15dB", "5dB"]  # SNR order
     row = metrics.filter(pl.col("group_by") == "all", pl.col("condition") == "15dB", pl.col("metric") == "uar",

@@ -1,5 +1,6 @@
 """metrics.parquet / confusion.parquet from synthetic predictions: groups, n, values against scikit-learn on the
-same rows, k-best monotonicity, intervals, paUAR, gender gap, missing heads, errors."""
+same rows (calibration against scikit-learn's log loss and Brier score and torchmetrics' ECE), k-best monotonicity,
+intervals, paUAR, gender gap, missing heads, errors."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
+import torch
+from sklearn.metrics import balanced_accuracy_score, brier_score_loss, confusion_matrix, f1_score, log_loss
+from torchmetrics.functional.classification import multiclass_calibration_error
 
 from ray_ser.evaluate import metrics as M
 from ray_ser.evaluate.results import METRICS_SCHEMA
@@ -91,6 +94,12 @@ def test_values_equal_sklearn_on_the_same_rows(metrics, predictions):
                 assert _one(m, metric="mse_arousal")["value"] == pytest.approx(M.mse(x, yh), abs=1e-9)
                 pdf = np.array(rows["pdf"].to_list(), float)
                 assert _one(m, metric="pdf_overlap")["value"] == pytest.approx(M.pdf_overlap(pdf, probs).mean())
+                c = probs.shape[1]
+                assert _one(m, metric="nll")["value"] == pytest.approx(log_loss(y, probs, labels=range(c)))
+                assert _one(m, metric="brier")["value"] == pytest.approx(
+                    brier_score_loss(y, probs, labels=list(range(c))))
+                ece = multiclass_calibration_error(torch.tensor(probs), torch.tensor(y), num_classes=c, n_bins=15)
+                assert _one(m, metric="ece")["value"] == pytest.approx(float(ece), abs=1e-6)
 
 
 def test_kbest_uar_never_falls_as_k_grows(metrics):
@@ -228,3 +237,25 @@ def test_write_tables_round_trip(predictions, categories, tmp_path):
     assert json.loads(meta[b"ray_ser.categories"]) == categories
     assert json.loads(meta[b"ray_ser.bootstrap"])["n_boot"] == 50
     assert pl.read_parquet(paths["confusion"])["count"].sum() == part.height
+
+
+def test_temperature_scaled_rows_also_score_the_probabilities_before_it(predictions, categories):
+    from ray_ser.train.calibration import scale
+
+    part = predictions.filter(pl.col("condition") == "clean")
+    y, raw, _ = _arrays(part)
+    t = 1.8
+    scaled = predictions.filter(pl.col("condition") == "clean").with_columns(
+        pl.Series("probs", scale(raw, t).astype(np.float32).tolist(), dtype=pl.List(pl.Float32)),
+        pl.lit(t, pl.Float32).alias("temperature"))
+    m = _rows(metric_table(scaled, categories, n_boot=50), group_by="all", condition="clean")
+    c = len(categories)
+    before = multiclass_calibration_error(torch.tensor(raw), torch.tensor(y), num_classes=c, n_bins=15)
+    after = multiclass_calibration_error(torch.tensor(scale(raw, t)), torch.tensor(y), num_classes=c, n_bins=15)
+    assert _one(m, metric="ece_uncalibrated")["value"] == pytest.approx(float(before), abs=1e-5)
+    assert _one(m, metric="ece")["value"] == pytest.approx(float(after), abs=1e-5)
+    assert _one(m, metric="nll_uncalibrated")["value"] == pytest.approx(log_loss(y, raw, labels=range(c)), rel=1e-5)
+    assert _one(m, metric="uar", k=1)["value"] == pytest.approx(balanced_accuracy_score(y, raw.argmax(1)))
+    # without a temperature there is nothing before it
+    plain = _rows(metric_table(part, categories, n_boot=20), group_by="all")
+    assert not plain.filter(pl.col("metric").str.ends_with("_uncalibrated")).height

@@ -36,6 +36,7 @@ def test_a_dimension_only_corpus_trains_evaluates_and_is_scored_zero_shot(store,
     assert all(s["val_metric"] == "mean CCC" and np.isfinite(s["best_val_score"]) for s in summaries)
     info = json.loads((run / "fold_0" / "best" / "config.json").read_text())
     assert info["plan"]["model_cfg"]["n_classes"] == 0 and info["plan"]["model_cfg"]["n_dims"] == 3
+    assert info["temperature"] is None  # no categories, no temperature
     assert info["plan"]["layers"] is None and info["plan"]["layer"] in (0, 1)  # one layer, as auto_layers says
     assert info["plan"]["dim_scale"] == {"aro3": {"arousal": [1.0, 3.0]}}  # recorded: predictions map back with it
     line = train_job.test_report(TrainConfig(**info["train"]), summaries[0], str(run))
@@ -78,8 +79,13 @@ def test_rows_with_a_label_arousal_or_both_train_both_heads(store, local_ray, tm
     assert "fold 0 test UAR" in out and "; test CCC: " in out and "clean arousal" in out
     info = json.loads((run / "fold_0" / "best" / "config.json").read_text())
     assert info["plan"]["model_cfg"]["n_classes"] == 2 and info["plan"]["dim_scale"] == {"mixed": {"arousal": [1.0, 7.0]}}
+    # temperature scaling fitted on the fold's validation speakers, applied to every prediction, scored before/after
+    assert 0.05 < info["temperature"] < 20.0
     r = evaluate_job.main(["--store", store, "--run", str(run), "--n-boot", "20"])
+    assert r["predictions"]["temperature"].to_list() == pytest.approx([info["temperature"]] * r["predictions"].height,
+                                                                       rel=1e-6)
     m = r["metrics"].filter(pl.col("group_by") == "all")
+    assert {"ece", "ece_uncalibrated", "brier", "nll", "nll_uncalibrated"} <= set(m["metric"])
     uar = m.filter(pl.col("metric") == "uar", pl.col("k") == 1)
     ccc = m.filter(pl.col("metric") == "ccc_arousal")
     n_labelled = r["predictions"].filter(pl.col("condition") == "clean")["label"].drop_nulls().len()
