@@ -66,7 +66,7 @@ def one_thread():
     return threadpool_limits(limits=1)
 
 
-def _fit(H: np.ndarray, y: np.ndarray, train: np.ndarray, C: float):
+def fit_probe(H: np.ndarray, y: np.ndarray, train: np.ndarray, C: float):
     """StandardScaler + LogisticRegression fitted on the ``train`` rows."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -80,7 +80,7 @@ def _fit(H: np.ndarray, y: np.ndarray, train: np.ndarray, C: float):
 
 def _fit_predict(H: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, C: float) -> np.ndarray:
     """The probe fitted on the ``train`` rows, predicting the ``test`` rows."""
-    return _fit(H, y, train, C).predict(H[test])
+    return fit_probe(H, y, train, C).predict(H[test])
 
 
 def probe_layer(H: np.ndarray, labels: Sequence[str], fold: np.ndarray, C: float = 1.0) -> tuple[float, dict[int, float]]:
@@ -138,7 +138,7 @@ def probe_fused(H: Mapping[str, np.ndarray | Mapping[int, np.ndarray]], labels: 
             for name, view in H.items():
                 Hf = view[f] if isinstance(view, Mapping) else view
                 chosen[f][name], _ = inner_c(Hf, y, fold, train, Cs)
-                clf = _fit(Hf, y, train, chosen[f][name])
+                clf = fit_probe(Hf, y, train, chosen[f][name])
                 classes = clf.classes_ if classes is None else classes  # the same training rows: the same classes
                 proba.append(clf.predict_proba(Hf[test]))
             pred[test] = classes[np.mean(proba, axis=0).argmax(axis=1)]
