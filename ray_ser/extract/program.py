@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ray_ser import __version__, console
+from ray_ser import __version__, audio, console
 from ray_ser.corpora.manifest import Manifest
-from ray_ser.extract import audio, conditions
+from ray_ser.extract import conditions
 from ray_ser.redaction import redact
 from ray_ser.store.core import Store, _sql, as_store, embedding_schema, now
 from ray_ser.store.names import table_name
