@@ -23,8 +23,8 @@ from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 
+from ray_ser.names import safe_name
 from ray_ser.store.core import Store, _sql, as_store
-from ray_ser.store.names import safe_name
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ray_ser.store.names import safe_name
+from ray_ser.names import safe_name
 from ray_ser.store.names import sql_string as _sql
 
 log = logging.getLogger(__name__)
