@@ -237,7 +237,7 @@ def inner_alpha(H: np.ndarray, y: np.ndarray, fold: np.ndarray, train: np.ndarra
                 alphas: Sequence[float] = DEFAULT_ALPHAS) -> tuple[float, dict[float, float]]:
     """The alpha of ``alphas`` whose ridge scores best (mean CCC over the inner folds) in a CV over the ``train`` rows
     alone, their own fold ids the inner folds (speaker-disjoint), and every alpha's score; ties to the first."""
-    from ray_ser.evaluate.metrics import ccc
+    from ray_ser.metrics import ccc
 
     y = np.asarray(y, dtype=np.float64)
     train = np.asarray(train, dtype=bool)
@@ -260,7 +260,7 @@ def ridge_nested(H: np.ndarray | Mapping[int, np.ndarray], y: Sequence[float], f
     """The ridge probe with its alpha chosen per outer fold on that fold's training speakers (:func:`inner_alpha`),
     then refit on all of them: (out-of-fold predictions, {fold: CCC}, {fold: alpha}). ``H``: one matrix or
     {outer fold: its matrix}."""
-    from ray_ser.evaluate.metrics import ccc
+    from ray_ser.metrics import ccc
 
     y = np.asarray(y, dtype=np.float64)
     pred = np.full(len(y), np.nan)
@@ -284,7 +284,7 @@ def layer_set_ridge(store: str | Store, model: str, layers: Sequence[int] | Mapp
     (speaker-bootstrap 95 %), pearson, mae, fold_ccc, mean_fold_ccc, fold_alpha, n, n_speakers}}, "fold_layers"}``;
     ``dims`` is empty when no row has a dimension."""
     from ray_ser.corpora.manifest import DIMENSIONS
-    from ray_ser.evaluate.metrics import ccc, ccc_ci, pearson
+    from ray_ser.metrics import ccc, ccc_ci, pearson
 
     store = as_store(store)
     rows, fold_all, _ = usable_rows(store, model, condition, folds, seed)

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 
-from ray_ser.evaluate import metrics as M
+from ray_ser import metrics as M
 from ray_ser.evaluate.results import METRICS_SCHEMA
 from ray_ser.evaluate.tables import (
     condition_order,
