@@ -75,7 +75,7 @@ def synthetic_audio(n: int, seconds: tuple[float, float], seed: int = 0, sr: int
 
 def corpus_audio(data_root: str | None, limit: int | None) -> list[np.ndarray] | None:
     """EmoDB's wavs at 16 kHz (sorted, first ``limit``), or None when the corpus is not there."""
-    from ray_ser.extract.audio import load
+    from ray_ser.audio import load
     from ray_ser.settings import data_root as find_root
 
     files = sorted((find_root(data_root) / "emodb" / "wav").glob("*.wav"))

@@ -1,4 +1,4 @@
-"""The bar of the cross-corpus matrix: a linear probe per held-out corpus (ray_ser.analysis.corpus_probe), with
+"""The bar of the cross-corpus matrix: a linear probe per held-out corpus (ray_ser.evaluate.corpus_probe), with
 per-corpus and with global scaling, written in the matrix layout.
 
     python benchmarks/crosscorpus_probe.py --store store --model whisper-base --corpora emodb,ravdess,ased \\
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def main() -> None:
     import polars as pl
 
-    from ray_ser.analysis.corpus_probe import loco_probe
+    from ray_ser.evaluate.corpus_probe import loco_probe
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", required=True)

@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ray_ser.corpora import build_manifest  # noqa: E402
-from ray_ser.extract import audio  # noqa: E402
+from ray_ser import audio  # noqa: E402
 from ray_ser.extract.program import ExtractOptions, decode_batch, extract, work_items  # noqa: E402
 from ray_ser.fm import load_model  # noqa: E402
 

@@ -6,7 +6,7 @@
 (c) one commit: appending one row to a table (one Lance commit: a manifest write, and on the object store a
     conditional PUT), median of --commits;
 (d) audio reads: the same FLAC files (--audio-files of --audio-seconds each, speech-like, 16 kHz) decoded to
-    16 kHz float32 by ``ray_ser.extract.audio.load`` from local disk and from the bucket (one GET each, decoded from
+    16 kHz float32 by ``ray_ser.audio.load`` from local disk and from the bucket (one GET each, decoded from
     memory), one file after another in this process, as files/s and MB/s of encoded bytes; and their headers read
     by ``audio.info`` (ranged reads) as files/s.
 Prints each figure on both and the ratio object store / local (time) or local / object store (rate), so 1.0 = the
@@ -92,7 +92,7 @@ def audio_files(folder: Path, bucket_prefix: str, count: int, seconds: float) ->
 def audio_rates(locations: list[str], nbytes: int) -> dict[str, float]:
     """Decode every file (``audio.load``, 16 kHz) one after another, then read every header (``audio.info``):
     files/s and MB/s of the decode, files/s of the header reads."""
-    from ray_ser.extract import audio
+    from ray_ser import audio
 
     t0 = time.perf_counter()
     for loc in locations:

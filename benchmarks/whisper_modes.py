@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     from ray_ser.corpora import build_manifest
-    from ray_ser.extract import audio
+    from ray_ser import audio
     from ray_ser.fm import load_model
     from ray_ser.fm.whisper import WhisperSpeechEncoder
 

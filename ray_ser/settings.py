@@ -1,4 +1,4 @@
-"""Where things are: the corpora data root and the project directory."""
+"""Where things are: the corpora data root, the project directory and this machine's cache."""
 
 from __future__ import annotations
 
@@ -17,3 +17,9 @@ def data_root(explicit: str | os.PathLike | None = None) -> Path:
     if env:
         return Path(env).expanduser().resolve()
     return (PROJECT_DIR.parent / "shared" / "corpora").resolve()
+
+
+def cache_dir() -> Path:
+    """$RAY_SER_CACHE, else ~/.cache/ray_ser (this machine's own: hashes, logs of runs kept on object stores)."""
+    root = os.environ.get("RAY_SER_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "ray_ser")
+    return Path(root).expanduser()

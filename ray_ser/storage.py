@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 from ray_ser import redaction
 from ray_ser.errors import InputError
 from ray_ser.redaction import REDACTED
+from ray_ser.settings import cache_dir
 
 Options = dict[str, str]
 
@@ -338,8 +339,6 @@ def _kept_handler(location: str, key: str) -> "_KeptHandler":
 def local_log_dir(location: str | os.PathLike) -> Path:
     """Where the driver's log of a run on an object store goes: this machine's cache (a log is the driver's own,
     and an object store cannot be appended to line by line)."""
-    from ray_ser.fm.hashing import cache_dir
-
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", str(location).split("://", 1)[-1]).strip("_")[-80:]
     digest = hashlib.sha1(str(location).encode()).hexdigest()[:8]
     return cache_dir() / "logs" / f"{slug}-{digest}"

@@ -320,7 +320,7 @@ def inner_ccc(H: np.ndarray, dims: np.ndarray, inner: np.ndarray) -> float:
     from sklearn.preprocessing import StandardScaler
 
     from ray_ser.analysis.probe import DEFAULT_ALPHAS
-    from ray_ser.evaluate.metrics import ccc
+    from ray_ser.metrics import ccc
 
     dims = np.asarray(dims, dtype=np.float64)
     per_dim = []

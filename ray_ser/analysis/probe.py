@@ -66,7 +66,7 @@ def one_thread():
     return threadpool_limits(limits=1)
 
 
-def _fit(H: np.ndarray, y: np.ndarray, train: np.ndarray, C: float):
+def fit_probe(H: np.ndarray, y: np.ndarray, train: np.ndarray, C: float):
     """StandardScaler + LogisticRegression fitted on the ``train`` rows."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -80,7 +80,7 @@ def _fit(H: np.ndarray, y: np.ndarray, train: np.ndarray, C: float):
 
 def _fit_predict(H: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, C: float) -> np.ndarray:
     """The probe fitted on the ``train`` rows, predicting the ``test`` rows."""
-    return _fit(H, y, train, C).predict(H[test])
+    return fit_probe(H, y, train, C).predict(H[test])
 
 
 def probe_layer(H: np.ndarray, labels: Sequence[str], fold: np.ndarray, C: float = 1.0) -> tuple[float, dict[int, float]]:
@@ -138,7 +138,7 @@ def probe_fused(H: Mapping[str, np.ndarray | Mapping[int, np.ndarray]], labels: 
             for name, view in H.items():
                 Hf = view[f] if isinstance(view, Mapping) else view
                 chosen[f][name], _ = inner_c(Hf, y, fold, train, Cs)
-                clf = _fit(Hf, y, train, chosen[f][name])
+                clf = fit_probe(Hf, y, train, chosen[f][name])
                 classes = clf.classes_ if classes is None else classes  # the same training rows: the same classes
                 proba.append(clf.predict_proba(Hf[test]))
             pred[test] = classes[np.mean(proba, axis=0).argmax(axis=1)]
@@ -237,7 +237,7 @@ def inner_alpha(H: np.ndarray, y: np.ndarray, fold: np.ndarray, train: np.ndarra
                 alphas: Sequence[float] = DEFAULT_ALPHAS) -> tuple[float, dict[float, float]]:
     """The alpha of ``alphas`` whose ridge scores best (mean CCC over the inner folds) in a CV over the ``train`` rows
     alone, their own fold ids the inner folds (speaker-disjoint), and every alpha's score; ties to the first."""
-    from ray_ser.evaluate.metrics import ccc
+    from ray_ser.metrics import ccc
 
     y = np.asarray(y, dtype=np.float64)
     train = np.asarray(train, dtype=bool)
@@ -260,7 +260,7 @@ def ridge_nested(H: np.ndarray | Mapping[int, np.ndarray], y: Sequence[float], f
     """The ridge probe with its alpha chosen per outer fold on that fold's training speakers (:func:`inner_alpha`),
     then refit on all of them: (out-of-fold predictions, {fold: CCC}, {fold: alpha}). ``H``: one matrix or
     {outer fold: its matrix}."""
-    from ray_ser.evaluate.metrics import ccc
+    from ray_ser.metrics import ccc
 
     y = np.asarray(y, dtype=np.float64)
     pred = np.full(len(y), np.nan)
@@ -284,7 +284,7 @@ def layer_set_ridge(store: str | Store, model: str, layers: Sequence[int] | Mapp
     (speaker-bootstrap 95 %), pearson, mae, fold_ccc, mean_fold_ccc, fold_alpha, n, n_speakers}}, "fold_layers"}``;
     ``dims`` is empty when no row has a dimension."""
     from ray_ser.corpora.manifest import DIMENSIONS
-    from ray_ser.evaluate.metrics import ccc, ccc_ci, pearson
+    from ray_ser.metrics import ccc, ccc_ci, pearson
 
     store = as_store(store)
     rows, fold_all, _ = usable_rows(store, model, condition, folds, seed)

@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from ray_ser.store.core import Store, _filter, as_store
+from ray_ser.store.core import Store, as_store, layer_filter
 from ray_ser.store.names import table_name
 
 META_KEY = b"ray_ser.pruned"
@@ -98,7 +98,7 @@ def write_pruned_frames(store: str | Store, model: str, layer: int, keep_ratio: 
     size = rows = 0
     for condition in conditions:
         for batch in emb.to_batches(columns=["utt_id", "condition", "layer", "n_frames", "frames"],
-                                    filter=_filter(condition, layer) + " AND frames IS NOT NULL",
+                                    filter=layer_filter(condition, layer) + " AND frames IS NOT NULL",
                                     batch_size=batch_rows):
             if not batch.num_rows:
                 continue
@@ -142,7 +142,7 @@ def iter_pruned_frames(store: str | Store, model: str, layer: int, keep_ratio: f
                        f"(folds {sorted(int(f) for f in meta['folds'])})")
     cols = np.searchsorted(np.asarray(meta["dims"]), np.asarray(meta["folds"][str(fold)]))
     ds = store.open(pruned_table_name(model, layer, keep_ratio)).to_lance()
-    for batch in ds.to_batches(columns=["utt_id", "frames"], filter=_filter(condition, layer, utt_ids),
+    for batch in ds.to_batches(columns=["utt_id", "frames"], filter=layer_filter(condition, layer, utt_ids),
                                batch_size=batch_rows):
         frames = batch.column("frames")
         for i, uid in enumerate(batch.column("utt_id").to_pylist()):

@@ -39,8 +39,8 @@ from ray_ser.analysis import saliency as sal
 from ray_ser.corpora.folds import FoldAssignment, loso, speaker_folds
 from ray_ser.corpora.manifest import DIMENSIONS, Manifest
 from ray_ser.store import catalog
-from ray_ser.store.core import Store, _sql, as_store, read_pooled_arrow
-from ray_ser.store.names import table_name
+from ray_ser.store.core import Store, as_store, read_pooled_arrow
+from ray_ser.store.names import sql_string, table_name
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def assign_folds(frame: pl.DataFrame, folds: str | int = "auto", seed: int = 0) 
 def layers_of(store: str | Store, model: str, condition: str = "clean") -> list[int]:
     """The layer indices stored for ``model`` under ``condition``."""
     store = as_store(store)
-    t = store.embeddings(model).to_lance().to_table(columns=["layer"], filter=f"condition = {_sql(condition)}")
+    t = store.embeddings(model).to_lance().to_table(columns=["layer"], filter=f"condition = {sql_string(condition)}")
     return sorted(int(x) for x in pc.unique(t.column("layer")).to_pylist())
 
 

@@ -64,8 +64,8 @@ from ray_ser.corpora.manifest import (
     Utterance,
     read_duration,
 )
+from ray_ser.names import safe_name
 from ray_ser.storage import is_uri
-from ray_ser.store.names import safe_name
 
 NAME = "csv"
 REQUIRED = ("path", "speaker")

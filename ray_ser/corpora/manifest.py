@@ -299,7 +299,7 @@ def read_duration(path: str, extra: dict[str, Any]) -> float | None:
     """The audio file's duration from its header; None when the file is missing (a label-only manifest), and None
     plus ``extra[AUDIO_ERROR]`` = the reason when it exists but cannot be read, so one bad file never stops a build.
     An object-store URI's header comes from a small ranged read; a missing object counts as a missing file."""
-    from ray_ser.extract import audio
+    from ray_ser import audio
 
     if not is_uri(path) and not os.path.lexists(path):
         return None

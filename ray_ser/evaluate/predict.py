@@ -13,8 +13,8 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 
-from ray_ser.config import InputError
 from ray_ser.corpora.manifest import CATEGORIES_KEY, DIMENSIONS
+from ray_ser.errors import InputError
 from ray_ser.storage import run_path, snapshot
 
 log = logging.getLogger(__name__)

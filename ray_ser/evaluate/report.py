@@ -402,7 +402,7 @@ def _calibration_table(m: pl.DataFrame, conds: list[str]) -> str:
 def _plot_reliability(preds: pl.DataFrame | None, run: str, conds: list[str], cats: list[str] | None,
                       path: Path) -> Path | None:
     """Reliability diagram per condition: accuracy of the top class against its mean probability in 15 bins."""
-    from ray_ser.evaluate.metrics import ECE_BINS, reliability
+    from ray_ser.metrics import ECE_BINS, reliability
     from ray_ser.evaluate.tables import list_matrix, true_index
 
     if preds is None or not cats or "probs" not in preds.columns or "run" not in preds.columns:

@@ -21,8 +21,8 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 
+from ray_ser import metrics as M
 from ray_ser.corpora.manifest import DIMENSIONS
-from ray_ser.evaluate import metrics as M
 from ray_ser.evaluate.results import (
     CONFUSION_SCHEMA,
     METRICS_SCHEMA,

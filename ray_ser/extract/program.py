@@ -22,12 +22,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ray_ser import __version__, console
+from ray_ser import __version__, audio, console
 from ray_ser.corpora.manifest import Manifest
-from ray_ser.extract import audio, conditions
+from ray_ser.extract import conditions
 from ray_ser.redaction import redact
-from ray_ser.store.core import Store, _sql, as_store, embedding_schema, now
-from ray_ser.store.names import table_name
+from ray_ser.store.core import Store, as_store, embedding_schema, now
+from ray_ser.store.names import sql_string, table_name
 
 log = logging.getLogger(__name__)
 
@@ -673,7 +673,7 @@ def record_manifest_errors(errors_table, manifest: Manifest, key: str, run_id: s
     if not manifest.rejected:
         return 0
     have = errors_table.to_lance().to_table(columns=["utt_id", "message"],
-                                           filter=f"stage = 'manifest' AND model = {_sql(key)}")
+                                           filter=f"stage = 'manifest' AND model = {sql_string(key)}")
     seen = set(zip(have.column("utt_id").to_pylist(), have.column("message").to_pylist()))
     new = [r for r in manifest.rejected if (r.get("utt_id"), r["reason"]) not in seen]
     for r in manifest.rejected:

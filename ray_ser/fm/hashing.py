@@ -9,11 +9,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-
-def cache_dir() -> Path:
-    """$RAY_SER_CACHE, else ~/.cache/ray_ser (this machine's own: hashes, logs of runs kept on object stores)."""
-    root = os.environ.get("RAY_SER_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "ray_ser")
-    return Path(root).expanduser()
+from ray_ser.settings import cache_dir
 
 
 def cache_file() -> Path:

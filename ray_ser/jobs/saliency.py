@@ -29,8 +29,8 @@ from ray_ser.analysis import saliency_store as ss
 from ray_ser.analysis.probe import READOUTS
 from ray_ser import console
 from ray_ser.config import Bind, add_config_args, float_list, from_args, log_folder, negated
+from ray_ser.names import safe_name
 from ray_ser.store import catalog
-from ray_ser.store.names import safe_name
 from ray_ser.storage import join
 
 KEEP_RATIOS = (0.8, 0.6, 0.4)

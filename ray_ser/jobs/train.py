@@ -127,7 +127,7 @@ def test_report(cfg, summary: dict, out: str) -> str:
     from sklearn.metrics import balanced_accuracy_score
 
     from ray_ser.corpora.manifest import DIMENSIONS
-    from ray_ser.evaluate.metrics import ccc
+    from ray_ser.metrics import ccc
     from ray_ser.evaluate.predict import predict_fold
     from ray_ser.train.checkpoints import fold_checkpoints
     from ray_ser.train.reader import load_labels

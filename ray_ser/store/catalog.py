@@ -23,8 +23,9 @@ from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 
-from ray_ser.store.core import Store, _sql, as_store
-from ray_ser.store.names import safe_name
+from ray_ser.names import safe_name
+from ray_ser.store.core import Store, as_store
+from ray_ser.store.names import sql_string
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def _literal(value: Any) -> str:
         return repr(value)
     if hasattr(value, "item"):  # numpy scalars
         return _literal(value.item())
-    return _sql(str(value))
+    return sql_string(str(value))
 
 
 def replace(store: str | Store, spec: TableSpec, model_key: str, data: pa.Table, scope: Mapping[str, Any]) -> int:

@@ -33,8 +33,7 @@ import pyarrow as pa
 from ray_ser.corpora.manifest import CATEGORIES_KEY, REJECTED_KEY, Manifest
 from ray_ser.storage import check_reachable, is_uri, lance_options, options_for, redact
 from ray_ser.store.lease import Lease
-from ray_ser.store.names import sql_string as _sql
-from ray_ser.store.names import table_name
+from ray_ser.store.names import sql_string, table_name
 
 META_KEY = b"ray_ser.extraction"
 CLEANUP_GRACE = timedelta(hours=1)
@@ -317,9 +316,9 @@ class Store:
         keys = list(keys)
         for i in range(0, len(keys), 200):
             chunk = keys[i:i + 200]
-            where = " OR ".join(f"(utt_id = {_sql(u)} AND condition = {_sql(c)})" for u, c in chunk)
+            where = " OR ".join(f"(utt_id = {sql_string(u)} AND condition = {sql_string(c)})" for u, c in chunk)
             if model is not None:
-                where = f"model = {_sql(model)} AND ({where})"
+                where = f"model = {sql_string(model)} AND ({where})"
             table.delete(where)
         return len(keys)
 
@@ -378,10 +377,11 @@ def _run_id() -> str:
 
 
 # readers ------------------------------------------------------------------------------------------
-def _filter(condition: str, layer: int, utt_ids: Sequence[str] | None = None) -> str:
-    where = f"layer = {int(layer)} AND condition = {_sql(condition)}"
+def layer_filter(condition: str, layer: int, utt_ids: Sequence[str] | None = None) -> str:
+    """The Lance filter for one layer of one condition (and only ``utt_ids`` when given), for any embeddings reader."""
+    where = f"layer = {int(layer)} AND condition = {sql_string(condition)}"
     if utt_ids is not None:
-        where += " AND utt_id IN (" + ", ".join(_sql(u) for u in utt_ids) + ")"
+        where += " AND utt_id IN (" + ", ".join(sql_string(u) for u in utt_ids) + ")"
     return where
 
 
@@ -411,7 +411,7 @@ def read_pooled_arrow(store: str | Store, model: str, condition: str = "clean", 
     """Pooled vectors of one model/condition/layer as Arrow; ``mask`` (bool or indices) keeps dimensions."""
     store = as_store(store)
     ds = store.embeddings(model).to_lance()
-    t = ds.to_table(columns=list(columns), filter=_filter(condition, layer))
+    t = ds.to_table(columns=list(columns), filter=layer_filter(condition, layer))
     for name in ("mean", "std"):
         if name in t.column_names:
             t = t.set_column(t.column_names.index(name), name, _masked(t.column(name).combine_chunks(), mask))
@@ -442,7 +442,7 @@ def pooled_dataset(store: str | Store, model: str, condition: str = "clean", lay
 
     store = as_store(store)
     uri = store.embeddings(model).to_lance().uri
-    return lance_ray.read_lance(uri, columns=list(columns), filter=_filter(condition, layer),
+    return lance_ray.read_lance(uri, columns=list(columns), filter=layer_filter(condition, layer),
                                 storage_options=store.storage_options)
 
 
@@ -451,7 +451,7 @@ def iter_frames(store: str | Store, model: str, condition: str = "clean", layer:
     """Yield (utt_id, frames) with frames a (n_frames, dim) float16 matrix, streaming in ``batch_rows``."""
     store = as_store(store)
     ds = store.embeddings(model).to_lance()
-    for batch in ds.to_batches(columns=["utt_id", "frames"], filter=_filter(condition, layer, utt_ids),
+    for batch in ds.to_batches(columns=["utt_id", "frames"], filter=layer_filter(condition, layer, utt_ids),
                                batch_size=batch_rows):
         frames = batch.column("frames")
         ids = batch.column("utt_id").to_pylist()

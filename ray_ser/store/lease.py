@@ -31,8 +31,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from ray_ser.store.names import safe_name
-from ray_ser.store.names import sql_string as _sql
+from ray_ser.names import safe_name
+from ray_ser.store.names import sql_string
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class Lease:
                 values = {**mine, "token": token}
                 try:
                     result = store.open(table_name).update(
-                        where=f"holder = {_sql(current.holder)} AND token = {current.token}", values=values)
+                        where=f"holder = {sql_string(current.holder)} AND token = {current.token}", values=values)
                 except RuntimeError as e:  # a concurrent commit (another taker, a racing create) came first
                     if "transaction" not in str(e).lower() and "conflict" not in str(e).lower():
                         raise
@@ -202,7 +202,7 @@ class Lease:
     def beat(self) -> None:
         """Refresh the heartbeat; raises LeaseLost when another process took the lease over."""
         result = self.store.open(self.table_name).update(
-            where=f"holder = {_sql(self.run_id)} AND token = {self.token}", values={"heartbeat": time.time()})
+            where=f"holder = {sql_string(self.run_id)} AND token = {self.token}", values={"heartbeat": time.time()})
         if getattr(result, "rows_updated", 1) != 1:
             raise LeaseLost(f"lease {self.name} of run {self.run_id} was taken over by another process")
 
@@ -234,7 +234,7 @@ class Lease:
         self._thread.join(timeout=30)
         try:
             self.store.open(self.table_name).update(
-                where=f"holder = {_sql(self.run_id)} AND token = {self.token}",
+                where=f"holder = {sql_string(self.run_id)} AND token = {self.token}",
                 values={"holder": FREE, "heartbeat": 0.0})
         except Exception as e:  # the heartbeat stops either way; a stale lease is taken over after the ttl
             log.warning("could not release lease %s: %s", self.name, e)

@@ -1,16 +1,12 @@
-"""Names in the store: table names made from model and corpus keys, and SQL string literals for Lance filters.
+"""Names in the store: table names made from model and corpus keys (made safe by :mod:`ray_ser.names`), and SQL
+string literals for Lance filters.
 
 They sit apart from :mod:`ray_ser.store.core` so that the lease module, which the core uses, needs nothing back
 from it."""
 
 from __future__ import annotations
 
-import re
-
-
-def safe_name(model: str) -> str:
-    """The model key with every character LanceDB (or a file name) dislikes replaced by ``_``."""
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", model.strip("/"))
+from ray_ser.names import safe_name
 
 
 def table_name(model: str, kind: str = "emb") -> str:

@@ -136,7 +136,7 @@ def balanced_draw(chunks: Iterator[dict], corpus_counts: dict[str, int], seed: i
     expectation, a different draw each epoch, the same on every worker and after a resume."""
     import zlib
 
-    from ray_ser.train.reader import _take
+    from ray_ser.train.reader import take_rows
 
     smallest = min(corpus_counts.values())
     share = {c: smallest / n for c, n in corpus_counts.items()}
@@ -144,7 +144,7 @@ def balanced_draw(chunks: Iterator[dict], corpus_counts: dict[str, int], seed: i
         draws = np.array([zlib.crc32(f"{seed}|{epoch}|{u}|balance".encode()) / 2 ** 32 for u in chunk["utt_id"]])
         keep = np.flatnonzero(draws < np.array([share.get(c, 1.0) for c in chunk["corpus"]]))
         if len(keep):
-            yield _take(chunk, keep)
+            yield take_rows(chunk, keep)
 
 
 def shard_cache(cfg: TrainConfig):

@@ -452,7 +452,8 @@ def pick_condition(utt_id: str, epoch: int, seed: int, conditions: Sequence[str]
     return conditions[zlib.crc32(f"{seed}|{epoch}|{utt_id}".encode()) % len(conditions)]
 
 
-def _take(batch: dict, idx: np.ndarray) -> dict:
+def take_rows(batch: dict, idx: np.ndarray) -> dict:
+    """The rows ``idx`` of every column of a batch (a dict of arrays)."""
     return {k: v[idx] for k, v in batch.items()}
 
 
@@ -486,12 +487,12 @@ def window_shuffled(chunks: Iterator[dict], rng: np.random.Generator) -> Iterato
             continue
         pool = _concat([held, chunk])
         order = rng.permutation(len(pool["utt_id"]))
-        yield _take(pool, order[:n_new])
-        held = _take(pool, order[n_new:])
+        yield take_rows(pool, order[:n_new])
+        held = take_rows(pool, order[n_new:])
     if held is not None:
         order = rng.permutation(len(held["utt_id"]))
         for s in range(0, len(order), size):
-            yield _take(held, order[s:s + size])
+            yield take_rows(held, order[s:s + size])
 
 
 def _nbytes(chunk: dict) -> int:
@@ -558,14 +559,14 @@ class ShardCache:
                 self.rows = _as_row_views(_concat(parts)) if parts else {}
         if stream is not None:
             if only is not None:
-                stream = (part for part in (_take(c, _in(c["utt_id"], only)) for c in stream) if len(part["utt_id"]))
+                stream = (part for part in (take_rows(c, _in(c["utt_id"], only)) for c in stream) if len(part["utt_id"]))
             yield from (stream if rng is None else window_shuffled(stream, rng))
             return
         ids = self.rows.get("utt_id", ())
         rows = np.arange(len(ids)) if only is None else _in(ids, only)
         order = rows if rng is None else rows[rng.permutation(len(rows))]
         for start in range(0, len(order), chunk_rows):
-            yield _take(self.rows, order[start:start + chunk_rows])
+            yield take_rows(self.rows, order[start:start + chunk_rows])
 
 
 class InMemorySource:
@@ -594,7 +595,7 @@ class InMemorySource:
 
     def iter_batches(self, batch_size: int, batch_format: str = "numpy", **_) -> Iterator[dict]:
         for start in range(0, len(self), batch_size):
-            yield _take(self.rows, np.arange(start, min(start + batch_size, len(self))))
+            yield take_rows(self.rows, np.arange(start, min(start + batch_size, len(self))))
 
 
 def _in(utt_ids, keep: frozenset) -> np.ndarray:
@@ -611,11 +612,11 @@ def bucketed(chunks: Iterator[dict], batch_size: int, rng: np.random.Generator, 
         if conditions is not None and len(conditions) > 1:
             keep = np.array([c == pick_condition(u, epoch or 0, seed, conditions)
                              for u, c in zip(chunk["utt_id"], chunk["condition"])])
-            chunk = _take(chunk, np.flatnonzero(keep))
+            chunk = take_rows(chunk, np.flatnonzero(keep))
         n = len(chunk["utt_id"])
         if n == 0:
             continue
         order = np.argsort(chunk["n_frames"], kind="stable")
         parts = [order[i:i + batch_size] for i in range(0, n, batch_size)]
         for j in rng.permutation(len(parts)):
-            yield _take(chunk, parts[j])
+            yield take_rows(chunk, parts[j])

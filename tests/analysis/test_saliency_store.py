@@ -14,7 +14,8 @@ from ray_ser.analysis import saliency_store as ss
 from ray_ser.corpora import build_manifest
 from ray_ser.extract.program import ExtractOptions, extract
 from ray_ser.store import catalog
-from ray_ser.store.core import Store, _sql
+from ray_ser.store.core import Store
+from ray_ser.store.names import sql_string
 
 N_UTTS = 36
 DIM = 32
@@ -116,7 +117,7 @@ def test_changing_the_test_fold_vectors_leaves_its_scores_unchanged(computed, st
     copy = str(tmp_path / "store")
     shutil.copytree(store_uri, copy)
     table = Store(copy).embeddings("tiny")
-    where = "utt_id IN (" + ", ".join(_sql(u) for u in victims) + ")"
+    where = "utt_id IN (" + ", ".join(sql_string(u) for u in victims) + ")"
     rows = table.to_lance().to_table(filter=where)
     rng = np.random.default_rng(1)
     noise = rng.standard_normal((rows.num_rows, DIM)).astype(np.float32) * 10

@@ -15,7 +15,7 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, brier_score_loss, confusion_matrix, f1_score, log_loss
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from ray_ser.evaluate import metrics as M
+from ray_ser import metrics as M
 from ray_ser.evaluate.results import METRICS_SCHEMA
 from ray_ser.evaluate.tables import (
     condition_order,

@@ -9,8 +9,9 @@ import pyarrow as pa
 import pytest
 import soundfile as sf
 
+from ray_ser import audio
 from ray_ser.corpora import Manifest, Utterance, build_manifest
-from ray_ser.extract import audio, conditions
+from ray_ser.extract import conditions
 from ray_ser.extract.program import ExtractOptions, extract, pool_frames
 from ray_ser.fm import load_model
 from ray_ser.store.core import Store, iter_frames, read_pooled

@@ -10,8 +10,9 @@ import pyarrow as pa
 import pytest
 from test_extract import assert_exactly_once, direct_pooled, store_rows
 
+from ray_ser import audio
 from ray_ser.corpora import Manifest, build_manifest
-from ray_ser.extract import audio, conditions
+from ray_ser.extract import conditions
 from ray_ser.extract.program import ExtractOptions, extract, run_options
 from ray_ser.store.core import (
     META_KEY,

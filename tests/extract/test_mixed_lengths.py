@@ -14,8 +14,9 @@ import pyarrow.compute as pc
 import pytest
 from speech_like import MIXED, save_tiny_whisper, write_corpus
 
+from ray_ser import audio
 from ray_ser.corpora import build_manifest
-from ray_ser.extract import audio, conditions
+from ray_ser.extract import conditions
 from ray_ser.extract.program import ExtractOptions, extract, pool_frames
 from ray_ser.fm import load_model
 from ray_ser.settings import data_root

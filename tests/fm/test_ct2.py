@@ -201,7 +201,7 @@ def test_embedded_whisper_base_matches_ctranslate2(tmp_path):
     ctranslate2 = pytest.importorskip("ctranslate2")
     from transformers import WhisperFeatureExtractor
 
-    from ray_ser.extract import audio
+    from ray_ser import audio
     from ray_ser.fm.registry import embedded_parts
 
     wav = data_root() / "emodb" / "wav" / "03a01Fa.wav"

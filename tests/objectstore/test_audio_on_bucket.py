@@ -12,11 +12,10 @@ import pytest
 import soundfile as sf
 from speech_like import speech_like
 
-from ray_ser import inputs, storage
+from ray_ser import audio, inputs, storage
+from ray_ser.audio import AudioError
 from ray_ser.corpora import build_manifest
 from ray_ser.corpora.manifest import AUDIO_ERROR, Manifest
-from ray_ser.extract import audio
-from ray_ser.extract.audio import AudioError
 
 RATE = 16000
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ray_ser.extract import audio
-from ray_ser.extract.audio import AudioError
+from ray_ser import audio
+from ray_ser.audio import AudioError
 
 
 def _tone(seconds: float, rate: int, channels: int = 1, freq: float = 440.0) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Evaluation metrics on arrays: categorical (UAR, WA, F1, k-best UAR), speaker level (per-speaker UAR,
 paUAR), agreement with the graders' PDFs, calibration of the probabilities (ECE, Brier, NLL), dimensional (CCC,
-Pearson, MSE) and a speaker-level bootstrap.
+Pearson, MSE) and a speaker-level bootstrap. Below every stage (pure numerics): the evaluation's tables and the
+analysis' probes score with the same functions.
 
 Two layers. *Array functions* score one set of predictions (scikit-learn / SciPy where they exist).
 *Count functions* turn predictions into additive per-speaker statistics (confusion tensors, k-best hit

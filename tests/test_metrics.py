@@ -17,7 +17,7 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from ray_ser.evaluate import metrics as M
+from ray_ser import metrics as M
 
 
 def _random(n=300, c=5, seed=0, missing_class=True):

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 
-from ray_ser.analysis.probe import DEFAULT_CS, _fit, inner_c
+from ray_ser.analysis.probe import DEFAULT_CS, fit_probe, inner_c
 from ray_ser.analysis.saliency_store import layer_matrix
 from ray_ser.evaluate.matrix import MATRIX_SCHEMA, cells
 
@@ -56,7 +56,7 @@ def loco_probe(store: str, model: str, corpora: Sequence[str], label_set: str | 
             H = _standardise(H, [rows[u]["corpus"] for u in utts])
         fold = np.asarray([fold_of[u] for u in utts])
         C, _ = inner_c(H, y, fold, np.ones(len(utts), bool), Cs)
-        clf = _fit(H, y, np.ones(len(utts), bool), C)
+        clf = fit_probe(H, y, np.ones(len(utts), bool), C)
         test_rows = run_rows(cfg.model_copy(update={"corpora": [held]}))
         test = [u for u in sorted(test_rows) if test_rows[u]["label"] is not None]
         order = [list(clf.classes_).index(c) if c in clf.classes_ else None for c in categories]
