@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from multicorpus import frame_row
+
 from ray_ser.corpora.labels import one_hot
 from ray_ser.corpora.manifest import Manifest, Utterance
 from ray_ser.store.core import Store
@@ -67,10 +69,7 @@ def build_dims_store(root: Path, per_level: int = 4, conditions=("clean", "5dB")
                         base = _frames(rng, direction, level, spk_shift, cond, T)
                         for layer in (0, 1):
                             x = (base if layer == 0 else base + 0.5 * rng.standard_normal((T, DIM))).astype(np.float32)
-                            rows.append({"utt_id": uid, "condition": cond, "layer": layer, "n_frames": T,
-                                         "duration": 1.0, "snr_db": None if cond == "clean" else 5.0, "rt60": None,
-                                         "mean": x.mean(0).tolist(), "std": x.std(0).tolist(),
-                                         "frames": x.astype(np.float16).tolist(), "aug_params": None})
+                            rows.append(frame_row(uid, cond, layer, x))
         store.put_manifest(Manifest.from_utterances(utts, cats))
     table = store.embeddings(MODEL, dim=DIM, meta={"model": MODEL})
     table.add(pa.Table.from_pylist(rows, schema=table.schema))

@@ -24,6 +24,13 @@ CORPORA = {  # name: (categories, speakers, offset, scale)
 SHARED_CLASSES = ["angry", "happy", "neutral", "sad", "fear", "disgust", "calm"]
 
 
+def frame_row(uid: str, cond: str, layer: int, x: np.ndarray) -> dict:
+    """One ``emb__synthetic`` row of an utterance's (T, DIM) float32 frames ``x`` (5 dB SNR when not clean)."""
+    return {"utt_id": uid, "condition": cond, "layer": layer, "n_frames": len(x), "duration": 1.0,
+            "snr_db": None if cond == "clean" else 5.0, "rt60": None, "mean": x.mean(0).tolist(),
+            "std": x.std(0).tolist(), "frames": x.astype(np.float16).tolist(), "aug_params": None}
+
+
 def _centres(seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     c = {name: 1.5 * rng.standard_normal(DIM) for name in SHARED_CLASSES}
@@ -59,11 +66,7 @@ def build_multi_store(root: Path, per_class: int = 3, conditions=("clean", "5dB"
                         base = centres[c] + spk_shift + noise * rng.standard_normal((T, DIM))
                         for layer in (0, 1):
                             x = base if layer == 0 else base + 0.5 * rng.standard_normal((T, DIM))
-                            x = (offset + scale * x).astype(np.float32)
-                            rows.append({"utt_id": uid, "condition": cond, "layer": layer, "n_frames": T,
-                                         "duration": 1.0, "snr_db": None if cond == "clean" else 5.0, "rt60": None,
-                                         "mean": x.mean(0).tolist(), "std": x.std(0).tolist(),
-                                         "frames": x.astype(np.float16).tolist(), "aug_params": None})
+                            rows.append(frame_row(uid, cond, layer, (offset + scale * x).astype(np.float32)))
         store.put_manifest(Manifest.from_utterances(utts, cats))
     table = store.embeddings(MODEL, dim=DIM, meta={"model": MODEL})
     table.add(pa.Table.from_pylist(rows, schema=table.schema))
