@@ -150,11 +150,12 @@ def _cells(df: pl.DataFrame, categories: Sequence[str], group_cols: Sequence[str
                      columns={col: _strings(part, col) for col in group_cols if col in part.columns},
                      y=y, probs=probs, cat=(y >= 0) & has_probs, votes=votes, overlap=overlap, js=js)
         if "temperature" in part.columns and part["temperature"].is_not_null().any():
-            # the probabilities before temperature scaling: softmax(T * log p) undoes softmax(log p_raw / T)
+            from ray_ser.train.calibration import scale
+
+            # the probabilities before temperature scaling: a temperature of 1 / T undoes T
             t = part["temperature"].cast(pl.Float64).fill_null(1.0).to_numpy()
-            logp = np.log(np.clip(np.nan_to_num(probs, nan=1.0), 1e-12, 1.0)) * t[:, None]
-            raw = np.exp(logp - logp.max(axis=1, keepdims=True))
-            cell.raw_probs = np.where(has_probs[:, None], raw / raw.sum(axis=1, keepdims=True), np.nan)
+            raw = scale(np.nan_to_num(probs, nan=1.0), 1.0 / t)
+            cell.raw_probs = np.where(has_probs[:, None], raw, np.nan)
         for d in DIMENSIONS:
             if d in part.columns and f"pred_{d}" in part.columns:
                 x = part[d].cast(pl.Float64).fill_null(np.nan).to_numpy()

@@ -11,13 +11,14 @@ T_BOUNDS = (0.05, 20.0)
 _TINY = 1e-12
 
 
-def scale(probs, temperature: float | None) -> np.ndarray:
+def scale(probs, temperature) -> np.ndarray:
     """Probabilities ``softmax(log(probs) / T)`` (equal to the softmax of logits / T: log-probabilities are logits up
-    to a constant per row); ``T`` None or 1 returns them unchanged."""
+    to a constant per row); ``T`` one number or one per row; None or 1 returns them unchanged."""
     p = np.asarray(probs, dtype=np.float64)
-    if temperature is None or temperature == 1.0:
+    t = None if temperature is None else np.asarray(temperature, dtype=np.float64)
+    if t is None or (t.ndim == 0 and t == 1.0):
         return p
-    z = np.log(np.clip(p, _TINY, 1.0)) / float(temperature)
+    z = np.log(np.clip(p, _TINY, 1.0)) / (t if t.ndim == 0 else t[:, None])
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
