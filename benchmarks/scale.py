@@ -12,7 +12,7 @@ runs it from one experiment config (written to <work>/n<N>/scale.yaml):
     extract       jobs/extract.py (all layers, frames on, --conditions; Ray started beforehand, not timed)
     saliency      jobs/saliency.py (CCS + MIS per fold, the layer ranking and the pipeline's layer choice)
     prune_frames  jobs/prune_frames.py (the best layer at keep 0.6)
-    clusters      jobs/cluster.py (per outer fold, layer auto, --k)
+    clusters      jobs/frames.py (per outer fold, layer auto, --k)
     train         jobs/train.py twice on outer folds 0,1: the linear model (mlp_hidden 0, --linear-epochs) and
                   one small TC-GRU epoch (no per-fold test report: the evaluate stage predicts)
     tune          ray_ser.train.tune.run_search: two trials of one epoch (the small TC-GRU widths as the base)
@@ -229,7 +229,7 @@ def write_config(path: Path, run_dir: Path, manifest: Path, store: Path, model: 
 # ---- the stages ---------------------------------------------------------------------------------------------
 def stages(conf: Path, work: Path, data_root: Path, manifest: Path, store: Path, args, state: dict):
     """(name, callable) per stage, in order; ``state`` carries what a later stage needs (the best layer)."""
-    from ray_ser.jobs import cluster as cluster_job
+    from ray_ser.jobs import frames as frames_job
     from ray_ser.jobs import evaluate as evaluate_job
     from ray_ser.jobs import extract as extract_job
     from ray_ser.jobs import manifest as manifest_job
@@ -253,7 +253,7 @@ def stages(conf: Path, work: Path, data_root: Path, manifest: Path, store: Path,
         prune_job.main([*c, "--layer", str(state["best_layer"])])
 
     def cluster_stage():
-        cluster_job.main(c)
+        frames_job.main(c)
 
     def train_stage():
         t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""`python jobs/cluster.py ...` (what `ray job submit` runs): `ray-ser cluster ...`, code in ray_ser.jobs.cluster."""
+"""Deprecated name of `jobs/frames.py` (the frame k-means stage; "cluster" now means the Ray cluster only)."""
 import _bootstrap  # noqa: F401  (source checkout on sys.path)
 
 from ray_ser.cli import job_entry

@@ -14,17 +14,20 @@ import sys
 from ray_ser.config import ConfigError, InputError
 
 STAGES = {
-    "manifest": "manifest", "extract": "extract", "saliency": "saliency", "cluster": "cluster",
+    "manifest": "manifest", "extract": "extract", "saliency": "saliency", "frames": "frames",
     "prune": "prune_frames", "train": "train", "tune": "tune", "evaluate": "evaluate", "crosscorpus": "crosscorpus",
 }
 """Sub-command -> module under ray_ser.jobs."""
 
+DEPRECATED = {"cluster": "frames"}
+"""Old sub-command -> its new name: it still runs, after one line on stderr ("cluster" means the Ray cluster now)."""
+
 USAGE = """usage: ray-ser [--verbose] COMMAND [ARGS]
 
-  run CONFIG [flags]       the whole flow of an experiment config (extract, saliency, cluster, train, evaluate)
+  run CONFIG [flags]       the whole flow of an experiment config (extract, saliency, frames, train, evaluate)
   config show CONFIG       the resolved config, every default included (--set KEY=VALUE to try overrides)
   status --store S         what a store holds: corpora, models, conditions, rows, errors, analysis tables
-  manifest|extract|saliency|cluster|prune|train|tune|evaluate|crosscorpus [flags]
+  manifest|extract|saliency|frames|prune|train|tune|evaluate|crosscorpus [flags]
                            one stage, with the flags of jobs/<stage>.py (--config FILE, --set KEY=VALUE, ...)
 
   ray-ser COMMAND --help shows a command's flags. --verbose (or RAY_SER_VERBOSE=1) shows Ray's logs too.
@@ -88,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
             return config_show(rest[1:])
         if command == "status":
             return status(rest)
+        if command in DEPRECATED:
+            print(f"ray-ser: `{command}` is deprecated, use `ray-ser {DEPRECATED[command]}` (jobs/"
+                  f"{DEPRECATED[command]}.py); running it", file=sys.stderr)
+            command = DEPRECATED[command]
         if command in STAGES:
             return run_stage(STAGES[command], rest)
     except (ConfigError, InputError, FileNotFoundError) as e:

@@ -53,6 +53,20 @@ def test_stage_help_lists_its_flags_and_config(capsys):
     assert "--config FILE" in out and "--keep-ratio" in out and "--set KEY=VALUE" in out
 
 
+def test_the_old_cluster_command_runs_the_frames_stage_and_says_it_is_deprecated(capsys):
+    assert "cluster" not in cli.STAGES and cli.DEPRECATED == {"cluster": "frames"}
+    for argv in (["cluster", "--help"], ["frames", "--help"]):
+        try:
+            cli.main(argv)
+        except SystemExit as e:
+            assert e.code == 0
+        done = capsys.readouterr()
+        assert "frame" in done.out and "--k" in done.out  # the k-means stage's flags
+        assert ("deprecated, use `ray-ser frames`" in done.err) == (argv[0] == "cluster")
+    old = (ROOT / "jobs" / "cluster.py").read_text()
+    assert 'job_entry("cluster")' in old and "Deprecated" in old
+
+
 def test_status_lists_corpora_models_conditions_and_analysis_tables(synth_store, capsys):
     status = read_status(synth_store)
     emb = {e["key"]: e for e in status.embeddings}["tiny"]

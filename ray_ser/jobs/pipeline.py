@@ -48,7 +48,7 @@ BINDS = {
 
 def run(cfg: ExperimentConfig) -> dict:
     """Every stage of ``cfg`` in turn, each from the resolved config file in the run folder."""
-    from ray_ser.jobs import cluster as cluster_job
+    from ray_ser.jobs import frames as frames_job
     from ray_ser.jobs import evaluate as evaluate_job
     from ray_ser.jobs import extract as extract_job
     from ray_ser.jobs import saliency as saliency_job
@@ -63,7 +63,7 @@ def run(cfg: ExperimentConfig) -> dict:
     # per-layer saliency (and, with analysis.probe, the probe baseline to beat)
     probes = saliency_job.main(conf)
     # frame clusters per outer fold, of the layer the layer criterion picks on that fold's training speakers
-    cluster_job.main(conf)
+    frames_job.main(conf)
     # emotion models per outer fold (layers chosen per fold on its training speakers), then the evaluation
     train_job.main(conf)
     evaluation = evaluate_job.main(conf)

@@ -192,7 +192,7 @@ def saliency_main(args: argparse.Namespace, readouts: list[str]) -> dict:
     if chosen is not None:
         per_fold = chosen.filter((pl.col("layer_rank") == 0) & (pl.col("fold") >= 0))
         console.say(f"pipeline layer choice ({chosen['criterion'][0]}, each fold's training speakers; used by "
-              f"jobs/cluster.py --layer auto, jobs/train.py without --layer and jobs/tune.py's prior): "
+              f"jobs/frames.py --layer auto, jobs/train.py without --layer and jobs/tune.py's prior): "
               + ", ".join(f"fold {f}: {k}" for f, k in zip(per_fold["fold"], per_fold["layer"]))
               + f"; all speakers: {int(chosen.filter((pl.col('layer_rank') == 0) & (pl.col('fold') == -1))['layer'][0])}")
     result = {"best_layer": best, "ranking": table, "saliency_seconds": t_sal, "layer_choice": chosen}

@@ -69,13 +69,13 @@ CENTROIDS = TableSpec(
     _schema(("fold_id", pa.string()), ("fold", pa.int32()), ("layer", pa.int32()), ("k", pa.int32()),
             ("cluster", pa.int32()), ("centroid", pa.list_(pa.float32())), ("condition", pa.string()),
             ("seed", pa.int64()), ("n_train", pa.int64())),
-    keys=("fold_id", "fold", "layer", "k", "cluster"), scope=("fold_id", "fold", "layer", "k"), made_by="jobs/cluster.py")
+    keys=("fold_id", "fold", "layer", "k", "cluster"), scope=("fold_id", "fold", "layer", "k"), made_by="jobs/frames.py")
 FRAME_CLUSTERS = TableSpec(
     "frame_clusters",
     _schema(("fold_id", pa.string()), ("fold", pa.int32()), ("utt_id", pa.string()), ("condition", pa.string()),
             ("layer", pa.int32()), ("k", pa.int32()), ("n_frames", pa.int32()), ("ids", pa.list_(pa.int32()))),
     keys=("fold_id", "fold", "utt_id", "condition", "layer", "k"), scope=("fold_id", "fold", "layer", "k"),
-    made_by="jobs/cluster.py")
+    made_by="jobs/frames.py")
 
 SPECS: dict[str, TableSpec] = {s.kind: s for s in (FOLDS, SALIENCY, LAYER_RANK, CENTROIDS, FRAME_CLUSTERS)}
 EXTRACTION_TABLES = ("emb__<model>", "errors", "runs", "manifest__<corpus>", "lease__<table>")

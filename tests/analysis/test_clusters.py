@@ -128,7 +128,7 @@ def test_training_sample_is_limited_to_train_utts(store_uri):
 
 
 def test_cluster_job(store_uri, capsys):
-    job = load_job("cluster")
+    job = load_job("frames")
     out = job.main(["--store", store_uri, "--model", "tiny", "--layer", "2", "--k", "3,5", "--sample-frames", "2000",
                     "--conditions", "clean", "--fold", "0,1,2"])
     text = capsys.readouterr().out

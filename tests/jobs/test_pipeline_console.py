@@ -56,7 +56,7 @@ def test_console_names_the_bad_file_and_ends_with_the_summary(smoke_run):
     out = done.stdout + done.stderr
     assert "broken_take" in out and "corrupt" in out.lower()
     assert "clean UAR, pooled over the outer folds" in out
-    for stage in ("extract", "saliency", "cluster", "train", "evaluate"):
+    for stage in ("extract", "saliency", "frames", "train", "evaluate"):
         assert stage in out
 
 

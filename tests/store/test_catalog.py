@@ -51,7 +51,7 @@ def test_read_refuses_rows_of_another_fold_assignment(tmp_path):
     assert catalog.read(store, catalog.CENTROIDS, "m", columns=["cluster"], fold_id="a", fold=0).column_names == ["cluster"]
     with pytest.raises(ValueError, match="fold assignment a, not b"):
         catalog.read(store, catalog.CENTROIDS, "m", fold_id="b", fold=0)
-    with pytest.raises(KeyError, match="jobs/cluster.py"):
+    with pytest.raises(KeyError, match="jobs/frames.py"):
         catalog.read(store, catalog.FRAME_CLUSTERS, "m")
 
 

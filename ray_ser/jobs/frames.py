@@ -1,6 +1,7 @@
 """Frame clusters (FLEA): k-means over one layer's frames per outer fold; out-of-fold cluster ids into the store.
 
-    python jobs/cluster.py --config configs/emodb.yaml [--layer 4 --k 50,100,150 --fold all]
+    python jobs/frames.py --config configs/emodb.yaml [--layer 4 --k 50,100,150 --fold all]
+    ray-ser frames --config configs/emodb.yaml     (`ray-ser cluster` / jobs/cluster.py: deprecated names)
 
 For each outer fold F (of the fold assignment the stored saliency used, else the same rule computed here):
 fits MiniBatchKMeans per k on a seeded sample of the --condition frames of fold F's TRAINING speakers,
@@ -61,7 +62,7 @@ def resolve_assignment(store: str, model: str, condition: str, folds: str, seed:
 def main(argv: list[str] | None = None) -> dict:
     cfg, args = from_args(parser(), argv, BINDS)
     console.setup(log_folder(cfg, args))
-    with console.stage(f"cluster {args.model} frames, k = {','.join(map(str, args.k))}"):
+    with console.stage(f"frames {args.model}: k-means, k = {','.join(map(str, args.k))}"):
         return cluster(args, cfg.analysis.seed)
 
 
