@@ -60,6 +60,7 @@ import polars as pl
 from ray_ser.analysis import saliency as sal
 from ray_ser.analysis.probe import MAX_ITER, one_thread, probe_layer, spearman
 from ray_ser.analysis.saliency_store import layer_matrix, layers_of, usable_rows
+from ray_ser.corpora.folds import ALL_SPEAKERS
 from ray_ser.corpora.manifest import DIMENSIONS
 
 __all__ = [
@@ -171,7 +172,7 @@ class LayerData:
 
     def train(self, fold: int) -> np.ndarray:
         """Boolean mask of the training rows of outer fold ``fold`` (-1: every row)."""
-        if fold == -1:
+        if fold == ALL_SPEAKERS:
             return np.ones(len(self.labels), bool)
         if fold not in set(self.fold.tolist()):
             raise ValueError(f"no outer fold {fold}; folds are {sorted(set(self.fold.tolist()))}")

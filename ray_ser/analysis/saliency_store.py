@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ray_ser.analysis import saliency as sal
-from ray_ser.corpora.folds import FoldAssignment, loso, speaker_folds
+from ray_ser.corpora.folds import ALL_SPEAKERS, FoldAssignment, loso, speaker_folds
 from ray_ser.corpora.manifest import DIMENSIONS, Manifest
 from ray_ser.store import catalog
 from ray_ser.store.core import Store, as_store, read_pooled_arrow
@@ -206,7 +206,7 @@ def fold_saliency(H: np.ndarray, targets: np.ndarray, fold: np.ndarray, *, mis: 
     fold = np.asarray(fold)
     out: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
     for f in [-1, *sorted(int(x) for x in np.unique(fold))]:
-        train = np.ones(len(fold), bool) if f == -1 else fold != f
+        train = np.ones(len(fold), bool) if f == ALL_SPEAKERS else fold != f
         Ht, Lt = H[train], targets[train]
         out[f] = (sal.ccs(Ht, Lt), sal.mis(Ht, Lt, n_bins=n_bins) if mis else None)
     return out

@@ -15,6 +15,11 @@ from sklearn.model_selection import StratifiedGroupKFold
 from ray_ser.corpora.manifest import Manifest
 
 
+ALL_SPEAKERS = -1
+"""The "fold" whose training rows are every speaker (no test speakers): the final model's, and the analysis rows
+scored on every speaker, for use on speakers outside the corpus only."""
+
+
 def loso(manifest: Manifest) -> Manifest:
     """Fold i holds every utterance of the i-th speaker (speakers sorted by name)."""
     speakers = manifest.column("speaker")

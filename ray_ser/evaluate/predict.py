@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 
+from ray_ser.corpora.folds import ALL_SPEAKERS as FINAL  # the final model's fold (ray_ser.train.checkpoints.FINAL)
 from ray_ser.corpora.manifest import CATEGORIES_KEY, DIMENSIONS
 from ray_ser.errors import InputError
 from ray_ser.storage import run_path, snapshot
@@ -133,7 +134,7 @@ def predict_fold(store: str, checkpoint: str | Path, conditions: Sequence[str] |
         p = scale(list_matrix(df, "probs", len(df["probs"][0])), fm.temperature).astype(np.float32)
         df = df.with_columns(pl.Series("probs", p.tolist(), dtype=pl.List(pl.Float32)))
     return df.with_columns(pl.lit(fm.plan.fold, pl.Int32).alias("fold"),
-                           pl.lit("final" if fm.plan.fold == -1 else "fold").alias("model"),
+                           pl.lit("final" if fm.plan.fold == FINAL else "fold").alias("model"),
                            pl.lit(fm.temperature, pl.Float32).alias("temperature"))
 
 

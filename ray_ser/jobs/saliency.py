@@ -28,6 +28,7 @@ import polars as pl
 from ray_ser.analysis import saliency_store as ss
 from ray_ser.analysis.probe import READOUTS
 from ray_ser import console
+from ray_ser.corpora.folds import ALL_SPEAKERS
 from ray_ser.config import Bind, add_config_args, float_list, from_args, log_folder, negated
 from ray_ser.names import safe_name
 from ray_ser.store import catalog
@@ -173,7 +174,7 @@ def saliency_main(args: argparse.Namespace, readouts: list[str]) -> dict:
     chosen = write_choice(args, info["assignment"])
     console.say(f"saliency of {args.model} / {args.condition}: {info['n']} utterances, {info['n_speakers']} speakers, "
           f"folds {info['folds']}, targets {','.join(info['targets'])}, MIS {'off' if args.no_mis else 'on'}")
-    all_rank = ranking.filter(pl.col("fold") == -1).select(
+    all_rank = ranking.filter(pl.col("fold") == ALL_SPEAKERS).select(
         "layer", pl.col("layer_score").alias("score_all"), pl.col("layer_rank").alias("rank_all"))
     folds_rank = ss.mean_over_folds(ranking).select(
         "layer", pl.col("layer_score").alias("score_folds"), pl.col("layer_rank").alias("rank_folds"))
@@ -182,9 +183,9 @@ def saliency_main(args: argparse.Namespace, readouts: list[str]) -> dict:
                    " _all: fold -1 on all utterances, _folds: mean over training folds):")
     console.detail(str(table))
     best = int(table.sort("rank_all")["layer"][0])
-    sizes = {r: int(ss.saliency_mask(args.store, args.model, best, r, fold=-1, condition=args.condition).sum())
+    sizes = {r: int(ss.saliency_mask(args.store, args.model, best, r, fold=ALL_SPEAKERS, condition=args.condition).sum())
              for r in KEEP_RATIOS}
-    n_dims = df.filter((pl.col("fold") == -1) & (pl.col("layer") == best)).height
+    n_dims = df.filter((pl.col("fold") == ALL_SPEAKERS) & (pl.col("layer") == best)).height
     console.detail(f"best layer (fold -1): {best}; masks of {n_dims} dims: "
           + ", ".join(f"keep {r} -> {n}" for r, n in sizes.items()))
     console.detail(f"wrote {catalog.SALIENCY.name(args.model)} ({df.height} rows), {catalog.LAYER_RANK.name(args.model)} "
@@ -194,7 +195,7 @@ def saliency_main(args: argparse.Namespace, readouts: list[str]) -> dict:
         console.say(f"pipeline layer choice ({chosen['criterion'][0]}, each fold's training speakers; used by "
               f"jobs/frames.py --layer auto, jobs/train.py without --layer and jobs/tune.py's prior): "
               + ", ".join(f"fold {f}: {k}" for f, k in zip(per_fold["fold"], per_fold["layer"]))
-              + f"; all speakers: {int(chosen.filter((pl.col('layer_rank') == 0) & (pl.col('fold') == -1))['layer'][0])}")
+              + f"; all speakers: {int(chosen.filter((pl.col('layer_rank') == 0) & (pl.col('fold') == ALL_SPEAKERS))['layer'][0])}")
     result = {"best_layer": best, "ranking": table, "saliency_seconds": t_sal, "layer_choice": chosen}
     if not args.probe:
         console.detail(f"time: saliency {t_sal:.1f} s")
@@ -214,7 +215,7 @@ def saliency_main(args: argparse.Namespace, readouts: list[str]) -> dict:
     t_probe = time.perf_counter() - t1
     folds_scores = ss.mean_over_folds(ranking)
     rho = spearman(folds_scores, probe)
-    rho_all = spearman(ranking.filter(pl.col("fold") == -1), probe)
+    rho_all = spearman(ranking.filter(pl.col("fold") == ALL_SPEAKERS), probe)
     console.detail("probe (StandardScaler + LogisticRegression per layer; UAR of pooled out-of-fold predictions):")
     console.detail(str(probe.join(folds_scores.select("layer", "layer_score", "layer_rank"), on="layer").sort("layer")
           .select("layer", "uar", "mean_fold_uar", "layer_score", "layer_rank")))

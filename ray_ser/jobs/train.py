@@ -20,6 +20,7 @@ import sys
 import time
 
 from ray_ser import console
+from ray_ser.corpora.folds import ALL_SPEAKERS as FINAL  # the final model's fold (ray_ser.train.checkpoints.FINAL)
 from ray_ser.config import Bind, ExperimentConfig, add_config_args, csv_list, from_args, given_flags, int_list
 
 BINDS = {
@@ -185,13 +186,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         def on_fold(summary: dict) -> None:
             """One console line per fold: its test speakers' UAR (or, without the report, its training summary)."""
             refit = f", refit {summary['refit_epochs']} epochs on all training speakers" if summary.get("refit_epochs") else ""
-            name = "final model" if summary["fold"] == -1 else f"fold {summary['fold']}"
+            name = "final model" if summary["fold"] == FINAL else f"fold {summary['fold']}"
             cap = " (hit the epoch cap while still improving: raise --epochs, patience stops it)" \
                 if summary.get("hit_cap") else ""
             line = (f"{name}: {_layers(summary)}, best epoch {summary['best_epoch']} of "
                     f"{summary['epochs']}{cap}, val {summary.get('val_metric', 'score')} "
                     f"{summary['best_val_score']:.4f}{refit}, {summary['seconds']:.1f} s")
-            if args.no_test_report or summary["fold"] == -1:
+            if args.no_test_report or summary["fold"] == FINAL:
                 console.say(line)
             else:
                 console.detail(line)

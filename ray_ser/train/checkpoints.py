@@ -17,6 +17,7 @@ from ray_ser.redaction import redact
 from ray_ser.storage import run_path
 from ray_ser.train.config import TrainConfig
 from ray_ser.train.loop import build_fold_model
+from ray_ser.corpora.folds import ALL_SPEAKERS
 from ray_ser.train import state_io
 from ray_ser.train.plan import FoldPlan, plan_mask
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 BEST_DIR = "best"
-FINAL = -1
+FINAL = ALL_SPEAKERS
 """The fold number of the final model: every speaker of the training corpora trains it (no test speakers)."""
 FINAL_DIR = "final"
 

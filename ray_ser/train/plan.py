@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ray_ser.corpora.folds import FoldAssignment
+from ray_ser.corpora.folds import ALL_SPEAKERS, FoldAssignment
 from ray_ser.corpora.manifest import DIMENSIONS
 from ray_ser.train.config import TrainConfig
 
@@ -185,7 +185,7 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
         raise ValueError(f"fold {fold}: no inner training or validation utterances of corpora {cfg.corpora}")
     cv_val = None
     names = sorted({labels.rows[u]["corpus"] for u in [*inner, *val]})
-    if cfg.inner_folds > 1 and fold == -1 and cfg.final_selection == "corpora" and len(names) > 1:
+    if cfg.inner_folds > 1 and fold == ALL_SPEAKERS and cfg.final_selection == "corpora" and len(names) > 1:
         cv_val = [[u for u in [*inner, *val] if labels.rows[u]["corpus"] == c] for c in names]  # one corpus out each
     elif cfg.inner_folds > 1:  # every training speaker validates once; scaler and domains from all of them
         from ray_ser.analysis.layer_selection import inner_folds
