@@ -127,15 +127,15 @@ def test_saved_config_round_trips(tmp_path):
 
 
 def test_flags_override_the_file_and_the_namespace_reads_the_resolved_values(tmp_path):
-    from ray_ser.jobs import cluster, extract
+    from ray_ser.jobs import extract, frames
 
     path = write(tmp_path, "store: {uri: from-file}\nextract: {conditions: [clean]}\nanalysis:\n  clusters: {k: [4]}\n")
     cfg, args = C.from_args(extract.parser(), ["--config", str(path), "--conditions", "clean,5dB", "--no-frames"],
                             extract.BINDS)
     assert (args.store, args.conditions, args.no_frames) == ("from-file", ["clean", "5dB"], True)
     assert cfg.extract.conditions == ["clean", "5dB"] and cfg.extract.frames is False
-    cfg, args = C.from_args(cluster.parser(), ["--config", str(path), "--set", "analysis.clusters.seed=7"],
-                            cluster.BINDS)
+    cfg, args = C.from_args(frames.parser(), ["--config", str(path), "--set", "analysis.clusters.seed=7"],
+                            frames.BINDS)
     assert (args.k, args.seed, args.layer, args.model) == ([4], 7, "auto", "whisper-base")
 
 
