@@ -6,7 +6,8 @@
     after (a) and averaged, so a drift of the machine's speed favours neither;
 (c) the warm in-process latency of ``predict`` on one 3 s clip (median of --repeats calls after one warm-up).
 
-The bundle is a seeded untrained TC-GRU head on ``--layers`` of ``--model`` (its speed is a trained one's).
+The bundle is a seeded untrained head (``--arch``: mlp, the demo's, or tcgru) on ``--layers`` of ``--model`` (its
+speed is a trained one's). A TC-GRU head costs more than a small model's forward: compare like with like.
 Prints files per second for (a) and (b), ratio = a/b (the goal: >= 0.8) and the latency.
 
     python benchmarks/predict.py [--model whisper-base] [--files 48] [--threads 2]
@@ -29,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def bench_bundle(spec: str, layers: list[int], whisper_mode: str):
-    """A bundle with one seeded head on ``layers`` of ``spec`` (per-corpus scaler at zero mean, unit std)."""
+def bench_bundle(spec: str, layers: list[int], whisper_mode: str, arch: str = "mlp"):
+    """A bundle with one seeded ``arch`` head on ``layers`` of ``spec`` (per-corpus scaler at zero mean, unit std)."""
     import torch
 
     from ray_ser.fm.registry import describe
@@ -41,7 +42,7 @@ def bench_bundle(spec: str, layers: list[int], whisper_mode: str):
 
     d = describe(spec, whisper_mode)
     dim = d["hidden_size"] * len(layers)
-    cfg = TrainConfig(store="none", model=spec)
+    cfg = TrainConfig(store="none", model=spec, arch=arch)
     cats = ["anger", "boredom", "disgust", "fear", "happiness", "neutral", "sadness"]
     plan = FoldPlan(-1, "bench", layers[0], [], [], [], cats, None, dim, 0, [], False,
                     model_config(cfg, dim, len(cats), False, 0), layers=layers if len(layers) > 1 else None,
@@ -79,6 +80,7 @@ def main() -> None:
     p.add_argument("--model", default="whisper-base")
     p.add_argument("--whisper-mode", default=DEFAULT_WHISPER_MODE)
     p.add_argument("--layers", default="4,5", help="comma-separated layers the head reads")
+    p.add_argument("--arch", default="mlp", choices=("mlp", "tcgru"), help="the head (mlp: the demo's)")
     p.add_argument("--files", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
@@ -95,7 +97,7 @@ def main() -> None:
     clip3 = tmp / "three_seconds.wav"
     sf.write(clip3, voice(rng, 150, 0.3, 0.5, 3.0), 16000)
 
-    m = Predictor(bench_bundle(args.model, [int(x) for x in args.layers.split(",")], args.whisper_mode),
+    m = Predictor(bench_bundle(args.model, [int(x) for x in args.layers.split(",")], args.whisper_mode, args.arch),
                   batch_size=args.batch_size)
     waves = [audio.load(p, m.sample_rate) for p in paths]
     m.predict(clip3)  # loads the model, warms the caches
@@ -112,7 +114,7 @@ def main() -> None:
         m.predict(clip3)
         lat.append(time.perf_counter() - t)
     seconds = sum(len(w) for w in waves) / m.sample_rate
-    print(f"model {args.model} ({args.whisper_mode}), {len(paths)} files, {seconds:.0f} s of audio, "
+    print(f"model {args.model} ({args.whisper_mode}), {args.arch} head, {len(paths)} files, {seconds:.0f} s of audio, "
           f"{torch.get_num_threads()} threads, device {m.device}")
     print(f"predict_many: {len(paths) / ours:.2f} files/s ({ours:.1f} s)")
     print(f"bare forward: {len(paths) / forward:.2f} files/s ({before:.1f} s before, {after:.1f} s after)")

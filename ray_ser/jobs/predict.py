@@ -39,7 +39,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--foundation-model", help="where the foundation model's weights are (default: the bundle's id)")
     p.add_argument("--max-seconds", type=float, help="longest file scored without windows (default: the model's)")
     p.add_argument("--batch-size", type=int, default=8, help="files per foundation-model call")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=int, help="torch CPU threads (each actor's with --engine ray)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process; ray: a Ray Data actor pool on the cluster ($RAY_ADDRESS, else a local one)")
+    p.add_argument("--actors", type=int, help="--engine ray: model actors (default: one per GPU, else as extraction)")
+    p.add_argument("--cpus-per-actor", type=float, help="--engine ray: Ray CPUs each actor holds (fractions allowed)")
     return p
 
 
@@ -56,16 +60,29 @@ def main(argv: list[str] | None = None) -> dict:
         found = collect(args.input)
         if found.skipped:
             log.info("skipped %d non-audio files (e.g. %s)", found.skipped, ", ".join(found.skipped_examples))
-        m = load_model(args.model, model=args.which, scaler=args.scaler, foundation_model=args.foundation_model,
-                       max_seconds=args.max_seconds, batch_size=args.batch_size, threads=args.threads)
-        pred = m.predict_many([p for p, _ in found.items], [u for _, u in found.items], window=args.window,
-                              hop=args.hop)
+        options = {"model": args.which, "scaler": args.scaler, "foundation_model": args.foundation_model,
+                   "max_seconds": args.max_seconds, "batch_size": args.batch_size, "threads": args.threads}
+        if args.engine == "ray":
+            from ray_ser.runtime import init_ray
+            from ray_ser.serve.pipeline import predict_with_ray
+
+            if args.scaler == "input":
+                raise SystemExit("ray-ser predict: --scaler input standardises by the whole input set's statistics: "
+                                 "use --engine local")
+            init_ray()
+            pred, errors = predict_with_ray(str(Path(args.model).resolve()), found.items, args.window, args.hop,
+                                            options, args.batch_size, args.actors, args.cpus_per_actor)
+        else:
+            m = load_model(args.model, **options)
+            pred = m.predict_many([p for p, _ in found.items], [u for _, u in found.items], window=args.window,
+                                  hop=args.hop)
+            errors = m.errors_frame()
         write(pred, out)
-        write(m.errors_frame(), errors_path)
+        write(errors, errors_path)
     files = pred["path"].n_unique() if pred.height else 0
-    console.say(f"predict: {files} files scored -> {out}; {len(m.errors)} errors -> {errors_path}; "
+    console.say(f"predict: {files} files scored -> {out}; {errors.height} errors -> {errors_path}; "
                 f"{found.skipped} non-audio files skipped")
-    return {"predictions": str(out), "errors": str(errors_path), "scored": files, "n_errors": len(m.errors),
+    return {"predictions": str(out), "errors": str(errors_path), "scored": files, "n_errors": errors.height,
             "skipped": found.skipped}
 
 

@@ -71,3 +71,20 @@ def test_folder_inputs_skip_and_count_non_audio_files(inputs):
     found = collect([str(inputs)])
     assert found.skipped == 1 and found.skipped_examples == [str(inputs / "notes.txt")]
     assert [u for _, u in found.items] == ["broken", "clip0", "clip1", "sub/clip2"]
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_the_ray_engine_scores_what_the_local_one_does(run_dir, inputs, tmp_path):
+    import numpy as np
+
+    from ray_ser.jobs.predict import main
+
+    common = ["--model", str(run_dir), "--input", str(inputs), "--window", "0.8", "--hop", "0.4"]
+    local = main([*common, "--out", str(tmp_path / "local" / "p.parquet")])
+    ray = main([*common, "--out", str(tmp_path / "ray" / "p.parquet"), "--engine", "ray", "--batch-size", "2"])
+    a, b = (pl.read_parquet(r["predictions"]) for r in (local, ray))
+    assert a.columns == b.columns == CONTRACT and a.select("path", "start", "end").equals(b.select("path", "start", "end"))
+    assert a.filter(pl.col("start").is_null()).height == 3  # a row per file besides its windows
+    probs = pl.selectors.starts_with("p_")
+    assert np.abs(a.select(probs).to_numpy() - b.select(probs).to_numpy()).max() < 1e-6
+    assert pl.read_parquet(ray["errors"]).equals(pl.read_parquet(local["errors"]))
