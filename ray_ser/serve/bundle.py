@@ -12,7 +12,6 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 FORMAT = "ray_ser-bundle"
 VERSION = 1
@@ -200,7 +199,3 @@ def write_bundle(bundle: Bundle, out: str | os.PathLike) -> Path:
 def load_bundle(path: str | os.PathLike, model: str = "auto", store: str | None = None) -> Bundle:
     """An exported bundle, or the in-memory bundle of a run or checkpoint folder."""
     return read_bundle(path) if is_bundle(path) else from_run(path, model, store)
-
-
-def plain_json(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))

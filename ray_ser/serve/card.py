@@ -5,7 +5,6 @@ training config and known limits."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import polars as pl
@@ -171,7 +170,3 @@ def read_evaluation(eval_dir: str | Path | None) -> tuple[pl.DataFrame | None, p
     metrics = pl.read_parquet(d / "metrics.parquet") if (d / "metrics.parquet").exists() else None
     pred = pl.read_parquet(d / "predictions.parquet", columns=None) if (d / "predictions.parquet").exists() else None
     return metrics, pred
-
-
-def dumps(value) -> str:
-    return json.dumps(value, indent=1, default=str)
