@@ -16,6 +16,7 @@ from ray_ser.config import ConfigError, InputError
 STAGES = {
     "manifest": "manifest", "extract": "extract", "saliency": "saliency", "frames": "frames",
     "prune": "prune_frames", "train": "train", "tune": "tune", "evaluate": "evaluate", "crosscorpus": "crosscorpus",
+    "predict": "predict", "export": "export",
 }
 """Sub-command -> module under ray_ser.jobs."""
 
@@ -29,6 +30,9 @@ USAGE = """usage: ray-ser [--verbose] COMMAND [ARGS]
   status --store S         what a store holds: corpora, models, conditions, rows, errors, analysis tables
   manifest|extract|saliency|frames|prune|train|tune|evaluate|crosscorpus [flags]
                            one stage, with the flags of jobs/<stage>.py (--config FILE, --set KEY=VALUE, ...)
+  export RUN --out DIR     a trained run as a model bundle (config.json, model.safetensors, model card)
+  predict --model M --input PATH... --out FILE
+                           score new audio with a bundle or run (no store needed)
 
   ray-ser COMMAND --help shows a command's flags. --verbose (or RAY_SER_VERBOSE=1) shows Ray's logs too.
 """

@@ -1,0 +1,93 @@
+"""Score new audio with a trained model: files, folders (recursive; non-audio files skipped and counted), CSVs with a
+`path` column; no store needed. One row per file (with --window: a row per window and one per file, the windows'
+mean); a file that cannot be read is a row of errors.parquet beside the output (path, stage, message), the rest is
+scored and the job exits 0.
+
+    python jobs/predict.py --model bundles/emodb --input new_audio/ --out predictions.parquet
+    python jobs/predict.py --model runs/emodb --input calls.csv --out calls.parquet --window 4 --hop 2
+
+--model is an exported bundle (ray-ser export), a run folder (its final model, else the fold ensemble) or a
+checkpoint folder. --scaler input standardises a per-corpus-scaled model's input by the input set's own statistics
+instead of the training corpora's (as zero-shot evaluation does). Runs in this process (CPU threads or the first
+GPU); see docs/jobs.md#predict-and-export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ray_ser import console
+from ray_ser.config import add_config_args, from_args
+
+log = logging.getLogger(__name__)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = add_config_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p.add_argument("--model", required=True, help="bundle folder, run folder or checkpoint folder")
+    p.add_argument("--input", required=True, nargs="+", action="extend",
+                   help="audio files, folders (recursive), CSVs with a path column, object-store URIs of files")
+    p.add_argument("--out", required=True, help="predictions Parquet file (errors.parquet is written beside it)")
+    p.add_argument("--window", type=float, help="score windows of S seconds (a row each, plus one row per file)")
+    p.add_argument("--hop", type=float, help="seconds between window starts (default: --window)")
+    p.add_argument("--scaler", choices=("train", "input"), default="train",
+                   help="per-corpus-scaled models: the training statistics (default) or the input set's own")
+    p.add_argument("--which", choices=("auto", "final", "fold-ensemble"), default="auto",
+                   help="a run folder's model: its final model when it has one (auto), or the fold ensemble")
+    p.add_argument("--foundation-model", help="where the foundation model's weights are (default: the bundle's id)")
+    p.add_argument("--max-seconds", type=float, help="longest file scored without windows (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=8, help="files per foundation-model call")
+    p.add_argument("--threads", type=int, help="torch CPU threads (each actor's with --engine ray)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process; ray: a Ray Data actor pool on the cluster ($RAY_ADDRESS, else a local one)")
+    p.add_argument("--actors", type=int, help="--engine ray: model actors (default: one per GPU, else as extraction)")
+    p.add_argument("--cpus-per-actor", type=float, help="--engine ray: Ray CPUs each actor holds (fractions allowed)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from ray_ser.serve.inputs import collect
+    from ray_ser.serve.model import load_model
+
+    _, args = from_args(parser(), argv, {})
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    errors_path = out.with_name("errors.parquet")
+    console.setup(out.parent, native_stderr=False)
+    with console.stage(f"predict with {args.model}"):
+        found = collect(args.input)
+        if found.skipped:
+            log.info("skipped %d non-audio files (e.g. %s)", found.skipped, ", ".join(found.skipped_examples))
+        options = {"model": args.which, "scaler": args.scaler, "foundation_model": args.foundation_model,
+                   "max_seconds": args.max_seconds, "batch_size": args.batch_size, "threads": args.threads}
+        if args.engine == "ray":
+            from ray_ser.runtime import init_ray
+            from ray_ser.serve.pipeline import predict_with_ray
+
+            if args.scaler == "input":
+                raise SystemExit("ray-ser predict: --scaler input standardises by the whole input set's statistics: "
+                                 "use --engine local")
+            init_ray()
+            pred, errors = predict_with_ray(str(Path(args.model).resolve()), found.items, args.window, args.hop,
+                                            options, args.batch_size, args.actors, args.cpus_per_actor)
+        else:
+            m = load_model(args.model, **options)
+            pred = m.predict_many([p for p, _ in found.items], [u for _, u in found.items], window=args.window,
+                                  hop=args.hop)
+            errors = m.errors_frame()
+        write(pred, out)
+        write(errors, errors_path)
+    files = pred["path"].n_unique() if pred.height else 0
+    console.say(f"predict: {files} files scored -> {out}; {errors.height} errors -> {errors_path}; "
+                f"{found.skipped} non-audio files skipped")
+    return {"predictions": str(out), "errors": str(errors_path), "scored": files, "n_errors": errors.height,
+            "skipped": found.skipped}
+
+
+def write(df, path: Path) -> None:
+    """Atomic Parquet write (a reader never sees half a file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    df.write_parquet(tmp)
+    tmp.replace(path)
