@@ -314,6 +314,9 @@ class EvaluateConfig(Section):
     zero_shot: list[str] = []
     """Corpora to score zero-shot with the run's final model (train.final), corpora it never trained on; empty:
     the out-of-fold scores of the run's own corpora."""
+    race: bool = True
+    """Race the model against the probe baseline on analysis.probe_layers (refitted on the run's own outer folds, or
+    on its training corpora for zero-shot scores): metrics rows uar_minus_probe with a paired speaker interval."""
 
 
 class CrossCorpusConfig(Section):

@@ -57,9 +57,11 @@ def _categorical(pred: pl.DataFrame, categories: Sequence[str]) -> pl.DataFrame:
     return pred.filter(pl.Series((y >= 0) & has))
 
 
-def _as_categories(proba: np.ndarray, classes: np.ndarray, c: int) -> np.ndarray:
-    out = np.zeros((proba.shape[0], c))
-    out[:, np.asarray(classes, dtype=np.int64)] = proba
+def in_category_order(proba: np.ndarray, classes: np.ndarray, categories: Sequence[str]) -> np.ndarray:
+    """A fitted probe's probabilities (columns: its ``classes``, the category names it saw) in ``categories`` order,
+    0 for a category its training rows lacked."""
+    out = np.zeros((proba.shape[0], len(categories)))
+    out[:, [list(categories).index(c) for c in classes]] = proba
     return out
 
 
@@ -82,7 +84,7 @@ def probe_predictions(store, model: str, pred: pl.DataFrame, categories: Sequenc
     ids = utt["utt_id"].to_list()
     fold = utt["fold"].to_numpy().astype(np.int64)
     first = rows.unique("utt_id").sort("utt_id")
-    y = true_index(first, categories)
+    y = np.asarray(categories, dtype=object)[true_index(first, categories)]  # names: the probe's own label type
     fold_ids = sorted(int(f) for f in np.unique(fold))
     if len(fold_ids) < 3:
         raise ValueError(f"probe baseline: its C is chosen by a CV over each fold's training folds, so it needs at "
@@ -105,7 +107,6 @@ def probe_predictions(store, model: str, pred: pl.DataFrame, categories: Sequenc
         at = np.asarray([where[cond][u] for u in which], dtype=np.int64)
         return np.hstack([readout(cache[cond, k][at], r) for k in Ls])
 
-    c = len(categories)
     fold_of = dict(zip(ids, fold.tolist()))
     out = []
     with one_thread():
@@ -120,7 +121,7 @@ def probe_predictions(store, model: str, pred: pl.DataFrame, categories: Sequenc
                 which = [u for u in in_cond[cond] if fold_of.get(u) == f]
                 if not which:
                     continue
-                proba = [_as_categories(clf.predict_proba(features(cond, layers[f], which, r)), clf.classes_, c)
+                proba = [in_category_order(clf.predict_proba(features(cond, layers[f], which, r)), clf.classes_, categories)
                          for r, clf in fitted]
                 p = np.mean(proba, axis=0)
                 out.append(pl.DataFrame({"condition": cond, "utt_id": which, "fold": f,
@@ -214,3 +215,58 @@ def race_line(summary_row: Mapping, what: str = "model", probe: str = "the probe
             "no interval": "one speaker: no interval"}[v]
     return (f"{summary_row['condition']}: {what} {words} {probe}: UAR {summary_row['uar']:.3f} vs "
             f"{summary_row['probe_uar']:.3f}, difference {d:+.3f}{ci} ({tail})")
+
+
+def race_rows(store, pred: pl.DataFrame, categories: Sequence[str], config: Mapping, layers: str | Sequence[int],
+              Cs: Sequence[float] | None = None, readouts: Sequence[str] = ("none",), criterion: str | None = None,
+              n_boot: int = 500, seed: int = 0) -> pl.DataFrame:
+    """The race rows (:func:`race_table`) of an evaluation's predictions against the probe on ``layers`` (a list, or
+    ``auto:K``: each fold's K best layers by ``criterion`` on its training speakers): out of fold, the probe refitted
+    per outer fold of the run's own fold assignment (:func:`probe_predictions`); zero-shot (a final model's rows),
+    the probe fitted on every training row of the run and scored on the same unseen corpora
+    (:func:`ray_ser.evaluate.corpus_probe.zero_shot_probe`)."""
+    from ray_ser.train.config import TrainConfig
+
+    cfg = TrainConfig(**{k: v for k, v in dict(config["train"]).items() if k in TrainConfig.model_fields})
+    zero_shot = "protocol" in pred.columns and (pred["protocol"] == PROTOCOLS[1]).all()
+    if zero_shot:
+        from ray_ser.evaluate.corpus_probe import zero_shot_probe
+
+        rows = _categorical(pred, categories).unique("utt_id")
+        test = dict(zip(rows["utt_id"].to_list(), rows["corpus"].to_list()))
+        probe = zero_shot_probe(store, cfg, test, pred["condition"].unique(maintain_order=True).to_list(),
+                                categories, layers, Cs or _default_cs())
+    else:
+        per_fold = fold_layers(store, cfg, pred, layers, criterion)
+        probe = probe_predictions(store, cfg.model, pred, categories, per_fold, Cs, readouts)
+    return race_table(pred, probe, categories, n_boot=n_boot, seed=seed)
+
+
+def _default_cs() -> list[float]:
+    from ray_ser.analysis.probe import DEFAULT_CS
+
+    return list(DEFAULT_CS)
+
+
+def fold_layers(store, cfg, pred: pl.DataFrame, layers: str | Sequence[int],
+                criterion: str | None = None) -> dict[int, list[int]]:
+    """{outer fold: the probe's layers} for a run's out-of-fold predictions; with ``auto:K`` ranked on each fold's
+    training speakers under the run's own fold assignment, which must be the one its predictions came from."""
+    fold_ids = sorted(int(f) for f in pred["fold"].unique().to_list())
+
+    def ranked(folds, k):
+        from ray_ser.analysis.layer_selection import DEFAULT_CRITERION, ranked_layers
+        from ray_ser.train.plan import resolve_assignment
+
+        assignment = resolve_assignment(cfg)
+        fold_of = assignment.fold_of()
+        pairs = pred.select("utt_id", "fold").unique()
+        wrong = [u for u, f in pairs.iter_rows() if fold_of.get(u) != f]
+        if wrong:
+            raise ValueError(f"probe baseline: the run's fold assignment {assignment.id} puts {len(wrong)} predicted "
+                             f"utterances in other folds (e.g. {wrong[0]}); the probe must race on the model's folds")
+        got, source = ranked_layers(store, cfg.model, assignment, folds, k, criterion=criterion or DEFAULT_CRITERION)
+        log.info("probe baseline layers per fold from %s: %s", source, got)
+        return got
+
+    return resolve_layers(layers, fold_ids, ranked)
