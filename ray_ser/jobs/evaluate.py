@@ -160,7 +160,7 @@ def race_against_probe(args: argparse.Namespace, pred, categories: list[str], co
         rows = race_rows(args.store, pred, categories, config, layers, Cs=getattr(args, "probe_c", None),
                          readouts=getattr(args, "probe_readout", None) or ("none",),
                          criterion=getattr(args, "layer_criterion", None), n_boot=args.n_boot, seed=args.seed)
-    except ValueError as e:
+    except (ValueError, KeyError) as e:  # recorded; the evaluation goes on without the race
         console.say(f"no race against the probe baseline: {e}")
         return None
     console.detail(f"probe baseline on {layers} refitted and raced in {time.perf_counter() - t0:.1f} s")
