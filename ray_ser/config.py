@@ -336,6 +336,9 @@ class ExperimentConfig(Section):
     """The experiment's name: its run folder is <runs>/<name>."""
     runs: str = "runs"
     """Folder of run folders (checkpoints, epochs, TensorBoard, evaluation, logs)."""
+    seeds: int = Field(1, ge=1)
+    """Train and score this many seeds of the training config (train.seed, train.seed + 1, ...), each into
+    <run folder>/seed_<s>; evaluation reports the spread of the pooled UAR over the seeds beside the speaker interval."""
     data: DataConfig = DataConfig()
     """Corpora."""
     store: StoreConfig = StoreConfig()

@@ -46,11 +46,14 @@ def parser() -> argparse.ArgumentParser:
                    help="race the model against the probe baseline on these layers (2,3,4, or auto:K: each fold's K "
                         "best on its training speakers), refitted on the run's own folds (analysis.probe_layers)")
     p.add_argument("--no-race", action="store_true", help="no race against the probe baseline")
+    p.add_argument("--seeds", type=int,
+                   help="without --run: score the N seed runs jobs/train.py --seeds N wrote (<run>/seed_<s>, each into "
+                        "its eval/) and report the spread over the seeds (<run>/seeds.parquet)")
     return p
 
 
 BINDS = {"store": "store.uri", "run": "evaluate.runs", "corpus": "evaluate.zero_shot",
-         "probe_layers": "analysis.probe_layers", "no_race": negated("evaluate.race"),
+         "probe_layers": "analysis.probe_layers", "no_race": negated("evaluate.race"), "seeds": "seeds",
          **{k: f"evaluate.{k}" for k in ("by", "conditions", "n_boot", "seed", "batch_size")}}
 """Each flag's config key (the evaluate section)."""
 
@@ -58,6 +61,36 @@ BINDS = {"store": "store.uri", "run": "evaluate.runs", "corpus": "evaluate.zero_
 def main(argv: list[str] | None = None) -> dict:
     cfg, args = from_args(parser(), argv, BINDS)
     race_options(args, cfg)
+    if cfg.seeds > 1 and not args.run and not cfg.evaluate.zero_shot:
+        return evaluate_seeds(cfg, args)
+    return score(cfg, args)
+
+
+def evaluate_seeds(cfg, args: argparse.Namespace) -> dict:
+    """Each seed's run folder of ``jobs/train.py --seeds`` scored into its own eval/, then the spread of the pooled
+    scores over the seeds (``ray_ser.evaluate.seeds``) to the console and <run>/seeds.parquet; returns the first
+    seed's result with ``seeds`` (per-seed rows) and ``spread``."""
+    import copy
+
+    from ray_ser.evaluate.results import write_parquet
+    from ray_ser.evaluate.seeds import seed_folder, seed_list, seed_spread, seed_table, spread_lines
+
+    results = {}
+    for seed in seed_list(cfg.train.seed, cfg.seeds):
+        one = copy.copy(args)
+        one.run, one.out = [seed_folder(cfg.run_dir, seed)], None
+        results[seed] = score(cfg, one)
+    table = seed_table({s: r["metrics"] for s, r in results.items()})
+    spread = seed_spread(table)
+    console.say(spread_lines(spread))
+    if not is_uri(cfg.run_dir):
+        write_parquet(table, Path(cfg.run_dir) / "seeds.parquet", {})
+    first = next(iter(results))
+    return {**results[first], "seed": first, "seeds": table, "spread": spread}
+
+
+def score(cfg, args: argparse.Namespace) -> dict:
+    """jobs/evaluate.py on ``args.run`` (default: the config's run folder) into ``args.out``."""
     args.run = args.run or [str(cfg.run_dir)]
     args.corpus = cfg.evaluate.zero_shot
     if args.corpus and len(args.run) > 1:

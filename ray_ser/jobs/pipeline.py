@@ -35,13 +35,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="experiment name: the run folder is <runs>/<name> (name)")
     p.add_argument("--epochs", type=int, help="most epochs per fold (train.epochs)")
     p.add_argument("--lr", type=float, help="learning rate (train.lr)")
+    p.add_argument("--seeds", type=int, help="train and score N seeds of the training config, report their spread (seeds)")
     return p
 
 
 BINDS = {
     "corpus": "data.corpora", "data_root": "data.data_root", "model": "extract.model", "store": "store.uri",
     "limit": "data.limit", "k": "analysis.clusters.k", "runs": "runs", "name": "name", "epochs": "train.epochs",
-    "lr": "train.lr",
+    "lr": "train.lr", "seeds": "seeds",
 }
 """Each flag's config key."""
 
@@ -68,11 +69,16 @@ def run(cfg: ExperimentConfig) -> dict:
     train_job.main(conf)
     evaluation = evaluate_job.main(conf)
     lines = []
+    if evaluation.get("spread") is not None:  # several seeds: the spread first, the race (first seed's) last
+        from ray_ser.evaluate.seeds import spread_lines
+
+        lines.append(spread_lines(evaluation["spread"]))
     dims = evaluation.get("dims")
     has_dims = dims is not None and dims.height > 0
     if evaluation["overall"].height or not has_dims:  # UAR where the run has categories
-        lines.append(versus_baseline(evaluation["overall"], probes.get("set_probe"), cfg.train.arch,
-                                     probes.get("set_probe_layers", ""), evaluation.get("race")))
+        line = versus_baseline(evaluation["overall"], probes.get("set_probe"), cfg.train.arch,
+                               probes.get("set_probe_layers", ""), evaluation.get("race"))
+        lines.append(line if "seed" not in evaluation else f"seed {evaluation['seed']}: {line}")
     if has_dims:  # CCC where it has A/V/D
         lines += versus_ridge(evaluation["dims"], probes.get("set_ridge"), cfg.train.arch,
                               probes.get("set_probe_layers", ""))

@@ -94,3 +94,18 @@ def test_a_folds_probe_never_sees_that_folds_labels(evaluated, synth_store):
     other = base.filter(pl.col("fold") != f0).sort(keys)
     assert not np.array_equal(np.array(other["probs"].to_list()),
                               np.array(again.filter(pl.col("fold") != f0).sort(keys)["probs"].to_list()))
+
+
+def test_evaluate_seeds_scores_each_seed_folder_and_the_spread(synth_store, tmp_path):
+    from ray_ser.jobs import evaluate as job
+
+    for seed in (0, 1):
+        _write_run(tmp_path / "exp" / f"seed_{seed}", synth_store, seed=seed * 100)
+    r = job.main(["--store", synth_store, "--seeds", "2", "--set", f"runs={tmp_path}", "--set", "name=exp",
+                  "--n-boot", "20", "--probe-layers", "1"])
+    assert (tmp_path / "exp" / "seed_1" / "eval" / "metrics.parquet").is_file()
+    table = pl.read_parquet(tmp_path / "exp" / "seeds.parquet")
+    assert sorted(set(table["seed"])) == [0, 1] and {"uar", "uar_minus_probe"} == set(table["metric"])
+    clean = r["spread"].filter(pl.col("condition") == "clean", pl.col("metric") == "uar").row(0, named=True)
+    v = table.filter(pl.col("condition") == "clean", pl.col("metric") == "uar")["value"].to_numpy()
+    assert clean["seeds"] == 2 and clean["std"] == pytest.approx(np.std(v, ddof=1)) and r["seed"] == 0
