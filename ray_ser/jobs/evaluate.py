@@ -82,7 +82,7 @@ def evaluate_seeds(cfg, args: argparse.Namespace) -> dict:
         results[seed] = score(cfg, one)
     table = seed_table({s: r["metrics"] for s, r in results.items()})
     spread = seed_spread(table)
-    console.say(spread_lines(spread))
+    console.detail(spread_lines(spread))  # ray-ser run prints it above its last line
     if not is_uri(cfg.run_dir):
         write_parquet(table, Path(cfg.run_dir) / "seeds.parquet", {})
     first = next(iter(results))
@@ -159,8 +159,8 @@ def evaluate(args: argparse.Namespace, out: Path, shown: str | None = None) -> d
     from ray_ser.evaluate.race import race_summary
 
     versus = race_summary(m)
-    if versus.height:
-        console.say(race_lines(versus, config))
+    if versus.height:  # on the console when the stage runs alone; ray-ser run ends with the clean verdict instead
+        console.detail(race_lines(versus, config))
     where = (lambda p: join(shown, Path(p).name)) if shown else str  # noqa: E731
     console.detail(f"wrote {where(path)}, {where(paths['metrics'])}, {where(paths['confusion'])}; "
                    f"total {time.perf_counter() - t0:.1f} s")
