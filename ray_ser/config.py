@@ -314,6 +314,9 @@ class EvaluateConfig(Section):
     zero_shot: list[str] = []
     """Corpora to score zero-shot with the run's final model (train.final), corpora it never trained on; empty:
     the out-of-fold scores of the run's own corpora."""
+    race: bool = True
+    """Race the model against the probe baseline on analysis.probe_layers (refitted on the run's own outer folds, or
+    on its training corpora for zero-shot scores): metrics rows uar_minus_probe with a paired speaker interval."""
 
 
 class CrossCorpusConfig(Section):
@@ -333,6 +336,9 @@ class ExperimentConfig(Section):
     """The experiment's name: its run folder is <runs>/<name>."""
     runs: str = "runs"
     """Folder of run folders (checkpoints, epochs, TensorBoard, evaluation, logs)."""
+    seeds: int = Field(1, ge=1)
+    """Train and score this many seeds of the training config (train.seed, train.seed + 1, ...), each into
+    <run folder>/seed_<s>; evaluation reports the spread of the pooled UAR over the seeds beside the speaker interval."""
     data: DataConfig = DataConfig()
     """Corpora."""
     store: StoreConfig = StoreConfig()

@@ -388,6 +388,37 @@ def speaker_bootstrap(per_speaker, statistic: Callable[[np.ndarray], np.ndarray]
     return np.asarray(statistic(resample_stats(per_speaker, counts)), dtype=np.float64)
 
 
+def paired_difference(stats_a, stats_b, statistic: Callable[[np.ndarray], np.ndarray],
+                      counts=None) -> tuple[float, np.ndarray | None]:
+    """(statistic of A minus statistic of B on the pooled sums, its bootstrap replicates) from two systems'
+    additive per-speaker statistics over the SAME speakers ((S, ...) each, rows aligned): every resample in
+    ``counts`` ((n_boot, S), e.g. :func:`speaker_resample_counts`) draws the same speakers for both, so the
+    interval is of the paired difference. No ``counts``: no replicates (None)."""
+    a = np.asarray(stats_a, dtype=np.float64)
+    b = np.asarray(stats_b, dtype=np.float64)
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"paired statistics need the same speakers: {a.shape[0]} against {b.shape[0]}")
+    point = float(statistic(a.sum(axis=0)) - statistic(b.sum(axis=0)))
+    if counts is None:
+        return point, None
+    return point, np.asarray(statistic(resample_stats(a, counts)) - statistic(resample_stats(b, counts)), np.float64)
+
+
+def paired_uar_ci(y_true, pred_a, pred_b, speakers, n_boot: int = 500, seed: Seed = 0,
+                  level: float = 0.95) -> tuple[float, float, float]:
+    """(UAR of ``pred_a`` minus UAR of ``pred_b``, and the speaker-bootstrap interval of that difference): each
+    resample draws speakers with replacement and scores both systems on the drawn speakers' utterances."""
+    y = np.asarray(y_true, np.int64)
+    a, b = np.asarray(pred_a, np.int64), np.asarray(pred_b, np.int64)
+    names, codes = np.unique(np.asarray(speakers), return_inverse=True)
+    c = int(max(y.max(), a.max(), b.max())) + 1
+    s = len(names)
+    point, reps = paired_difference(confusion_counts(codes, y, a, s, c), confusion_counts(codes, y, b, s, c),
+                                    uar_from_confusion, speaker_resample_counts(s, n_boot, seed))
+    lo, hi = percentile_interval(reps, level)
+    return point, lo, hi
+
+
 def uar_ci(y_true, y_pred, speakers, n_boot: int = 500, seed: Seed = 0, level: float = 0.95) -> tuple[float, float]:
     """Speaker-level bootstrap interval of the UAR of ``y_pred`` (resampling speakers, pooling their utterances)."""
     y = np.asarray(y_true, np.int64)

@@ -3,7 +3,8 @@ pooled mean vectors of the layers the layer criterion ranks best on the training
 training corpus (C by inner cross-validation over their speakers' folds) and scored zero-shot on the held-out one.
 Each corpus is standardised by its own statistics (``per-corpus``; the held-out corpus by its own unlabelled
 statistics in each condition) or all by the training rows' (``global``). Rows come back in the matrix layout, with
-speaker-bootstrap intervals from the evaluation tables."""
+speaker-bootstrap intervals from the evaluation tables; :func:`zero_shot_probe` gives the per-utterance
+predictions the zero-shot evaluation races each matrix cell against (``ray_ser.evaluate.race``)."""
 
 from __future__ import annotations
 
@@ -30,46 +31,75 @@ def _standardise(H: np.ndarray, groups: Sequence[str]) -> np.ndarray:
     return out
 
 
+def zero_shot_probe(store: str, cfg, test: dict[str, str], conditions: Sequence[str], categories: Sequence[str],
+                    layers: str | Sequence[int] = "auto:3", Cs: Sequence[float] = DEFAULT_CS,
+                    scaler: str | None = None) -> pl.DataFrame:
+    """The probe's zero-shot predictions (condition, utt_id, fold -1, probs in ``categories`` order) on ``test``
+    ({utt_id: corpus}) in every condition: fitted on the clean mean vectors of every training row of ``cfg`` (a
+    ``TrainConfig``: its corpora and label set), C by inner CV over their speakers' folds, on ``layers`` (a list, or
+    ``auto:K``: the K best on the training corpora's speakers, what ``--auto-layers K`` reads). ``scaler``
+    (default the run's): ``per-corpus`` standardises each corpus by its own statistics (a test corpus by its own, in
+    each condition, no labels), else the pipeline's scaler on the training rows."""
+    from ray_ser.evaluate.race import in_category_order, resolve_layers
+    from ray_ser.train.plan import auto_layers, resolve_assignment, run_rows
+
+    from ray_ser.corpora.folds import ALL_SPEAKERS
+
+    scaler = scaler or getattr(cfg, "scaler", None) or "global"
+    assignment = resolve_assignment(cfg)
+    use = resolve_layers(layers, [ALL_SPEAKERS],
+                         lambda folds, k: auto_layers(cfg.model_copy(update={"auto_layers": k}), assignment, folds)
+                         )[ALL_SPEAKERS]
+    fold_of = assignment.fold_of()
+    rows = run_rows(cfg)
+    index = {c: i for i, c in enumerate(categories)}
+    utts = [u for u in sorted(rows) if rows[u]["label"] in index]
+    y = np.asarray([rows[u]["label"] for u in utts], dtype=object)
+    H = _features(store, cfg.model, "clean", use, utts)
+    if scaler == "per-corpus":
+        H = _standardise(H, [rows[u]["corpus"] for u in utts])
+    fold = np.asarray([fold_of[u] for u in utts])
+    everyone = np.ones(len(utts), bool)
+    C, _ = inner_c(H, y, fold, everyone, Cs)
+    clf = fit_probe(H, y, everyone, C)
+    ids = sorted(test)
+    out = []
+    for cond in conditions:
+        Ht = _features(store, cfg.model, cond, use, ids)
+        if scaler == "per-corpus":
+            Ht = _standardise(Ht, [test[u] for u in ids])
+        p = in_category_order(clf.predict_proba(Ht), clf.classes_, categories)
+        out.append(pl.DataFrame({"condition": cond, "utt_id": ids, "fold": ALL_SPEAKERS,
+                                 "probs": p.astype(np.float32).tolist()},
+                                schema={"condition": pl.String, "utt_id": pl.String, "fold": pl.Int32,
+                                        "probs": pl.List(pl.Float32)}))
+    return pl.concat(out)
+
+
 def loco_probe(store: str, model: str, corpora: Sequence[str], label_set: str | Sequence[str] = "four",
                scaler: str = "per-corpus", n_layers: int = 3, conditions: Sequence[str] = ("clean",),
                n_boot: int = 500, Cs: Sequence[float] = DEFAULT_CS) -> pl.DataFrame:
     """Matrix rows (train_corpora = the other corpora, test_corpus = the held-out one, protocol zero-shot) of the
-    probe for every held-out corpus and condition."""
+    probe for every held-out corpus and condition (:func:`zero_shot_probe`)."""
     from ray_ser.corpora.label_sets import resolve
     from ray_ser.evaluate.tables import metric_table
     from ray_ser.train.config import TrainConfig
-    from ray_ser.train.plan import auto_layers, resolve_assignment, run_rows
+    from ray_ser.train.plan import run_rows
 
     categories = resolve(label_set)
     parts = []
     for held in corpora:
         train = [c for c in corpora if c != held]
         cfg = TrainConfig(store=store, model=model, corpora=train, label_set=categories, auto_layers=n_layers)
-        assignment = resolve_assignment(cfg)
-        layers = auto_layers(cfg, assignment, [-1])[-1]  # ranked on the training corpora's speakers only
-        fold_of = assignment.fold_of()
-        rows = run_rows(cfg)
-        utts = [u for u in sorted(rows) if rows[u]["label"] is not None]
-        y = np.asarray([rows[u]["label"] for u in utts], dtype=object)
-        H = _features(store, model, "clean", layers, utts)
-        if scaler == "per-corpus":
-            H = _standardise(H, [rows[u]["corpus"] for u in utts])
-        fold = np.asarray([fold_of[u] for u in utts])
-        C, _ = inner_c(H, y, fold, np.ones(len(utts), bool), Cs)
-        clf = fit_probe(H, y, np.ones(len(utts), bool), C)
         test_rows = run_rows(cfg.model_copy(update={"corpora": [held]}))
-        test = [u for u in sorted(test_rows) if test_rows[u]["label"] is not None]
-        order = [list(clf.classes_).index(c) if c in clf.classes_ else None for c in categories]
+        test = {u: held for u in sorted(test_rows) if test_rows[u]["label"] is not None}
+        probe = zero_shot_probe(store, cfg, test, conditions, categories, f"auto:{n_layers}", Cs, scaler)
+        pred = probe.with_columns(pl.lit(f"probe-{scaler}").alias("run"),
+                                  pl.col("utt_id").replace_strict({u: test_rows[u]["speaker"] for u in test}).alias("speaker"),
+                                  pl.lit(held).alias("corpus"),
+                                  pl.col("utt_id").replace_strict({u: test_rows[u]["label"] for u in test}).alias("label"),
+                                  pl.lit("zero-shot").alias("protocol"))
         for cond in conditions:
-            Ht = _features(store, model, cond, layers, test)
-            if scaler == "per-corpus":
-                Ht = _standardise(Ht, [held] * len(test))
-            p = clf.predict_proba(Ht)
-            probs = np.stack([p[:, i] if i is not None else np.zeros(len(test)) for i in order], 1)
-            pred = pl.DataFrame({"run": f"probe-{scaler}", "condition": cond, "utt_id": test,
-                                 "speaker": [test_rows[u]["speaker"] for u in test],
-                                 "corpus": held, "label": [test_rows[u]["label"] for u in test],
-                                 "probs": probs.astype(np.float32).tolist(), "protocol": "zero-shot"})
-            m = metric_table(pred, categories, n_boot=n_boot)
+            m = metric_table(pred.filter(pl.col("condition") == cond), categories, n_boot=n_boot)
             parts.append(cells(m, train, [held]))
     return pl.concat(parts).cast(MATRIX_SCHEMA) if parts else pl.DataFrame(schema=MATRIX_SCHEMA)

@@ -116,7 +116,9 @@ def write_matrix_report(matrix: pl.DataFrame, out_dir: str | Path, notes: Sequen
              "<h1>Cross-corpus matrix</h1>",
              "<p>Rows: the corpora a model trained on; columns: the corpus it was scored on. A corpus in its own row "
              "is scored out of fold (its outer folds' test speakers); every other cell is zero-shot (a model trained "
-             "on all speakers of the row's corpora, never on the column's). Intervals: speaker-level bootstrap.</p>"]
+             "on all speakers of the row's corpora, never on the column's). Intervals: speaker-level bootstrap. "
+             "probe_uar: the linear probe on the same training rows and test utterances; uar_minus_probe: the "
+             "model's UAR minus the probe's, its interval paired (the same resampled test speakers for both).</p>"]
     parts += [f"<p>{html.escape(n)}</p>" for n in notes]
     present = set(matrix["metric"].to_list()) if matrix.height else set()
     dims = [f"ccc_{d}" for d in ("arousal", "valence", "dominance") if f"ccc_{d}" in present]
@@ -128,7 +130,7 @@ def write_matrix_report(matrix: pl.DataFrame, out_dir: str | Path, notes: Sequen
             if png is not None:
                 parts.append(f"<h2>{html.escape(cond)}{' ' + html.escape(metric) if suffix else ''}</h2>"
                              f"<img src='plots/{png.name}'>")
-    metrics = [m for m in ("uar", "wa", "f1_macro") if m in present] + dims
+    metrics = [m for m in ("uar", "wa", "f1_macro", "probe_uar", "uar_minus_probe") if m in present] + dims
     for test in sorted(matrix["test_corpus"].unique().to_list()) if matrix.height else []:
         sub = matrix.filter(pl.col("test_corpus") == test)
         parts.append(f"<h2>Test corpus {html.escape(test)}</h2><table><tr><th>trained on</th><th>protocol</th>"

@@ -297,6 +297,38 @@ def _weakest_table(m: pl.DataFrame, conds: list[str], genders: dict[str, str]) -
     return _table(header + ["mean"], rows)
 
 
+def _race_table(m: pl.DataFrame, conds: list[str]) -> str:
+    """Per condition: the model's UAR, the probe baseline's and their difference with its paired interval and the
+    verdict, then the per-fold differences; empty when the metrics have no race rows."""
+    from ray_ser.evaluate.race import DIFFERENCE, race_summary
+
+    s = race_summary(m)
+    if s.is_empty():
+        return ""
+    look = {r["condition"]: r for r in s.iter_rows(named=True)}
+    rows = [[html.escape(c), f"{look[c]['uar']:.3f}" if look[c]["uar"] is not None else "–",
+             _ci({"value": look[c]["probe_uar"], **_probe_ci(m, c)}),
+             _ci({"value": look[c]["difference"], "ci_low": look[c]["ci_low"], "ci_high": look[c]["ci_high"]}),
+             html.escape(look[c]["verdict"])] for c in conds if c in look]
+    out = _table(["condition", "model UAR", "probe UAR", "model − probe (paired)", "verdict"], rows)
+    per_fold = m.filter(pl.col("group_by") == "fold", pl.col("metric") == DIFFERENCE)
+    if per_fold.height:
+        wide = per_fold.with_columns(pl.col("group").cast(pl.Int64)).pivot(on="condition", index="group",
+                                                                           values="value").sort("group")
+        present = [c for c in conds if c in wide.columns]
+        out += _table(["fold"] + [f"model − probe {html.escape(c)}" for c in present],
+                      [[str(r["group"])] + ["–" if r[c] is None else f"{r[c]:+.3f}" for c in present]
+                       for r in wide.iter_rows(named=True)])
+    return out
+
+
+def _probe_ci(m: pl.DataFrame, cond: str) -> dict:
+    from ray_ser.evaluate.race import PROBE
+
+    r = m.filter(pl.col("group_by") == "all", pl.col("metric") == PROBE, pl.col("condition") == cond)
+    return {"ci_low": r["ci_low"][0], "ci_high": r["ci_high"][0]} if r.height else {"ci_low": None, "ci_high": None}
+
+
 def _dims_of(m: pl.DataFrame) -> list[str]:
     """The dimensions the metrics score (``ccc_<dimension>`` rows), in A/V/D order."""
     present = set(m.filter(pl.col("metric").str.starts_with("ccc_"))["metric"].unique().to_list())
@@ -493,6 +525,12 @@ def write_report(out_dir: str | Path, predictions: Frame, metrics: Frame, confus
 
         has_ccc = bool(_dims_of(mr))
         has_uar = bool(_lookup(mr, "all", "uar", 1))
+        race = _race_table(mr, conds)
+        race = "" if not race else f"""
+<h3>Against the probe baseline (the same folds and utterances; paired speaker-bootstrap interval of the difference:
+each resample draws the same speakers for both)</h3>
+{race}
+"""
         dimensional = "" if not has_ccc else f"""
 <h3>Dimensional: CCC, Pearson r and MAE per condition</h3>
 {_ccc_table(mr, conds)}
@@ -516,7 +554,7 @@ utterances; a group of one speaker has none.</p>
 <h3>Overall, per condition</h3>
 {_overall_table(mr, conds)}
 {img("uar", "UAR vs SNR per gender")}
-<h3>Per gender, per condition (UAR, 1-best)</h3>
+{race}<h3>Per gender, per condition (UAR, 1-best)</h3>
 {_gender_table(mr, conds)}
 <h3>Speaker level: paUAR (share of speakers with UAR at least 0.50 / 0.75)</h3>
 {_pauar_table(mr, conds)}

@@ -408,9 +408,11 @@ def confusion_table(predictions: pl.DataFrame | pl.LazyFrame, categories: Sequen
 
 
 def write_tables(predictions: str | Path | pl.DataFrame, out_dir: str | Path, categories: Sequence[str] | None = None,
-                 by: Sequence[str] = (), n_boot: int = 500, seed: int = 0) -> dict[str, Path]:
+                 by: Sequence[str] = (), n_boot: int = 500, seed: int = 0,
+                 extra: pl.DataFrame | None = None) -> dict[str, Path]:
     """Write ``metrics.parquet`` and ``confusion.parquet`` into ``out_dir`` from a predictions table (a frame
-    plus ``categories``, or a predictions.parquet path whose metadata gives them); returns their paths."""
+    plus ``categories``, or a predictions.parquet path whose metadata gives them); returns their paths. ``extra``:
+    more metrics rows (e.g. the race against the probe, ``ray_ser.evaluate.race``) to file with them."""
     config: dict = {}
     source = "predictions"
     if isinstance(predictions, (str, Path)):
@@ -423,6 +425,8 @@ def write_tables(predictions: str | Path | pl.DataFrame, out_dir: str | Path, ca
         raise ValueError("write_tables: categories are needed when predictions are given as a frame")
     try:
         metrics = metric_table(df, categories, by=by, n_boot=n_boot, seed=seed)
+        if extra is not None and extra.height:
+            metrics = _sorted(pl.concat([metrics, extra.cast(METRICS_SCHEMA).select(list(METRICS_SCHEMA))]))
         conf = confusion_table(df, categories)
     except ValueError as e:
         raise ValueError(f"{source}: {e}") from e

@@ -43,6 +43,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+PROBE_LAYERS = "auto:3"
+"""The probe each matrix cell races when analysis.probe_layers names none: the 3 best layers on the cell's training
+speakers (benchmarks/crosscorpus_probe.py's bar)."""
+
+
 def plan_runs(corpora: list[str], rows: str = "all") -> dict[str, tuple[list[str], bool]]:
     """{training set name: (its corpora, whether it trains outer folds too)}: every corpus alone (outer folds for
     its in-corpus cell, and a final model) and every leave-one-corpus-out set (a final model only); with two
@@ -72,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     import polars as pl
 
     from ray_ser.evaluate.matrix import cells, write_matrix, write_matrix_report
-    from ray_ser.jobs.evaluate import evaluate
+    from ray_ser.jobs.evaluate import evaluate, race_options
     from ray_ser.runtime import init_ray
     from ray_ser.train.driver import run
 
@@ -100,7 +105,9 @@ def main(argv: list[str] | None = None) -> dict:
                 with console.stage(f"score {name} {protocol}" + (f" on {', '.join(zero_shot)}" if zero_shot else "")):
                     ns = argparse.Namespace(store=train.store, run=[str(run_dir)], conditions=cfg.evaluate.conditions,
                                             by=[], batch_size=cfg.evaluate.batch_size, n_boot=cfg.evaluate.n_boot,
-                                            seed=cfg.evaluate.seed, corpus=zero_shot)
+                                            seed=cfg.evaluate.seed, corpus=zero_shot, no_race=not cfg.evaluate.race,
+                                            probe_layers=cfg.analysis.probe_layers or PROBE_LAYERS)
+                    race_options(ns, cfg)
                     with staged(str(eval_dir)) as local:  # on an object store: written here, copied up whole
                         evaluate(ns, local, shown=str(eval_dir) if is_uri(eval_dir) else None)
             parts.append(cells(pl.read_parquet((eval_dir / "metrics.parquet").read_bytes()), trained, zero_shot or trained))
@@ -115,6 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
         report = write_matrix_report(matrix, local, notes)
     matrix_path, report = join(out, "matrix.parquet"), join(out, report.name)
     console.say(summary(matrix))
+    if (race := race_summary(matrix)):
+        console.say(race)
     console.say(f"matrix: {matrix_path}\nreport: {report}  ({time.perf_counter() - t0:.0f} s)")
     return {"matrix": matrix, "report": report}
 
@@ -145,6 +154,27 @@ def summary(matrix) -> str:
             cell = look.get((r, c))
             line += f"{'':>12}" if cell is None else f"{cell['value']:>11.3f}{'*' if cell['protocol'] == 'zero-shot' else ' '}"
         lines.append(line)
+    return "\n".join(lines)
+
+
+def race_summary(matrix) -> str:
+    """Each clean cell against its probe cell: model minus probe (UAR) with its paired interval over the test
+    corpus's speakers and the verdict, a few aligned lines; empty without race rows."""
+    import polars as pl
+
+    from ray_ser.evaluate.matrix import row_order
+    from ray_ser.evaluate.race import DIFFERENCE, verdict
+
+    m = matrix.filter(pl.col("metric") == DIFFERENCE, pl.col("condition") == "clean")
+    if m.is_empty():
+        return ""
+    lines = ["model minus probe (clean UAR; paired speaker-bootstrap 95 % interval over the test corpus's speakers):"]
+    width = max(len(r) for r in m["train_corpora"].to_list())
+    for train in row_order(m["train_corpora"].unique().to_list()):
+        for r in m.filter(pl.col("train_corpora") == train).sort("test_corpus").iter_rows(named=True):
+            v = verdict(r["value"], r["ci_low"], r["ci_high"])
+            ci = f" [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]" if v != "no interval" else ""
+            lines.append(f"  {train:<{width}} -> {r['test_corpus']:<10} {r['value']:+.3f}{ci}  {v}")
     return "\n".join(lines)
 
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from ray_ser import console
-from ray_ser.config import add_config_args, csv_list, from_args
+from ray_ser.config import add_config_args, csv_list, from_args, negated
 from ray_ser.storage import is_uri, join, run_path, staged
 
 
@@ -42,16 +42,55 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="utterances per prediction batch")
     p.add_argument("--corpus", type=csv_list,
                    help="C[,C...]: score the run's final model zero-shot on these corpora (ones it never trained on)")
+    p.add_argument("--probe-layers",
+                   help="race the model against the probe baseline on these layers (2,3,4, or auto:K: each fold's K "
+                        "best on its training speakers), refitted on the run's own folds (analysis.probe_layers)")
+    p.add_argument("--no-race", action="store_true", help="no race against the probe baseline")
+    p.add_argument("--seeds", type=int,
+                   help="without --run: score the N seed runs jobs/train.py --seeds N wrote (<run>/seed_<s>, each into "
+                        "its eval/) and report the spread over the seeds (<run>/seeds.parquet)")
     return p
 
 
 BINDS = {"store": "store.uri", "run": "evaluate.runs", "corpus": "evaluate.zero_shot",
+         "probe_layers": "analysis.probe_layers", "no_race": negated("evaluate.race"), "seeds": "seeds",
          **{k: f"evaluate.{k}" for k in ("by", "conditions", "n_boot", "seed", "batch_size")}}
 """Each flag's config key (the evaluate section)."""
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg, args = from_args(parser(), argv, BINDS)
+    race_options(args, cfg)
+    if cfg.seeds > 1 and not args.run and not cfg.evaluate.zero_shot:
+        return evaluate_seeds(cfg, args)
+    return score(cfg, args)
+
+
+def evaluate_seeds(cfg, args: argparse.Namespace) -> dict:
+    """Each seed's run folder of ``jobs/train.py --seeds`` scored into its own eval/, then the spread of the pooled
+    scores over the seeds (``ray_ser.evaluate.seeds``) to the console and <run>/seeds.parquet; returns the first
+    seed's result with ``seeds`` (per-seed rows) and ``spread``."""
+    import copy
+
+    from ray_ser.evaluate.results import write_parquet
+    from ray_ser.evaluate.seeds import seed_folder, seed_list, seed_spread, seed_table, spread_lines
+
+    results = {}
+    for seed in seed_list(cfg.train.seed, cfg.seeds):
+        one = copy.copy(args)
+        one.run, one.out = [seed_folder(cfg.run_dir, seed)], None
+        results[seed] = score(cfg, one)
+    table = seed_table({s: r["metrics"] for s, r in results.items()})
+    spread = seed_spread(table)
+    console.detail(spread_lines(spread))  # ray-ser run prints it above its last line
+    if not is_uri(cfg.run_dir):
+        write_parquet(table, Path(cfg.run_dir) / "seeds.parquet", {})
+    first = next(iter(results))
+    return {**results[first], "seed": first, "seeds": table, "spread": spread}
+
+
+def score(cfg, args: argparse.Namespace) -> dict:
+    """jobs/evaluate.py on ``args.run`` (default: the config's run folder) into ``args.out``."""
     args.run = args.run or [str(cfg.run_dir)]
     args.corpus = cfg.evaluate.zero_shot
     if args.corpus and len(args.run) > 1:
@@ -103,7 +142,8 @@ def evaluate(args: argparse.Namespace, out: Path, shown: str | None = None) -> d
             [predict_run(args.store, run, conditions, args.by, args.batch_size) for run in args.run])
     path = write_predictions(pred, categories, config, out / "predictions.parquet")
     t_pred = time.perf_counter() - t0
-    paths = write_tables(path, out, categories=categories, by=args.by, n_boot=args.n_boot, seed=args.seed)
+    race = race_against_probe(args, pred, categories, config)
+    paths = write_tables(path, out, categories=categories, by=args.by, n_boot=args.n_boot, seed=args.seed, extra=race)
     report = write_report(out, pred, paths["metrics"], paths["confusion"], run_config=config, categories=categories)
     m = pl.read_parquet(paths["metrics"])
     overall = (m.filter((pl.col("group_by") == "all") & (pl.col("metric") == "uar") & (pl.col("k") == 1))
@@ -116,12 +156,58 @@ def evaluate(args: argparse.Namespace, out: Path, shown: str | None = None) -> d
     dims = ccc_overall(m)
     if dims.height:
         console.say(ccc_table(dims))
+    from ray_ser.evaluate.race import race_summary
+
+    versus = race_summary(m)
+    if versus.height:  # on the console when the stage runs alone; ray-ser run ends with the clean verdict instead
+        console.detail(race_lines(versus, config))
     where = (lambda p: join(shown, Path(p).name)) if shown else str  # noqa: E731
     console.detail(f"wrote {where(path)}, {where(paths['metrics'])}, {where(paths['confusion'])}; "
                    f"total {time.perf_counter() - t0:.1f} s")
     console.say(f"report: {where(report)}")
-    return {"predictions": pred, "metrics": m, "overall": overall, "dims": dims, "report": report,
+    return {"predictions": pred, "metrics": m, "overall": overall, "dims": dims, "race": versus, "report": report,
             "seconds": time.perf_counter() - t0}
+
+
+def race_options(args: argparse.Namespace, cfg) -> argparse.Namespace:
+    """The probe baseline's options from the config (analysis.probe_c, probe_readout, layer_criterion); no
+    ``probe_layers`` when evaluate.race is off."""
+    if args.no_race:
+        args.probe_layers = None
+    args.probe_c = list(cfg.analysis.probe_c)
+    args.probe_readout = [r.strip() for r in cfg.analysis.probe_readout.split(",") if r.strip()]
+    args.layer_criterion = cfg.analysis.layer_criterion if cfg.analysis.layer_criterion not in (None, "none") else None
+    return args
+
+
+def race_against_probe(args: argparse.Namespace, pred, categories: list[str], config: dict):
+    """The race rows (``ray_ser.evaluate.race``) of these predictions against the probe on ``args.probe_layers``;
+    None without probe layers or categories, or (logged, the evaluation goes on) when the probe cannot be fitted."""
+    layers = getattr(args, "probe_layers", None)
+    if not layers or not categories:
+        return None
+    from ray_ser.evaluate.race import race_rows
+
+    t0 = time.perf_counter()
+    try:
+        rows = race_rows(args.store, pred, categories, config, layers, Cs=getattr(args, "probe_c", None),
+                         readouts=getattr(args, "probe_readout", None) or ("none",),
+                         criterion=getattr(args, "layer_criterion", None), n_boot=args.n_boot, seed=args.seed)
+    except (ValueError, KeyError) as e:  # recorded; the evaluation goes on without the race
+        console.say(f"no race against the probe baseline: {e}")
+        return None
+    console.detail(f"probe baseline on {layers} refitted and raced in {time.perf_counter() - t0:.1f} s")
+    return rows
+
+
+def race_lines(versus, config: dict | None = None) -> str:
+    """The race per condition: model minus probe with its paired speaker-bootstrap interval and the verdict."""
+    from ray_ser.evaluate.race import race_line
+
+    arch = ((config or {}).get("train") or {}).get("arch") or "model"
+    lines = ["model minus probe baseline (UAR, same folds and utterances), paired speaker-bootstrap 95 % interval:"]
+    lines += ["  " + race_line(r, f"{arch} model") for r in versus.iter_rows(named=True)]
+    return "\n".join(lines)
 
 
 def ccc_overall(m):

@@ -35,13 +35,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="experiment name: the run folder is <runs>/<name> (name)")
     p.add_argument("--epochs", type=int, help="most epochs per fold (train.epochs)")
     p.add_argument("--lr", type=float, help="learning rate (train.lr)")
+    p.add_argument("--seeds", type=int, help="train and score N seeds of the training config, report their spread (seeds)")
     return p
 
 
 BINDS = {
     "corpus": "data.corpora", "data_root": "data.data_root", "model": "extract.model", "store": "store.uri",
     "limit": "data.limit", "k": "analysis.clusters.k", "runs": "runs", "name": "name", "epochs": "train.epochs",
-    "lr": "train.lr",
+    "lr": "train.lr", "seeds": "seeds",
 }
 """Each flag's config key."""
 
@@ -68,11 +69,16 @@ def run(cfg: ExperimentConfig) -> dict:
     train_job.main(conf)
     evaluation = evaluate_job.main(conf)
     lines = []
+    if evaluation.get("spread") is not None:  # several seeds: the spread first, the race (first seed's) last
+        from ray_ser.evaluate.seeds import spread_lines
+
+        lines.append(spread_lines(evaluation["spread"]))
     dims = evaluation.get("dims")
     has_dims = dims is not None and dims.height > 0
     if evaluation["overall"].height or not has_dims:  # UAR where the run has categories
-        lines.append(versus_baseline(evaluation["overall"], probes.get("set_probe"), cfg.train.arch,
-                                     probes.get("set_probe_layers", "")))
+        line = versus_baseline(evaluation["overall"], probes.get("set_probe"), cfg.train.arch,
+                               probes.get("set_probe_layers", ""), evaluation.get("race"))
+        lines.append(line if "seed" not in evaluation else f"seed {evaluation['seed']}: {line}")
     if has_dims:  # CCC where it has A/V/D
         lines += versus_ridge(evaluation["dims"], probes.get("set_ridge"), cfg.train.arch,
                               probes.get("set_probe_layers", ""))
@@ -91,17 +97,37 @@ def main(argv: list[str] | None = None) -> dict:
     return run(cfg)
 
 
-def versus_baseline(overall, set_probe: dict | None, arch: str, layers: str = "") -> str:
+VERDICT = {"beats": "the model beats the probe beyond the interval",
+           "ties": "a tie: 0 is inside the interval",
+           "loses": "the model loses to the probe beyond the interval",
+           "no interval": "one speaker: no interval, no verdict"}
+"""The last words of the pipeline's line for each verdict of ``ray_ser.evaluate.race.verdict``."""
+
+
+def versus_baseline(overall, set_probe: dict | None, arch: str, layers: str = "", race=None) -> str:
     """One line: the trained model's pooled clean UAR (from jobs/evaluate.py's per-condition ``overall`` table)
-    next to the probe baseline's on the same utterances (``layers``: what the baseline probed)."""
+    next to the probe baseline's on the same utterances (``layers``: what the baseline probed); with the evaluation's
+    ``race`` table (``ray_ser.evaluate.race.race_summary``: the probe refitted on the model's own folds) the paired
+    difference and whether the model beats the probe beyond its interval, ties it or loses."""
     import polars as pl
 
     clean = overall.filter(pl.col("condition") == "clean")
-    if clean.height == 0 or not set_probe:
+    paired = race.filter(pl.col("condition") == "clean") if race is not None and race.height else None
+    if clean.height == 0 or (not set_probe and (paired is None or paired.height == 0)):
         return "no clean UAR or no probe baseline to compare"
-    return (f"clean UAR, pooled over the outer folds: {arch} model {clean['value'][0]:.3f} "
-            f"[{clean['ci_low'][0]:.3f}, {clean['ci_high'][0]:.3f}] vs the probe baseline ({layers or 'its layers'}, "
-            f"C by inner CV) {set_probe['uar']:.3f}")
+    model = f"{clean['value'][0]:.3f}" + (f" [{clean['ci_low'][0]:.3f}, {clean['ci_high'][0]:.3f}]"
+                                          if clean["ci_low"][0] is not None else "")
+    line = f"clean UAR, pooled over the outer folds: {arch} model {model} vs the probe baseline " \
+           f"({layers or 'its layers'}, C by inner CV) "
+    if paired is None or paired.height == 0:
+        return line + f"{set_probe['uar']:.3f}"
+    from ray_ser.evaluate.race import verdict
+
+    r = paired.row(0, named=True)
+    v = verdict(r["difference"], r["ci_low"], r["ci_high"])
+    ci = f" [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]" if v != "no interval" else ""
+    return line + (f"{r['probe_uar']:.3f} on the same folds; model minus probe {r['difference']:+.3f}{ci} "
+                   f"(paired speaker bootstrap): {VERDICT[v]}")
 
 
 def versus_ridge(dims, set_ridge: dict | None, arch: str, layers: str = "") -> list[str]:

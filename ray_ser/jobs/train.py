@@ -9,7 +9,8 @@ stratified by corpus; --final adds one model on all their speakers (DIR/final/be
 
 Writes DIR/fold_<f>/best/{model.pt,config.json} (what jobs/evaluate.py --run DIR loads), DIR/epochs.parquet
 (fold, epoch, split, metric, value), DIR/tensorboard/fold_<f> and DIR/run.json; prints each fold's best
-checkpoint's UAR on that fold's test speakers per stored condition. Re-running the same command resumes:
+checkpoint's UAR on that fold's test speakers per stored condition. --seeds N trains N seeds of the config (--seed,
+--seed + 1, ...) on the same folds, each into its own DIR/seed_<s>/ (jobs/evaluate.py then reports their spread). Re-running the same command resumes:
 finished folds are skipped, an interrupted fold restarts from its last epoch checkpoint.
 """
 
@@ -25,6 +26,7 @@ from ray_ser.config import Bind, ExperimentConfig, add_config_args, csv_list, fr
 
 BINDS = {
     "corpus": Bind("train.corpora", csv_list), "fold_rule": "train.folds", "folds": "train.outer_folds",
+    "seeds": "seeds",
     **{k: f"train.{k}" for k in (
         "store", "model", "layer", "layers", "epochs", "seed", "keep_ratio", "n_clusters", "adv_weight", "target",
         "arch", "pooling", "lr", "batch_size", "patience", "num_workers", "cpus_per_worker", "mlp_hidden",
@@ -72,6 +74,10 @@ def parser(matrix: bool = False) -> argparse.ArgumentParser:
                    help="without --layer/--layers: concatenate each fold's K best layers on its training speakers (default 1)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
+    if not matrix:
+        p.add_argument("--seeds", type=int, default=None,
+                       help="train N seeds of the config (--seed, --seed + 1, ...), each into DIR/seed_<s>; "
+                            "jobs/evaluate.py scores each and reports the spread over the seeds")
     p.add_argument("--keep-ratio", type=float, default=None, help="saliency keep ratio of the layer's dims (1.0 = all)")
     p.add_argument("--n-clusters", type=int, default=None, help="frame-cluster head k (0 = off)")
     p.add_argument("--adv-weight", type=float, default=None, help="gradient-reversal weight of the domain head (0 = off)")
@@ -183,6 +189,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         init_ray()
         t0 = time.perf_counter()
 
+        current = {"out": args.out}  # the run folder being trained (a seed's, with --seeds)
+
         def on_fold(summary: dict) -> None:
             """One console line per fold: its test speakers' UAR (or, without the report, its training summary)."""
             refit = f", refit {summary['refit_epochs']} epochs on all training speakers" if summary.get("refit_epochs") else ""
@@ -196,9 +204,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 console.say(line)
             else:
                 console.detail(line)
-                console.say(test_report(cfg, summary, args.out))
+                console.say(test_report(cfg, summary, current["out"]))
 
-        summaries = run(cfg, None, args.out, on_fold=on_fold)
+        if experiment.seeds > 1:
+            from ray_ser.evaluate.seeds import seed_folder, seed_list
+
+            summaries = []
+            for seed in seed_list(cfg.seed, experiment.seeds):
+                current["out"] = seed_folder(args.out, seed)
+                console.say(f"seed {seed} ({experiment.seeds} seeds) into {current['out']}")
+                folds = run(cfg.model_copy(update={"seed": seed}), None, seed_folder(args.out, seed), on_fold=on_fold)
+                summaries += [{**s, "seed": seed} for s in folds]
+        else:
+            summaries = run(cfg, None, args.out, on_fold=on_fold)
         console.detail(f"trained {len(summaries)} fold(s) into {args.out} in {time.perf_counter() - t0:.1f} s")
     return summaries
 

@@ -45,13 +45,26 @@ def test_the_final_model_reads_only_its_corpora_and_scores_an_unseen_one(store, 
         ["neutral", "happy", "sad", "angry"]
 
     out = tmp_path / "zs"
-    r = evaluate_job.main(["--store", store, "--run", str(run), "--corpus", "gamma", "--out", str(out), "--n-boot", "50"])
+    r = evaluate_job.main(["--store", store, "--run", str(run), "--corpus", "gamma", "--out", str(out), "--n-boot", "50",
+                           "--probe-layers", "0,1"])
     pred, m = r["predictions"], r["metrics"]
     assert set(pred["corpus"]) == {"gamma"} and set(pred["model"]) == {"final"} and set(pred["protocol"]) == {"zero-shot"}
     assert pred.height == 72 * 2  # 6 speakers x 4 classes x 3, clean and 5 dB
     uar = m.filter(pl.col("group_by") == "corpus", pl.col("metric") == "uar", pl.col("k") == 1)
     assert set(uar["protocol"]) == {"zero-shot"} and sorted(uar["condition"]) == ["5dB", "clean"]
     assert uar.filter(pl.col("condition") == "clean")["value"][0] > 0.5  # chance is 0.25: the shift is undone
+    # the cell against its probe cell: the probe fitted on alpha+beta, scored on the same gamma utterances, paired
+    race = m.filter(pl.col("group_by") == "corpus", pl.col("metric") == "uar_minus_probe").sort("condition")
+    probe = m.filter(pl.col("group_by") == "corpus", pl.col("metric") == "probe_uar").sort("condition")
+    assert race["condition"].to_list() == ["5dB", "clean"] and set(race["protocol"]) == {"zero-shot"}
+    assert race["n"].to_list() == uar.sort("condition")["n"].to_list() and race["ci_low"].null_count() == 0
+    assert (race["value"] - (uar.sort("condition")["value"] - probe["value"])).abs().max() < 1e-12
+    assert probe.filter(pl.col("condition") == "clean")["value"][0] > 0.5
+    from ray_ser.evaluate.matrix import cells
+
+    matrix = cells(m, ["alpha", "beta"], ["gamma"])
+    assert matrix.filter(pl.col("metric") == "uar_minus_probe").height == 2
+    assert "alpha+beta -> gamma" in crosscorpus.race_summary(matrix)
 
     assert cli(["evaluate", "--store", store, "--run", str(run), "--corpus", "beta", "--out", str(tmp_path / "no")]) == 2
     assert not (tmp_path / "no" / "metrics.parquet").exists()

@@ -21,6 +21,27 @@ def test_versus_baseline_reads_the_pooled_clean_uar():
     assert job.versus_baseline(m.filter(pl.col("condition") == "5dB"), {"uar": 0.9}, "mlp").startswith("no clean UAR")
 
 
+def test_versus_baseline_says_beats_ties_or_loses_from_the_paired_race():
+    from ray_ser.jobs import pipeline as job
+
+    m = pl.DataFrame({"condition": ["clean"], "value": [0.914], "ci_low": [0.891], "ci_high": [0.938], "n": [535],
+                      "n_speakers": [10]})
+
+    def race(lo, hi, d=-0.011):
+        return pl.DataFrame({"run": ["r"], "condition": ["clean"], "uar": [0.914], "probe_uar": [0.925],
+                             "difference": [d], "ci_low": [lo], "ci_high": [hi], "verdict": ["?"]})
+
+    head = ("clean UAR, pooled over the outer folds: mlp model 0.914 [0.891, 0.938] vs the probe baseline "
+            "(each fold's 3 best layers, C by inner CV) 0.925 on the same folds; model minus probe ")
+    tie = job.versus_baseline(m, {"uar": 0.9252}, "mlp", "each fold's 3 best layers", race(-0.03, 0.008))
+    assert tie == head + "-0.011 [-0.030, +0.008] (paired speaker bootstrap): a tie: 0 is inside the interval"
+    lose = job.versus_baseline(m, None, "mlp", "each fold's 3 best layers", race(-0.02, -0.004))
+    assert lose.endswith("the model loses to the probe beyond the interval")
+    win = job.versus_baseline(m, None, "mlp", "each fold's 3 best layers", race(0.004, 0.02, 0.011))
+    assert win.endswith("+0.011 [+0.004, +0.020] (paired speaker bootstrap): the model beats the probe beyond the "
+                        "interval")
+
+
 def test_each_recipe_config_is_the_measured_training_config():
     """configs/emodb.yaml and configs/emodb-tcgru.yaml resolve to the training configurations docs/results.md
     measured (through jobs/train.py's own flag handling), and flags override the file's values."""
