@@ -1,0 +1,124 @@
+"""The learned layer mix (train.layer_mix): its weights are a softmax over the stored layers in the store's order,
+it sums layers the same on frames and on pooled vectors, it fronts every head, its checkpoint round-trips, a fold
+trained with layers: all writes layer_weights.parquet, and layer_mix none leaves the model as it was."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from ray_ser.train.config import TrainConfig
+from ray_ser.train.loop import build_fold_model, fit_fold
+from ray_ser.train.nn import LayerMix, ModelConfig, build_model, masked_mean, mix_weights
+from ray_ser.train.synthetic_fold import synthetic_fold
+
+
+def test_the_mix_is_a_softmax_weighted_sum_of_the_layers_on_frames_and_pooled_vectors():
+    torch.manual_seed(0)
+    mix = LayerMix(3)
+    with torch.no_grad():
+        mix.logits.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    w = mix.weights().detach()
+    np.testing.assert_allclose(w.detach().numpy(), np.exp([0.5, -1.0, 2.0]) / np.exp([0.5, -1.0, 2.0]).sum(), rtol=1e-6)
+    assert float(w.sum()) == pytest.approx(1.0) and bool((w > 0).all())
+    x, lengths = torch.randn(4, 6, 3 * 5), torch.tensor([6, 2, 4, 1])
+    reference = sum(float(w[l]) * x[..., 5 * l:5 * (l + 1)] for l in range(3))  # a plain loop over the layers
+    torch.testing.assert_close(mix(x), reference)
+    # the mean over real frames and a per-dimension scaler commute with the mix (the pooled path's premise)
+    mean, std = torch.randn(15), torch.rand(15) + 0.5
+    torch.testing.assert_close(mix(masked_mean((x - mean) / std, lengths)),
+                               masked_mean(mix((x - mean) / std), lengths))
+    torch.testing.assert_close(mix(x[:, :1]), mix(x)[:, :1])  # a sequence of one pooled vector: the same sum
+    with pytest.raises(ValueError, match="3 layers"):
+        mix(torch.randn(2, 4, 16))
+
+
+@pytest.mark.parametrize("arch,pooling,adv", [("tcgru", "attention", 0.01), ("tcgru", "mean", 0.0),
+                                              ("mlp", "mean", 0.0)])
+def test_every_head_trains_behind_the_mix_and_its_weights_move(arch, pooling, adv):
+    cfg = TrainConfig(arch=arch, pooling=pooling, layer_mix="learned", layer=0, epochs=3, batch_size=16,
+                      conv_channels=16, gru_hidden=16, embed_dim=8, mlp_hidden=0 if arch == "mlp" else 8,
+                      adv_weight=adv, lr=1e-2, checkpoint_every_s=0)
+    f = synthetic_fold(cfg, n_train=48, n_val=14, dim=12, frames=(4, 9), n_speakers=4, separation=0.5, n_layers=3)
+    assert f.plan.read_layers == [0, 1, 2] and f.plan.model_cfg["n_layers"] == 3
+    model = build_fold_model(f.plan)
+    assert model.net.mix.n_layers == 3  # behind the global scaler: each layer standardised, then mixed
+    state = fit_fold(cfg, f.plan, f.train, f.val, lambda m, s: None)
+    weights = mix_weights(state["best_model"])
+    assert len(weights) == 3 and sum(weights) == pytest.approx(1.0) and weights != pytest.approx([1 / 3] * 3)
+    if adv:
+        assert any(r["metric"] == "loss_domain" for r in state["history"])
+
+
+def test_the_checkpoint_saves_and_loads_the_mix(tmp_path):
+    from ray_ser.train.checkpoints import layer_weights, load_fold_model, write_best
+
+    cfg = TrainConfig(arch="tcgru", layer_mix="learned", layer=0, epochs=2, batch_size=16, conv_channels=8,
+                      gru_hidden=8, embed_dim=8, lr=1e-2)
+    f = synthetic_fold(cfg, n_train=32, n_val=8, dim=8, frames=(3, 6), n_speakers=4, separation=0.5, n_layers=2)
+    state = fit_fold(cfg, f.plan, f.train, f.val, lambda m, s: None)
+    path = write_best(tmp_path, cfg, f.plan, state)
+    info = json.loads((path / "config.json").read_text())
+    assert info["layer_weights"] == layer_weights(f.plan, state["best_model"])
+    assert [w["layer"] for w in info["layer_weights"]] == [0, 1]
+    fm = load_fold_model(path)
+    assert fm.plan.model_cfg["layer_mix"] == "learned"
+    expected = build_fold_model(f.plan)
+    expected.load_state_dict(state["best_model"])
+    x, lengths = torch.randn(3, 5, 8), torch.tensor([5, 4, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(fm.module(x, lengths)["logits"], expected.eval()(x, lengths)["logits"])
+    np.testing.assert_allclose(mix_weights(fm.module.state_dict()), [w["weight"] for w in info["layer_weights"]])
+
+
+def test_layer_mix_none_leaves_the_model_as_it_was():
+    cfg = TrainConfig()
+    assert cfg.layer_mix == "none" and cfg.layers == []
+    old = {"input_dim": 12, "arch": "tcgru", "pooling": "attention", "conv_channels": 8, "gru_hidden": 8,
+           "embed_dim": 4, "mlp_hidden": 5, "dropout": 0.0, "n_classes": 3, "n_dims": 3, "n_domains": 2,
+           "adv_weight": 0.01, "n_clusters": 4}  # a checkpoint's model config from before the mix
+    for arch in ("tcgru", "mlp"):
+        before = {**old, "arch": arch, "n_clusters": 4 if arch == "tcgru" else 0}
+        torch.manual_seed(3)
+        a = build_model(before)
+        torch.manual_seed(3)
+        b = build_model(ModelConfig(**before, layer_mix="none", n_layers=3))
+        assert list(a.state_dict()) == list(b.state_dict()) and not any("mix" in k for k in a.state_dict())
+        for k, v in a.state_dict().items():
+            torch.testing.assert_close(v, b.state_dict()[k])
+    with pytest.raises(ValueError, match="keep_ratio"):
+        TrainConfig(layer_mix="learned", keep_ratio=0.5)
+    assert TrainConfig(layer_mix="learned").layers == "all" and TrainConfig(layer_mix="learned", layer=2).layers == []
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_fold_with_every_layer_and_a_learned_mix_writes_its_weights(synth_store, tmp_path):
+    from ray_ser.analysis.saliency_store import layers_of
+    from ray_ser.evaluate.predict import predict_fold
+    from ray_ser.train.checkpoints import fold_checkpoints, load_fold_model
+    from ray_ser.train.driver import run
+    from ray_ser.train.plan import plan_fold, resolve_assignment, stored_layers
+
+    out = tmp_path / "run"
+    cfg = TrainConfig(store=synth_store, model="tiny", layers="all", layer_mix="learned", arch="mlp", mlp_hidden=0,
+                      epochs=3, batch_size=8, cpus_per_worker=0.5, lr=1e-2, scaler="per-corpus")
+    stored = layers_of(synth_store, "tiny")
+    assert stored_layers(synth_store, "tiny") == stored and len(stored) > 2
+    plan = plan_fold(cfg, resolve_assignment(cfg), 0)[0]
+    assert plan.read_layers == stored and plan.model_cfg["n_layers"] == len(stored)
+    summaries = run(cfg, "0", out)
+    weights = pl.read_parquet(out / "layer_weights.parquet")
+    assert weights.columns == ["fold", "layer", "weight"]
+    assert weights["fold"].to_list() == [0] * len(stored) and weights["layer"].to_list() == stored
+    assert weights["weight"].sum() == pytest.approx(1.0) and (weights["weight"] > 0).all()
+    recorded = json.loads((out / "run.json").read_text())["summaries"][0]["layer_weights"]
+    assert recorded == summaries[0]["layer_weights"] == weights.select("layer", "weight").to_dicts()
+    fm = load_fold_model(fold_checkpoints(out)[0])
+    np.testing.assert_allclose(mix_weights(fm.module.state_dict()), weights["weight"].to_numpy(), rtol=1e-6)
+    pred = predict_fold(synth_store, fold_checkpoints(out)[0])
+    assert set(pred["utt_id"].to_list()) == set(fm.plan.test)
+    assert run(cfg, "0", out)[0]["layer_weights"] == recorded  # a finished fold keeps its weights
