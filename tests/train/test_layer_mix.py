@@ -122,3 +122,36 @@ def test_a_fold_with_every_layer_and_a_learned_mix_writes_its_weights(synth_stor
     pred = predict_fold(synth_store, fold_checkpoints(out)[0])
     assert set(pred["utt_id"].to_list()) == set(fm.plan.test)
     assert run(cfg, "0", out)[0]["layer_weights"] == recorded  # a finished fold keeps its weights
+    # the report's layer section: the weights beside the store's rankings of the same fold
+    from ray_ser.analysis.saliency_store import read_layer_ranking
+    from ray_ser.evaluate.layer_weights import layer_info, layer_section
+
+    info = layer_info(out)
+    assert info["weights"].equals(weights)
+    stored_ranks = read_layer_ranking(synth_store, "tiny").filter(
+        (pl.col("fold") == 0) & (pl.col("fold_id") == resolve_assignment(cfg).id))
+    assert not info["ranking"].is_empty()
+    for criterion, layer, rank in info["ranking"].select("criterion", "layer", "layer_rank").iter_rows():
+        one = stored_ranks.filter((pl.col("criterion") == criterion) & (pl.col("layer") == layer))
+        assert one["layer_rank"].to_list() == [rank]  # one fold: its mean score ranks as the stored rank
+    page = layer_section(info, tmp_path, "plots/layer_weights.png")
+    assert (tmp_path / "plots" / "layer_weights.png").stat().st_size > 0 and "Learned layer mix" in page
+
+
+def test_the_report_draws_the_weights(tmp_path):
+    from ray_ser.evaluate.layer_weights import layer_info, layer_section
+    from ray_ser.evaluate.report import write_report
+
+    assert layer_info(tmp_path) is None  # no mix learned: no section
+    w = pl.DataFrame({"fold": [0, 0, 0, 1, 1, 1], "layer": [0, 1, 2, 0, 1, 2],
+                      "weight": [0.2, 0.5, 0.3, 0.1, 0.6, 0.3]}, schema={"fold": pl.Int32, "layer": pl.Int32,
+                                                                        "weight": pl.Float64})
+    w.write_parquet(tmp_path / "layer_weights.parquet")
+    info = layer_info(tmp_path)
+    page = layer_section(info, tmp_path, "plots/lw.png")
+    assert "0.550" in page and (tmp_path / "plots" / "lw.png").exists()  # layer 1: mean of 0.5 and 0.6
+    metrics = pl.DataFrame({"run": ["r"], "condition": ["clean"], "group_by": ["all"], "group": ["all"],
+                            "metric": ["uar"], "k": [1], "value": [0.5], "ci_low": [0.4], "ci_high": [0.6],
+                            "n": [10], "n_speakers": [2]})
+    html = write_report(tmp_path / "eval", None, metrics, None, layers=info).read_text()
+    assert "Learned layer mix" in html and (tmp_path / "eval" / "plots" / "layer_weights.png").exists()
