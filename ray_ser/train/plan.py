@@ -225,9 +225,11 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
     if cfg.layer_mix == "learned" and keep is not None:
         raise ValueError("layer_mix learned sums whole layers: set keep_ratio 1.0")
     centroids = None
-    if cfg.n_clusters and len(read) > 1:
+    if cfg.n_clusters and len(read) > 1 and cfg.layer_mix != "learned":
         raise ValueError(f"the frame-cluster head predicts one layer's k-means ids: set n_clusters=0 to train on "
                          f"layers {read}")
+    if cfg.n_clusters and len(read) > 1:  # behind a layer mix: the ids of the fold's best layer among those read
+        layer = cluster_layer(cfg, assignment, fold, read)
     if cfg.n_clusters:
         from ray_ser.analysis.clusters import ensure_centroids
 
@@ -259,6 +261,17 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
                     norm_mean, norm_std, read if len(read) > 1 else None, cv_val, corpus_norm,
                     {c: len(us) for c, us in sorted(by_corpus.items())}, corpus_dims, dim_scale)
     return plan, labels, centroids
+
+
+def cluster_layer(cfg: TrainConfig, assignment: FoldAssignment, fold: int, read: Sequence[int]) -> int:
+    """The layer whose k-means ids a mixed model's frame-cluster head predicts: ``cfg.layer`` when it is read, else
+    the fold's best read layer by the layer criterion on its training speakers (the frames stage's layer)."""
+    from ray_ser.analysis.layer_selection import ranked_layers
+
+    if cfg.layer in read:
+        return int(cfg.layer)
+    order = ranked_layers(cfg.store, cfg.model, assignment, [fold], len(stored_layers(cfg.store, cfg.model)))[0][fold]
+    return next((int(k) for k in order if k in read), int(read[0]))
 
 
 def stored_layers(store, model: str, condition: str = "clean") -> list[int]:
@@ -311,7 +324,8 @@ def fold_datasets(cfg: TrainConfig, plan: FoldPlan, labels, centroids) -> dict:
     (the object store included) ever holds a whole fold's frames."""
     from ray_ser.train.reader import frames_dataset
 
-    common = {"labels": labels, "mask": plan_mask(cfg, plan), "centroids": centroids, "scale": plan.corpus_norm}
+    common = {"labels": labels, "mask": plan_mask(cfg, plan), "centroids": centroids, "scale": plan.corpus_norm,
+              **({"cluster_layer": plan.layer} if centroids is not None and plan.layers else {})}
     layers = plan.read_layers
     out = {}
     if not plan.cv_val:

@@ -108,8 +108,8 @@ def first_point(opts: SearchOptions, layer: int) -> dict:
 
 
 def trial_config(base: dict, params: dict) -> TrainConfig:
-    """A trial's TrainConfig: the base with the searched parameters (an MLP or a layer mix cannot take a cluster
-    head; a learned mix reads every layer, unmasked)."""
+    """A trial's TrainConfig: the base with the searched parameters (an MLP cannot take a cluster head; a learned
+    mix reads every layer, unmasked)."""
     params = {k: params[k] for k in SEARCHED if params.get(k) is not None}
     if params.get("layer_mix", base.get("layer_mix")) == "learned":  # the mix reads every layer, not the searched one
         params.pop("layer", None)
@@ -117,7 +117,7 @@ def trial_config(base: dict, params: dict) -> TrainConfig:
     elif "layer" in params:  # the searched layer is the trial's only input layer (a base's layer list would override it)
         params["layers"] = []
     cfg = TrainConfig(**{**base, **params})
-    if (cfg.arch == "mlp" or cfg.layer_mix == "learned") and cfg.n_clusters:  # the cluster head reads one layer
+    if cfg.arch == "mlp" and cfg.n_clusters:
         cfg.n_clusters = 0
     return cfg
 

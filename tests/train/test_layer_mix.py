@@ -37,12 +37,12 @@ def test_the_mix_is_a_softmax_weighted_sum_of_the_layers_on_frames_and_pooled_ve
         mix(torch.randn(2, 4, 16))
 
 
-@pytest.mark.parametrize("arch,pooling,adv", [("tcgru", "attention", 0.01), ("tcgru", "mean", 0.0),
-                                              ("mlp", "mean", 0.0)])
-def test_every_head_trains_behind_the_mix_and_its_weights_move(arch, pooling, adv):
+@pytest.mark.parametrize("arch,pooling,adv,k", [("tcgru", "attention", 0.01, 4), ("tcgru", "mean", 0.0, 0),
+                                                ("mlp", "mean", 0.0, 0)])
+def test_every_head_trains_behind_the_mix_and_its_weights_move(arch, pooling, adv, k):
     cfg = TrainConfig(arch=arch, pooling=pooling, layer_mix="learned", layer=0, epochs=3, batch_size=16,
                       conv_channels=16, gru_hidden=16, embed_dim=8, mlp_hidden=0 if arch == "mlp" else 8,
-                      adv_weight=adv, lr=1e-2, checkpoint_every_s=0)
+                      adv_weight=adv, n_clusters=k, lr=1e-2, checkpoint_every_s=0)
     f = synthetic_fold(cfg, n_train=48, n_val=14, dim=12, frames=(4, 9), n_speakers=4, separation=0.5, n_layers=3)
     assert f.plan.read_layers == [0, 1, 2] and f.plan.model_cfg["n_layers"] == 3
     model = build_fold_model(f.plan)
@@ -52,6 +52,8 @@ def test_every_head_trains_behind_the_mix_and_its_weights_move(arch, pooling, ad
     assert len(weights) == 3 and sum(weights) == pytest.approx(1.0) and weights != pytest.approx([1 / 3] * 3)
     if adv:
         assert any(r["metric"] == "loss_domain" for r in state["history"])
+    if k:
+        assert any(r["metric"] == "loss_cluster" for r in state["history"])
 
 
 def test_the_checkpoint_saves_and_loads_the_mix(tmp_path):
@@ -136,6 +138,32 @@ def test_a_fold_with_every_layer_and_a_learned_mix_writes_its_weights(synth_stor
         assert one["layer_rank"].to_list() == [rank]  # one fold: its mean score ranks as the stored rank
     page = layer_section(info, tmp_path, "plots/layer_weights.png")
     assert (tmp_path / "plots" / "layer_weights.png").stat().st_size > 0 and "Learned layer mix" in page
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_the_cluster_head_behind_the_mix_predicts_one_layers_ids(synth_store):
+    from ray_ser.analysis.layer_selection import ranked_layers
+    from ray_ser.train.plan import fold_datasets, plan_fold, resolve_assignment
+    from ray_ser.train.reader import frames_dataset
+
+    from ray_ser.analysis.saliency_store import layers_of
+
+    read = layers_of(synth_store, "tiny")[-2:]
+    cfg = TrainConfig(store=synth_store, model="tiny", layers=read, layer_mix="learned", n_clusters=4)
+    a = resolve_assignment(cfg)
+    plan, labels, centroids = plan_fold(cfg, a, 1)
+    order = ranked_layers(synth_store, "tiny", a, [1], len(layers_of(synth_store, "tiny")))[0][1]
+    assert plan.layer == next(k for k in order if k in read) and plan.read_layers == read
+    utts = plan.val[:4]
+    mixed = {r["utt_id"]: r for r in frames_dataset(synth_store, "tiny", read, utts, labels, centroids=centroids,
+                                                    cluster_layer=plan.layer).take_all()}
+    alone = frames_dataset(synth_store, "tiny", plan.layer, utts, labels, centroids=centroids).take_all()
+    assert len(alone) == len(mixed) == 4
+    for r in alone:  # the same ids as the cluster layer read alone
+        np.testing.assert_array_equal(mixed[r["utt_id"]]["frame_ids"], r["frame_ids"])
+    assert "frame_ids" in fold_datasets(cfg, plan, labels, centroids)["val"].take(1)[0]
+    with pytest.raises(ValueError, match="one layer's k-means"):
+        plan_fold(cfg.model_copy(update={"layer_mix": "none"}), a, 1)
 
 
 def test_the_report_draws_the_weights(tmp_path):

@@ -122,9 +122,9 @@ def test_the_layer_mix_is_a_choice_beside_the_searched_layer():
     assert first_point(SearchOptions(TrainConfig(store="s"), layer_mix="search"), 3)["layer_mix"] == "none"
     base = TrainConfig(store="s", arch="tcgru").model_dump()
     mixed = trial_config(base, {"layer": 3, "layer_mix": "learned", "keep_ratio": 0.6, "n_clusters": 50})
-    # a learned trial mixes every stored layer, whole (no mask) and without the one-layer cluster head
+    # a learned trial mixes every stored layer, whole (no mask); its cluster head predicts one layer's ids
     assert (mixed.layer_mix, mixed.layer, mixed.layers, mixed.keep_ratio, mixed.n_clusters) == ("learned", None, "all",
-                                                                                                1.0, 0)
+                                                                                                1.0, 50)
     single = trial_config(base, {"layer": 3, "layer_mix": "none", "keep_ratio": 0.6, "n_clusters": 50})
     assert (single.layer_mix, single.layer, single.layers, single.keep_ratio, single.n_clusters) == ("none", 3, [],
                                                                                                     0.6, 50)
