@@ -73,9 +73,15 @@ folds a run trains and whether it adds a final model do not change any fold's mo
 of a run's identity either, since it followed the cluster)."""
 
 
+LATER_DEFAULTS = {"layer_mix": "none"}
+"""TrainConfig fields added after runs were made, at the value that trains what those runs trained: left out of a
+run's identity at that value, so a finished or interrupted run of before is still the same run."""
+
+
 def defining(config: dict) -> dict:
     """A config dict without its runtime-only fields: what two runs must share to be the same run."""
-    return {k: v for k, v in config.items() if k not in RUNTIME_FIELDS}
+    return {k: v for k, v in config.items()
+            if k not in RUNTIME_FIELDS and not (k in LATER_DEFAULTS and LATER_DEFAULTS[k] == v)}
 
 
 GPU_HINT = ("Set train.device: cpu (--device cpu), add a GPU node, or give the cluster's autoscaler a node type with "

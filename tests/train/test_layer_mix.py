@@ -183,3 +183,28 @@ def test_the_report_draws_the_weights(tmp_path):
                             "n": [10], "n_speakers": [2]})
     html = write_report(tmp_path / "eval", None, metrics, None, layers=info).read_text()
     assert "Learned layer mix" in html and (tmp_path / "eval" / "plots" / "layer_weights.png").exists()
+
+
+def test_the_train_tune_and_pipeline_jobs_take_the_layer_mix_flags():
+    from ray_ser.config import from_args
+    from ray_ser.jobs import pipeline
+    from ray_ser.jobs import train as job
+    from ray_ser.jobs import tune as tune_job
+
+    parse = lambda *a: job.build_config(["--out", "x", *a])[0].train  # noqa: E731
+    assert (parse("--layers", "all", "--layer-mix", "learned").layers, parse("--layer-mix", "learned").layers) == \
+        ("all", "all")
+    assert (parse("--layers", "all").layer_mix, parse("--layers", "2,3").layers) == ("none", [2, 3])
+    assert parse("--layer-mix", "learned", "--layer", "2").layers == []  # a mix of the named layer alone
+    assert from_args(tune_job.parser(), ["--layer-mix", "search"], tune_job.BINDS)[0].tune.layer_mix == "search"
+    assert from_args(pipeline.parser(), ["--layer-mix", "learned"], pipeline.BINDS)[0].train.layer_mix == "learned"
+
+
+def test_a_run_without_the_mix_keeps_the_identity_it_had_before_the_field():
+    from ray_ser.train.driver import config_hash, defining
+
+    cfg = TrainConfig(store="s", layer=2)
+    before = {k: v for k, v in cfg.model_dump().items() if k != "layer_mix"}  # a run.json written before the mix
+    assert defining(before) == defining(cfg.model_dump())
+    mixed = cfg.model_copy(update={"layer_mix": "learned"})
+    assert defining(mixed.model_dump()) != defining(before) and config_hash(mixed) != config_hash(cfg)
