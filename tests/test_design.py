@@ -14,7 +14,7 @@ DESIGN = ROOT / "docs" / "design.md"
 LEVELS: list[tuple[str, ...]] = [
     # 0: top-level helpers every stage may use; they import only each other
     ("", "errors", "redaction", "settings", "names", "metrics", "storage", "inputs", "console", "runtime",
-     "cluster_resources", "audio"),
+     "cluster_resources", "audio", "public"),
     ("corpora",),  # manifests, labels, adapters, folds
     ("store",),  # the LanceDB store, shared by every later stage; holds the manifests corpora describe
     ("fm",),  # the models
@@ -148,3 +148,25 @@ def test_design_notes_list_the_same_stages():
     rows = [[n.removesuffix("/").removesuffix(".py") for n in re.findall(r"`([^`]+)`", m.group(2))]
             for m in re.finditer(r"^\| (\d+) \| (.*) \|$", section, re.M)]
     assert rows == [[n or "__init__" for n in names] for names in LEVELS]
+
+
+def test_every_package_names_what_others_import_from_it():
+    """A package's ``__all__`` (its public face, ray_ser.public.lazy_api) lists every name another package imports
+    from one of its modules, and each listed name resolves."""
+    import importlib
+
+    missing = []
+    for module, path in MODULES.items():
+        for line, target, names, _ in _imports(module, path):
+            package = _package(target)
+            if package == "ray_ser" or package == _package(module) or target == package:
+                continue
+            face = importlib.import_module(package)
+            for name in names:
+                if name not in getattr(face, "__all__", ()):
+                    missing.append(f"{path.relative_to(ROOT)}:{line}: {module} imports {target}.{name}, "
+                                   f"not in {package}.__all__")
+    assert missing == [], "\n".join(missing)
+    for package in sorted({_package(m) for m in MODULES} - {"ray_ser", "ray_ser.jobs"}):
+        face = importlib.import_module(package)
+        assert [n for n in getattr(face, "__all__", ()) if getattr(face, n, None) is None] == [], package

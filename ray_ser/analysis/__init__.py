@@ -1,2 +1,14 @@
 """Analyses of the stored embeddings, each fitted per outer fold on its training speakers: dimension saliency,
 layer criteria, linear probes, frame clusters and pruned frames."""
+
+from ray_ser.public import lazy_api
+
+__all__, __getattr__, __dir__ = lazy_api(__name__, {
+    "clusters": ["assign_frames", "ensure_centroids", "fit_kmeans", "nearest", "purity"],
+    "layer_selection": ["inner_folds", "layer_prior", "layers_for_folds", "ranked_layers"],
+    "probe": ["DEFAULT_CS", "READOUTS", "fit_probe", "inner_c", "layer_probe", "layer_set_probe", "layer_set_ridge",
+        "plot_layers", "spearman"],
+    "pruned_frames": ["write_pruned_frames"],
+    "saliency": ["DEFAULT_BINS"],
+    "saliency_store": ["layer_matrix", "layers_of"],
+})

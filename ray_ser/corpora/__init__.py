@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_ser.corpora.manifest import Manifest, ManifestError, Utterance
+from ray_ser.public import lazy_api
 
 ADAPTERS = {
     "emodb": "ray_ser.corpora.emodb",
@@ -29,4 +30,14 @@ def build_manifest(corpus: str, data_root: str | Path | None = None, **options: 
     return module.build(resolve_root(data_root), **options)
 
 
-__all__ = ["ADAPTERS", "Manifest", "ManifestError", "Utterance", "build_manifest"]
+_lazy, __getattr__, _lazy_dir = lazy_api(__name__, {
+    "folds": ["ALL_SPEAKERS", "FoldAssignment", "corpus_folds", "loso", "speaker_folds"],
+    "generic_csv": ["check_name", "corpus_name"],
+    "label_sets": ["SetReport", "map_row", "map_rows", "resolve"],
+    "manifest": ["CATEGORIES_KEY", "DIMENSIONS", "REJECTED_KEY"],
+})
+__all__ = ["ADAPTERS", "Manifest", "ManifestError", "Utterance", "build_manifest", *_lazy]
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

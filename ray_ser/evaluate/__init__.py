@@ -4,3 +4,13 @@
 plots and report.html, ``synthetic`` makes predictions with known structure for tests and examples;
 ``ray_ser.evaluate.results`` reads evaluation folders back as Polars LazyFrames.
 """
+
+from ray_ser.public import lazy_api
+
+__all__, __getattr__, __dir__ = lazy_api(__name__, {
+    "corpus_probe": ["loco_probe"],
+    "matrix": ["cells", "row_order", "train_name", "write_matrix", "write_matrix_report"],
+    "predict": ["ensemble_predictions", "predict_fold", "predict_run", "predict_zero_shot", "write_predictions"],
+    "report": ["write_report"],
+    "tables": ["write_tables"],
+})

@@ -1,2 +1,17 @@
 """Training: fold plans, the Ray Data frame reader, the epoch loop, the Ray Train driver, the Tune search and
 the neural network modules."""
+
+from ray_ser.public import lazy_api
+
+__all__, __getattr__, __dir__ = lazy_api(__name__, {
+    "calibration": ["scale"],
+    "checkpoints": ["final_checkpoint", "fold_checkpoints", "load_fold_model"],
+    "config": ["TrainConfig"],
+    "driver": ["run"],
+    "loop": ["EpochRunner", "epoch_batches"],
+    "plan": ["auto_layers", "corpus_rows", "fold_datasets", "plan_fold", "resolve_assignment", "run_rows"],
+    "reader": ["InMemorySource", "ShardCache", "collate", "dim_ranges", "frame_stats", "frames_dataset",
+        "load_labels", "scale_dims"],
+    "synthetic_fold": ["synthetic_fold"],
+    "tune": ["SearchOptions", "run_search"],
+})

@@ -17,9 +17,10 @@ from ray_ser.train.config import TrainConfig
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FoldPlan:
-    """What one outer fold trains on, resolved in the driver (all of it speaker-independent of ``fold``)."""
+    """What one outer fold trains on, resolved in the driver (all of it speaker-independent of ``fold``); built
+    by name only (``kw_only``), so no call site depends on the order of its fields."""
 
     fold: int
     fold_id: str
@@ -256,10 +257,13 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
                        for c, us in sorted(by_corpus.items())}
     else:
         norm_mean, norm_std = (v.tolist() for v in frame_stats(store, cfg.model, read, fitted_on, cfg.conditions, keep))
-    plan = FoldPlan(fold, assignment.id, layer, inner, val, test, labels.categories, keep, model_cfg["input_dim"],
-                    n_domains, labels.domains if n_domains else [], bool(model_cfg["n_dims"]), model_cfg,
-                    norm_mean, norm_std, read if len(read) > 1 else None, cv_val, corpus_norm,
-                    {c: len(us) for c, us in sorted(by_corpus.items())}, corpus_dims, dim_scale)
+    plan = FoldPlan(
+        fold=fold, fold_id=assignment.id, layer=layer, inner=inner, val=val, test=test,
+        categories=labels.categories, keep=keep, input_dim=model_cfg["input_dim"], n_domains=n_domains,
+        domains=labels.domains if n_domains else [], has_dims=bool(model_cfg["n_dims"]), model_cfg=model_cfg,
+        norm_mean=norm_mean, norm_std=norm_std, layers=read if len(read) > 1 else None, cv_val=cv_val,
+        corpus_norm=corpus_norm, corpus_counts={c: len(us) for c, us in sorted(by_corpus.items())},
+        corpus_dims=corpus_dims, dim_scale=dim_scale)
     return plan, labels, centroids
 
 

@@ -61,8 +61,9 @@ def synthetic_fold(cfg: TrainConfig, n_train: int = 480, n_val: int = 55, dim: i
     std = np.sqrt(np.maximum(sum((a.astype(np.float64) ** 2).sum(0) for a in train["x"]) / total - mean ** 2, 0))
     n_domains = n_speakers if cfg.adv_weight > 0 else 0
     model_cfg = model_config(cfg, dim, n_classes, True, n_domains, n_layers)
-    plan = FoldPlan(0, "synthetic", 0, list(train["utt_id"]), list(val["utt_id"]), [],
-                    [f"class{i}" for i in range(n_classes)], None, dim, n_domains,
-                    [f"spk{i}" for i in range(n_domains)], bool(model_cfg["n_dims"]), model_cfg,
-                    mean.tolist(), (std + 1e-5).tolist(), list(range(n_layers)) if n_layers > 1 else None)
+    plan = FoldPlan(
+        fold=0, fold_id="synthetic", layer=0, inner=list(train["utt_id"]), val=list(val["utt_id"]), test=[],
+        categories=[f"class{i}" for i in range(n_classes)], keep=None, input_dim=dim, n_domains=n_domains,
+        domains=[f"spk{i}" for i in range(n_domains)], has_dims=bool(model_cfg["n_dims"]), model_cfg=model_cfg,
+        norm_mean=mean.tolist(), norm_std=(std + 1e-5).tolist(), layers=list(range(n_layers)) if n_layers > 1 else None)
     return SyntheticFold(plan, InMemorySource(train), InMemorySource(val))

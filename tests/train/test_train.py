@@ -354,7 +354,9 @@ def test_standardised_mlp_pools_before_scaling_with_the_same_outputs():
                  "n_clusters": 0}
     rng = np.random.default_rng(0)
     mean, std = rng.normal(size=D).tolist(), (rng.random(D) + 0.5).tolist()
-    plan = FoldPlan(0, "a", 1, [], [], [], ["a", "b", "c"], None, D, 0, [], False, model_cfg, mean, std)
+    plan = FoldPlan(fold=0, fold_id="a", layer=1, inner=[], val=[], test=[], categories=["a", "b", "c"], keep=None,
+                    input_dim=D, n_domains=0, domains=[], has_dims=False, model_cfg=model_cfg, norm_mean=mean,
+                    norm_std=std)
     wrapped = build_fold_model(plan).eval()
     x, lengths = torch.randn(4, 7, D), torch.tensor([7, 3, 5, 1])
     scaled = (x - torch.tensor(mean)) / torch.tensor(std)
