@@ -284,6 +284,9 @@ class TuneConfig(Section):
     """Layers to search (null: the top_layers best by the layer prior)."""
     top_layers: int = Field(3, ge=0)
     """With layers null: search the this-many layers the prior ranks first (0: every layer)."""
+    layer_mix: Literal["none", "learned", "search"] = "none"
+    """none: each trial reads the searched layer; learned: each trial mixes every stored layer by learned weights;
+    search: the learned mix is a choice beside the searched layer."""
     arch: Literal["tcgru", "mlp"] = "tcgru"
     """Model the trials train."""
     batch_size: int = Field(64, ge=1)

@@ -10,5 +10,5 @@ __all__, __getattr__, __dir__ = lazy_api(__name__, {
         "plot_layers", "spearman"],
     "pruned_frames": ["write_pruned_frames"],
     "saliency": ["DEFAULT_BINS"],
-    "saliency_store": ["layer_matrix", "layers_of"],
+    "saliency_store": ["layer_matrix", "layers_of", "read_layer_ranking"],
 })

@@ -9,6 +9,7 @@ from ray_ser.public import lazy_api
 
 __all__, __getattr__, __dir__ = lazy_api(__name__, {
     "corpus_probe": ["loco_probe"],
+    "layer_weights": ["layer_info"],
     "matrix": ["cells", "row_order", "train_name", "write_matrix", "write_matrix_report"],
     "predict": ["ensemble_predictions", "predict_fold", "predict_run", "predict_zero_shot", "write_predictions"],
     "report": ["write_report"],

@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
+from ray_ser.evaluate.layer_weights import layer_section
 from ray_ser.evaluate.tables import condition_order
 from ray_ser.redaction import redact
 
@@ -483,10 +484,12 @@ pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 
 
 def write_report(out_dir: str | Path, predictions: Frame, metrics: Frame, confusion: Frame,
-                 run_config: dict[str, Any] | None = None, categories: list[str] | None = None) -> Path:
+                 run_config: dict[str, Any] | None = None, categories: list[str] | None = None,
+                 layers: dict[str, Any] | None = None) -> Path:
     """Write the plots (``out_dir/plots/*.png``) and ``out_dir/report.html`` from the predictions, metrics and
     confusion tables (frames or paths); returns the HTML's path. ``predictions`` (optional) gives speakers'
-    genders for the weakest-speaker table; ``categories`` default to the confusion table's order."""
+    genders for the weakest-speaker table; ``categories`` default to the confusion table's order; ``layers``
+    (:func:`ray_ser.evaluate.layer_weights.layer_info`): the learned layer mix beside the layer rankings."""
     out = Path(out_dir)
     m = _frame(metrics, "metrics.parquet")
     if m is None or m.is_empty():
@@ -579,6 +582,7 @@ the probabilities before the temperature fitted on each fold's validation speake
 <p class=note>Run(s): {html.escape(', '.join(runs))}. Tables: metrics.parquet, confusion.parquet and
 predictions.parquet next to this page (query them with <code>ray_ser.evaluate.results</code>).</p>
 {''.join(sections)}
+{layer_section(layers, out, f"{PLOTS_DIR}/layer_weights.png")}
 <h2>Run configuration</h2>
 <pre>{html.escape(config)}</pre>
 </body></html>

@@ -144,7 +144,11 @@ def evaluate(args: argparse.Namespace, out: Path, shown: str | None = None) -> d
     t_pred = time.perf_counter() - t0
     race = race_against_probe(args, pred, categories, config)
     paths = write_tables(path, out, categories=categories, by=args.by, n_boot=args.n_boot, seed=args.seed, extra=race)
-    report = write_report(out, pred, paths["metrics"], paths["confusion"], run_config=config, categories=categories)
+    from ray_ser.evaluate.layer_weights import layer_info
+
+    layers = layer_info(args.run[0], args.store) if len(args.run) == 1 else None  # the learned layer mix, if any
+    report = write_report(out, pred, paths["metrics"], paths["confusion"], run_config=config, categories=categories,
+                          layers=layers)
     m = pl.read_parquet(paths["metrics"])
     overall = (m.filter((pl.col("group_by") == "all") & (pl.col("metric") == "uar") & (pl.col("k") == 1))
                .select("condition", "value", "ci_low", "ci_high", "n", "n_speakers"))

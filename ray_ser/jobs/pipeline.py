@@ -36,13 +36,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="most epochs per fold (train.epochs)")
     p.add_argument("--lr", type=float, help="learning rate (train.lr)")
     p.add_argument("--seeds", type=int, help="train and score N seeds of the training config, report their spread (seeds)")
+    p.add_argument("--layer-mix", choices=("none", "learned"),
+                   help="learned: the models mix every stored layer by learned weights (train.layer_mix)")
     return p
 
 
 BINDS = {
     "corpus": "data.corpora", "data_root": "data.data_root", "model": "extract.model", "store": "store.uri",
     "limit": "data.limit", "k": "analysis.clusters.k", "runs": "runs", "name": "name", "epochs": "train.epochs",
-    "lr": "train.lr", "seeds": "seeds",
+    "lr": "train.lr", "seeds": "seeds", "layer_mix": "train.layer_mix",
 }
 """Each flag's config key."""
 

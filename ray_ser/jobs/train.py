@@ -31,7 +31,7 @@ BINDS = {
         "store", "model", "layer", "layers", "epochs", "seed", "keep_ratio", "n_clusters", "adv_weight", "target",
         "arch", "pooling", "lr", "batch_size", "patience", "num_workers", "cpus_per_worker", "mlp_hidden",
         "weight_decay", "dropout", "refit", "spec_augment", "auto_layers", "inner_folds", "conditions", "label_set",
-        "scaler", "balance", "final", "domain", "final_selection", "final_inner_folds", "device")},
+        "scaler", "balance", "final", "domain", "final_selection", "final_inner_folds", "device", "layer_mix")},
 }
 """Each flag's config key (the train section)."""
 
@@ -68,8 +68,12 @@ def parser(matrix: bool = False) -> argparse.ArgumentParser:
                    help="what the gradient-reversal head predicts when --adv-weight > 0 (default: corpus over several corpora)")
     p.add_argument("--fold-rule", default=None, help="auto | loso | K, when the store has no saliency folds")
     p.add_argument("--layer", type=int, default=None, help="layer to read (default: chosen per fold on its training speakers)")
-    p.add_argument("--layers", type=int_list, default=None,
-                   help="several layers, e.g. 2,3,4: each frame is their vectors concatenated (overrides --layer)")
+    p.add_argument("--layers", type=layer_list, default=None,
+                   help="several layers, e.g. 2,3,4, or all (every layer stored with frames): each frame is their "
+                        "vectors concatenated (overrides --layer)")
+    p.add_argument("--layer-mix", choices=("none", "learned"), default=None,
+                   help="learned: a softmax-weighted sum of the layers learned with the head (without --layer/--layers: "
+                        "every stored layer); each fold's weights go to DIR/layer_weights.parquet")
     p.add_argument("--auto-layers", type=int, default=None,
                    help="without --layer/--layers: concatenate each fold's K best layers on its training speakers (default 1)")
     p.add_argument("--epochs", type=int, default=None)
@@ -107,6 +111,11 @@ def parser(matrix: bool = False) -> argparse.ArgumentParser:
     if not matrix:
         p.add_argument("--no-test-report", action="store_true", help="skip the per-fold test-speaker UAR printout")
     return p
+
+
+def layer_list(text: str) -> list[int] | str:
+    """``--layers``: comma-separated layers, or ``all`` (every layer stored with frames)."""
+    return "all" if text.strip().lower() == "all" else int_list(text)
 
 
 def build_config(argv: list[str] | None) -> tuple[ExperimentConfig, argparse.Namespace]:

@@ -40,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
                    help="comma-separated layers to search (default: the --top-layers best by the layer prior)")
     p.add_argument("--top-layers", type=int,
                    help="layers the prior (lda_inner on the pool's speakers) ranks first to search; 0 = every layer")
+    p.add_argument("--layer-mix", choices=("none", "learned", "search"),
+                   help="learned: every trial mixes every stored layer (a learned softmax); search: the mix is a choice "
+                        "beside the searched layer; none (default): one searched layer")
     p.add_argument("--arch", choices=("tcgru", "mlp"))
     p.add_argument("--batch-size", type=int)
     p.add_argument("--cpus-per-trial", type=float)
@@ -53,7 +56,7 @@ BINDS = {
     "store": "store.uri", "model": Bind("extract.model", read="extract.key"), "corpus": Bind("train.corpora"),
     "time_budget": "tune.time_budget_s",
     **{k: f"tune.{k}" for k in ("num_samples", "max_epochs", "grace_period", "seed", "held_out_folds", "search_folds",
-                                "layers", "top_layers", "arch", "batch_size", "cpus_per_trial", "max_concurrent",
+                                "layers", "top_layers", "layer_mix", "arch", "batch_size", "cpus_per_trial", "max_concurrent",
                                 "name")},
 }
 """Each flag's config key (the tune section, and the store, model and corpora it searches)."""
@@ -70,13 +73,14 @@ def main(argv: list[str] | None = None):
     args.out = args.out or str(cfg.run_dir / "search")
     console.setup(args.out)
     base = TrainConfig(store=args.store, model=args.model, arch=args.arch, batch_size=args.batch_size, seed=args.seed,
-                       corpora=list(args.corpus), epochs=args.max_epochs)
+                       corpora=list(args.corpus), epochs=args.max_epochs,
+                       layer_mix="learned" if args.layer_mix == "learned" else "none")
     opts = SearchOptions(
         base=base, num_samples=args.num_samples, max_epochs=args.max_epochs, grace_period=args.grace_period,
         time_budget_s=args.time_budget, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
         max_concurrent=args.max_concurrent, name=args.name,
         held_out_folds=args.held_out_folds, search_folds=args.search_folds, layers=args.layers,
-        top_layers=args.top_layers)
+        top_layers=args.top_layers, layer_mix=args.layer_mix)
     cfg.save(args.out)
     with console.stage(f"tune {args.num_samples} trials into {args.out}"):
         init_ray()

@@ -43,7 +43,7 @@ def write_best(out_dir: Path, cfg: TrainConfig, plan: FoldPlan, state: dict) -> 
     final = fold_dir(out_dir, plan.fold) / BEST_DIR
     info = {"train": redact(cfg.model_dump()), "plan": plan.to_dict(), "best_epoch": state["best_epoch"],
             "best_val_score": state["best_score"], "epochs_run": state["epoch"],
-            "temperature": state.get("best_temperature")}
+            "temperature": state.get("best_temperature"), "layer_weights": layer_weights(plan, state["best_model"])}
     if state.get("phase") == "refit":
         info.update(epochs_run=state["selected"]["epoch"], refit_epochs=state["refit_epochs"])
     if not isinstance(final, Path):  # an object store: no rename, so the marker goes last (and first away)
@@ -60,6 +60,39 @@ def write_best(out_dir: Path, cfg: TrainConfig, plan: FoldPlan, state: dict) -> 
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     return final
+
+
+LAYER_WEIGHTS = "layer_weights.parquet"
+"""``DIR/layer_weights.parquet``: each fold's learned layer-mix weights (fold, layer, weight)."""
+
+
+def layer_weights(plan: FoldPlan, state: dict) -> list[dict] | None:
+    """[{layer, weight}] of a fold model's learned layer mix (its softmax, in the plan's layer order, which is the
+    order of the concatenated input), from the model's state dict; None when the model has no mix."""
+    from ray_ser.train.nn.mix import mix_weights
+
+    weights = mix_weights(state)
+    if weights is None:
+        return None
+    layers = plan.read_layers
+    if len(layers) != len(weights):
+        raise ValueError(f"fold {plan.fold}: the layer mix has {len(weights)} weights for layers {layers}")
+    return [{"layer": int(k), "weight": float(w)} for k, w in zip(layers, weights)]
+
+
+def write_layer_weights(out_dir: str | os.PathLike, summaries: list[dict]) -> Path | None:
+    """``DIR/layer_weights.parquet`` (fold, layer, weight) from the folds' summaries (their ``layer_weights``);
+    nothing when no fold learned a mix."""
+    import polars as pl
+
+    from ray_ser.storage import write_parquet
+
+    rows = [{"fold": s["fold"], **w} for s in summaries for w in (s.get("layer_weights") or [])]
+    if not rows:
+        return None
+    path = run_path(out_dir) / LAYER_WEIGHTS
+    write_parquet(pl.DataFrame(rows, schema={"fold": pl.Int32, "layer": pl.Int32, "weight": pl.Float64}), path)
+    return path
 
 
 @dataclass

@@ -49,12 +49,17 @@ class TrainConfig(BaseModel):
     """Outer folds to train: all, none (with final: the final model only) or a comma-separated list."""
     layer: int | None = None
     """Layer to read; null: chosen per outer fold on its training speakers (ray_ser.analysis.layer_selection)."""
-    layers: list[int] = []
+    layers: list[int] | Literal["all"] = []
     """Several layers, each frame their vectors concatenated in this order (overrides ``layer``; the mask, when
-    keep_ratio < 1, is each layer's own fold mask)."""
+    keep_ratio < 1, is each layer's own fold mask); all: every layer stored with frames, in layer order."""
     auto_layers: int = Field(1, ge=1)
     """Without ``layer``/``layers``: concatenate each outer fold's this many best layers by the layer criterion on
     its training speakers (ray_ser.analysis.layer_selection.ranked_layers), in layer order."""
+    layer_mix: Literal["none", "learned"] = "none"
+    """learned: a softmax-weighted sum of the input layers, the weights learned with the head (s3prl's featurizer),
+    in front of any head; each layer standardised first by the run's scaler; with neither ``layer`` nor ``layers``
+    it mixes every stored layer (layers: all). Each fold's weights go to run.json and layer_weights.parquet. none:
+    the layers concatenated."""
     conditions: list[str] = ["clean"]
     """Training copies: more than one = multi-condition training (one copy per utterance and epoch)."""
     keep_ratio: float = Field(1.0, gt=0, le=1)
@@ -146,6 +151,17 @@ class TrainConfig(BaseModel):
             if "device" in self.model_fields_set and self.device not in ("auto", wanted):
                 raise ValueError(f"use_gpu {self.use_gpu} contradicts device {self.device!r}: set device only")
             self.__dict__.update(device=wanted, use_gpu=None)
+        return self
+
+    @model_validator(mode="after")
+    def _layer_mix(self) -> "TrainConfig":
+        """A learned mix with no layer named mixes every stored layer; it sums whole layers, so no saliency mask."""
+        if self.layer_mix == "learned":
+            if self.keep_ratio < 1.0:
+                raise ValueError(f"layer_mix learned sums whole layers: keep_ratio {self.keep_ratio} masks each layer "
+                                 "differently, set keep_ratio 1.0 (or layer_mix none)")
+            if self.layer is None and not self.layers:
+                self.__dict__["layers"] = "all"
         return self
 
     @model_validator(mode="after")

@@ -16,7 +16,15 @@ from ray_ser import console, storage
 from ray_ser.redaction import redact
 from ray_ser.corpora.folds import FoldAssignment
 from ray_ser.storage import arrow_filesystem, join, local_log_dir, run_path, write_parquet
-from ray_ser.train.checkpoints import FINAL, final_checkpoint, fold_checkpoints, fold_dir, write_best
+from ray_ser.train.checkpoints import (
+    FINAL,
+    final_checkpoint,
+    fold_checkpoints,
+    fold_dir,
+    layer_weights,
+    write_best,
+    write_layer_weights,
+)
 from ray_ser.train.config import TrainConfig
 from ray_ser.train.loop import final_state, load_state, train_loop_per_worker
 from ray_ser.train.plan import (
@@ -65,9 +73,15 @@ folds a run trains and whether it adds a final model do not change any fold's mo
 of a run's identity either, since it followed the cluster)."""
 
 
+LATER_DEFAULTS = {"layer_mix": "none"}
+"""TrainConfig fields added after runs were made, at the value that trains what those runs trained: left out of a
+run's identity at that value, so a finished or interrupted run of before is still the same run."""
+
+
 def defining(config: dict) -> dict:
     """A config dict without its runtime-only fields: what two runs must share to be the same run."""
-    return {k: v for k, v in config.items() if k not in RUNTIME_FIELDS}
+    return {k: v for k, v in config.items()
+            if k not in RUNTIME_FIELDS and not (k in LATER_DEFAULTS and LATER_DEFAULTS[k] == v)}
 
 
 GPU_HINT = ("Set train.device: cpu (--device cpu), add a GPU node, or give the cluster's autoscaler a node type with "
@@ -192,7 +206,7 @@ def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir:
             "hit_cap": hit_cap(cfg, state["best_epoch"], epochs_run), "val_metric": val_metric(plan.model_cfg),
             "seconds": time.perf_counter() - t0, "n_train": len(plan.inner),
             "n_val": len(plan.val), "n_test": len(plan.test), "corpus_counts": plan.corpus_counts,
-            "corpus_dims": plan.corpus_dims}
+            "corpus_dims": plan.corpus_dims, "layer_weights": layer_weights(plan, state["best_model"])}
 
 
 def hit_cap(cfg: TrainConfig, best_epoch: int, epochs_run: int) -> bool:
@@ -279,7 +293,8 @@ def run(cfg: TrainConfig, folds: str | Sequence[int] | None, out_dir: str | os.P
                        "layers": info["plan"].get("layers") or [info["plan"]["layer"]], "best_epoch": info["best_epoch"],
                        "best_val_score": info["best_val_score"], "epochs": info["epochs_run"], "seconds": 0.0,
                        "skipped": True, "hit_cap": hit_cap(fold_cfg, info["best_epoch"], info["epochs_run"]),
-                       "val_metric": val_metric(info["plan"].get("model_cfg", {}))}
+                       "val_metric": val_metric(info["plan"].get("model_cfg", {})),
+                       "layer_weights": info.get("layer_weights")}
         else:
             summary = train_fold(fold_cfg, assignment, fold, out_dir, layers.get(fold),
                                  on_epoch=lambda p, f=fold: bar.set_postfix_str(epoch_note(f, p)))
@@ -290,6 +305,7 @@ def run(cfg: TrainConfig, folds: str | Sequence[int] | None, out_dir: str | os.P
                 on_fold(summary)
     bar.close()
     collect_epochs(out_dir)
+    write_layer_weights(out_dir, summaries)
     (out_dir / "run.json").write_text(json.dumps({"config": redact(cfg.model_dump()), "fold_id": assignment.id,
                                                   "folds": assignment.description, "label_set": report.to_dict(),
                                                   "summaries": summaries}, indent=1))

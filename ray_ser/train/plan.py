@@ -160,12 +160,15 @@ def _in_corpora(cfg: TrainConfig, labels_rows: dict, utts: Sequence[str]) -> lis
     return [u for u in utts if labels_rows[u]["corpus"] in cfg.corpora]
 
 
-def model_config(cfg: TrainConfig, input_dim: int, n_classes: int, has_dims: bool, n_domains: int) -> dict:
-    """The fold model's :class:`~ray_ser.train.nn.ModelConfig` fields from the run's config and what the fold holds."""
+def model_config(cfg: TrainConfig, input_dim: int, n_classes: int, has_dims: bool, n_domains: int,
+                 n_layers: int = 1) -> dict:
+    """The fold model's :class:`~ray_ser.train.nn.ModelConfig` fields from the run's config and what the fold holds
+    (``n_layers``: the layers concatenated in the input, which a learned layer mix sums)."""
     return {"input_dim": input_dim, "arch": cfg.arch, "pooling": cfg.pooling, "conv_channels": cfg.conv_channels,
             "gru_hidden": cfg.gru_hidden, "embed_dim": cfg.embed_dim, "mlp_hidden": cfg.mlp_hidden,
             "dropout": cfg.dropout, "n_classes": n_classes, "n_dims": 3 if (has_dims and cfg.dimensional) else 0,
-            "n_domains": n_domains, "adv_weight": cfg.adv_weight, "n_clusters": cfg.n_clusters}
+            "n_domains": n_domains, "adv_weight": cfg.adv_weight, "n_clusters": cfg.n_clusters,
+            "layer_mix": cfg.layer_mix, "n_layers": n_layers}
 
 
 def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
@@ -200,7 +203,7 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
     labels = load_labels(store, [*inner, *val, *test], domain_utts=fitted_on, domain_key=cfg.domain,
                          label_set=cfg.label_set)
     if cfg.layers:
-        read = list(cfg.layers)
+        read = named_layers(cfg)
     elif cfg.layer is not None:
         read = [cfg.layer]
     elif layer is not None:
@@ -220,10 +223,14 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
             parts.append(np.flatnonzero(mask) + i * dim)
         keep = np.concatenate(parts).tolist()
     dim *= len(read)
+    if cfg.layer_mix == "learned" and keep is not None:
+        raise ValueError("layer_mix learned sums whole layers: set keep_ratio 1.0")
     centroids = None
-    if cfg.n_clusters and len(read) > 1:
+    if cfg.n_clusters and len(read) > 1 and cfg.layer_mix != "learned":
         raise ValueError(f"the frame-cluster head predicts one layer's k-means ids: set n_clusters=0 to train on "
                          f"layers {read}")
+    if cfg.n_clusters and len(read) > 1:  # behind a layer mix: the ids of the fold's best layer among those read
+        layer = cluster_layer(cfg, assignment, fold, read)
     if cfg.n_clusters:
         from ray_ser.analysis.clusters import ensure_centroids
 
@@ -242,7 +249,8 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
         dim_scale = dim_ranges(labels.rows, [*inner, *val])  # training speakers only, never the test ones
         labels.with_dim_scale(dim_scale)
     n_domains = len(labels.domains) if cfg.adv_weight > 0 else 0
-    model_cfg = model_config(cfg, len(keep) if keep is not None else dim, len(labels.categories), has_dims, n_domains)
+    model_cfg = model_config(cfg, len(keep) if keep is not None else dim, len(labels.categories), has_dims, n_domains,
+                             len(read))
     norm_mean = norm_std = corpus_norm = None
     if cfg.scaler == "per-corpus":
         corpus_norm = {c: [v.tolist() for v in frame_stats(store, cfg.model, read, us, cfg.conditions, keep)]
@@ -257,6 +265,38 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
         corpus_norm=corpus_norm, corpus_counts={c: len(us) for c, us in sorted(by_corpus.items())},
         corpus_dims=corpus_dims, dim_scale=dim_scale)
     return plan, labels, centroids
+
+
+def cluster_layer(cfg: TrainConfig, assignment: FoldAssignment, fold: int, read: Sequence[int]) -> int:
+    """The layer whose k-means ids a mixed model's frame-cluster head predicts: ``cfg.layer`` when it is read, else
+    the fold's best read layer by the layer criterion on its training speakers (the frames stage's layer)."""
+    from ray_ser.analysis.layer_selection import ranked_layers
+
+    if cfg.layer in read:
+        return int(cfg.layer)
+    order = ranked_layers(cfg.store, cfg.model, assignment, [fold], len(stored_layers(cfg.store, cfg.model)))[0][fold]
+    return next((int(k) for k in order if k in read), int(read[0]))
+
+
+def stored_layers(store, model: str, condition: str = "clean") -> list[int]:
+    """Every layer of ``model`` stored with frames, in layer order: the stored layers, less those the extraction's
+    ``frame_layers`` left without frames (its recorded options)."""
+    from ray_ser.analysis.saliency_store import layers_of
+    from ray_ser.store.core import as_store
+
+    store = as_store(store)
+    layers = layers_of(store, model, condition)
+    framed = (store.extraction_meta(model).get("options") or {}).get("frame_layers")
+    if framed is not None:
+        layers = [k for k in layers if k in {int(f) for f in framed}]
+    if not layers:
+        raise ValueError(f"store {store.uri} holds no {condition} layer of {model} with frames")
+    return layers
+
+
+def named_layers(cfg: TrainConfig) -> list[int]:
+    """The layers ``cfg.layers`` names: its list, or with ``all`` every layer stored with frames."""
+    return stored_layers(cfg.store, cfg.model) if cfg.layers == "all" else [int(k) for k in cfg.layers]
 
 
 def plan_mask(cfg: TrainConfig, plan: FoldPlan) -> np.ndarray | None:
@@ -288,7 +328,8 @@ def fold_datasets(cfg: TrainConfig, plan: FoldPlan, labels, centroids) -> dict:
     (the object store included) ever holds a whole fold's frames."""
     from ray_ser.train.reader import frames_dataset
 
-    common = {"labels": labels, "mask": plan_mask(cfg, plan), "centroids": centroids, "scale": plan.corpus_norm}
+    common = {"labels": labels, "mask": plan_mask(cfg, plan), "centroids": centroids, "scale": plan.corpus_norm,
+              **({"cluster_layer": plan.layer} if centroids is not None and plan.layers else {})}
     layers = plan.read_layers
     out = {}
     if not plan.cv_val:

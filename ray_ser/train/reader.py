@@ -263,9 +263,11 @@ def standardise(kept: np.ndarray, lengths: np.ndarray, corpora: Sequence[str], s
 
 
 def _as_examples(ids: list[str], conditions: list, X: np.ndarray, lengths: np.ndarray, keep: np.ndarray | None,
-                 labels: Labels, centroids: np.ndarray | None, scale: dict | None = None) -> dict:
+                 labels: Labels, centroids: np.ndarray | None, scale: dict | None = None,
+                 cluster_X: np.ndarray | None = None) -> dict:
     """Rows of stacked frames ``X`` (sum of ``lengths``, dim) -> examples: ragged masked ``x`` (standardised per
-    corpus with ``scale``), targets, the corpus, and frame-cluster ids (nearest centroid in the full space)."""
+    corpus with ``scale``), targets, the corpus, and frame-cluster ids (nearest centroid in the full space of
+    ``cluster_X``, the centroids' layer, when ``X`` concatenates several; else of ``X``)."""
     from ray_ser.analysis.clusters import nearest
 
     bounds = np.concatenate([[0], np.cumsum(lengths)])
@@ -280,7 +282,7 @@ def _as_examples(ids: list[str], conditions: list, X: np.ndarray, lengths: np.nd
         kept = standardise(kept, lengths, corpora, scale)
     out["x"] = ragged([kept[bounds[i]:bounds[i + 1]] for i in range(len(ids))])
     if centroids is not None:
-        cid = nearest(X, centroids).astype(np.int64)
+        cid = nearest(X if cluster_X is None else cluster_X, centroids).astype(np.int64)
         out["frame_ids"] = ragged([cid[bounds[i]:bounds[i + 1]] for i in range(len(ids))])
     return out
 
@@ -308,10 +310,10 @@ def to_examples(batch: pa.Table, keep: np.ndarray | None, labels: Labels, centro
 
 
 def join_layers(t: pa.Table, layers: Sequence[int], keep: np.ndarray | None, labels: Labels,
-                scale: dict | None = None) -> dict:
+                scale: dict | None = None, centroids: np.ndarray | None = None, cluster_layer: int | None = None) -> dict:
     """Ray Data map function over stored rows of every layer of some (utterance, condition) keys (a whole block of
     :func:`~ray_ser.store.take.rows_dataset` ``by_key``): examples whose frames concatenate the layers' vectors in
-    ``layers`` order."""
+    ``layers`` order (with ``centroids``: frame-cluster ids from ``cluster_layer``'s frames)."""
     t = t.sort_by([("utt_id", "ascending"), ("condition", "ascending")])
     per_layer = []
     for layer in layers:
@@ -325,7 +327,9 @@ def join_layers(t: pa.Table, layers: Sequence[int], keep: np.ndarray | None, lab
             raise ValueError(f"layer {layer} does not hold the same (utterance, condition) rows and frame counts as "
                              f"layer {layers[0]}: e.g. {missing or 'frame counts differ'}")
     X = np.hstack([x for _, x, _ in per_layer])
-    return _as_examples([u for u, _ in keys], [c for _, c in keys], X, per_layer[0][2], keep, labels, None, scale)
+    cluster_X = per_layer[list(layers).index(cluster_layer)][1] if centroids is not None else None
+    return _as_examples([u for u, _ in keys], [c for _, c in keys], X, per_layer[0][2], keep, labels, centroids, scale,
+                        cluster_X)
 
 
 def input_layers(layer: int | Sequence[int]) -> list[int]:
@@ -335,7 +339,8 @@ def input_layers(layer: int | Sequence[int]) -> list[int]:
 
 def frames_dataset(store: str | Store, model: str, layer: int | Sequence[int], utt_ids: Sequence[str], labels: Labels,
                    conditions: Sequence[str] = ("clean",), mask: np.ndarray | None = None,
-                   centroids: np.ndarray | None = None, batch_rows: int = 64, scale: dict | None = None):
+                   centroids: np.ndarray | None = None, batch_rows: int = 64, scale: dict | None = None,
+                   cluster_layer: int | None = None):
     """A Ray Dataset of one model x layer(s) x conditions x utterance set: rows ``utt_id``, ``condition``,
     ``n_frames``, ``x`` (n_frames, kept dims) float16, ``label_index``, ``pdf``, ``dims`` (A/V/D, NaN when
     absent), ``domain`` and, with ``centroids`` (k, dim), ``frame_ids``. ``mask`` (bool over the layer's
@@ -356,12 +361,13 @@ def frames_dataset(store: str | Store, model: str, layer: int | Sequence[int], u
     keep = None if mask is None else np.flatnonzero(np.asarray(mask, bool))
     layers = input_layers(layer)
     if len(layers) > 1:
-        if centroids is not None:
-            raise ValueError(f"frame-cluster ids come from one layer's k-means: train on one layer, not {layers}, "
-                             "or turn the cluster head off")
+        if centroids is not None and cluster_layer not in layers:
+            raise ValueError(f"frame-cluster ids come from one layer's k-means: name that layer (cluster_layer) among "
+                             f"{layers}, train on one layer, or turn the cluster head off")
         ds = rows_dataset(uri, ["utt_id", "condition", "layer", "frames"], layers, conditions, utt_ids,
                           store.storage_options, by_key=True)
-        return ds.map_batches(join_layers, fn_kwargs={"layers": layers, "keep": keep, "labels": labels, "scale": scale},
+        return ds.map_batches(join_layers, fn_kwargs={"layers": layers, "keep": keep, "labels": labels, "scale": scale,
+                                                      "centroids": centroids, "cluster_layer": cluster_layer},
                               batch_format="pyarrow", batch_size=None)
     ds = rows_dataset(uri, ["utt_id", "condition", "frames"], layers, conditions, utt_ids, store.storage_options)
     return ds.map_batches(to_examples, fn_kwargs={"keep": keep, "labels": labels, "centroids": centroids, "scale": scale},

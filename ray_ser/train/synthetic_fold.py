@@ -47,9 +47,10 @@ def synthetic_rows(n: int, dim: int, frames: tuple[int, int], n_classes: int, n_
 
 def synthetic_fold(cfg: TrainConfig, n_train: int = 480, n_val: int = 55, dim: int = 1536,
                    frames: tuple[int, int] = (100, 100), n_classes: int = 7, n_speakers: int = 8,
-                   separation: float = 0.15, seed: int = 0) -> SyntheticFold:
+                   separation: float = 0.15, seed: int = 0, n_layers: int = 1) -> SyntheticFold:
     """A fold shaped like one of EmoDB's by default (480 training and 55 validation utterances of 2.0 s:
-    100 whisper-base frames of three concatenated layers); the scaler is fitted on the training frames."""
+    100 whisper-base frames of three concatenated layers); the scaler is fitted on the training frames.
+    ``n_layers``: the frames are that many layers 0, 1, ... of dim / n_layers each (what a layer mix sums)."""
     rng = np.random.default_rng(seed)
     centres = separation * rng.standard_normal((n_classes, dim))
     train = synthetic_rows(n_train, dim, frames, n_classes, n_speakers, "train", centres, rng, cfg.n_clusters)
@@ -59,10 +60,10 @@ def synthetic_fold(cfg: TrainConfig, n_train: int = 480, n_val: int = 55, dim: i
     mean = sum(a.sum(0, dtype=np.float64) for a in train["x"]) / total
     std = np.sqrt(np.maximum(sum((a.astype(np.float64) ** 2).sum(0) for a in train["x"]) / total - mean ** 2, 0))
     n_domains = n_speakers if cfg.adv_weight > 0 else 0
-    model_cfg = model_config(cfg, dim, n_classes, True, n_domains)
+    model_cfg = model_config(cfg, dim, n_classes, True, n_domains, n_layers)
     plan = FoldPlan(
         fold=0, fold_id="synthetic", layer=0, inner=list(train["utt_id"]), val=list(val["utt_id"]), test=[],
         categories=[f"class{i}" for i in range(n_classes)], keep=None, input_dim=dim, n_domains=n_domains,
         domains=[f"spk{i}" for i in range(n_domains)], has_dims=bool(model_cfg["n_dims"]), model_cfg=model_cfg,
-        norm_mean=mean.tolist(), norm_std=(std + 1e-5).tolist())
+        norm_mean=mean.tolist(), norm_std=(std + 1e-5).tolist(), layers=list(range(n_layers)) if n_layers > 1 else None)
     return SyntheticFold(plan, InMemorySource(train), InMemorySource(val))

@@ -35,7 +35,7 @@ from ray_ser.train.plan import fold_datasets, plan_fold, resolve_assignment
 
 log = logging.getLogger(__name__)
 
-SEARCHED = ("layer", "keep_ratio", "n_clusters", "adv_weight", "lr", "pooling", "target")
+SEARCHED = ("layer", "keep_ratio", "n_clusters", "adv_weight", "lr", "pooling", "target", "layer_mix")
 KEEP_RATIOS = (1.0, 0.8, 0.6, 0.4)
 CLUSTER_COUNTS = (0, 50, 100, 150)
 """0 = frame-cluster head off ("none")."""
@@ -65,14 +65,19 @@ class SearchOptions:
     """Layers to search; None: the ``top_layers`` best by the layer prior."""
     top_layers: int = 3
     """With ``layers`` None: search the this-many layers the prior ranks first (0: every stored layer)."""
+    layer_mix: str = "none"
+    """none: the searched layer alone; learned: every trial mixes every stored layer (``base.layer_mix``); search:
+    ``layer_mix`` (none or learned) is searched beside the layer (a learned trial ignores its layer)."""
     name: str = "search"
 
 
-def search_space(layers: Sequence[int]) -> dict:
-    """The Tune search space (categorical choices and a log-uniform learning rate)."""
+def search_space(layers: Sequence[int], layer_mix: str = "none") -> dict:
+    """The Tune search space (categorical choices and a log-uniform learning rate); ``layer_mix`` search adds the
+    learned mix of every layer as a choice beside the single layer."""
     from ray import tune
 
-    return {"layer": tune.choice(list(layers)), "keep_ratio": tune.choice(list(KEEP_RATIOS)),
+    mix = {"layer_mix": tune.choice(["none", "learned"])} if layer_mix == "search" else {}
+    return {**mix, "layer": tune.choice(list(layers)), "keep_ratio": tune.choice(list(KEEP_RATIOS)),
             "n_clusters": tune.choice(list(CLUSTER_COUNTS)), "adv_weight": tune.choice(list(ADV_WEIGHTS)),
             "lr": tune.loguniform(1e-4, 3e-3), "pooling": tune.choice(list(POOLINGS)), "target": tune.choice(list(TARGETS))}
 
@@ -98,13 +103,18 @@ def first_point(opts: SearchOptions, layer: int) -> dict:
             "n_clusters": base.n_clusters if base.n_clusters in CLUSTER_COUNTS else 0,
             "adv_weight": snap(base.adv_weight, ADV_WEIGHTS), "lr": min(max(base.lr, 1e-4), 3e-3),
             "pooling": base.pooling if base.pooling in POOLINGS else POOLINGS[0],
-            "target": base.target if base.target in TARGETS else TARGETS[0]}
+            "target": base.target if base.target in TARGETS else TARGETS[0],
+            **({"layer_mix": "none"} if opts.layer_mix == "search" else {})}
 
 
 def trial_config(base: dict, params: dict) -> TrainConfig:
-    """A trial's TrainConfig: the base with the searched parameters (an MLP cannot take a cluster head)."""
-    params = {k: params[k] for k in SEARCHED if k in params}
-    if "layer" in params:  # the searched layer is the trial's only input layer (a base's layer list would override it)
+    """A trial's TrainConfig: the base with the searched parameters (an MLP cannot take a cluster head; a learned
+    mix reads every layer, unmasked)."""
+    params = {k: params[k] for k in SEARCHED if params.get(k) is not None}
+    if params.get("layer_mix", base.get("layer_mix")) == "learned":  # the mix reads every layer, not the searched one
+        params.pop("layer", None)
+        params.update(layer=None, layers=base.get("layers") or "all", keep_ratio=1.0)
+    elif "layer" in params:  # the searched layer is the trial's only input layer (a base's layer list would override it)
         params["layers"] = []
     cfg = TrainConfig(**{**base, **params})
     if cfg.arch == "mlp" and cfg.n_clusters:
@@ -215,7 +225,7 @@ def run_search(opts: SearchOptions, out_dir: str | Path, resume: bool = False):
                                   grace_period=min(opts.grace_period, opts.max_epochs), reduction_factor=2)
         tuner = tune.Tuner(
             fn,
-            param_space={**search_space(layers), **_fixed(opts, held_out, folds, metric)},
+            param_space={**search_space(layers, opts.layer_mix), **_fixed(opts, held_out, folds, metric)},
             tune_config=tune.TuneConfig(metric=metric, mode="max", search_alg=searcher, scheduler=scheduler,
                                         num_samples=opts.num_samples, time_budget_s=opts.time_budget_s,
                                         max_concurrent_trials=opts.max_concurrent,
@@ -253,7 +263,7 @@ def trials_table(results, metric: str) -> pl.DataFrame:
         })
     df = pl.DataFrame(rows, schema_overrides={"layer": pl.Int32, "keep_ratio": pl.Float64, "n_clusters": pl.Int32,
                                               "adv_weight": pl.Float64, "lr": pl.Float64, "pooling": pl.Utf8,
-                                              "target": pl.Utf8, metric: pl.Float64, f"{metric}_last": pl.Float64,
+                                              "target": pl.Utf8, "layer_mix": pl.Utf8, metric: pl.Float64, f"{metric}_last": pl.Float64,
                                               "best_epoch": pl.Int32, "epochs": pl.Int32, "status": pl.Utf8,
                                               "seconds": pl.Float64})
     df = df.with_columns(pl.when(pl.col("n_clusters") == 0).then(None).otherwise(pl.col("n_clusters")).alias("n_clusters"))
@@ -271,7 +281,7 @@ def write_outputs(trials: pl.DataFrame, opts: SearchOptions, metric: str, out_di
     if ok.height == 0:
         raise RuntimeError(f"no trial reported {metric}: see {out_dir / opts.name}")
     best = ok.row(0, named=True)
-    params = {k: best[k] for k in SEARCHED}
+    params = {k: best.get(k) for k in SEARCHED}
     params["n_clusters"] = params["n_clusters"] or 0
     cfg = trial_config(opts.base.model_dump(), params)
     cfg.epochs = max(cfg.epochs, opts.max_epochs)

@@ -109,3 +109,24 @@ def test_a_trials_searched_layer_replaces_the_base_layer_list():
     cfg = trial_config(base, {"layer": 1, "keep_ratio": 0.8, "n_clusters": 50})
     assert (cfg.layer, cfg.layers, cfg.keep_ratio, cfg.n_clusters) == (1, [], 0.8, 0)  # an MLP takes no cluster head
     assert trial_config(base, {"keep_ratio": 0.8}).layers == [2, 3, 4]
+
+
+def test_the_layer_mix_is_a_choice_beside_the_searched_layer():
+    from ray import tune
+
+    from ray_ser.train.tune import SearchOptions, first_point, search_space, trial_config
+
+    space = search_space([3, 5], "search")
+    assert isinstance(space["layer_mix"], tune.search.sample.Categorical)
+    assert space["layer_mix"].categories == ["none", "learned"] and "layer_mix" not in search_space([3, 5])
+    assert first_point(SearchOptions(TrainConfig(store="s"), layer_mix="search"), 3)["layer_mix"] == "none"
+    base = TrainConfig(store="s", arch="tcgru").model_dump()
+    mixed = trial_config(base, {"layer": 3, "layer_mix": "learned", "keep_ratio": 0.6, "n_clusters": 50})
+    # a learned trial mixes every stored layer, whole (no mask); its cluster head predicts one layer's ids
+    assert (mixed.layer_mix, mixed.layer, mixed.layers, mixed.keep_ratio, mixed.n_clusters) == ("learned", None, "all",
+                                                                                                1.0, 50)
+    single = trial_config(base, {"layer": 3, "layer_mix": "none", "keep_ratio": 0.6, "n_clusters": 50})
+    assert (single.layer_mix, single.layer, single.layers, single.keep_ratio, single.n_clusters) == ("none", 3, [],
+                                                                                                    0.6, 50)
+    fixed = TrainConfig(store="s", layer_mix="learned").model_dump()  # --layer-mix learned: every trial mixes
+    assert trial_config(fixed, {"layer": 3, "layer_mix": None}).layers == "all"

@@ -10,6 +10,7 @@ from ray_ser.train.nn.losses import (
     masked_cross_entropy,
     soft_cross_entropy,
 )
+from ray_ser.train.nn.mix import LayerMix, mix_weights
 from ray_ser.train.nn.models import TCGRU, MLPHead, ModelConfig, build_model
 from ray_ser.train.nn.multitask import LossWeights, multitask_loss
 from ray_ser.train.nn.pooling import (
@@ -21,8 +22,8 @@ from ray_ser.train.nn.pooling import (
 )
 
 __all__ = [
-    "AttentionPooling", "GradientReversal", "LossWeights", "MLPHead", "ModelConfig", "SpecAugment", "TCGRU",
+    "AttentionPooling", "GradientReversal", "LayerMix", "LossWeights", "MLPHead", "ModelConfig", "SpecAugment", "TCGRU",
     "build_model", "ccc", "ccc_loss", "frame_cluster_loss", "grad_reverse", "kl_divergence", "last_state",
-    "lengths_to_mask", "make_pooling", "masked_cross_entropy", "masked_mean", "multitask_loss",
+    "lengths_to_mask", "make_pooling", "masked_cross_entropy", "masked_mean", "mix_weights", "multitask_loss",
     "soft_cross_entropy",
 ]

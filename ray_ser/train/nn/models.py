@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ray_ser.train.nn.grl import GradientReversal
+from ray_ser.train.nn.mix import LAYER_MIXES, LayerMix
 from ray_ser.train.nn.pooling import (
     POOLINGS,
     lengths_to_mask,
@@ -44,6 +45,16 @@ class ModelConfig:
     dropout: float = 0.2
     mlp_hidden: int = 256
     """MLP hidden width; 0 makes the MLP a linear model: the pooled (standardised) input is the embedding."""
+    layer_mix: str = "none"
+    """learned: a :class:`~ray_ser.train.nn.mix.LayerMix` front sums the ``n_layers`` layers concatenated in the
+    input by learned softmax weights, so the network reads one layer's width; none: the concatenation as it is."""
+    n_layers: int = 1
+    """Layers concatenated in each input frame (``input_dim`` is n_layers times a layer's kept width)."""
+
+    @property
+    def width(self) -> int:
+        """The width the network reads: one layer's after a learned mix, else the whole input."""
+        return self.input_dim // self.n_layers if self.layer_mix == "learned" else self.input_dim
 
     def __post_init__(self) -> None:
         for name in ("n_classes", "n_dims", "n_domains", "n_clusters"):  # None (e.g. Tune's "none") = head off
@@ -65,6 +76,11 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig: {name} must be >= 0 (0 = head off), got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"ModelConfig: dropout must be in [0, 1), got {self.dropout}")
+        if self.layer_mix not in LAYER_MIXES:
+            raise ValueError(f"ModelConfig: unknown layer_mix {self.layer_mix!r}; expected one of {LAYER_MIXES}")
+        if self.n_layers < 1 or (self.layer_mix == "learned" and self.input_dim % self.n_layers):
+            raise ValueError(f"ModelConfig: input_dim {self.input_dim} is not n_layers={self.n_layers} layers of "
+                             "equal width")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (for config.json next to a checkpoint)."""
@@ -127,7 +143,8 @@ class TCGRU(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.conv = nn.Conv1d(cfg.input_dim, cfg.conv_channels, cfg.kernel, padding="same")
+        self.mix = LayerMix(cfg.n_layers) if cfg.layer_mix == "learned" else None
+        self.conv = nn.Conv1d(cfg.width, cfg.conv_channels, cfg.kernel, padding="same")
         self.gru = nn.GRU(cfg.conv_channels, cfg.gru_hidden, num_layers=cfg.gru_layers, batch_first=True,
                           dropout=cfg.dropout if cfg.gru_layers > 1 else 0.0)
         self.pool = make_pooling(cfg.pooling, cfg.gru_hidden)
@@ -139,6 +156,8 @@ class TCGRU(nn.Module):
     def frames(self, x: Tensor, lengths: Tensor) -> Tensor:
         """Per-frame GRU outputs (B, T, gru_hidden); zeros on padding."""
         lengths_cpu = _check_input(x, lengths, self.cfg.input_dim)
+        if self.mix is not None:
+            x = self.mix(x)
         T = x.shape[1]
         real = lengths_to_mask(lengths_cpu.to(x.device), T).unsqueeze(-1)
         h = self.conv(x.masked_fill(~real, 0.0).transpose(1, 2)).transpose(1, 2)
@@ -165,12 +184,13 @@ class MLPHead(nn.Module):
             raise ValueError(f"MLPHead pools the frames first, so it has no frame-cluster head: set n_clusters=0 "
                              f"(got {cfg.n_clusters}) or use arch='tcgru'")
         self.cfg = cfg
+        self.mix = LayerMix(cfg.n_layers) if cfg.layer_mix == "learned" else None
         if cfg.mlp_hidden == 0:
             self.embed = nn.Identity()
-            self.heads = Heads(cfg, width=cfg.input_dim)
+            self.heads = Heads(cfg, width=cfg.width)
         else:
             self.embed = nn.Sequential(
-                nn.Linear(cfg.input_dim, cfg.mlp_hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
+                nn.Linear(cfg.width, cfg.mlp_hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
                 nn.Linear(cfg.mlp_hidden, cfg.embed_dim), nn.ReLU(),
             )
             self.heads = Heads(cfg)
@@ -185,7 +205,9 @@ class MLPHead(nn.Module):
 
     def from_pooled(self, pooled: Tensor) -> dict[str, Tensor]:
         """The heads' outputs from the mean frames: a per-dimension affine map of the frames (a scaler) can be
-        applied here instead, to B vectors rather than every frame."""
+        applied here instead, to B vectors rather than every frame; the layer mix commutes with both."""
+        if self.mix is not None:
+            pooled = self.mix(pooled)
         return self.heads(self.embed(pooled))
 
 
