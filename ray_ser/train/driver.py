@@ -59,7 +59,7 @@ def config_hash(cfg: TrainConfig) -> str:
     return hashlib.sha1(json.dumps(defining(cfg.model_dump()), sort_keys=True).encode()).hexdigest()[:8]
 
 
-RUNTIME_FIELDS = ("cache_mb", "checkpoint_every_s", "outer_folds", "final", "device", "pooled")
+RUNTIME_FIELDS = ("cache_mb", "checkpoint_every_s", "outer_folds", "final", "device", "pooled", "fold_slots")
 """TrainConfig fields that change how a run is executed, not what it learns (a resumed run may change them; which
 folds a run trains and whether it adds a final model do not change any fold's model; ``device`` auto never was part
 of a run's identity either, since it followed the cluster)."""
@@ -186,7 +186,8 @@ def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir:
         state = final_state(load_state(d))
     write_best(out_dir, cfg, plan, state)
     write_parquet(epochs_frame(state["history"]), fold_dir(out_dir, fold) / "epochs.parquet")
-    return fold_summary(cfg, plan, state, time.perf_counter() - t0)
+    compute = (result.metrics or {}).get("compute_s")
+    return fold_summary(cfg, plan, state, time.perf_counter() - t0, **({} if compute is None else {"compute_s": compute}))
 
 
 def train_pooled_folds(jobs: Sequence[tuple[int, TrainConfig]], assignment: FoldAssignment,
@@ -246,6 +247,19 @@ def fold_summary(cfg: TrainConfig, plan, state: dict, seconds: float, **extra) -
             "hit_cap": hit_cap(cfg, state["best_epoch"], epochs_run), "val_metric": val_metric(plan.model_cfg),
             "seconds": seconds, "n_train": len(plan.inner), "n_val": len(plan.val), "n_test": len(plan.test),
             "corpus_counts": plan.corpus_counts, "corpus_dims": plan.corpus_dims, **extra}
+
+
+def fold_slots(cfg: TrainConfig, folds: int) -> int:
+    """How many folds' Ray Train runs go at once on the frame path: as many as the cluster's CPUs hold with one CPU
+    left for Ray Data's read tasks (``num_workers`` x ``cpus_per_worker`` each; at most ``cfg.fold_slots`` when set,
+    1: one after another); never more than the folds."""
+    import ray
+
+    if folds < 2 or cfg.fold_slots == 1 or not ray.is_initialized():
+        return 1
+    free = float(ray.cluster_resources().get("CPU", 1)) - 1.0
+    fit = int(free // (cfg.num_workers * cfg.cpus_per_worker)) if free > 0 else 1
+    return max(1, min(folds, fit, cfg.fold_slots or folds))
 
 
 def hit_cap(cfg: TrainConfig, best_epoch: int, epochs_run: int) -> bool:
@@ -329,6 +343,15 @@ def run(cfg: TrainConfig, folds: str | Sequence[int] | None, out_dir: str | os.P
     pooled = train_pooled_folds(todo, assignment, out_dir, layers) if pooled_model(cfg) and todo else None
     if pooled is not None:
         bar.set_postfix_str(f"{len(todo)} pooled fold(s), {cfg.cpus_per_worker:g} CPU each")
+    running, slots = {}, fold_slots(cfg, len(todo)) if pooled is None else 1
+    if slots > 1:  # frame path: several folds' Ray Train runs at once, one driver thread each
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(slots, thread_name_prefix="ray_ser-fold")
+        running = {fold: pool.submit(train_fold, fold_cfg, assignment, fold, out_dir, layers.get(fold),
+                                     on_epoch=lambda p, f=fold: bar.set_postfix_str(epoch_note(f, p)))
+                   for fold, fold_cfg in todo}
+        pool.shutdown(wait=False)
     for fold, fold_cfg in jobs:
         label = "final" if fold == FINAL else f"fold {fold}"
         if pooled is None:
@@ -343,6 +366,8 @@ def run(cfg: TrainConfig, folds: str | Sequence[int] | None, out_dir: str | os.P
                        "val_metric": val_metric(info["plan"].get("model_cfg", {}))}
         elif pooled is not None:
             summary = next(pooled)
+        elif fold in running:
+            summary = running[fold].result()
         else:
             summary = train_fold(fold_cfg, assignment, fold, out_dir, layers.get(fold),
                                  on_epoch=lambda p, f=fold: bar.set_postfix_str(epoch_note(f, p)))
