@@ -235,8 +235,8 @@ def train_pooled_folds(jobs: Sequence[tuple[int, TrainConfig]], assignment: Fold
         state = ray.get(ref)
         write_best(out_dir, fold_cfg, plan, state)
         write_parquet(epochs_frame(state["history"]), fold_dir(out_dir, fold) / "epochs.parquet")
-        yield fold_summary(fold_cfg, plan, state, time.perf_counter() - t_fold,
-                           compute_s=state["compute_s"], read_s=read_s, planned_s=t_read - t0)
+        yield fold_summary(fold_cfg, plan, state, state["compute_s"], compute_s=state["compute_s"], read_s=read_s,
+                           planned_s=t_read - t0, waited_s=time.perf_counter() - t_fold)
 
 
 def fold_summary(cfg: TrainConfig, plan, state: dict, seconds: float, **extra) -> dict:

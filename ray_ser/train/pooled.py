@@ -57,3 +57,37 @@ def fit_pooled(cfg_dict: dict, plan_dict: dict, sources: dict, tb_dir: str | Non
                      refit_source=sources.get("refit"), pool_source=sources.get("pool"), device=device, rank=0,
                      tb_dir=tb_dir)
     return {**{k: state[k] for k in KEPT if k in state}, "compute_s": time.perf_counter() - t0}
+
+
+def pooled_predictions(fm, pooled, conditions, utt_ids=None):
+    """A fold model's predictions (utt_id, condition, probs, pred_<dim> on each corpus's own scale) on its test
+    speakers' mean frames (``pooled``: a :class:`~ray_ser.train.reader.PooledFrames` holding them): what
+    :func:`ray_ser.evaluate.predict.predict_fold` gives a pooled model (before its temperature, which keeps the
+    argmax) without a predictor actor and a frame read per fold."""
+    import numpy as np
+    import polars as pl
+    import torch
+
+    from ray_ser.corpora.manifest import DIMENSIONS
+    from ray_ser.train.reader import load_labels, scale_dims
+
+    plan = fm.plan
+    utts = list(plan.test if utt_ids is None else utt_ids)
+    labels = load_labels(fm.cfg.store, utts, label_set=fm.cfg.label_set)
+    rows = pooled.examples(utts, conditions, plan.read_layers, labels, keep=plan.keep, scale=plan.corpus_norm)
+    n = len(rows["utt_id"])
+    df = pl.DataFrame({"utt_id": list(rows["utt_id"]), "condition": list(rows["condition"])},
+                      schema={"utt_id": pl.Utf8, "condition": pl.Utf8})
+    if not n:
+        return df
+    with torch.no_grad():
+        out = fm.module(torch.from_numpy(np.stack(list(rows["x"]))), torch.ones(n, dtype=torch.long))
+    if "logits" in out:
+        probs = torch.softmax(out["logits"].float(), -1).numpy().astype(np.float32)
+        df = df.with_columns(pl.Series("probs", probs.tolist(), dtype=pl.List(pl.Float32)))
+    if "dims" in out:
+        dims = out["dims"].float().numpy()
+        if plan.dim_scale:
+            dims = scale_dims(dims, list(rows["corpus"]), plan.dim_scale, inverse=True)
+        df = df.with_columns(*[pl.Series(f"pred_{d}", dims[:, j].astype(np.float32)) for j, d in enumerate(DIMENSIONS)])
+    return df

@@ -55,6 +55,8 @@ def test_pooled_folds_learn_the_frame_path_models(synth_store, tmp_path, scaler,
     assert pooled[0]["compute_s"] > 0 and frames[0]["compute_s"] > 0
     assert [s["best_epoch"] for s in pooled] == [s["best_epoch"] for s in frames]
     assert_same_models((synth_store, tmp_path / "pooled"), (synth_store, tmp_path / "frames"), atol)
+    if scaler == "global":  # the train job's pooled test report predicts as the evaluation does
+        check_pooled_report(synth_store, tmp_path / "pooled")
     ea = pl.read_parquet(tmp_path / "pooled" / "epochs.parquet")
     eb = pl.read_parquet(tmp_path / "frames" / "epochs.parquet")
     assert ea.drop("value").equals(eb.drop("value"))
@@ -91,3 +93,20 @@ def test_frame_path_folds_run_at_once_with_the_same_models(synth_store, tmp_path
     run(cfg, "0,1", tmp_path / "together")
     run(cfg.model_copy(update={"fold_slots": 1}), "0,1", tmp_path / "alone")
     assert_same_models((synth_store, tmp_path / "together"), (synth_store, tmp_path / "alone"), 0.0)
+
+
+def check_pooled_report(store: str, out) -> None:
+    from ray_ser.train.calibration import scale
+    from ray_ser.train.checkpoints import load_fold_model
+    from ray_ser.train.pooled import pooled_predictions
+    from ray_ser.train.reader import PooledFrames
+
+    fm = load_fold_model(fold_checkpoints(out)[0], store=store)
+    conditions = ["clean", "5dB"]
+    reads = PooledFrames.read(store, "tiny", fm.plan.read_layers, fm.plan.test, conditions)
+    mine = pooled_predictions(fm, reads, conditions).sort("utt_id", "condition")
+    theirs = predict_fold(store, fold_checkpoints(out)[0], conditions=conditions).sort("utt_id", "condition")
+    assert mine["utt_id"].to_list() == theirs["utt_id"].to_list() and len(mine) == 2 * len(fm.plan.test)
+    p = np.stack(mine["probs"].to_list())
+    p = p if fm.temperature is None else scale(p, fm.temperature)
+    np.testing.assert_allclose(p, np.stack(theirs["probs"].to_list()), atol=1e-5)
