@@ -593,7 +593,8 @@ def mean_frames(chunk: dict) -> dict:
 def in_key_order(rows: dict) -> dict:
     """Rows sorted by (utt_id, condition): a cached shard's order, and so every epoch's draw, no longer depends on
     the order Ray Data's read tasks finished in (and the pooled path, :class:`PooledFrames`, draws the same)."""
-    order = sorted(range(len(rows["utt_id"])), key=lambda i: (rows["utt_id"][i], rows["condition"][i]))
+    ids, conditions = rows["utt_id"], rows.get("condition", np.full(len(rows["utt_id"]), "", dtype=object))
+    order = sorted(range(len(ids)), key=lambda i: (ids[i], conditions[i]))
     return take_rows(rows, np.asarray(order, np.int64))
 
 
