@@ -222,13 +222,12 @@ def train_pooled_folds(jobs: Sequence[tuple[int, TrainConfig]], assignment: Fold
     cr.place(per_task, f"each fold's training task (train.device {cfg.device})", GPU_HINT if use_gpu else "")
     task = ray.remote(fit_pooled).options(num_cpus=cfg.cpus_per_worker, num_gpus=1 if use_gpu else 0,
                                           max_retries=2)
-    from ray_ser.train.pooled import fold_sources
-
+    pooled_ref = ray.put(pooled)  # once in the object store; each task takes its fold's rows from it
     started = {}
     for fold, fold_cfg, plan, labels, _ in planned:
         name = fold_dir(out_dir, fold).name
         started[fold] = (time.perf_counter(), task.remote(
-            fold_cfg.model_dump(), plan.to_dict(), fold_sources(fold_cfg, plan, labels, pooled),
+            fold_cfg.model_dump(), plan.to_dict(), labels, pooled_ref,
             join(out_dir, "tensorboard", name), storage.snapshot(), use_gpu))
     for fold, fold_cfg, plan, _, _ in planned:
         t_fold, ref = started[fold]

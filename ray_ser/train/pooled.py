@@ -39,10 +39,11 @@ KEPT = ("best_model", "best_epoch", "best_score", "epoch", "history", "phase", "
 """What a pooled fold's task sends back of its final state (what the checkpoint and the summary need)."""
 
 
-def fit_pooled(cfg_dict: dict, plan_dict: dict, sources: dict, tb_dir: str | None = None,
+def fit_pooled(cfg_dict: dict, plan_dict: dict, labels, pooled, tb_dir: str | None = None,
                snapshot: dict | None = None, use_gpu: bool = False) -> dict:
-    """One fold's :func:`~ray_ser.train.loop.fit_fold` on in-memory sources, as a Ray Train worker runs it
-    (rank 0, the same seeds and thread count, so the same model); returns its final state and ``compute_s``."""
+    """One fold's :func:`~ray_ser.train.loop.fit_fold` on its rows of ``pooled`` (a
+    :class:`~ray_ser.train.reader.PooledFrames`) in memory, as a Ray Train worker runs it (rank 0, the same seeds
+    and thread count, so the same model); returns its final state and ``compute_s``."""
     import torch
 
     from ray_ser import storage
@@ -50,6 +51,7 @@ def fit_pooled(cfg_dict: dict, plan_dict: dict, sources: dict, tb_dir: str | Non
 
     storage.restore(snapshot)
     cfg, plan = TrainConfig(**cfg_dict), FoldPlan(**plan_dict)
+    sources = fold_sources(cfg, plan, labels, pooled)
     torch.set_num_threads(max(1, int(round(cfg.cpus_per_worker))))
     device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
     t0 = time.perf_counter()

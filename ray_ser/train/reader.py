@@ -383,10 +383,19 @@ class PooledFrames:
     """Each stored (utterance, condition)'s mean frame per layer, read once (pooled in the reader, so only one
     vector per row leaves the read tasks) for every fold of a run whose model sees nothing but the mean frame: the
     saliency mask picks dimensions and a scaler is affine, so both commute with the mean (the per-corpus scaler
-    up to the float16 rounding of the frame path's standardised frames)."""
+    up to the float16 rounding of the frame path's standardised frames). Held as one (keys, dim) float64 matrix per
+    layer, so it pickles as a few arrays."""
 
-    def __init__(self, means: dict[tuple[str, str, int], np.ndarray], n_frames: dict[tuple[str, str], int]):
-        self.means, self.n_frames = means, n_frames
+    def __init__(self, keys: list[tuple[str, str]], n_frames: np.ndarray, means: dict[int, np.ndarray],
+                 present: dict[int, np.ndarray]):
+        self.keys, self.n_frames, self.means, self.present = keys, n_frames, means, present
+        self.index = {k: i for i, k in enumerate(keys)}
+
+    def __getstate__(self) -> dict:
+        return {"keys": self.keys, "n_frames": self.n_frames, "means": self.means, "present": self.present}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
 
     @classmethod
     def read(cls, store: str | Store, model: str, layers: Sequence[int], utt_ids: Sequence[str],
@@ -401,25 +410,35 @@ class PooledFrames:
         uri = store.embeddings(model).to_lance().uri
         ds = rows_dataset(uri, ["utt_id", "condition", "layer", "frames"], list(layers), list(conditions), utt_ids,
                           store.storage_options)
-        means, n_frames = {}, {}
+        rows = {}
         for b in ds.map_batches(pool_layers, batch_format="pyarrow", batch_size=64).iter_batches(
                 batch_size=None, batch_format="numpy"):
             for u, c, layer, n, m in zip(b["utt_id"], b["condition"], b["layer"], b["n_frames"], b["mean"]):
-                means[(str(u), str(c), int(layer))] = np.asarray(m, np.float64)
-                n_frames[(str(u), str(c))] = int(n)
-        return cls(means, n_frames)
+                rows[(str(u), str(c), int(layer))] = (int(n), m)
+        keys = sorted({(u, c) for u, c, _ in rows})
+        at = {k: i for i, k in enumerate(keys)}
+        n_frames = np.zeros(len(keys), np.int64)
+        dim = len(next(iter(rows.values()))[1]) if rows else 0
+        means = {int(l): np.zeros((len(keys), dim)) for l in layers}
+        present = {int(l): np.zeros(len(keys), bool) for l in layers}
+        for (u, c, layer), (n, m) in rows.items():
+            i = at[(u, c)]
+            n_frames[i], means[layer][i], present[layer][i] = n, m, True
+        return cls(keys, n_frames, means, present)
 
     def examples(self, utt_ids: Sequence[str], conditions: Sequence[str], layers: Sequence[int], labels: Labels,
                  keep: Sequence[int] | None = None, scale: dict | None = None) -> dict:
         """Example rows (as :func:`frames_dataset` yields, ``x`` each row's (1, kept dims) float32 mean frame) of
         the stored (utterance, condition) pairs among ``utt_ids`` x ``conditions``, sorted by (utt_id, condition)."""
-        keys = sorted((u, c) for u in set(utt_ids) for c in conditions if (u, c) in self.n_frames)
-        X = np.zeros((len(keys), 0))
-        if keys:
-            missing = [(k, l) for k in keys for l in layers if (*k, int(l)) not in self.means]
-            if missing:
-                raise ValueError(f"layer {missing[0][1]} has no stored row of {missing[0][0]} while another layer has")
-            X = np.stack([np.concatenate([self.means[(u, c, int(l))] for l in layers]) for u, c in keys])
+        keys = sorted((u, c) for u in set(utt_ids) for c in conditions if (u, c) in self.index)
+        rows = np.array([self.index[k] for k in keys], np.int64)
+        for l in layers:
+            if int(l) not in self.means:
+                raise ValueError(f"layer {l} was not read (the pooled frames hold layers {sorted(self.means)})")
+            missing = rows[~self.present[int(l)][rows]]
+            if len(missing):
+                raise ValueError(f"layer {l} has no stored row of {self.keys[missing[0]]} while another layer has")
+        X = np.hstack([self.means[int(l)][rows] for l in layers]) if layers else np.zeros((len(rows), 0))
         if keep is not None:
             X = X[:, list(keep)]
         cols = labels.columns()
@@ -430,9 +449,9 @@ class PooledFrames:
                 if corpus not in scale:
                     raise ValueError(f"no scaler for corpus {corpus} (the per-corpus scaler has {sorted(scale)})")
                 mean, std = (np.asarray(v, np.float32).astype(np.float64) for v in scale[corpus])
-                rows = corpora == corpus
-                X[rows] = (X[rows] - mean) / std
-        lengths = np.array([self.n_frames[k] for k in keys], np.int64)
+                sel = corpora == corpus
+                X[sel] = (X[sel] - mean) / std
+        lengths = self.n_frames[rows]
         # the one-frame "utterances" stand for the mean frame; n_frames keeps the real length (length buckets)
         out = _as_examples(ids, [c for _, c in keys], X.astype(np.float32), np.ones(len(keys), np.int64), None, labels,
                            None)
