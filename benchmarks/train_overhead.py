@@ -54,6 +54,7 @@ def main() -> None:
     from ray_ser.config import load
     from ray_ser.runtime import init_ray
 
+    init_ray()
     tmp = Path(tempfile.mkdtemp(prefix="train_overhead_"))
     argv = ["--config", args.config, "--out", args.out or str(tmp / "run")]
     if args.synthetic:
@@ -69,7 +70,6 @@ def main() -> None:
         argv += ["--folds", args.folds]
     if args.frame_path:
         argv += ["--set", "train.pooled=false"]
-    init_ray()
     from ray_ser.jobs import train as train_job
 
     t0 = time.perf_counter()
