@@ -135,7 +135,7 @@ def _layers(summary: dict) -> str:
     return f"layer {layers[0]}" if len(layers) == 1 else "layers " + ",".join(str(l) for l in layers)
 
 
-def test_report(cfg, summary: dict, out: str) -> str:
+def test_report(cfg, summary: dict, out: str, pooled_reads: dict | None = None) -> str:
     """The fold's best checkpoint on its test speakers per condition: UAR where it has a categorical head and the
     speakers have labels, CCC per A/V/D dimension where it has a dimensional head and they have those values (the
     evaluation job makes the tables)."""
@@ -149,7 +149,7 @@ def test_report(cfg, summary: dict, out: str) -> str:
     from ray_ser.train.reader import load_labels
 
     path = fold_checkpoints(out)[summary["fold"]]
-    pred = predict_fold(cfg.store, path)
+    pred = predict_fold(cfg.store, path) if pooled_reads is None else pooled_test(cfg, path, pooled_reads)
     labels = load_labels(cfg.store, pred["utt_id"].unique().to_list(), label_set=cfg.label_set)
     cats = {c: i for i, c in enumerate(labels.categories)}
     uar, dims = [], []
@@ -180,6 +180,23 @@ def test_report(cfg, summary: dict, out: str) -> str:
     return line + ("; test CCC: " + ", ".join(dims) if dims else "")
 
 
+def pooled_test(cfg, path, reads: dict):
+    """A pooled model's test predictions from every utterance's mean frames of every evaluation condition, read
+    once for all folds (``reads``: the job's {layers: PooledFrames})."""
+    from ray_ser.evaluate.predict import evaluation_conditions
+    from ray_ser.train.checkpoints import load_fold_model
+    from ray_ser.train.pooled import pooled_predictions
+    from ray_ser.train.reader import PooledFrames
+
+    fm = load_fold_model(path, store=cfg.store)
+    conditions = evaluation_conditions(cfg.store, cfg.model)
+    key = tuple(fm.plan.read_layers)
+    if key not in reads:
+        reads[key] = PooledFrames.read(cfg.store, cfg.model, list(key), sorted({*fm.plan.inner, *fm.plan.val,
+                                                                                 *fm.plan.test}), conditions)
+    return pooled_predictions(fm, reads[key], conditions)
+
+
 def cap_note(summary: dict) -> str:
     """`` of N, hit the epoch cap`` when the fold's selection stopped at its epoch budget while its validation score
     was still improving (its best epoch within the last ``patience`` epochs): more epochs might have helped."""
@@ -189,6 +206,7 @@ def cap_note(summary: dict) -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     from ray_ser.runtime import init_ray
     from ray_ser.train.driver import run
+    from ray_ser.train.pooled import pooled_model
 
     experiment, args = build_config(argv)
     cfg = experiment.train
@@ -199,6 +217,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         t0 = time.perf_counter()
 
         current = {"out": args.out}  # the run folder being trained (a seed's, with --seeds)
+        reads: dict = {}  # a pooled model's test report: mean frames read once for every fold
 
         def on_fold(summary: dict) -> None:
             """One console line per fold: its test speakers' UAR (or, without the report, its training summary)."""
@@ -213,7 +232,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 console.say(line)
             else:
                 console.detail(line)
-                console.say(test_report(cfg, summary, current["out"]))
+                console.say(test_report(cfg, summary, current["out"], reads if pooled_model(cfg) else None))
 
         if experiment.seeds > 1:
             from ray_ser.evaluate.seeds import seed_folder, seed_list

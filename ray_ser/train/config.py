@@ -126,6 +126,13 @@ class TrainConfig(BaseModel):
     """A worker reports to Ray Train (the epoch's metrics and a checkpoint of the fold's state) at most this often
     and after the last epoch (0: every epoch). Train V2 takes one report per controller poll (2 s), more than a
     small model's epoch; a killed run redoes at most this much. Every epoch is in the history and TensorBoard."""
+    pooled: bool = True
+    """A model that sees only each utterance's mean frame (arch mlp without spec_augment) trains on mean frames read
+    once per run, each fold in memory as a Ray task, several folds at once (cpus_per_worker each); false: the frame
+    path (a Ray Train run per fold, num_workers workers reading the frames). The same models either way."""
+    fold_slots: int = Field(0, ge=0)
+    """Frame path: at most this many folds' Ray Train runs at once (0: as many as the cluster's CPUs hold, one CPU
+    left for the reads; 1: one after another). The same models either way."""
     cache_mb: int = Field(2048, ge=0)
     """A worker's training (and validation) shard up to this size stays in memory after the first epoch's read
     (0: stream from Ray Data every epoch)."""

@@ -67,7 +67,7 @@ def config_hash(cfg: TrainConfig) -> str:
     return hashlib.sha1(json.dumps(defining(cfg.model_dump()), sort_keys=True).encode()).hexdigest()[:8]
 
 
-RUNTIME_FIELDS = ("cache_mb", "checkpoint_every_s", "outer_folds", "final", "device")
+RUNTIME_FIELDS = ("cache_mb", "checkpoint_every_s", "outer_folds", "final", "device", "pooled", "fold_slots")
 """TrainConfig fields that change how a run is executed, not what it learns (a resumed run may change them; which
 folds a run trains and whether it adds a final model do not change any fold's model; ``device`` auto never was part
 of a run's identity either, since it followed the cluster)."""
@@ -200,13 +200,80 @@ def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir:
         state = final_state(load_state(d))
     write_best(out_dir, cfg, plan, state)
     write_parquet(epochs_frame(state["history"]), fold_dir(out_dir, fold) / "epochs.parquet")
+    compute = (result.metrics or {}).get("compute_s")
+    return fold_summary(cfg, plan, state, time.perf_counter() - t0, **({} if compute is None else {"compute_s": compute}))
+
+
+def train_pooled_folds(jobs: Sequence[tuple[int, TrainConfig]], assignment: FoldAssignment,
+                       out_dir: str | os.PathLike, layers: dict[int, list[int]] | None = None) -> Iterator[dict]:
+    """Train the (fold, config) ``jobs`` of a pooled model (:mod:`ray_ser.train.pooled`): plan every fold, read the
+    mean frames they need in one pass, then fit each fold as a Ray task of ``cpus_per_worker`` CPUs (several at
+    once as the cluster allows); yields each fold's summary in ``jobs`` order, its checkpoint written, as
+    :func:`train_fold` returns it (plus ``compute_s``: the fold's epochs; ``read_s``: the shared read)."""
+    import ray
+
+    from ray_ser import cluster_resources as cr
+    from ray_ser.train.pooled import fit_pooled
+    from ray_ser.train.reader import PooledFrames
+
+    out_dir = run_folder(out_dir)
+    t0 = time.perf_counter()
+    planned = [(fold, fold_cfg, *plan_fold(fold_cfg, assignment, fold, (layers or {}).get(fold)))
+               for fold, fold_cfg in jobs]
+    if not planned:
+        return
+    cfg = jobs[0][1]
+    read_layers = sorted({l for _, _, plan, _, _ in planned for l in plan.read_layers})
+    utts = sorted({u for _, _, plan, _, _ in planned for u in [*plan.inner, *plan.val]})
+    conditions = sorted({"clean", *(c for _, fold_cfg, *_ in planned for c in fold_cfg.conditions)})
+    t_read = time.perf_counter()
+    pooled = PooledFrames.read(cfg.store, cfg.model, read_layers, utts, conditions)
+    read_s = time.perf_counter() - t_read
+    log.info("pooled path: mean frames of %d utterances x %s x layers %s read in %.1f s", len(utts), conditions,
+             read_layers, read_s)
+    use_gpu = cr.wants_gpu(cfg.device)
+    per_task = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    cr.place(per_task, f"each fold's training task (train.device {cfg.device})", GPU_HINT if use_gpu else "")
+    task = ray.remote(fit_pooled).options(num_cpus=cfg.cpus_per_worker, num_gpus=1 if use_gpu else 0,
+                                          max_retries=2)
+    pooled_ref = ray.put(pooled)  # once in the object store; each task takes its fold's rows from it
+    started = {}
+    for fold, fold_cfg, plan, labels, _ in planned:
+        name = fold_dir(out_dir, fold).name
+        started[fold] = (time.perf_counter(), task.remote(
+            fold_cfg.model_dump(), plan.to_dict(), labels, pooled_ref,
+            join(out_dir, "tensorboard", name), storage.snapshot(), use_gpu))
+    for fold, fold_cfg, plan, _, _ in planned:
+        t_fold, ref = started[fold]
+        state = ray.get(ref)
+        write_best(out_dir, fold_cfg, plan, state)
+        write_parquet(epochs_frame(state["history"]), fold_dir(out_dir, fold) / "epochs.parquet")
+        yield fold_summary(fold_cfg, plan, state, state["compute_s"], compute_s=state["compute_s"], read_s=read_s,
+                           planned_s=t_read - t0, waited_s=time.perf_counter() - t_fold)
+
+
+def fold_summary(cfg: TrainConfig, plan, state: dict, seconds: float, **extra) -> dict:
+    """A trained fold's summary (best epoch and validation score, seconds, layers, sizes)."""
     epochs_run = state.get("selected", state)["epoch"]
-    return {"fold": fold, "layer": plan.layer, "layers": plan.read_layers, "best_epoch": state["best_epoch"], "best_val_score": state["best_score"],
-            "epochs": epochs_run, "refit_epochs": state.get("refit_epochs"),
+    return {"fold": plan.fold, "layer": plan.layer, "layers": plan.read_layers, "best_epoch": state["best_epoch"],
+            "best_val_score": state["best_score"], "epochs": epochs_run, "refit_epochs": state.get("refit_epochs"),
             "hit_cap": hit_cap(cfg, state["best_epoch"], epochs_run), "val_metric": val_metric(plan.model_cfg),
-            "seconds": time.perf_counter() - t0, "n_train": len(plan.inner),
-            "n_val": len(plan.val), "n_test": len(plan.test), "corpus_counts": plan.corpus_counts,
-            "corpus_dims": plan.corpus_dims, "layer_weights": layer_weights(plan, state["best_model"])}
+            "seconds": seconds, "n_train": len(plan.inner), "n_val": len(plan.val), "n_test": len(plan.test),
+            "corpus_counts": plan.corpus_counts, "corpus_dims": plan.corpus_dims,
+            "layer_weights": layer_weights(plan, state["best_model"]), **extra}
+
+
+def fold_slots(cfg: TrainConfig, folds: int) -> int:
+    """How many folds' Ray Train runs go at once on the frame path: as many as the cluster's CPUs hold with one CPU
+    left for Ray Data's read tasks (``num_workers`` x ``cpus_per_worker`` each; at most ``cfg.fold_slots`` when set,
+    1: one after another); never more than the folds."""
+    import ray
+
+    if folds < 2 or cfg.fold_slots == 1 or not ray.is_initialized():
+        return 1
+    free = float(ray.cluster_resources().get("CPU", 1)) - 1.0
+    fit = int(free // (cfg.num_workers * cfg.cpus_per_worker)) if free > 0 else 1
+    return max(1, min(folds, fit, cfg.fold_slots or folds))
 
 
 def hit_cap(cfg: TrainConfig, best_epoch: int, epochs_run: int) -> bool:
@@ -282,11 +349,28 @@ def run(cfg: TrainConfig, folds: str | Sequence[int] | None, out_dir: str | os.P
     if cfg.layer is None and not cfg.layers:  # every fold's automatic layers from one read (the stored ranking when there is one)
         layers = auto_layers(cfg, assignment, wanted)
     bar = console.progress(len(wanted), "train folds", "fold")  # the postfix: the fold training and its epoch
-    for fold in wanted:
+    jobs = [(fold, cfg if fold != FINAL else final_config(cfg)) for fold in wanted]
+    todo = [(fold, fold_cfg) for fold, fold_cfg in jobs if not (fold in done and defining(
+        json.loads((done[fold] / "config.json").read_text())["train"]) == defining(fold_cfg.model_dump()))]
+    from ray_ser.train.pooled import pooled_model
+
+    pooled = train_pooled_folds(todo, assignment, out_dir, layers) if pooled_model(cfg) and todo else None
+    if pooled is not None:
+        bar.set_postfix_str(f"{len(todo)} pooled fold(s), {cfg.cpus_per_worker:g} CPU each")
+    running, slots = {}, fold_slots(cfg, len(todo)) if pooled is None else 1
+    if slots > 1:  # frame path: several folds' Ray Train runs at once, one driver thread each
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(slots, thread_name_prefix="ray_ser-fold")
+        running = {fold: pool.submit(train_fold, fold_cfg, assignment, fold, out_dir, layers.get(fold),
+                                     on_epoch=lambda p, f=fold: bar.set_postfix_str(epoch_note(f, p)))
+                   for fold, fold_cfg in todo}
+        pool.shutdown(wait=False)
+    for fold, fold_cfg in jobs:
         label = "final" if fold == FINAL else f"fold {fold}"
-        bar.set_postfix_str(label)
-        fold_cfg = cfg if fold != FINAL else final_config(cfg)
-        if fold in done and defining(json.loads((done[fold] / "config.json").read_text())["train"]) == defining(fold_cfg.model_dump()):
+        if pooled is None:
+            bar.set_postfix_str(label)
+        if fold not in {f for f, _ in todo}:
             log.info("%s already trained: %s", label, done[fold])
             info = json.loads((done[fold] / "config.json").read_text())
             summary = {"fold": fold, "layer": info["plan"]["layer"],
@@ -295,6 +379,10 @@ def run(cfg: TrainConfig, folds: str | Sequence[int] | None, out_dir: str | os.P
                        "skipped": True, "hit_cap": hit_cap(fold_cfg, info["best_epoch"], info["epochs_run"]),
                        "val_metric": val_metric(info["plan"].get("model_cfg", {})),
                        "layer_weights": info.get("layer_weights")}
+        elif pooled is not None:
+            summary = next(pooled)
+        elif fold in running:
+            summary = running[fold].result()
         else:
             summary = train_fold(fold_cfg, assignment, fold, out_dir, layers.get(fold),
                                  on_epoch=lambda p, f=fold: bar.set_postfix_str(epoch_note(f, p)))

@@ -458,6 +458,7 @@ def train_loop_per_worker(config: dict) -> None:
     def report(metrics: dict, st: dict, final: bool = False) -> None:
         """Report when ``cfg.checkpoint_every_s`` has passed since the last report (rank 0's clock, shared so every
         worker reports as often) and at the end; rank 0 adds the checkpoint of the state."""
+        metrics = {**metrics, "compute_s": time.perf_counter() - t_fit}  # the fold's reads and epochs so far
         if rank == 0 and config.get("progress_file") and not final:
             write_progress(config["progress_file"], metrics, st, cfg, plan)
         due = [final or time.monotonic() - last["saved"] >= cfg.checkpoint_every_s]
@@ -475,6 +476,7 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
     shard = {n: ray.train.get_dataset_shard(n) for n in config["datasets"]}
+    t_fit = time.perf_counter()
     fit_fold(cfg, plan, shard.get("train"), shard.get("val"), report, refit_source=shard.get("refit"),
              pool_source=shard.get("pool"), state=state, device=device, prepare=ray.train.torch.prepare_model,
              rank=rank, tb_dir=config.get("tb_dir"))

@@ -374,6 +374,97 @@ def frames_dataset(store: str | Store, model: str, layer: int | Sequence[int], u
                           batch_format="pyarrow", batch_size=batch_rows)
 
 
+def pool_layers(t: pa.Table) -> dict:
+    """Ray Data map function: stored rows (utt_id, condition, layer, frames) -> each row's mean frame (float64 mean
+    of the stored float16 frames, as :func:`mean_frames` takes it) and frame count."""
+    ids, X, lengths = _frame_matrix(t)
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    means = np.stack([X[bounds[i]:bounds[i + 1]].mean(0, dtype=np.float64) for i in range(len(ids))]) \
+        if ids else np.zeros((0, X.shape[1]))
+    return {"utt_id": np.array(ids, dtype=object), "condition": np.array(t.column("condition").to_pylist(), dtype=object),
+            "layer": t.column("layer").to_numpy().astype(np.int64), "n_frames": lengths, "mean": means}
+
+
+class PooledFrames:
+    """Each stored (utterance, condition)'s mean frame per layer, read once (pooled in the reader, so only one
+    vector per row leaves the read tasks) for every fold of a run whose model sees nothing but the mean frame: the
+    saliency mask picks dimensions and a scaler is affine, so both commute with the mean (the per-corpus scaler
+    up to the float16 rounding of the frame path's standardised frames). Held as one (keys, dim) float64 matrix per
+    layer, so it pickles as a few arrays."""
+
+    def __init__(self, keys: list[tuple[str, str]], n_frames: np.ndarray, means: dict[int, np.ndarray],
+                 present: dict[int, np.ndarray]):
+        self.keys, self.n_frames, self.means, self.present = keys, n_frames, means, present
+        self.index = {k: i for i, k in enumerate(keys)}
+
+    def __getstate__(self) -> dict:
+        return {"keys": self.keys, "n_frames": self.n_frames, "means": self.means, "present": self.present}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    @classmethod
+    def read(cls, store: str | Store, model: str, layers: Sequence[int], utt_ids: Sequence[str],
+             conditions: Sequence[str]) -> "PooledFrames":
+        """The mean frames of ``layers`` x ``conditions`` x ``utt_ids`` (one Ray Data pass over their frames)."""
+        from ray_ser.store.take import rows_dataset
+
+        if os.environ.get(READ_LOG_ENV):
+            with open(os.environ[READ_LOG_ENV], "a") as fh:
+                fh.write("".join(f"{u}\n" for u in utt_ids))
+        store = as_store(store)
+        uri = store.embeddings(model).to_lance().uri
+        ds = rows_dataset(uri, ["utt_id", "condition", "layer", "frames"], list(layers), list(conditions), utt_ids,
+                          store.storage_options)
+        rows = {}
+        for b in ds.map_batches(pool_layers, batch_format="pyarrow", batch_size=64).iter_batches(
+                batch_size=None, batch_format="numpy"):
+            for u, c, layer, n, m in zip(b["utt_id"], b["condition"], b["layer"], b["n_frames"], b["mean"]):
+                rows[(str(u), str(c), int(layer))] = (int(n), m)
+        keys = sorted({(u, c) for u, c, _ in rows})
+        at = {k: i for i, k in enumerate(keys)}
+        n_frames = np.zeros(len(keys), np.int64)
+        dim = len(next(iter(rows.values()))[1]) if rows else 0
+        means = {int(l): np.zeros((len(keys), dim)) for l in layers}
+        present = {int(l): np.zeros(len(keys), bool) for l in layers}
+        for (u, c, layer), (n, m) in rows.items():
+            i = at[(u, c)]
+            n_frames[i], means[layer][i], present[layer][i] = n, m, True
+        return cls(keys, n_frames, means, present)
+
+    def examples(self, utt_ids: Sequence[str], conditions: Sequence[str], layers: Sequence[int], labels: Labels,
+                 keep: Sequence[int] | None = None, scale: dict | None = None) -> dict:
+        """Example rows (as :func:`frames_dataset` yields, ``x`` each row's (1, kept dims) float32 mean frame) of
+        the stored (utterance, condition) pairs among ``utt_ids`` x ``conditions``, sorted by (utt_id, condition)."""
+        keys = sorted((u, c) for u in set(utt_ids) for c in conditions if (u, c) in self.index)
+        rows = np.array([self.index[k] for k in keys], np.int64)
+        for l in layers:
+            if int(l) not in self.means:
+                raise ValueError(f"layer {l} was not read (the pooled frames hold layers {sorted(self.means)})")
+            missing = rows[~self.present[int(l)][rows]]
+            if len(missing):
+                raise ValueError(f"layer {l} has no stored row of {self.keys[missing[0]]} while another layer has")
+        X = np.hstack([self.means[int(l)][rows] for l in layers]) if layers else np.zeros((len(rows), 0))
+        if keep is not None:
+            X = X[:, list(keep)]
+        cols = labels.columns()
+        ids = [u for u, _ in keys]
+        corpora = cols.corpus[cols.take(ids)]
+        if scale is not None:
+            for corpus in sorted(set(corpora)):
+                if corpus not in scale:
+                    raise ValueError(f"no scaler for corpus {corpus} (the per-corpus scaler has {sorted(scale)})")
+                mean, std = (np.asarray(v, np.float32).astype(np.float64) for v in scale[corpus])
+                sel = corpora == corpus
+                X[sel] = (X[sel] - mean) / std
+        lengths = self.n_frames[rows]
+        # the one-frame "utterances" stand for the mean frame; n_frames keeps the real length (length buckets)
+        out = _as_examples(ids, [c for _, c in keys], X.astype(np.float32), np.ones(len(keys), np.int64), None, labels,
+                           None)
+        out["n_frames"] = lengths
+        return out
+
+
 def frame_stats(store: str | Store, model: str, layer: int | Sequence[int], utt_ids: Sequence[str],
                 conditions: Sequence[str] = ("clean",), keep: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension mean and standard deviation over every frame of ``utt_ids``, exactly, from the stored pooled
@@ -524,6 +615,14 @@ def mean_frames(chunk: dict) -> dict:
                                   for a in chunk["x"]])}
 
 
+def in_key_order(rows: dict) -> dict:
+    """Rows sorted by (utt_id, condition): a cached shard's order, and so every epoch's draw, no longer depends on
+    the order Ray Data's read tasks finished in (and the pooled path, :class:`PooledFrames`, draws the same)."""
+    ids, conditions = rows["utt_id"], rows.get("condition", np.full(len(rows["utt_id"]), "", dtype=object))
+    order = sorted(range(len(ids)), key=lambda i: (ids[i], conditions[i]))
+    return take_rows(rows, np.asarray(order, np.int64))
+
+
 class ShardCache:
     """A worker's shard kept in memory after its first full read, when it fits in ``max_bytes``: later epochs
     draw their rows from it in numpy instead of re-reading through Ray Data, whose fixed per-epoch cost (iterator
@@ -562,7 +661,7 @@ class ShardCache:
                     stream = itertools.chain(parts, it)
                     break
             else:
-                self.rows = _as_row_views(_concat(parts)) if parts else {}
+                self.rows = _as_row_views(in_key_order(_concat(parts))) if parts else {}
         if stream is not None:
             if only is not None:
                 stream = (part for part in (take_rows(c, _in(c["utt_id"], only)) for c in stream) if len(part["utt_id"]))

@@ -1,0 +1,112 @@
+"""The pooled path (a model that sees only the mean frame trains on mean frames read once, its folds as concurrent
+Ray tasks) learns the same models as the frame path (a Ray Train run per fold over the frames), and folds trained
+at once give the same predictions as folds trained one after another."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from ray_ser.evaluate.predict import predict_fold
+from ray_ser.train.checkpoints import fold_checkpoints
+from ray_ser.train.config import TrainConfig
+from ray_ser.train.driver import run
+from ray_ser.train.pooled import pooled_model
+
+pytestmark = pytest.mark.usefixtures("local_ray")
+
+
+def linear_cfg(uri: str, **kw) -> TrainConfig:
+    base = dict(store=uri, model="tiny", layers=[1, 2], arch="mlp", mlp_hidden=0, spec_augment=False, epochs=5,
+                patience=5, batch_size=8, lr=3e-3, weight_decay=1e-3, refit=True, cpus_per_worker=0.5,
+                checkpoint_every_s=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def predictions(store: str, out) -> pl.DataFrame:
+    """Every fold's test predictions (clean), one row per (fold, utterance), probabilities as a list."""
+    parts = [predict_fold(store, path, conditions=["clean"]).select("fold", "utt_id", "probs")
+             for _, path in sorted(fold_checkpoints(out).items())]
+    return pl.concat(parts).sort("fold", "utt_id")
+
+
+def assert_same_models(a, b, atol: float) -> None:
+    pa_, pb = predictions(*a), predictions(*b)
+    assert pa_["utt_id"].to_list() == pb["utt_id"].to_list() and len(pa_) > 0
+    np.testing.assert_allclose(np.stack(pa_["probs"].to_list()), np.stack(pb["probs"].to_list()), atol=atol, rtol=0)
+
+
+def test_only_a_model_that_sees_the_mean_frame_takes_the_pooled_path():
+    cfg = TrainConfig(arch="mlp", spec_augment=False)
+    assert pooled_model(cfg) and pooled_model(cfg.model_copy(update={"mlp_hidden": 0}))
+    assert not pooled_model(cfg.model_copy(update={"pooled": False}))
+    assert not pooled_model(cfg.model_copy(update={"spec_augment": True}))
+    assert not pooled_model(cfg.model_copy(update={"arch": "tcgru", "pooling": "mean"}))
+
+
+@pytest.mark.parametrize("scaler,keep_ratio,atol", [("global", 1.0, 1e-5), ("per-corpus", 0.5, 2e-3)])
+def test_pooled_folds_learn_the_frame_path_models(synth_store, tmp_path, scaler, keep_ratio, atol):
+    """Same seed, same fold: the same predictions to float tolerance (the per-corpus scaler's frame path rounds
+    each standardised frame to float16 before the mean; the pooled path scales the mean)."""
+    cfg = linear_cfg(synth_store, scaler=scaler, keep_ratio=keep_ratio)
+    pooled = run(cfg, "0", tmp_path / "pooled")
+    frames = run(cfg.model_copy(update={"pooled": False}), "0", tmp_path / "frames")
+    assert pooled[0]["compute_s"] > 0 and frames[0]["compute_s"] > 0
+    assert [s["best_epoch"] for s in pooled] == [s["best_epoch"] for s in frames]
+    assert_same_models((synth_store, tmp_path / "pooled"), (synth_store, tmp_path / "frames"), atol)
+    if scaler == "global":  # the train job's pooled test report predicts as the evaluation does
+        check_pooled_report(synth_store, tmp_path / "pooled")
+    ea = pl.read_parquet(tmp_path / "pooled" / "epochs.parquet")
+    eb = pl.read_parquet(tmp_path / "frames" / "epochs.parquet")
+    assert ea.drop("value").equals(eb.drop("value"))
+    np.testing.assert_allclose(ea["value"].to_numpy(), eb["value"].to_numpy(), atol=max(atol, 1e-4), rtol=1e-3)
+
+
+def test_folds_trained_at_once_match_folds_trained_one_by_one(synth_store, tmp_path):
+    cfg = linear_cfg(synth_store, final=True, final_inner_folds=2)
+    together = run(cfg, "all", tmp_path / "together")
+    assert len(together) >= 3 and together[-1]["fold"] == -1 or together[-1]["fold"] < 0
+    for s in together[:-1]:
+        run(cfg.model_copy(update={"final": False}), str(s["fold"]), tmp_path / "alone")
+    run(cfg.model_copy(update={"outer_folds": "none"}), None, tmp_path / "alone")
+    assert sorted(fold_checkpoints(tmp_path / "alone")) == sorted(fold_checkpoints(tmp_path / "together"))
+    assert_same_models((synth_store, tmp_path / "together"), (synth_store, tmp_path / "alone"), 0.0)
+    from ray_ser.train.checkpoints import final_checkpoint
+    import json
+
+    a, b = (json.loads((final_checkpoint(tmp_path / d) / "config.json").read_text()) for d in ("together", "alone"))
+    assert (a["best_epoch"], a["refit_epochs"]) == (b["best_epoch"], b["refit_epochs"])
+
+
+def test_frame_path_folds_run_at_once_with_the_same_models(synth_store, tmp_path):
+    """The frame path's folds as concurrent Ray Train runs (2 CPUs, 0.5 each: two at once, one CPU left for the
+    reads) give the models of one run after another (train.fold_slots 1)."""
+    import ray
+
+    from ray_ser.train.driver import fold_slots
+
+    cfg = linear_cfg(synth_store, pooled=False, refit=False, epochs=3)
+    assert ray.cluster_resources()["CPU"] == 2 and fold_slots(cfg, 5) == 2 and fold_slots(cfg, 1) == 1
+    assert fold_slots(cfg.model_copy(update={"fold_slots": 1}), 5) == 1
+    assert fold_slots(cfg.model_copy(update={"cpus_per_worker": 1.0}), 5) == 1
+    run(cfg, "0,1", tmp_path / "together")
+    run(cfg.model_copy(update={"fold_slots": 1}), "0,1", tmp_path / "alone")
+    assert_same_models((synth_store, tmp_path / "together"), (synth_store, tmp_path / "alone"), 0.0)
+
+
+def check_pooled_report(store: str, out) -> None:
+    from ray_ser.train.calibration import scale
+    from ray_ser.train.checkpoints import load_fold_model
+    from ray_ser.train.pooled import pooled_predictions
+    from ray_ser.train.reader import PooledFrames
+
+    fm = load_fold_model(fold_checkpoints(out)[0], store=store)
+    conditions = ["clean", "5dB"]
+    reads = PooledFrames.read(store, "tiny", fm.plan.read_layers, fm.plan.test, conditions)
+    mine = pooled_predictions(fm, reads, conditions).sort("utt_id", "condition")
+    theirs = predict_fold(store, fold_checkpoints(out)[0], conditions=conditions).sort("utt_id", "condition")
+    assert mine["utt_id"].to_list() == theirs["utt_id"].to_list() and len(mine) == 2 * len(fm.plan.test)
+    p = np.stack(mine["probs"].to_list())
+    p = p if fm.temperature is None else scale(p, fm.temperature)
+    np.testing.assert_allclose(p, np.stack(theirs["probs"].to_list()), atol=1e-5)
