@@ -5,9 +5,9 @@ from ray_ser.public import lazy_api
 
 __all__, __getattr__, __dir__ = lazy_api(__name__, {
     "clusters": ["assign_frames", "ensure_centroids", "fit_kmeans", "nearest", "purity"],
-    "layer_selection": ["inner_folds", "layer_prior", "layers_for_folds", "ranked_layers"],
+    "layer_selection": ["DEFAULT_CRITERION", "inner_folds", "layer_prior", "layers_for_folds", "ranked_layers"],
     "probe": ["DEFAULT_CS", "READOUTS", "fit_probe", "inner_c", "layer_probe", "layer_set_probe", "layer_set_ridge",
-        "plot_layers", "spearman"],
+        "one_thread", "plot_layers", "readout", "spearman"],
     "pruned_frames": ["write_pruned_frames"],
     "saliency": ["DEFAULT_BINS"],
     "saliency_store": ["layer_matrix", "layers_of", "read_layer_ranking"],

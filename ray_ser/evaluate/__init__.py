@@ -11,7 +11,11 @@ __all__, __getattr__, __dir__ = lazy_api(__name__, {
     "corpus_probe": ["loco_probe"],
     "layer_weights": ["layer_info"],
     "matrix": ["cells", "row_order", "train_name", "write_matrix", "write_matrix_report"],
-    "predict": ["ensemble_predictions", "predict_fold", "predict_run", "predict_zero_shot", "write_predictions"],
+    "predict": ["ensemble_predictions", "evaluation_conditions", "predict_fold", "predict_run", "predict_zero_shot",
+        "write_predictions"],
+    "race": ["DIFFERENCE", "race_line", "race_rows", "race_summary", "verdict"],
     "report": ["write_report"],
-    "tables": ["write_tables"],
+    "results": ["write_parquet"],
+    "seeds": ["seed_folder", "seed_list", "seed_spread", "seed_table", "spread_lines"],
+    "tables": ["condition_order", "write_tables"],
 })
