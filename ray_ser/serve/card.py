@@ -13,8 +13,19 @@ import yaml
 from ray_ser.serve.bundle import Bundle
 
 CALIBRATION = ("ece", "ece_uncalibrated", "brier", "nll")
-TRAIN_KEYS = ("model", "arch", "pooling", "layers", "layer", "keep_ratio", "scaler", "label_set", "corpora",
-              "conditions", "epochs", "lr", "batch_size", "seed", "folds", "inner_folds", "dimensional")
+TRAIN_KEYS = ("model", "arch", "mlp_hidden", "pooling", "layer_mix", "layers", "layer", "keep_ratio", "scaler",
+              "label_set", "corpora", "conditions", "epochs", "lr", "batch_size", "seed", "folds", "inner_folds",
+              "dimensional")
+
+
+def head_words(train: dict) -> str:
+    """What the head is, in words: the MLP/linear head always takes the mean frame (its ``pooling`` is unused)."""
+    if train.get("arch") == "mlp":
+        hidden = train.get("mlp_hidden") or 0
+        words = f"MLP head ({hidden} hidden units) on the mean frame" if hidden else "linear head on the mean frame"
+    else:
+        words = f"{train.get('arch')} head, {train.get('pooling')} pooling"
+    return words + ("; a learned softmax mix of the layers" if train.get("layer_mix") == "learned" else "")
 
 
 def _cell(row: dict | None, digits: int = 3) -> str:
@@ -112,7 +123,7 @@ def model_card(bundle: Bundle, metrics: pl.DataFrame | None = None, predictions:
     temps = [m.temperature for m in bundle.members]
     lines = ["---", yaml.safe_dump(front_matter(bundle, metrics, corpora), sort_keys=False).rstrip(), "---", "",
              f"# {bundle.model_id}", "",
-             f"A speech emotion recognition head ({train.get('arch')}, {train.get('pooling')} pooling; {bundle.kind}, "
+             f"A speech emotion recognition head ({head_words(train)}; {bundle.kind}, "
              f"{len(bundle.members)} member{'s' if len(bundle.members) > 1 else ''}) on the frames of layers "
              f"{bundle.layers} of the foundation model `{fm.get('model')}` (weights sha256 "
              f"`{str(fm.get('weights_hash'))[:16]}...`, {fm.get('sample_rate')} Hz). Categories: "
