@@ -47,8 +47,9 @@ def parser() -> argparse.ArgumentParser:
                         "best on its training speakers), refitted on the run's own folds (analysis.probe_layers)")
     p.add_argument("--no-race", action="store_true", help="no race against the probe baseline")
     p.add_argument("--seeds", type=int,
-                   help="without --run: score the N seed runs jobs/train.py --seeds N wrote (<run>/seed_<s>, each into "
-                        "its eval/) and report the spread over the seeds (<run>/seeds.parquet)")
+                   help="score the N seed runs jobs/train.py --seeds N wrote under --run (default: the config's run "
+                        "folder; <run>/seed_<s>, each into its eval/) and report the spread over the seeds "
+                        "(<run>/seeds.parquet)")
     return p
 
 
@@ -61,15 +62,16 @@ BINDS = {"store": "store.uri", "run": "evaluate.runs", "corpus": "evaluate.zero_
 def main(argv: list[str] | None = None) -> dict:
     cfg, args = from_args(parser(), argv, BINDS)
     race_options(args, cfg)
-    if cfg.seeds > 1 and not args.run and not cfg.evaluate.zero_shot:
-        return evaluate_seeds(cfg, args)
+    if cfg.seeds > 1 and len(args.run or []) <= 1 and not cfg.evaluate.zero_shot:
+        return evaluate_seeds(cfg, args, args.run[0] if args.run else str(cfg.run_dir))
     return score(cfg, args)
 
 
-def evaluate_seeds(cfg, args: argparse.Namespace) -> dict:
-    """Each seed's run folder of ``jobs/train.py --seeds`` scored into its own eval/, then the spread of the pooled
-    scores over the seeds (``ray_ser.evaluate.seeds``) to the console and <run>/seeds.parquet; returns the first
-    seed's result with ``seeds`` (per-seed rows) and ``spread``."""
+def evaluate_seeds(cfg, args: argparse.Namespace, run_dir: str) -> dict:
+    """Each seed's run folder of ``jobs/train.py --seeds`` under ``run_dir`` (--run, default the config's run
+    folder) scored into its own eval/, then the spread of the pooled scores over the seeds
+    (``ray_ser.evaluate.seeds``) to the console and <run>/seeds.parquet; returns the first seed's result with
+    ``seeds`` (per-seed rows) and ``spread``."""
     import copy
 
     from ray_ser.evaluate.results import write_parquet
@@ -78,13 +80,13 @@ def evaluate_seeds(cfg, args: argparse.Namespace) -> dict:
     results = {}
     for seed in seed_list(cfg.train.seed, cfg.seeds):
         one = copy.copy(args)
-        one.run, one.out = [seed_folder(cfg.run_dir, seed)], None
+        one.run, one.out = [seed_folder(run_dir, seed)], None
         results[seed] = score(cfg, one)
     table = seed_table({s: r["metrics"] for s, r in results.items()})
     spread = seed_spread(table)
     console.detail(spread_lines(spread))  # ray-ser run prints it above its last line
-    if not is_uri(cfg.run_dir):
-        write_parquet(table, Path(cfg.run_dir) / "seeds.parquet", {})
+    if not is_uri(run_dir):
+        write_parquet(table, Path(run_dir) / "seeds.parquet", {})
     first = next(iter(results))
     return {**results[first], "seed": first, "seeds": table, "spread": spread}
 

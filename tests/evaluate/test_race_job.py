@@ -109,3 +109,7 @@ def test_evaluate_seeds_scores_each_seed_folder_and_the_spread(synth_store, tmp_
     clean = r["spread"].filter(pl.col("condition") == "clean", pl.col("metric") == "uar").row(0, named=True)
     v = table.filter(pl.col("condition") == "clean", pl.col("metric") == "uar")["value"].to_numpy()
     assert clean["seeds"] == 2 and clean["std"] == pytest.approx(np.std(v, ddof=1)) and r["seed"] == 0
+    (tmp_path / "exp" / "seeds.parquet").unlink()  # --run names the folder of the seeds instead of the config
+    again = job.main(["--store", synth_store, "--seeds", "2", "--run", str(tmp_path / "exp"), "--n-boot", "20",
+                      "--probe-layers", "1"])
+    assert pl.read_parquet(tmp_path / "exp" / "seeds.parquet").equals(table) and again["seed"] == 0
