@@ -8,7 +8,8 @@ scored and the job exits 0.
 
 --model is an exported bundle (ray-ser export), a run folder (its final model, else the fold ensemble) or a
 checkpoint folder. --scaler input standardises a per-corpus-scaled model's input by the input set's own statistics
-instead of the training corpora's (as zero-shot evaluation does). Runs in this process (CPU threads or the first
+instead of the training corpora's (as zero-shot evaluation does). --store S caches the foundation model's frames in
+a LanceDB store, so a second model or run on the same audio skips the forward. Runs in this process (CPU threads or the first
 GPU); see docs/jobs.md#predict-and-export.
 """
 
@@ -32,6 +33,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="predictions Parquet file (errors.parquet is written beside it)")
     p.add_argument("--window", type=float, help="score windows of S seconds (a row each, plus one row per file)")
     p.add_argument("--hop", type=float, help="seconds between window starts (default: --window)")
+    p.add_argument("--store", help="LanceDB store caching the foundation model's frames: audio scored before (by any "
+                   "model on the same foundation model) skips the forward")
     p.add_argument("--scaler", choices=("train", "input"), default="train",
                    help="per-corpus-scaled models: the training statistics (default) or the input set's own")
     p.add_argument("--which", choices=("auto", "final", "fold-ensemble"), default="auto",
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
         if found.skipped:
             log.info("skipped %d non-audio files (e.g. %s)", found.skipped, ", ".join(found.skipped_examples))
         options = {"model": args.which, "scaler": args.scaler, "foundation_model": args.foundation_model,
-                   "max_seconds": args.max_seconds, "batch_size": args.batch_size, "threads": args.threads}
+                   "max_seconds": args.max_seconds, "batch_size": args.batch_size, "threads": args.threads, "store": args.store}
         if args.engine == "ray":
             from ray_ser.runtime import init_ray
             from ray_ser.serve.pipeline import predict_with_ray
@@ -77,6 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
             pred = m.predict_many([p for p, _ in found.items], [u for _, u in found.items], window=args.window,
                                   hop=args.hop)
             errors = m.errors_frame()
+            if args.store:
+                log.info("%d of the clips scored read their frames from the store's cache", m.cache_hits)
         write(pred, out)
         write(errors, errors_path)
     files = pred["path"].n_unique() if pred.height else 0
