@@ -17,8 +17,9 @@ import pyarrow as pa
 log = logging.getLogger(__name__)
 
 META_KEY = b"ray_ser.predict_cache"
-KIND = "frames"
-"""Table-name prefix: ``frames__<model>~<identity hash>`` (apart from extraction's ``emb__`` tables)."""
+KIND = "fm_cache"
+"""Table-name prefix: ``fm_cache__<model>_<identity hash>`` (the model id made safe), apart from extraction's
+``emb__`` tables."""
 CHUNK = 256
 """Keys per Lance filter."""
 

@@ -2,7 +2,8 @@
 (every layer is computed: the encoders return all hidden states; the layers the heads read are kept) -> each head's
 input exactly as training built it from the store (float16 frames, layers concatenated, saliency mask, per-corpus
 scaler with its float16 rounding) -> the heads -> temperature-scaled probabilities (a fold ensemble: their mean).
-Runs on the CPU or the first GPU, never starts Ray."""
+Runs on the CPU or the first GPU, never starts Ray. With a store, clips scored before read their frames from its
+cache (:mod:`ray_ser.serve.cache`) instead of running the forward."""
 
 from __future__ import annotations
 
@@ -144,7 +145,8 @@ class Predictor:
         return [failed[i] if i in failed else {layer: hit[keys[i]][layer] for layer in layers}
                 for i in range(len(waves))]
 
-    def _frames(self, waves: Sequence[np.ndarray], layers: Sequence[int] | None) -> list[dict[int, np.ndarray] | Exception]:
+    def _frames(self, waves: Sequence[np.ndarray],
+                layers: Sequence[int] | None) -> list[dict[int, np.ndarray] | Exception]:
         """:meth:`frames` through the forward, in batches of similar length (``layers`` None: every layer); a
         failing batch is retried one wave at a time."""
         out: list = [None] * len(waves)
