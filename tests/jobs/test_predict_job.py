@@ -79,16 +79,23 @@ def test_the_ray_engine_scores_what_the_local_one_does(run_dir, inputs, tmp_path
     import numpy as np
 
     from ray_ser.jobs.predict import main
+    from ray_ser.serve.cache import KIND
+    from ray_ser.store.core import as_store
 
     common = ["--model", str(run_dir), "--input", str(inputs), "--window", "0.8", "--hop", "0.4"]
     local = main([*common, "--out", str(tmp_path / "local" / "p.parquet")])
-    ray = main([*common, "--out", str(tmp_path / "ray" / "p.parquet"), "--engine", "ray", "--batch-size", "2"])
+    ray = main([*common, "--out", str(tmp_path / "ray" / "p.parquet"), "--engine", "ray", "--batch-size", "2",
+                "--store", str(tmp_path / "cache")])  # the actors fill one cache table side by side
     a, b = (pl.read_parquet(r["predictions"]) for r in (local, ray))
     assert a.columns == b.columns == CONTRACT and a.select("path", "start", "end").equals(b.select("path", "start", "end"))
     assert a.filter(pl.col("start").is_null()).height == 3  # a row per file besides its windows
     probs = pl.selectors.starts_with("p_")
     assert np.abs(a.select(probs).to_numpy() - b.select(probs).to_numpy()).max() < 1e-6
     assert pl.read_parquet(ray["errors"]).equals(pl.read_parquet(local["errors"]))
+    cache = as_store(str(tmp_path / "cache"))
+    [name] = [n for n in cache.names() if n.startswith(f"{KIND}__")]
+    keys = cache.open(name).to_lance().to_table(columns=["key", "layer"])
+    assert keys.num_rows == keys.group_by(["key", "layer"]).aggregate([]).num_rows > 0  # no clip computed twice
 
 
 def test_a_manifest_input_names_its_files_and_utterance_ids(run_dir, inputs, tmp_path):
