@@ -1,15 +1,16 @@
 """Score new audio with a trained model: files, folders (recursive; non-audio files skipped and counted), CSVs with a
-`path` column; no store needed. One row per file (with --window: a row per window and one per file, the windows'
-mean); a file that cannot be read is a row of errors.parquet beside the output (path, stage, message), the rest is
-scored and the job exits 0.
+`path` column, ray_ser manifests (Parquet); no store needed. One row per file (with --window: a row per window and
+one per file, the windows' mean); a file that cannot be read is a row of errors.parquet beside the output (path,
+stage, message), the rest is scored and the job exits 0.
 
     python jobs/predict.py --model bundles/emodb --input new_audio/ --out predictions.parquet
     python jobs/predict.py --model runs/emodb --input calls.csv --out calls.parquet --window 4 --hop 2
 
 --model is an exported bundle (ray-ser export), a run folder (its final model, else the fold ensemble) or a
 checkpoint folder. --scaler input standardises a per-corpus-scaled model's input by the input set's own statistics
-instead of the training corpora's (as zero-shot evaluation does). Runs in this process (CPU threads or the first
-GPU); see docs/jobs.md#predict-and-export.
+instead of the training corpora's (as zero-shot evaluation does). --store S caches the foundation model's frames in
+a LanceDB store, so a second model or run on the same audio skips the forward. Runs in this process (CPU threads or
+the first GPU); see docs/jobs.md#predict-and-export.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ def parser() -> argparse.ArgumentParser:
     p = add_config_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument("--model", required=True, help="bundle folder, run folder or checkpoint folder")
     p.add_argument("--input", required=True, nargs="+", action="extend",
-                   help="audio files, folders (recursive), CSVs with a path column, object-store URIs of files")
+                   help="audio files, folders (recursive), CSVs with a path column, ray_ser manifests (.parquet), "
+                        "object-store URIs of files or manifests")
     p.add_argument("--out", required=True, help="predictions Parquet file (errors.parquet is written beside it)")
     p.add_argument("--window", type=float, help="score windows of S seconds (a row each, plus one row per file)")
     p.add_argument("--hop", type=float, help="seconds between window starts (default: --window)")
+    p.add_argument("--store", help="LanceDB store caching the foundation model's frames: audio scored before (by any "
+                   "model on the same foundation model) skips the forward")
     p.add_argument("--scaler", choices=("train", "input"), default="train",
                    help="per-corpus-scaled models: the training statistics (default) or the input set's own")
     p.add_argument("--which", choices=("auto", "final", "fold-ensemble"), default="auto",
@@ -61,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
         if found.skipped:
             log.info("skipped %d non-audio files (e.g. %s)", found.skipped, ", ".join(found.skipped_examples))
         options = {"model": args.which, "scaler": args.scaler, "foundation_model": args.foundation_model,
-                   "max_seconds": args.max_seconds, "batch_size": args.batch_size, "threads": args.threads}
+                   "max_seconds": args.max_seconds, "batch_size": args.batch_size, "threads": args.threads, "store": args.store}
         if args.engine == "ray":
             from ray_ser.runtime import init_ray
             from ray_ser.serve.pipeline import predict_with_ray
@@ -77,6 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
             pred = m.predict_many([p for p, _ in found.items], [u for _, u in found.items], window=args.window,
                                   hop=args.hop)
             errors = m.errors_frame()
+            if args.store:
+                log.info("%d of the clips scored read their frames from the store's cache", m.cache_hits)
         write(pred, out)
         write(errors, errors_path)
     files = pred["path"].n_unique() if pred.height else 0

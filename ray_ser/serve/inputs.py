@@ -1,6 +1,7 @@
 """What ``ray-ser predict --input`` names, as (path, utt_id) pairs: audio files, folders (recursive; files whose
 suffix soundfile does not read are skipped and counted), CSV files with a ``path`` column (``utt_id`` optional;
-relative paths are relative to the CSV), and object-store URIs of single files."""
+relative paths are relative to the CSV), ray_ser manifests (the Parquet files ``ray-ser manifest`` writes: their
+``utt_id`` and ``path``), and object-store URIs of single files or manifests."""
 
 from __future__ import annotations
 
@@ -34,7 +35,9 @@ def collect(paths: Iterable[str]) -> Inputs:
     for raw in paths:
         raw = str(raw)
         p = Path(raw).expanduser()
-        if is_uri(raw):
+        if p.suffix.lower() == ".parquet" and (is_uri(raw) or p.is_file()):
+            out.items.extend(manifest_items(raw))
+        elif is_uri(raw):
             out.items.append((raw, Path(raw.rstrip("/")).stem))
         elif p.is_dir():
             for f in sorted(x for x in p.rglob("*") if x.is_file()):
@@ -66,4 +69,22 @@ def csv_items(path: Path) -> list[tuple[str, str]]:
     for p, u in zip(df["path"].to_list(), ids):
         full = p if is_uri(p) or Path(p).is_absolute() else str(path.parent / p)
         out.append((full, u or Path(p).stem))
+    return out
+
+
+def manifest_items(path: str) -> list[tuple[str, str]]:
+    """(path, utt_id) of each row of a ray_ser manifest (relative paths: relative to the manifest's folder)."""
+    from ray_ser.corpora.manifest import Manifest
+    from ray_ser.errors import InputError
+    from ray_ser.storage import is_uri
+
+    try:
+        m = Manifest.read(path)
+    except ValueError as e:  # ManifestError: not one, or broken; it names the file
+        raise InputError(f"{path}: an input Parquet file must be a ray_ser manifest ({e})") from e
+    base = path.rstrip("/").rsplit("/", 1)[0] if is_uri(path) else str(Path(path).expanduser().parent)
+    out = []
+    for p, u in zip(m.column("path"), m.column("utt_id")):
+        full = p if is_uri(p) or Path(p).is_absolute() else f"{base}/{p}" if is_uri(path) else str(Path(base) / p)
+        out.append((full, u))
     return out

@@ -2,7 +2,8 @@
 (every layer is computed: the encoders return all hidden states; the layers the heads read are kept) -> each head's
 input exactly as training built it from the store (float16 frames, layers concatenated, saliency mask, per-corpus
 scaler with its float16 rounding) -> the heads -> temperature-scaled probabilities (a fold ensemble: their mean).
-Runs on the CPU or the first GPU, never starts Ray."""
+Runs on the CPU or the first GPU, never starts Ray. With a store, clips scored before read their frames from its
+cache (:mod:`ray_ser.serve.cache`) instead of running the forward."""
 
 from __future__ import annotations
 
@@ -64,7 +65,8 @@ class Predictor:
     frame in the ``predictions.parquet`` layout of ``ray-ser predict``."""
 
     def __init__(self, bundle: Bundle, device=None, scaler: str = "train", foundation_model: str | None = None,
-                 max_seconds: float | None = None, batch_size: int = 8, threads: int | None = None):
+                 max_seconds: float | None = None, batch_size: int = 8, threads: int | None = None,
+                 store=None):
         import torch
 
         from ray_ser.fm.base import pick_device
@@ -84,6 +86,12 @@ class Predictor:
         self.sample_rate = int(bundle.fm.get("sample_rate") or 16000)
         self._fm = None
         self.errors: list[dict] = []
+        self.cache = None
+        self.cache_hits = 0
+        if store is not None:
+            from ray_ser.serve.cache import FrameCache
+
+            self.cache = FrameCache(store, self.fm_identity())
 
     @property
     def categories(self) -> list[str]:
@@ -105,11 +113,42 @@ class Predictor:
                                  f"the bundle's {want[:12]} (the head was trained on another model's features)")
         return self._fm
 
+    def fm_identity(self) -> dict:
+        """What makes the foundation model's frames what they are (the cache's key besides the audio): its id,
+        weights hash, sample rate, Whisper mode and the precision it runs in on this device."""
+        from ray_ser.fm.base import torch_dtype
+
+        fm = self.bundle.fm
+        return {"model": fm["model"], "weights_hash": fm.get("weights_hash") or f"unhashed:{self.fm_spec}",
+                "sample_rate": self.sample_rate, "whisper_mode": fm.get("whisper_mode") or "padded",
+                "dtype": str(torch_dtype(fm.get("dtype") or "float32", self.device)).removeprefix("torch.")}
+
     # ---- the stages ---------------------------------------------------------------------------------
     def frames(self, waves: Sequence[np.ndarray]) -> list[dict[int, np.ndarray] | Exception]:
         """Per wave: {layer: (frames, dim) float16} of the layers the heads read (float16 as the store keeps them),
-        or the exception its forward raised (a failing batch is retried one wave at a time)."""
+        or the exception its forward raised. With a store, waves cached there skip the forward and the others'
+        frames (every layer) are added to it."""
         layers = self.bundle.layers
+        if self.cache is None:
+            return self._frames(waves, layers)
+        from ray_ser.serve.cache import content_key
+
+        keys = [content_key(w) for w in waves]
+        hit = self.cache.get(keys, layers)
+        todo = [i for i, k in enumerate(keys) if k not in hit]
+        self.cache_hits += len(waves) - len(todo)
+        got = self._frames([waves[i] for i in todo], None) if todo else []
+        new = {keys[i]: g for i, g in zip(todo, got) if not isinstance(g, Exception)}
+        self.cache.put(new)
+        hit.update(new)
+        failed = {i: g for i, g in zip(todo, got) if isinstance(g, Exception)}
+        return [failed[i] if i in failed else {layer: hit[keys[i]][layer] for layer in layers}
+                for i in range(len(waves))]
+
+    def _frames(self, waves: Sequence[np.ndarray],
+                layers: Sequence[int] | None) -> list[dict[int, np.ndarray] | Exception]:
+        """:meth:`frames` through the forward, in batches of similar length (``layers`` None: every layer); a
+        failing batch is retried one wave at a time."""
         out: list = [None] * len(waves)
         order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
         for k in range(0, len(order), self.batch_size):
@@ -135,11 +174,12 @@ class Predictor:
                 out[i] = g
         return out
 
-    def _forward(self, waves: Sequence[np.ndarray], layers: Sequence[int]) -> list[dict[int, np.ndarray]]:
+    def _forward(self, waves: Sequence[np.ndarray], layers: Sequence[int] | None) -> list[dict[int, np.ndarray]]:
         import torch
 
         with torch.inference_mode():
             enc = self.fm(list(waves))
+            layers = list(range(enc.hidden.shape[0])) if layers is None else layers
             lengths = enc.lengths.to(torch.long).tolist()
             hidden = enc.hidden[list(layers)].to(torch.float16).cpu().numpy()  # (layers, batch, frames, dim)
         return [{layer: hidden[j, b, :n] for j, layer in enumerate(layers)} for b, n in enumerate(lengths)]
@@ -314,7 +354,10 @@ class Predictor:
         return pl.DataFrame(self.errors, schema={"path": pl.Utf8, "stage": pl.Utf8, "message": pl.Utf8})
 
 
-def load_model(path: str | os.PathLike, model: str = "auto", store: str | None = None, **kwargs) -> Predictor:
+def load_model(path: str | os.PathLike, model: str = "auto", store=None, run_store: str | None = None,
+               **kwargs) -> Predictor:
     """A predictor of an exported bundle folder, a run folder (its final model, else its fold ensemble; ``model``:
-    final | fold-ensemble) or a checkpoint folder (``fold_<f>/best``); ``kwargs`` go to :class:`Predictor`."""
-    return Predictor(load_bundle(path, model, store), **kwargs)
+    final | fold-ensemble) or a checkpoint folder (``fold_<f>/best``). ``store``: a LanceDB store that caches the
+    foundation model's frames; ``run_store``: a run folder's training store, when not the recorded one (it describes
+    the foundation model); ``kwargs`` go to :class:`Predictor`."""
+    return Predictor(load_bundle(path, model, run_store), store=store, **kwargs)

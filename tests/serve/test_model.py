@@ -124,3 +124,49 @@ def test_scaler_input_standardises_by_the_input_sets_own_statistics(synth_store,
     a = m.predict_many(paths).select(pl.selectors.starts_with("p_")).to_numpy()
     b = load_model(ckpt).predict_many(paths).select(pl.selectors.starts_with("p_")).to_numpy()
     assert not np.allclose(a, b)
+
+
+def _counting(m):
+    """Wrap ``m``'s forward to count the waves it is fed."""
+    seen = []
+    forward = m._forward
+
+    def counted(waves, layers):
+        seen.extend(len(w) for w in waves)
+        return forward(waves, layers)
+
+    m._forward = counted
+    return seen
+
+
+def test_a_store_caches_the_frames_so_another_model_on_the_same_audio_skips_the_forward(synth_store, run_dir,
+                                                                                        tmp_path):
+    import shutil
+
+    from ray_ser import load_model
+
+    wavs = []
+    for i, p in enumerate(sorted(_stored_paths(synth_store).values())[:3]):
+        wavs.append(str(tmp_path / f"c{i}.wav"))
+        shutil.copy(p, wavs[-1])
+    cache = str(tmp_path / "cache")
+    f0, f1 = (Path(run_dir) / f"fold_{f}" / "best" for f in (0, 1))
+    probs = pl.selectors.starts_with("p_")
+    first = load_model(f0, store=cache)
+    calls = _counting(first)
+    a = first.predict_many(wavs)
+    assert len(calls) == 3 and first.cache_hits == 0
+    assert a.equals(load_model(f0).predict_many(wavs))  # caching changes nothing
+    second = load_model(f1, store=cache)  # another head on the same foundation model
+    calls = _counting(second)
+    b = second.predict_many(wavs)
+    assert calls == [] and second.cache_hits == 3 and second._fm is None  # not even loaded
+    assert b.equals(load_model(f1).predict_many(wavs))  # the cached float16 frames are the forward's
+    assert not np.allclose(a.select(probs).to_numpy(), b.select(probs).to_numpy())
+    wave, rate = sf.read(wavs[1], dtype="float32")
+    sf.write(wavs[1], wave * 0.5, rate, subtype="FLOAT")  # a changed file under the same name misses the cache
+    third = load_model(f0, store=cache)
+    calls = _counting(third)
+    c = third.predict_many(wavs)
+    assert len(calls) == 1 and third.cache_hits == 2
+    assert np.abs(c.select(probs).to_numpy() - load_model(f0).predict_many(wavs).select(probs).to_numpy()).max() < 1e-6
