@@ -11,20 +11,9 @@ TEMPERATURE = 0.2
 
 
 def write_run(out: Path, store: str, scaler: str = "per-corpus", final: bool = True) -> Path:
-    import torch
+    from ray_ser.train.checkpoints import FINAL
+    from untrained_runs import write_untrained_run
 
-    from ray_ser.train.checkpoints import FINAL, write_best
-    from ray_ser.train.config import TrainConfig
-    from ray_ser.train.loop import build_fold_model
-    from ray_ser.train.plan import plan_fold, resolve_assignment
-
-    cfg = TrainConfig(store=store, model="tiny", layers=[1, 2], conv_channels=16, gru_hidden=16, embed_dim=8,
-                      keep_ratio=0.6, scaler=scaler)
-    a = resolve_assignment(cfg)
-    for fold in [*a.fold_ids[:2], *([FINAL] if final else [])]:
-        plan = plan_fold(cfg, a, fold)[0]
-        torch.manual_seed(7 + fold)
-        state = {"best_model": build_fold_model(plan).state_dict(), "best_epoch": 0, "best_score": 0.5, "epoch": 1,
-                 "best_temperature": TEMPERATURE}
-        write_best(out, cfg, plan, state)
-    return out
+    return write_untrained_run(out, store, 7, lambda a: [*a.fold_ids[:2], *([FINAL] if final else [])], TEMPERATURE,
+                               layer=None, layers=[1, 2], conv_channels=16, gru_hidden=16, embed_dim=8,
+                               keep_ratio=0.6, scaler=scaler)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from untrained_runs import write_untrained_run
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("local_ray")
@@ -14,22 +15,7 @@ pytestmark = pytest.mark.usefixtures("local_ray")
 
 def _write_run(out: Path, store: str, seed: int, folds=None) -> Path:
     """A training run folder with one (untrained, seeded) best checkpoint per outer fold: what evaluation reads."""
-    import torch
-
-    from ray_ser.train.checkpoints import write_best
-    from ray_ser.train.config import TrainConfig
-    from ray_ser.train.loop import build_fold_model
-    from ray_ser.train.plan import plan_fold, resolve_assignment
-
-    cfg = TrainConfig(store=store, model="tiny", layer=1, conv_channels=16, gru_hidden=16, embed_dim=8,
-                      keep_ratio=0.6)
-    a = resolve_assignment(cfg)
-    for fold in folds if folds is not None else a.fold_ids:
-        plan = plan_fold(cfg, a, fold)[0]
-        torch.manual_seed(seed + fold)
-        state = {"best_model": build_fold_model(plan).state_dict(), "best_epoch": 0, "best_score": 0.5, "epoch": 1}
-        write_best(out, cfg, plan, state)
-    return out
+    return write_untrained_run(out, store, seed, folds, conv_channels=16, gru_hidden=16, embed_dim=8, keep_ratio=0.6)
 
 
 @pytest.fixture(scope="module")
