@@ -1,4 +1,5 @@
-"""The interface every speech foundation model presents to ray_ser: waveforms in, all hidden states out."""
+"""The interface every speech foundation model presents to ray_ser: waveforms in, all hidden states out (or, with
+``max_layer``, those up to one layer, the layers above it not run)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ class EncoderOutput:
     """All hidden states of one batch.
 
     ``hidden`` is (layers, batch, frames, dim): index 0 is the embedding output (before the first
-    transformer layer), index i the output of layer i. ``lengths[b]`` counts the frames of utterance b
-    that cover real audio; frames past it are padding and must not enter pooling.
+    transformer layer), index i the output of layer i; a forward given ``max_layer`` k returns indices 0..k only,
+    each equal to the full forward's. ``lengths[b]`` counts the frames of utterance b that cover real audio; frames
+    past it are padding and must not enter pooling.
     """
 
     hidden: torch.Tensor
@@ -60,7 +62,15 @@ def torch_dtype(name: str | torch.dtype, device: str | torch.device = "cpu") -> 
 
 
 class SpeechEncoder(abc.ABC):
-    """A frozen speech model that returns every layer's hidden states for a padded batch."""
+    """A frozen speech model that returns every layer's hidden states for a padded batch.
+
+    ``max_layer`` (of ``__call__``, ``run`` and ``_forward``; None by default: every layer) is the highest hidden
+    state the caller reads: the transformer layers above it are not run and the output holds states 0..max_layer,
+    each exactly what the full forward returns for it. The last state of some encoders gets the encoder's final
+    layer norm (Whisper's); a state below the last never does, so a truncated forward returns it raw, and
+    ``max_layer`` = the last state runs everything. Truncating a wav2vec2-family model swaps its encoder's layer
+    list for the call: one such encoder must not serve concurrent calls.
+    """
 
     name: str
     sample_rate: int = 16000
@@ -81,19 +91,29 @@ class SpeechEncoder(abc.ABC):
         """The batch's model input on the device, features included; ``run`` takes it (default: the waves)."""
         return waves
 
-    def run(self, inputs) -> EncoderOutput:
+    def run(self, inputs, max_layer: int | None = None) -> EncoderOutput:
         """The network alone on ``prepare``'s output, so benchmarks can time it apart (default: ``_forward``)."""
-        return self._forward(inputs)
+        return self._forward(inputs, max_layer)
 
     @abc.abstractmethod
-    def _forward(self, waves: Sequence[np.ndarray]) -> EncoderOutput:
-        """Run the batch; waves are mono float32 at ``sample_rate``."""
+    def _forward(self, waves: Sequence[np.ndarray], max_layer: int | None = None) -> EncoderOutput:
+        """Run the batch; waves are mono float32 at ``sample_rate``; ``max_layer``: see the class."""
 
     @torch.inference_mode()
-    def __call__(self, waves: Sequence[np.ndarray]) -> EncoderOutput:
+    def __call__(self, waves: Sequence[np.ndarray], max_layer: int | None = None) -> EncoderOutput:
         if not waves:
             raise ValueError("empty batch")
-        return self._forward(waves)
+        return self._forward(waves, max_layer)
+
+    def layers_to_run(self, max_layer: int | None) -> int | None:
+        """The transformer layers a forward needs for hidden states 0..``max_layer``: None (all of them, the full
+        forward) when ``max_layer`` is None or the last state, else ``max_layer``; a state the model lacks raises."""
+        if max_layer is None:
+            return None
+        last = self.num_layers - 1
+        if not 0 <= int(max_layer) <= last:
+            raise ValueError(f"{self.name}: max_layer {max_layer} is not a hidden state of this model (0..{last})")
+        return None if int(max_layer) == last else int(max_layer)
 
     def describe(self) -> dict:
         """What the store records about the model that made an embedding."""

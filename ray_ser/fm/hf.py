@@ -75,18 +75,48 @@ class CTCStyleEncoder(SpeechEncoder):
                               self.padding_value)
         return x, lens
 
-    def _forward(self, waves: Sequence[np.ndarray]) -> EncoderOutput:
-        return self.run(self.prepare(waves))
+    def _forward(self, waves: Sequence[np.ndarray], max_layer: int | None = None) -> EncoderOutput:
+        return self.run(self.prepare(waves), max_layer)
 
-    def run(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> EncoderOutput:
+    def run(self, inputs: tuple[torch.Tensor, torch.Tensor], max_layer: int | None = None) -> EncoderOutput:
         x, lens = inputs
         kwargs = {"input_values": x.to(self.dtype)}
         if self.use_mask:
             kwargs["attention_mask"] = (torch.arange(x.shape[1], device=x.device)[None, :]
                                         < lens.to(x.device)[:, None]).long()
-        out = self.model(**kwargs, output_hidden_states=True)
+        k = self.layers_to_run(max_layer)
+        if k is None:
+            states = self.model(**kwargs, output_hidden_states=True).hidden_states
+        else:
+            states = self._truncated(kwargs, k)
         lengths = self.model._get_feat_extract_output_lengths(lens).long()
-        return EncoderOutput(hidden=torch.stack(out.hidden_states), lengths=lengths)
+        return EncoderOutput(hidden=torch.stack(states), lengths=lengths)
+
+    def _truncated(self, kwargs: dict, k: int) -> list[torch.Tensor]:
+        """Hidden states 0..k (k below the last) with only the first max(k, 1) transformer layers run.
+
+        The encoder's layer list is cut for the call, so transformers collects the states as in the full forward.
+        The state after the last layer run is taken from that layer's own output: transformers may give its
+        encoder's last state the final layer norm (the stable-layer-norm "large" models; transformers 5 returns
+        it raw, 4 normed), and for the full forward this state is an intermediate one, always raw."""
+        encoder = getattr(self.model, "encoder", None)
+        layers = getattr(encoder, "layers", None)
+        if not isinstance(layers, torch.nn.ModuleList):  # a layout this does not know: the full forward, cut
+            return list(self.model(**kwargs, output_hidden_states=True).hidden_states[:k + 1])
+        n = max(k, 1)  # states[0] is recorded as the first layer's input: one layer at least
+        last: list[torch.Tensor] = []
+        handle = layers[n - 1].register_forward_hook(
+            lambda module, args, output: last.append(output[0] if isinstance(output, tuple) else output))
+        encoder.layers = layers[:n]
+        try:
+            states = list(self.model(**kwargs, output_hidden_states=True).hidden_states)
+        finally:
+            encoder.layers = layers
+            handle.remove()
+        if len(states) != n + 1 or len(last) != 1:
+            raise RuntimeError(f"{self.name}: {len(states)} hidden states from {n} layers; expected {n + 1}")
+        states[n] = last[0]
+        return states[:k + 1]
 
 
 def describe(spec: str, whisper_mode: str | float = "padded") -> dict:

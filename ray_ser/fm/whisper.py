@@ -91,7 +91,10 @@ def mode_name(mode: float | Strided) -> str:
 class WhisperSpeechEncoder(SpeechEncoder):
     """All hidden states of a transformers ``WhisperEncoder``: index 0 = conv + positions, i = layer i.
 
-    The last index gets the encoder's final layer norm, as transformers and CTranslate2 return it.
+    The last index gets the encoder's final layer norm, as transformers and CTranslate2 return it. With ``max_layer``
+    k below the last, only the first k layers run and no state gets the norm (the full run's states below the last
+    have none): the Hugging Face Whisper models and the CTranslate2 ones (the embedded ``whisper-base``, whose
+    weights load into a ``WhisperEncoder``) alike, since this class runs the layers itself.
     """
 
     def __init__(self, encoder: nn.Module, name: str, weights_hash: str, mode: str | float = "padded",
@@ -166,9 +169,10 @@ class WhisperSpeechEncoder(SpeechEncoder):
         return WhisperInputs(self.mel(pieces, contexts), [len(p) for p in pieces], owner,
                              [self.num_frames(len(w)) for w in waves])
 
-    def run(self, inputs: "WhisperInputs") -> EncoderOutput:
+    def run(self, inputs: "WhisperInputs", max_layer: int | None = None) -> EncoderOutput:
         """The encoder on prepared inputs; audio longer than 30 s gets its windows' frames appended."""
-        hidden = self._encode_strided(inputs) if self.stride is not None else self._encode(inputs)
+        k = self.layers_to_run(max_layer)
+        hidden = self._encode_strided(inputs, k) if self.stride is not None else self._encode(inputs, k)
         lengths = inputs.lengths
         if len(inputs.owner) == len(lengths):
             return EncoderOutput(hidden=hidden, lengths=torch.tensor(lengths))
@@ -180,11 +184,12 @@ class WhisperSpeechEncoder(SpeechEncoder):
             filled[b] += n
         return EncoderOutput(hidden=out, lengths=torch.tensor(lengths))
 
-    def _forward(self, waves: Sequence[np.ndarray]) -> EncoderOutput:
-        return self.run(self.prepare(waves))
+    def _forward(self, waves: Sequence[np.ndarray], max_layer: int | None = None) -> EncoderOutput:
+        return self.run(self.prepare(waves), max_layer)
 
-    def _encode(self, inputs: "WhisperInputs") -> torch.Tensor:
-        """Hidden states (layers, pieces, frames, dim) of pieces no longer than one 30 s window each."""
+    def _encode(self, inputs: "WhisperInputs", k: int | None = None) -> torch.Tensor:
+        """Hidden states (layers, pieces, frames, dim) of pieces no longer than one 30 s window each (``k``: states
+        0..k only, see :meth:`_layers`)."""
         contexts = [self.context_samples(n) for n in inputs.piece_samples]
         frames = [c // SAMPLES_PER_FRAME for c in contexts]
         total = max(frames)
@@ -193,16 +198,21 @@ class WhisperSpeechEncoder(SpeechEncoder):
         x = nn.functional.gelu(enc.conv1(x))
         x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
         x = x + enc.embed_positions.weight[:total]
-        return self._layers(x, key_padding_mask(frames, total, x.dtype, x.device))
+        return self._layers(x, key_padding_mask(frames, total, x.dtype, x.device), k)
 
-    def _layers(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def _layers(self, x: torch.Tensor, mask: torch.Tensor | None, k: int | None = None) -> torch.Tensor:
         """Run the transformer layers on embedded frames -> (layers + 1, batch, frames, dim); the last
-        state gets the encoder's final layer norm, as transformers' WhisperEncoder returns it."""
+        state gets the encoder's final layer norm, as transformers' WhisperEncoder returns it.
+
+        ``k`` (below the last state): run the first k layers only -> (k + 1, batch, frames, dim), every state raw as
+        the full run returns the states below its last."""
+        layers = self.encoder.layers if k is None else self.encoder.layers[:k]
         states = [x]
-        for layer in self.encoder.layers:
+        for layer in layers:
             x = layer(x, mask)
             states.append(x)
-        states[-1] = self.encoder.layer_norm(x)
+        if k is None:
+            states[-1] = self.encoder.layer_norm(x)
         return torch.stack(states)
 
     def _real_frames(self, samples: int) -> int:
@@ -245,7 +255,7 @@ class WhisperSpeechEncoder(SpeechEncoder):
         inner, last = t[:, 1], t[:, -1]
         return head, exact, inner, last
 
-    def _encode_strided(self, inputs: "WhisperInputs") -> torch.Tensor:
+    def _encode_strided(self, inputs: "WhisperInputs", k: int | None = None) -> torch.Tensor:
         """Strided-silence mode: real frames, every s-th silent frame with a log-count attention bias.
 
         Slot j of piece b holds position j for j < T_b (real frames), then T_b + (j - T_b) s (kept silent frames),
@@ -271,7 +281,7 @@ class WhisperSpeechEncoder(SpeechEncoder):
         conv = torch.where((p == total - 1)[:, :, None], last[:, None], inner[:, None])
         conv = torch.where(from_head[:, :, None], torch.gather(head, 1, idx), conv)
         x = (conv + enc.embed_positions.weight[p]) * valid[:, :, None]
-        hidden = self._layers(x, bias[:, None, None, :].expand(-1, 1, n, n))
+        hidden = self._layers(x, bias[:, None, None, :].expand(-1, 1, n, n), k)
         # only the real frames are returned (real first, as in the other modes); slots past a piece's real
         # frames held its kept silent frames and are zeroed
         out = hidden[:, :, : max(real)]

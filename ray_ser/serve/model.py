@@ -1,9 +1,9 @@
 """The in-process predictor behind ``ray_ser.load_model`` and ``ray-ser predict``: audio -> the foundation model
-(every layer is computed: the encoders return all hidden states; the layers the heads read are kept) -> each head's
-input exactly as training built it from the store (float16 frames, layers concatenated, saliency mask, per-corpus
-scaler with its float16 rounding) -> the heads -> temperature-scaled probabilities (a fold ensemble: their mean).
-Runs on the CPU or the first GPU, never starts Ray. With a store, clips scored before read their frames from its
-cache (:mod:`ray_ser.serve.cache`) instead of running the forward."""
+(run up to the highest layer the heads read, the layers above it skipped; every layer with a store, whose cache keeps
+them all) -> each head's input exactly as training built it from the store (float16 frames, layers concatenated,
+saliency mask, per-corpus scaler with its float16 rounding) -> the heads -> temperature-scaled probabilities (a fold
+ensemble: their mean). Runs on the CPU or the first GPU, never starts Ray. With a store, clips scored before read
+their frames from its cache (:mod:`ray_ser.serve.cache`) instead of running the forward."""
 
 from __future__ import annotations
 
@@ -177,8 +177,8 @@ class Predictor:
     def _forward(self, waves: Sequence[np.ndarray], layers: Sequence[int] | None) -> list[dict[int, np.ndarray]]:
         import torch
 
-        with torch.inference_mode():
-            enc = self.fm(list(waves))
+        with torch.inference_mode():  # layers None: every layer; else the encoder stops at the highest one
+            enc = self.fm(list(waves), max_layer=None if layers is None else max(layers))
             layers = list(range(enc.hidden.shape[0])) if layers is None else layers
             lengths = enc.lengths.to(torch.long).tolist()
             hidden = enc.hidden[list(layers)].to(torch.float16).cpu().numpy()  # (layers, batch, frames, dim)

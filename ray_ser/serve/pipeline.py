@@ -1,7 +1,7 @@
 """``ray-ser predict --engine ray``: the files scored by a Ray Data actor pool, extraction's CPU-cluster layout (each
-actor decodes its own items, runs the foundation model and the heads; a GPU per actor where the cluster has them,
-else fractional CPUs and a few torch threads each), so a folder spreads over a cluster. Each actor is a
-:class:`~ray_ser.serve.model.Predictor`: rows are the in-process path's, file for file."""
+actor decodes its own items, runs the foundation model, up to the highest layer its heads read, and the heads; a GPU
+per actor where the cluster has them, else fractional CPUs and a few torch threads each), so a folder spreads over a
+cluster. Each actor is a :class:`~ray_ser.serve.model.Predictor`: rows are the in-process path's, file for file."""
 
 from __future__ import annotations
 

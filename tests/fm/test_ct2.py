@@ -161,6 +161,25 @@ def test_ct2_folder_loads_through_registry(tiny_bin, tmp_path):
     assert out.hidden.shape == (3, 1, 25, 32) and out.lengths.tolist() == [25]
 
 
+def test_ct2_whisper_stops_at_max_layer(tiny_bin, tmp_path):
+    """A CTranslate2 Whisper runs as a WhisperEncoder built from its weights: ``max_layer`` truncates it too."""
+    shutil.copy(tiny_bin[0], tmp_path / "model.bin")
+    enc = load_model(str(tmp_path), device="cpu", whisper_mode="trimmed")
+    waves = [np.sin(np.arange(n, dtype=np.float32) / 9) for n in (8000, 5000)]
+    full = enc(waves)
+    calls = []
+    handles = [layer.register_forward_hook(lambda m, a, o, i=i: calls.append(i)) for i, layer in
+               enumerate(enc.encoder.layers)]
+    try:
+        for k in range(enc.num_layers):
+            calls.clear()
+            got = enc(waves, max_layer=k)
+            assert torch.equal(got.hidden, full.hidden[:k + 1]) and calls == list(range(k)), k
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _cut_points(data: bytes) -> dict[str, int]:
     first_name = 4 + 2 + len(b"WhisperSpec\0") + 8  # version, spec string, revision, count
     big = data.index(b"encoder/position_encodings/encodings\0")

@@ -170,3 +170,37 @@ def test_a_store_caches_the_frames_so_another_model_on_the_same_audio_skips_the_
     c = third.predict_many(wavs)
     assert len(calls) == 1 and third.cache_hits == 2
     assert np.abs(c.select(probs).to_numpy() - load_model(f0).predict_many(wavs).select(probs).to_numpy()).max() < 1e-6
+
+
+def _layer_calls(m) -> list[int]:
+    """Count the calls of each transformer layer of ``m``'s foundation model (the tiny HuBERT)."""
+    layers = m.fm.model.encoder.layers
+    calls = [0] * len(layers)
+    for i, layer in enumerate(layers):
+        layer.register_forward_hook(lambda mod, a, o, i=i: calls.__setitem__(i, calls[i] + 1))
+    return calls
+
+
+def test_the_forward_stops_at_the_highest_layer_the_head_reads(synth_store, tmp_path):
+    """A head on layer 1 of the 2-layer tiny HuBERT: predict runs the first layer only and scores exactly as with the
+    full forward; with a store (its cache keeps every layer) both layers run."""
+    from untrained_runs import write_untrained_run
+
+    from ray_ser import load_model
+    from ray_ser.train.checkpoints import fold_checkpoints
+
+    run = write_untrained_run(tmp_path / "run", synth_store, 3, lambda a: a.fold_ids[:1])
+    checkpoint = sorted(fold_checkpoints(run).items())[0][1]
+    wavs = sorted(_stored_paths(synth_store).values())[:3]
+    m = load_model(checkpoint)
+    assert m.bundle.layers == [1] and m.fm.num_layers == 3
+    calls = _layer_calls(m)
+    got = m.predict_many(wavs)
+    assert calls == [1, 0] and not m.errors  # one batch of 3, layer 2 never run
+    full = load_model(checkpoint)
+    full.fm.layers_to_run = lambda max_layer: None  # the full forward, as before max_layer
+    calls = _layer_calls(full)
+    assert got.equals(full.predict_many(wavs)) and calls == [1, 1]
+    cached = load_model(checkpoint, store=str(tmp_path / "cache"))
+    calls = _layer_calls(cached)
+    assert got.equals(cached.predict_many(wavs)) and calls == [1, 1]
