@@ -50,7 +50,8 @@ def pipeline(rgw, tiny_model_dir, tmp_path_factory):
     cwd = tmp / "cwd"
     cwd.mkdir()
     config = experiment(tmp, rgw, tiny_model_dir, "onbucket", store=rgw.uri("stores", "synth"),
-                        options=aliased(rgw.storage_options()))
+                        options=aliased(rgw.storage_options()),
+                        train={"pooled": False})  # the frame path: Ray Train's checkpoints land on the bucket too
     done = ray_ser("run", str(config), cwd=cwd, timeout=1500)
     return {"done": done, "config": config, "cwd": cwd, "tmp": tmp}
 
