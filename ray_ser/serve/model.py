@@ -155,24 +155,18 @@ class Predictor:
             idx = order[k:k + self.batch_size]
             try:
                 got = self._forward([waves[i] for i in idx], layers)
-            except Exception:
-                if len(idx) == 1:
-                    got = None
-                else:
-                    got = []
-                    for i in idx:
-                        try:
-                            got.extend(self._forward([waves[i]], layers))
-                        except Exception as e:  # one bad wave fails only itself
-                            got.append(e)
-            if got is None:
-                try:
-                    got = self._forward([waves[idx[0]]], layers)
-                except Exception as e:
-                    got = [e]
+            except Exception as e:  # a lone wave's error is its own; in a batch, each wave alone finds the bad one
+                got = [e] if len(idx) == 1 else [self._forward_one(waves[i], layers) for i in idx]
             for i, g in zip(idx, got):
                 out[i] = g
         return out
+
+    def _forward_one(self, wave: np.ndarray, layers: Sequence[int] | None) -> dict[int, np.ndarray] | Exception:
+        """One wave's frames, or the exception its forward raised (one bad wave fails only itself)."""
+        try:
+            return self._forward([wave], layers)[0]
+        except Exception as e:
+            return e
 
     def _forward(self, waves: Sequence[np.ndarray], layers: Sequence[int] | None) -> list[dict[int, np.ndarray]]:
         import torch
