@@ -14,6 +14,10 @@ tuned on.)
 
 Resources: a trial asks for ``cpus_per_trial`` (fractional) and at most ``max_concurrent`` run at once, so
 Ray Data's read tasks always find a CPU (on a 2-CPU node: 0.5 CPU a trial, 2 trials).
+
+A pooled model (:func:`ray_ser.train.pooled.pooled_model`) searches on the pooled path: the mean frames of every
+layer a trial can pick are read once per search and put in the object store once, and each trial fits its folds on
+them in memory (:func:`ray_ser.train.pooled.fold_sources`), without a dataset plan or shard cache per trial.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import polars as pl
 from ray_ser.train.config import TrainConfig
 from ray_ser.train.loop import EpochRunner
 from ray_ser.train import state_io
-from ray_ser.train.plan import fold_datasets, plan_fold, resolve_assignment
+from ray_ser.train.plan import fold_datasets, named_layers, plan_fold, resolve_assignment
+from ray_ser.train.pooled import fold_sources, pooled_model
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +127,11 @@ def trial_config(base: dict, params: dict) -> TrainConfig:
     return cfg
 
 
-def trainable(config: dict, storage: dict | None = None) -> None:
+def trainable(config: dict, storage: dict | None = None, pooled=None) -> None:
     """Tune function trainable: one :class:`EpochRunner` per search fold, one epoch of each per iteration,
     reporting the mean inner-validation score with a checkpoint of every runner's state. ``storage``: the driver's
-    storage options (a trial on another node has no credentials of its own)."""
+    storage options (a trial on another node has no credentials of its own); ``pooled``: the search's
+    :class:`~ray_ser.train.reader.PooledFrames` (a pooled model's trial trains on them in memory)."""
     import ray.tune
     import torch
 
@@ -146,7 +152,10 @@ def trainable(config: dict, storage: dict | None = None) -> None:
     runners = {}
     for fold in config["search_folds"]:
         plan, labels, centroids = plan_fold(cfg, pool, fold)
-        data = fold_datasets(cfg, plan, labels, centroids)
+        if pooled is not None and pooled_model(cfg):
+            data = fold_sources(cfg, plan, labels, pooled)
+        else:
+            data = fold_datasets(cfg, plan, labels, centroids)
         runners[fold] = EpochRunner(cfg, plan, data["train"], data["val"], state=states.get(fold))
     while not all(r.done for r in runners.values()):
         t0 = time.perf_counter()
@@ -191,6 +200,28 @@ def metric_name(opts: SearchOptions) -> str:
     return "val_uar" if any(r.get("label") for r in labels.rows.values()) else "val_ccc"
 
 
+def pooled_reads(opts: SearchOptions, layers: Sequence[int], held_out: Sequence[int], folds: Sequence[int]):
+    """The mean frames a pooled model's search reads once (every layer a trial can pick, the search folds' inner
+    training and validation utterances, the training conditions and clean), or None for a frame-path model."""
+    from ray_ser.train.reader import PooledFrames
+
+    base = opts.base.model_dump()
+    cfg = trial_config(base, {"layer": layers[0]} if layers else {})
+    if not pooled_model(cfg):
+        return None
+    read = set() if opts.layer_mix == "learned" else {int(k) for k in layers}
+    if opts.layer_mix != "none":
+        read |= set(named_layers(trial_config(base, {"layer_mix": "learned"})))
+    pool = resolve_assignment(cfg).without(held_out)
+    utts = sorted({u for f in folds for part in pool.inner_split(f, cfg.inner_share, cfg.seed) for u in part})
+    conditions = sorted({"clean", *cfg.conditions})
+    t0 = time.perf_counter()
+    reads = PooledFrames.read(cfg.store, cfg.model, sorted(read), utts, conditions)
+    log.info("pooled path: mean frames of %d utterances x %s x layers %s read once in %.1f s", len(utts), conditions,
+             sorted(read), time.perf_counter() - t0)
+    return reads
+
+
 def run_search(opts: SearchOptions, out_dir: str | Path, resume: bool = False):
     """Run (or ``resume``) the search into ``out_dir``; writes ``trials.parquet`` and ``best_config.json``."""
     from ray import tune
@@ -213,7 +244,9 @@ def run_search(opts: SearchOptions, out_dir: str | Path, resume: bool = False):
     layers, order = layer_prior(opts, held_out)
     log.info("layer prior (pool speakers only): %s; searching layers %s", order, layers)
     metric = metric_name(opts)
-    fn = tune.with_resources(tune.with_parameters(trainable, storage=snapshot()), {"CPU": opts.cpus_per_trial})
+    pooled = pooled_reads(opts, layers, held_out, folds)  # with_parameters puts it in the object store once
+    fn = tune.with_resources(tune.with_parameters(trainable, storage=snapshot(), pooled=pooled),
+                             {"CPU": opts.cpus_per_trial})
     path = join(storage_path, opts.name)
     if resume and tune.Tuner.can_restore(path, storage_filesystem=filesystem):
         tuner = tune.Tuner.restore(path, trainable=fn, resume_errored=True, storage_filesystem=filesystem)

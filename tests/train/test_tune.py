@@ -1,5 +1,6 @@
 """Tune search on a tiny synthetic store: trials table, TensorBoard files, best config into the train job,
-resume after a kill, and no read of an outer test speaker (the reader logs what it is asked for)."""
+resume after a kill (a pooled model's search), no read of an outer test speaker (the reader logs what it is asked
+for), and a pooled model's trials scored on the pooled path as on the frame path."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -79,9 +81,10 @@ def test_search_writes_trials_tensorboard_and_a_config_the_train_job_takes(synth
 
 
 def test_killed_search_resumes_with_all_trials(synth_store, tmp_path):
+    """A linear model's search (the pooled path: mean frames read once per search, trials fitted in memory)."""
     out = tmp_path / "search"
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
-    args = tune_args(synth_store, out, "--max-concurrent", "1")
+    args = tune_args(synth_store, out, "--max-concurrent", "1", "--arch", "mlp")
     proc = subprocess.Popen(args, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
 
@@ -100,6 +103,29 @@ def test_killed_search_resumes_with_all_trials(synth_store, tmp_path):
     run_job(args + ["--resume"], env)
     trials = pl.read_parquet(out / "trials.parquet")
     assert trials.height == 4 and trials["val_uar"].null_count() == 0
+    assert len(list((out / "search").rglob("events.out.tfevents.*"))) >= 4
+    assert len(list((out / "search").rglob("trial_state.pt"))) == 4  # each trial's last checkpoint
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_pooled_search_scores_its_trials_as_the_frame_path_does(synth_store, tmp_path, caplog):
+    """Same seed and configs: a linear model's trials give the same inner-validation UAR, epoch by epoch, on the
+    pooled path (mean frames read once per search) as on the frame path (a dataset and shard cache per trial)."""
+    from ray_ser.train.tune import SearchOptions, run_search
+
+    base = TrainConfig(store=synth_store, model="tiny", arch="mlp", mlp_hidden=0, spec_augment=False, batch_size=8,
+                       seed=3)
+    trials = {}
+    caplog.set_level("INFO", logger="ray_ser.train.tune")
+    for pooled in (True, False):
+        opts = SearchOptions(base.model_copy(update={"pooled": pooled}), num_samples=2, max_epochs=2,
+                             grace_period=2, seed=3, held_out_folds=[0, 1], search_folds=2, layers=[1, 2])
+        trials[pooled] = run_search(opts, tmp_path / str(pooled)).sort("lr")
+    assert sum("read once" in r.getMessage() for r in caplog.records) == 1  # the pooled search only
+    params = ["layer", "keep_ratio", "lr", "pooling", "target"]
+    assert trials[True].select(params).equals(trials[False].select(params)) and trials[True].height == 2
+    for col in ("val_uar", "val_uar_last", "best_epoch"):
+        np.testing.assert_allclose(trials[True][col].to_numpy(), trials[False][col].to_numpy(), atol=1e-6)
 
 
 def test_a_trials_searched_layer_replaces_the_base_layer_list():
