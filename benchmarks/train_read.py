@@ -4,9 +4,13 @@
     ray_ser.train.loop does), iterated through ray_ser.train.loop.epoch_batches with the trainer's shard cache (the first
     epoch reads through Ray Data, later ones draw from the worker's memory);
 (a') the same without the cache (Ray Data iterated every epoch), for comparison;
-(b) from the same rows already in memory as Python objects, through the same bucketing and collate.
-All are warmed by one untimed epoch. Prints utterances per second of each and ratio = (b rate)/(a rate)
-(1.0 = reading from the store costs nothing once warmed; the target is <= 1.2), and the cold first epoch.
+(b) from the same rows already in memory as Python objects, through the same bucketing and collate;
+(c) a plain torch loop: the same utterances (one condition each) padded once into one float16 tensor, each epoch a
+    random permutation indexed in batches, cut to the batch's longest utterance and cast to float32 (the batches a
+    hand-written trainer feeds its model; forward not included).
+All are warmed by one untimed epoch. Prints utterances per second of each, ratio = (b rate)/(a rate)
+(1.0 = reading from the store costs nothing once warmed; the target is <= 1.2), the cold first epoch, and last
+``vs_torch <x>`` = (a rate)/(c rate) (the goal is >= 0.5).
 
     python benchmarks/train_read.py --store store --model whisper-base --layer 3 [--layers 2,3,4 --fold 0 --epochs 3]
 """
@@ -28,6 +32,36 @@ def one_epoch(source, cfg, epoch: int, cache=None) -> tuple[int, float]:
 
     t0 = time.perf_counter()
     n = sum(len(b["lengths"]) for b in epoch_batches(source, cfg, epoch, True, cache=cache))
+    return n, time.perf_counter() - t0
+
+
+def padded(memory) -> tuple:
+    """(x, lengths): one row per utterance of ``memory`` (its first condition), padded with zeros to the longest."""
+    import torch
+
+    first = {}
+    for i, u in enumerate(memory.rows["utt_id"]):
+        first.setdefault(u, i)
+    rows = [memory.rows["x"][i] for i in first.values()]
+    lengths = torch.tensor([len(r) for r in rows])
+    x = torch.zeros(len(rows), int(lengths.max()), rows[0].shape[1], dtype=torch.float16)
+    for i, r in enumerate(rows):
+        x[i, :len(r)] = torch.from_numpy(np.asarray(r, np.float16))
+    return x, lengths
+
+
+def torch_epoch(x, lengths, batch_size: int, epoch: int) -> tuple[int, float]:
+    """One epoch of the plain loop: shuffled batches of the padded tensor, cut to their longest, as float32."""
+    import torch
+
+    t0 = time.perf_counter()
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch))
+    n = 0
+    for start in range(0, len(x), batch_size):
+        idx = order[start:start + batch_size]
+        ln = lengths[idx]
+        batch = x[idx, :int(ln.max())].float()
+        n += len(batch)
     return n, time.perf_counter() - t0
 
 
@@ -58,7 +92,8 @@ def main() -> None:
     t_read = time.perf_counter() - t0
     memory = InMemorySource.from_records(ds.take_all())
     cache = ShardCache(cfg.cache_mb * 2 ** 20)
-    rates = {"store": [], "store, no cache": [], "memory": []}
+    x, lengths = padded(memory)
+    rates = {"store": [], "store, no cache": [], "memory": [], "plain torch": []}
     cold = 0.0
     for epoch in range(args.epochs + 1):
         for name, source, c in (("store", ds, cache), ("store, no cache", ds, None), ("memory", memory, None)):
@@ -67,6 +102,9 @@ def main() -> None:
                 rates[name].append(n / s)
             elif c is not None:
                 cold = s
+        n, s = torch_epoch(x, lengths, cfg.batch_size, epoch)
+        if epoch:
+            rates["plain torch"].append(n / s)
     med = {k: float(np.median(v)) for k, v in rates.items()}
     n = len(memory)
     print(f"fold {args.fold}, layer(s) {layers or args.layer}: {n} training utterances, first read + materialise "
@@ -74,6 +112,8 @@ def main() -> None:
     for name, rate in med.items():
         print(f"{name}: {rate:.0f} utterances/s, {1000 * n / rate:.0f} ms/epoch (median of {args.epochs} warm epochs)")
     print(f"ratio: {med['memory'] / med['store']:.3f} (without the cache: {med['memory'] / med['store, no cache']:.3f})")
+    print(f"plain torch loop: {len(x)} utterances padded to {x.shape[1]} frames x {x.shape[2]} dims")
+    print(f"vs_torch {med['store'] / med['plain torch']:.3f}")
 
 
 if __name__ == "__main__":
