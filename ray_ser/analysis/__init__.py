@@ -6,8 +6,8 @@ from ray_ser.public import lazy_api
 __all__, __getattr__, __dir__ = lazy_api(__name__, {
     "clusters": ["assign_frames", "ensure_centroids", "fit_kmeans", "nearest", "purity"],
     "layer_selection": ["DEFAULT_CRITERION", "inner_folds", "layer_prior", "layers_for_folds", "ranked_layers"],
-    "probe": ["DEFAULT_CS", "READOUTS", "fit_probe", "inner_c", "layer_probe", "layer_set_probe", "layer_set_ridge",
-        "one_thread", "plot_layers", "readout", "spearman"],
+    "probe": ["DEFAULT_CS", "READOUTS", "corpus_scalers", "fit_probe", "inner_c", "layer_probe", "layer_set_probe",
+        "layer_set_ridge", "one_thread", "plot_layers", "readout", "scale_by_corpus", "spearman"],
     "pruned_frames": ["write_pruned_frames"],
     "saliency": ["DEFAULT_BINS"],
     "saliency_store": ["layer_matrix", "layers_of", "read_layer_ranking"],

@@ -78,6 +78,26 @@ def fit_probe(H: np.ndarray, y: np.ndarray, train: np.ndarray, C: float):
         return clf.fit(H[train], y[train])
 
 
+def corpus_scalers(H: np.ndarray, corpora: np.ndarray, rows: np.ndarray) -> dict:
+    """{corpus: a StandardScaler fitted on that corpus's ``rows`` of ``H``}: the per-corpus scaler of a probe, each
+    corpus standardised by its own training statistics, as a ``scaler: per-corpus`` model standardises its input."""
+    from sklearn.preprocessing import StandardScaler
+
+    return {c: StandardScaler().fit(H[rows & (corpora == c)]) for c in sorted(set(corpora[rows].tolist()))}
+
+
+def scale_by_corpus(H: np.ndarray, corpora: np.ndarray, scalers: Mapping) -> np.ndarray:
+    """``H`` with each row standardised by its corpus's scaler; a corpus without one (no training row) by its own
+    rows' statistics, as a zero-shot corpus is (no labels used)."""
+    from sklearn.preprocessing import StandardScaler
+
+    out = np.empty(H.shape, dtype=np.float64)
+    for c in set(corpora.tolist()):
+        at = corpora == c
+        out[at] = (scalers[c] if c in scalers else StandardScaler().fit(H[at])).transform(H[at])
+    return out
+
+
 def _fit_predict(H: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, C: float) -> np.ndarray:
     """The probe fitted on the ``train`` rows, predicting the ``test`` rows."""
     return fit_probe(H, y, train, C).predict(H[test])

@@ -16,6 +16,7 @@ __all__, __getattr__, __dir__ = lazy_api(__name__, {
     "race": ["DIFFERENCE", "race_line", "race_rows", "race_summary", "verdict"],
     "report": ["write_report"],
     "results": ["write_parquet"],
-    "seeds": ["seed_folder", "seed_list", "seed_spread", "seed_table", "spread_lines"],
+    "seeds": ["matrix_seed_table", "matrix_spread", "matrix_spread_lines", "seed_folder", "seed_list", "seed_spread",
+        "seed_table", "spread_lines"],
     "tables": ["condition_order", "write_tables"],
 })

@@ -105,9 +105,11 @@ def _cell(r: dict | None) -> str:
     return text
 
 
-def write_matrix_report(matrix: pl.DataFrame, out_dir: str | Path, notes: Sequence[str] = ()) -> Path:
+def write_matrix_report(matrix: pl.DataFrame, out_dir: str | Path, notes: Sequence[str] = (),
+                        spread: pl.DataFrame | None = None) -> Path:
     """``DIR/report.html``: the heat map of every condition, then per test corpus a table of every training set's
-    UAR, WA and macro F1 by condition, and ``notes`` (label-set counts, scaling)."""
+    UAR, WA and macro F1 by condition, ``notes`` (label-set counts, scaling) and, with several seeds, each cell's
+    ``spread`` over them (``ray_ser.evaluate.seeds.matrix_spread``)."""
     out_dir = Path(out_dir)
     conds = condition_order(matrix["condition"].unique().to_list()) if matrix.height else []
     parts = ["<!doctype html><meta charset=utf-8><title>cross-corpus matrix</title>",
@@ -140,6 +142,18 @@ def write_matrix_report(matrix: pl.DataFrame, out_dir: str | Path, notes: Sequen
             proto = next(iter(rows.values()))["protocol"]
             parts.append(f"<tr><td>{html.escape(train)}</td><td>{proto}</td>"
                          + "".join(f"<td>{_cell(rows.get((m, c)))}</td>" for m in metrics for c in conds) + "</tr>")
+        parts.append("</table>")
+    if spread is not None and spread.height:
+        parts.append(f"<h2>Seed spread</h2><p>Over {int(spread['seeds'].max())} seeds (the cells above are the first "
+                     "seed's): each cell's mean, sample standard deviation and range over the seeds, beside the mean "
+                     "speaker-bootstrap 95 % interval.</p><table><tr><th>trained on</th><th>test corpus</th>"
+                     "<th>condition</th><th>metric</th><th>seeds</th><th>mean</th><th>std</th><th>min</th><th>max</th>"
+                     "<th>speaker interval</th></tr>")
+        for r in spread.iter_rows(named=True):
+            num = [f"{r[k]:.3f}" if r[k] is not None else "–" for k in ("mean", "std", "min", "max")]
+            ci = "–" if r["speaker_ci_low"] is None else f"[{r['speaker_ci_low']:.3f}, {r['speaker_ci_high']:.3f}]"
+            parts.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
+                r["train_corpora"], r["test_corpus"], r["condition"], r["metric"], r["seeds"], *num, ci)) + "</tr>")
         parts.append("</table>")
     path = out_dir / "report.html"
     path.write_text("\n".join(parts), encoding="utf-8")

@@ -67,13 +67,17 @@ def in_category_order(proba: np.ndarray, classes: np.ndarray, categories: Sequen
 
 def probe_predictions(store, model: str, pred: pl.DataFrame, categories: Sequence[str],
                       layers: Mapping[int, Sequence[int]], Cs: Sequence[float] | None = None,
-                      readouts: Sequence[str] = ("none",), train_condition: str = "clean") -> pl.DataFrame:
+                      readouts: Sequence[str] = ("none",), train_condition: str = "clean",
+                      corpora: Mapping[str, str] | None = None) -> pl.DataFrame:
     """The probe's out-of-fold predictions on the rows of a model's ``pred`` (predictions.parquet layout, one
     ``fold`` per utterance): per outer fold, fitted on the ``train_condition`` mean vectors of the other folds'
     utterances (C by :func:`ray_ser.analysis.probe.inner_c` over their folds, one probe per read-out, probabilities
-    averaged) and applied to the fold's own utterances in every condition of ``pred``. Returns condition, utt_id,
-    fold, probs (in ``categories`` order)."""
-    from ray_ser.analysis.probe import DEFAULT_CS, fit_probe, inner_c, one_thread, readout
+    averaged) and applied to the fold's own utterances in every condition of ``pred``. ``corpora`` ({utt_id: corpus},
+    a ``scaler: per-corpus`` run): each corpus standardised by its own training rows' statistics in the fold, its
+    test rows too (:func:`ray_ser.analysis.probe.corpus_scalers`), before the probe's own scaler. Returns condition,
+    utt_id, fold, probs (in ``categories`` order)."""
+    from ray_ser.analysis.probe import (DEFAULT_CS, corpus_scalers, fit_probe, inner_c, one_thread, readout,
+                                        scale_by_corpus)
     from ray_ser.analysis.saliency_store import layer_matrix
 
     Cs = list(Cs or DEFAULT_CS)
@@ -108,6 +112,13 @@ def probe_predictions(store, model: str, pred: pl.DataFrame, categories: Sequenc
         return np.hstack([readout(cache[cond, k][at], r) for k in Ls])
 
     fold_of = dict(zip(ids, fold.tolist()))
+    corpus_of = None if corpora is None else np.asarray([corpora[u] for u in ids], dtype=object)
+
+    def scaled(H: np.ndarray, which: Sequence[str], scalers) -> np.ndarray:
+        """``H`` (rows ``which``) per corpus by ``scalers`` (a per-corpus run), else as it is."""
+        return H if scalers is None else scale_by_corpus(H, np.asarray([corpora[u] for u in which], dtype=object),
+                                                         scalers)
+
     out = []
     with one_thread():
         for f in fold_ids:
@@ -115,21 +126,24 @@ def probe_predictions(store, model: str, pred: pl.DataFrame, categories: Sequenc
             fitted = []
             for r in readouts:
                 H = features(train_condition, layers[f], ids, r)
+                scalers = None if corpus_of is None else corpus_scalers(H, corpus_of, train)
+                H = scaled(H, ids, scalers)
                 C, _ = inner_c(H, y, fold, train, Cs)
-                fitted.append((r, fit_probe(H, y, train, C)))
+                fitted.append((r, fit_probe(H, y, train, C), scalers))
             for cond in scored:
                 which = [u for u in in_cond[cond] if fold_of.get(u) == f]
                 if not which:
                     continue
-                proba = [in_category_order(clf.predict_proba(features(cond, layers[f], which, r)), clf.classes_, categories)
-                         for r, clf in fitted]
+                proba = [in_category_order(clf.predict_proba(scaled(features(cond, layers[f], which, r), which, sc)),
+                                           clf.classes_, categories)
+                         for r, clf, sc in fitted]
                 p = np.mean(proba, axis=0)
                 out.append(pl.DataFrame({"condition": cond, "utt_id": which, "fold": f,
                                          "probs": p.astype(np.float32).tolist()},
                                         schema={"condition": pl.String, "utt_id": pl.String, "fold": pl.Int32,
                                                 "probs": pl.List(pl.Float32)}))
             log.info("probe baseline fold %d: layers %s, C %s", f, list(layers[f]),
-                     {r: clf.named_steps["logisticregression"].C for r, clf in fitted})
+                     {r: clf.named_steps["logisticregression"].C for r, clf, _ in fitted})
     return pl.concat(out) if out else pl.DataFrame(schema={"condition": pl.String, "utt_id": pl.String,
                                                            "fold": pl.Int32, "probs": pl.List(pl.Float32)})
 
@@ -238,7 +252,10 @@ def race_rows(store, pred: pl.DataFrame, categories: Sequence[str], config: Mapp
                                 categories, layers, Cs or _default_cs())
     else:
         per_fold = fold_layers(store, cfg, pred, layers, criterion)
-        probe = probe_predictions(store, cfg.model, pred, categories, per_fold, Cs, readouts)
+        corpora = None
+        if cfg.scaler == "per-corpus":  # each corpus by its own training statistics, as the model scaled it
+            corpora = dict(pred.select("utt_id", "corpus").unique("utt_id").iter_rows())
+        probe = probe_predictions(store, cfg.model, pred, categories, per_fold, Cs, readouts, corpora=corpora)
     return race_table(pred, probe, categories, n_boot=n_boot, seed=seed)
 
 

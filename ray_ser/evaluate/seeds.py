@@ -40,10 +40,10 @@ def seed_table(metrics: Mapping[int, pl.DataFrame]) -> pl.DataFrame:
     return pl.concat(parts) if parts else pl.DataFrame()
 
 
-def seed_spread(table: pl.DataFrame) -> pl.DataFrame:
-    """condition, metric, seeds, mean, std (sample, ddof 1; null for one seed), min, max over the seeds, and the mean
-    speaker-bootstrap interval (ci_low, ci_high averaged over the seeds) beside it."""
-    return (table.group_by("condition", "metric", maintain_order=True)
+def seed_spread(table: pl.DataFrame, by: tuple[str, ...] = ("condition", "metric")) -> pl.DataFrame:
+    """``by`` (condition, metric), seeds, mean, std (sample, ddof 1; null for one seed), min, max over the seeds, and
+    the mean speaker-bootstrap interval (ci_low, ci_high averaged over the seeds) beside it."""
+    return (table.group_by(*by, maintain_order=True)
             .agg(pl.len().alias("seeds"), pl.col("value").mean().alias("mean"), pl.col("value").std(ddof=1).alias("std"),
                  pl.col("value").min().alias("min"), pl.col("value").max().alias("max"),
                  pl.col("ci_low").mean().alias("speaker_ci_low"), pl.col("ci_high").mean().alias("speaker_ci_high")))
@@ -58,4 +58,39 @@ def spread_lines(spread: pl.DataFrame) -> str:
         ci = "" if r["speaker_ci_low"] is None else f"; speakers [{r['speaker_ci_low']:.3f}, {r['speaker_ci_high']:.3f}]"
         lines.append(f"  {r['condition']:<12} {r['metric']:<16} mean {r['mean']:.3f}, std {std}, "
                      f"min {r['min']:.3f}, max {r['max']:.3f}{ci}")
+    return "\n".join(lines)
+
+
+CELL_KEYS = ("train_corpora", "test_corpus", "protocol", "condition", "metric")
+"""What identifies a cross-corpus matrix cell (``ray_ser.evaluate.matrix.MATRIX_SCHEMA``'s key columns)."""
+
+
+def matrix_seed_table(matrices: Mapping[int, pl.DataFrame]) -> pl.DataFrame:
+    """seed, the cell keys, value, ci_low, ci_high, n_speakers: each seed's matrix rows of :data:`SPREAD_METRICS`."""
+    parts = [m.filter(pl.col("metric").is_in(SPREAD_METRICS))
+             .select(pl.lit(int(seed), pl.Int64).alias("seed"), *CELL_KEYS, "value", "ci_low", "ci_high", "n_speakers")
+             for seed, m in sorted(matrices.items())]
+    return pl.concat(parts) if parts else pl.DataFrame()
+
+
+def matrix_spread(table: pl.DataFrame) -> pl.DataFrame:
+    """Per matrix cell (:data:`CELL_KEYS`), the spread of :func:`matrix_seed_table`'s values over the seeds, as
+    :func:`seed_spread` gives it per condition, sorted as the matrix is."""
+    return seed_spread(table, CELL_KEYS).sort("condition", "metric", "train_corpora", "test_corpus")
+
+
+def matrix_spread_lines(spread: pl.DataFrame, condition: str = "clean") -> str:
+    """``condition``'s cells: mean and spread over the seeds beside the mean speaker interval, aligned lines."""
+    sub = spread.filter(pl.col("condition") == condition)
+    if sub.is_empty():
+        return ""
+    width = max(len(f"{r['train_corpora']} -> {r['test_corpus']}") for r in sub.iter_rows(named=True))
+    lines = [f"over {int(sub['seeds'].max())} seeds ({condition}): each cell's mean, its spread over the seeds (std, "
+             "min-max) and the mean speaker-bootstrap 95 % interval:"]
+    for r in sub.sort("metric", "train_corpora", "test_corpus", descending=[True, False, False]).iter_rows(named=True):
+        std = "–" if r["std"] is None or not np.isfinite(r["std"]) else f"{r['std']:.3f}"
+        ci = "" if r["speaker_ci_low"] is None else f"; speakers [{r['speaker_ci_low']:+.3f}, {r['speaker_ci_high']:+.3f}]"
+        cell = f"{r['train_corpora']} -> {r['test_corpus']}"
+        lines.append(f"  {cell:<{width}} {r['metric']:<16} mean {r['mean']:+.3f}, std {std}, "
+                     f"min {r['min']:+.3f}, max {r['max']:+.3f}{ci}")
     return "\n".join(lines)

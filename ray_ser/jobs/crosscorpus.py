@@ -8,7 +8,9 @@ scores. Every model trains through one label set, with the training options of j
 Writes DIR/matrix.parquet (train_corpora, test_corpus, protocol, condition, metric, value, ci_low, ci_high, n,
 n_speakers), DIR/report.html (a heat map per condition, a table per test corpus) and, per training set,
 DIR/runs/<corpora>/ (checkpoints, eval/ out of fold, zero-shot/). Re-running the same command resumes: finished
-models and evaluations are kept.
+models and evaluations are kept. --seeds N trains N seeds of every model (--seed, --seed + 1, ...) into
+DIR/runs/<corpora>/seed_<s>/: matrix.parquet holds the first seed's cells, DIR/seeds.parquet every seed's UAR and
+race cells, and the console and report each cell's spread over the seeds beside its speaker interval.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ray_ser.jobs import train as train_job
 
 BINDS = {**{k: v for k, v in train_job.BINDS.items() if k not in ("folds", "final")},
          "corpus": Bind("train.corpora", csv_list), "rows": "crosscorpus.rows",
-         **{k: f"evaluate.{k}" for k in ("n_boot", "batch_size")}, "eval_conditions": "evaluate.conditions"}
+         **{k: f"evaluate.{k}" for k in ("n_boot", "batch_size")}, "eval_conditions": "evaluate.conditions", "seeds": "seeds"}
 """Each flag's config key: jobs/train.py's, plus the evaluation's."""
 
 
@@ -38,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", choices=("all", "loco"), default=None,
                    help="all (default): every corpus alone and every leave-one-corpus-out set; loco: the "
                         "leave-one-corpus-out models only")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="train N seeds of every model (--seed, --seed + 1, ...), each into runs/<corpora>/seed_<s>; the "
+                        "spread over the seeds per cell goes to seeds.parquet, the console and the report")
     p.add_argument("--n-boot", type=int, default=None, help="speaker-level bootstrap resamples")
     p.add_argument("--eval-batch-size", dest="batch_size", type=int, default=None, help="utterances per prediction batch")
     return p
@@ -77,6 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     import polars as pl
 
     from ray_ser.evaluate.matrix import cells, write_matrix, write_matrix_report
+    from ray_ser.evaluate.seeds import matrix_seed_table, matrix_spread, matrix_spread_lines, seed_folder, seed_list
     from ray_ser.jobs.evaluate import evaluate, race_options
     from ray_ser.runtime import init_ray
     from ray_ser.train.driver import run
@@ -91,41 +97,55 @@ def main(argv: list[str] | None = None) -> dict:
     cfg.save(out)
     init_ray()
     t0 = time.perf_counter()
-    parts, notes = [], []
-    for name, (trained, folds) in plan_runs(corpora, cfg.crosscorpus.rows).items():
-        run_dir = out / "runs" / name
-        unseen = [c for c in corpora if c not in trained]
-        with console.stage(f"train on {name}" + (" (outer folds + final model)" if folds else " (final model)")):
-            rcfg = train.model_copy(update={"corpora": trained, "final": True, "outer_folds": "all" if folds else "none"})
-            run(rcfg, None, run_dir)
-        evaluations = ([("out-of-fold", run_dir / "eval", [])] if folds else []) + \
-            [("zero-shot", run_dir / "zero-shot", unseen)]
-        for protocol, eval_dir, zero_shot in evaluations:
-            if not _fresh(eval_dir, run_dir):
-                with console.stage(f"score {name} {protocol}" + (f" on {', '.join(zero_shot)}" if zero_shot else "")):
-                    ns = argparse.Namespace(store=train.store, run=[str(run_dir)], conditions=cfg.evaluate.conditions,
-                                            by=[], batch_size=cfg.evaluate.batch_size, n_boot=cfg.evaluate.n_boot,
-                                            seed=cfg.evaluate.seed, corpus=zero_shot, no_race=not cfg.evaluate.race,
-                                            probe_layers=cfg.analysis.probe_layers or PROBE_LAYERS)
-                    race_options(ns, cfg)
-                    with staged(str(eval_dir)) as local:  # on an object store: written here, copied up whole
-                        evaluate(ns, local, shown=str(eval_dir) if is_uri(eval_dir) else None)
-            parts.append(cells(pl.read_parquet((eval_dir / "metrics.parquet").read_bytes()), trained, zero_shot or trained))
+    seeds = seed_list(train.seed, cfg.seeds)
+    per_seed, notes = {}, []
+    for seed in seeds:
+        parts = per_seed.setdefault(seed, [])
+        for name, (trained, folds) in plan_runs(corpora, cfg.crosscorpus.rows).items():
+            run_dir = out / "runs" / name
+            run_dir = run_dir if len(seeds) == 1 else Path(seed_folder(run_dir, seed))
+            unseen = [c for c in corpora if c not in trained]
+            shown = name + (f" seed {seed}" if len(seeds) > 1 else "")
+            with console.stage(f"train on {shown}" + (" (outer folds + final model)" if folds else " (final model)")):
+                rcfg = train.model_copy(update={"corpora": trained, "final": True, "seed": seed,
+                                                "outer_folds": "all" if folds else "none"})
+                run(rcfg, None, run_dir)
+            evaluations = ([("out-of-fold", run_dir / "eval", [])] if folds else []) + \
+                [("zero-shot", run_dir / "zero-shot", unseen)]
+            for protocol, eval_dir, zero_shot in evaluations:
+                if not _fresh(eval_dir, run_dir):
+                    with console.stage(f"score {shown} {protocol}" + (f" on {', '.join(zero_shot)}" if zero_shot else "")):
+                        ns = argparse.Namespace(store=train.store, run=[str(run_dir)], conditions=cfg.evaluate.conditions,
+                                                by=[], batch_size=cfg.evaluate.batch_size, n_boot=cfg.evaluate.n_boot,
+                                                seed=cfg.evaluate.seed, corpus=zero_shot, no_race=not cfg.evaluate.race,
+                                                probe_layers=cfg.analysis.probe_layers or PROBE_LAYERS)
+                        race_options(ns, cfg)
+                        with staged(str(eval_dir)) as local:  # on an object store: written here, copied up whole
+                            evaluate(ns, local, shown=str(eval_dir) if is_uri(eval_dir) else None)
+                parts.append(cells(pl.read_parquet((eval_dir / "metrics.parquet").read_bytes()), trained,
+                                   zero_shot or trained))
     if train.label_set:
         notes.append(f"Label set: {', '.join(train.label_set)}; each run's run.json and each zero-shot evaluation's "
                      "log count the utterances outside it per corpus.")
     if train.scaler == "per-corpus":
         notes.append("Input scaling per corpus: a training corpus by its training speakers' statistics, a zero-shot "
                      "corpus by its own frame statistics in each condition (no labels used).")
+    spread = None
     with staged(str(out)) as local:
-        matrix = pl.read_parquet(write_matrix(parts, local))
-        report = write_matrix_report(matrix, local, notes)
+        matrix = pl.read_parquet(write_matrix(per_seed[seeds[0]], local))
+        if len(seeds) > 1:  # the other seeds' cells, as matrix.parquet holds the first's
+            table = matrix_seed_table({s: pl.concat(p) for s, p in per_seed.items()})
+            table.write_parquet(Path(local) / "seeds.parquet")
+            spread = matrix_spread(table)
+        report = write_matrix_report(matrix, local, notes, spread)
     matrix_path, report = join(out, "matrix.parquet"), join(out, report.name)
     console.say(summary(matrix))
+    if spread is not None and (lines := matrix_spread_lines(spread)):
+        console.say(lines)
     if (race := race_summary(matrix)):
         console.say(race)
     console.say(f"matrix: {matrix_path}\nreport: {report}  ({time.perf_counter() - t0:.0f} s)")
-    return {"matrix": matrix, "report": report}
+    return {"matrix": matrix, "report": report, "spread": spread}
 
 
 def summary(matrix) -> str:

@@ -127,3 +127,61 @@ def test_race_summary_joins_the_models_uar(race, predictions, categories):
     assert s.height == predictions["condition"].n_unique()
     assert (s["probe_uar"] == 0).all() and np.allclose(s["uar"].to_numpy(), s["difference"].to_numpy())
     assert set(s["verdict"].to_list()) <= {"beats", "ties", "loses"}
+
+
+def test_a_per_corpus_runs_probe_scales_each_corpus_by_its_own_training_rows(monkeypatch):
+    """probe_predictions with ``corpora`` against a direct scikit-learn computation: per fold, a StandardScaler per
+    corpus fitted on that corpus's clean training rows scales its training and test rows in every condition, then
+    StandardScaler + logistic regression; a corpus with a planted offset and scale needs it."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from ray_ser.analysis import saliency_store
+    from ray_ser.evaluate.race import probe_predictions
+
+    rng = np.random.default_rng(0)
+    cats = ["a", "b", "c"]
+    rows = [(f"{corpus}/s{s}/u{i}", f"{corpus}{s}", corpus, s % 3, i % 3)
+            for corpus in ("x", "y") for s in range(6) for i in range(6)]
+    ids = [r[0] for r in rows]
+    corp = np.asarray([r[2] for r in rows], dtype=object)
+    fold = np.asarray([r[3] for r in rows])
+    y = np.asarray([cats[r[4]] for r in rows], dtype=object)
+    means = rng.normal(size=(3, 8))
+    X = {}
+    for cond, noise in (("clean", 1.0), ("5dB", 2.0)):
+        H = means[[r[4] for r in rows]] + noise * rng.normal(size=(len(rows), 8))
+        H[corp == "y"] = 4.0 * H[corp == "y"] + 3.0  # corpus y on its own offset and scale
+        X[cond] = H.astype(np.float32)
+    layer_of = {1: slice(0, 4), 2: slice(4, 8)}
+    where = {u: i for i, u in enumerate(ids)}
+    monkeypatch.setattr(saliency_store, "layer_matrix",
+                        lambda store, model, cond, layer, utts: X[cond][[where[u] for u in utts]][:, layer_of[layer]])
+    pred = pl.DataFrame([{"utt_id": u, "speaker": spk, "corpus": c, "fold": f, "condition": cond, "label": cats[k],
+                          "probs": [1 / 3] * 3} for u, spk, c, f, k in rows for cond in X])
+    corpora = dict(zip(ids, corp.tolist()))
+    got = probe_predictions(None, "m", pred, cats, {f: [1, 2] for f in range(3)}, Cs=[1.0], corpora=corpora)
+
+    for f in range(3):
+        train = fold != f
+        scalers = {c: StandardScaler().fit(X["clean"][train & (corp == c)].astype(np.float64)) for c in ("x", "y")}
+
+        def scale(H):
+            out = H.astype(np.float64)
+            for c, sc in scalers.items():
+                out[corp == c] = sc.transform(H[corp == c].astype(np.float64))
+            return out
+
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+        clf.fit(scale(X["clean"])[train], y[train])
+        for cond, H in X.items():
+            want = clf.predict_proba(scale(H)[fold == f])[:, [list(clf.classes_).index(c) for c in cats]]
+            have = got.filter(pl.col("fold") == f, pl.col("condition") == cond).sort("utt_id")
+            assert have["utt_id"].to_list() == sorted(u for u, g in zip(ids, fold) if g == f)
+            order = np.argsort(np.asarray(ids, dtype=object)[fold == f])
+            np.testing.assert_allclose(np.array(have["probs"].to_list()), want[order], atol=1e-5)
+    plain = probe_predictions(None, "m", pred, cats, {f: [1, 2] for f in range(3)}, Cs=[1.0])
+    keys = ["condition", "utt_id"]
+    assert not np.allclose(np.array(plain.sort(keys)["probs"].to_list()),
+                           np.array(got.sort(keys)["probs"].to_list()), atol=1e-3)

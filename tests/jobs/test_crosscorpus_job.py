@@ -135,3 +135,42 @@ def test_the_final_model_can_choose_its_epochs_on_held_out_training_corpora(stor
     assert held_out == [{"alpha"}, {"beta"}, {"gamma"}]  # each inner fold validates on one whole training corpus
     splits = set(pl.read_parquet(run / "epochs.parquet")["split"])
     assert {"val_r0", "val_r1", "val_r2", "refit"} <= splits
+
+
+def test_seeds_train_every_model_per_seed_and_report_each_cells_spread(store, local_ray, tmp_path):
+    import numpy as np
+
+    out = tmp_path / "xc"
+    args = ["--store", store, "--model", MODEL, "--corpora", "alpha,gamma", "--rows", "loco", "--seeds", "2",
+            "--seed", "3", "--eval-conditions", "clean", "--out", str(out), "--n-boot", "30", *LINEAR]
+    r = crosscorpus.main(args)
+    m = pl.read_parquet(out / "matrix.parquet")
+    assert m.schema == pl.Schema(MATRIX_SCHEMA)  # the contract is unchanged: the first seed's cells
+    per_seed = {}
+    for seed in (3, 4):
+        for train, test in (("alpha", "gamma"), ("gamma", "alpha")):
+            metrics = pl.read_parquet(out / "runs" / train / f"seed_{seed}" / "zero-shot" / "metrics.parquet")
+            for metric in ("uar", "uar_minus_probe"):
+                row = metrics.filter(pl.col("group_by") == "corpus", pl.col("group") == test, pl.col("metric") == metric,
+                                     pl.col("k").is_null() | (pl.col("k") == 1))
+                per_seed[(seed, train, metric)] = (row["value"][0], row["ci_low"][0])
+    first = m.filter(pl.col("train_corpora") == "alpha", pl.col("metric") == "uar")
+    assert first["value"][0] == per_seed[(3, "alpha", "uar")][0]
+    assert not (out / "runs" / "alpha" / "final").exists()  # every seed in its own folder
+    seeds = pl.read_parquet(out / "seeds.parquet")
+    assert sorted(set(seeds["seed"])) == [3, 4] and seeds.height == 2 * 2 * 2
+    spread = r["spread"]
+    assert spread.height == 4 and set(spread["seeds"]) == {2}
+    for row in spread.iter_rows(named=True):
+        values = [per_seed[(s, row["train_corpora"], row["metric"])][0] for s in (3, 4)]
+        lows = [per_seed[(s, row["train_corpora"], row["metric"])][1] for s in (3, 4)]
+        assert row["mean"] == pytest.approx(np.mean(values)) and row["std"] == pytest.approx(np.std(values, ddof=1))
+        assert (row["min"], row["max"]) == (min(values), max(values))
+        assert row["speaker_ci_low"] == pytest.approx(np.mean(lows))
+    assert "Seed spread" in (out / "report.html").read_text()
+
+    crosscorpus.main(args)  # resumed: every seed's model is kept
+    for seed in (3, 4):
+        info = json.loads((out / "runs" / "gamma" / f"seed_{seed}" / "run.json").read_text())
+        assert all(s.get("skipped") for s in info["summaries"])
+    assert pl.read_parquet(out / "seeds.parquet").equals(seeds)
