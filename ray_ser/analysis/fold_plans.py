@@ -283,14 +283,15 @@ def stored_folds(spec: PlanSpec, fold_id: str) -> set[int]:
     return {int(f) for f, i in zip(t.column("fold").to_pylist(), t.column("fold_id").to_pylist()) if i == fold_id}
 
 
-def write_fold_plans(spec: PlanSpec, assignment: FoldAssignment, folds: Sequence[int]) -> list[int]:
-    """Build and store the plans of ``folds`` the store lacks for ``spec`` (a stored plan is kept, never rebuilt);
-    returns the folds built. Each plan is one row written in one commit (a crash leaves it whole or absent), under
-    a lock on its key so concurrent runs (Tune trials) build it once."""
+def write_fold_plans(spec: PlanSpec, assignment: FoldAssignment, folds: Sequence[int], rebuild: bool = False) -> list[int]:
+    """Build and store the plans of ``folds`` the store lacks for ``spec`` (a stored plan is kept, never rebuilt,
+    unless ``rebuild``: the analysis stage, having just rewritten the saliency and layer ranks a plan is made from,
+    replaces them); returns the folds built. Each plan is one row written in one commit (a crash leaves it whole or
+    absent), under a lock on its key so concurrent runs (Tune trials) build it once."""
     from ray_ser.analysis.clusters import _key_lock
 
     store = as_store(spec.store)
-    todo = [f for f in folds if f not in stored_folds(spec, assignment.id)]
+    todo = list(folds) if rebuild else [f for f in folds if f not in stored_folds(spec, assignment.id)]
     if not todo:
         return []
     auto = None
@@ -299,7 +300,7 @@ def write_fold_plans(spec: PlanSpec, assignment: FoldAssignment, folds: Sequence
     built = []
     for fold in todo:
         with _key_lock(store, f"plan_{catalog.FOLD_PLANS.name(spec.model)}_{assignment.id}_{fold}_{spec.key}"):
-            if fold in stored_folds(spec, assignment.id):
+            if not rebuild and fold in stored_folds(spec, assignment.id):
                 continue
             plan = build_plan(spec, assignment, fold, None if auto is None else auto[fold])
             catalog.replace(store, catalog.FOLD_PLANS, spec.model, _rows(spec, plan),

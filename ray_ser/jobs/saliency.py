@@ -167,8 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 def write_run_plans(train) -> list[int]:
     """The fold plans of the run's train config (its outer folds and, with ``final``, the final model's), written
-    to the store after the saliency and layer ranking they read, so training only reads them; returns the folds
-    built (stored ones are kept). A run whose rows cannot be planned is told on the console: training refuses it."""
+    to the store after the saliency and layer ranking they read (replacing plans made from an earlier run's), so
+    training only reads them; returns the folds built. A run whose rows cannot be planned is told on the console: training refuses it."""
     from ray_ser.analysis.fold_plans import write_fold_plans
     from ray_ser.train.checkpoints import FINAL
     from ray_ser.train.driver import final_config
@@ -178,9 +178,9 @@ def write_run_plans(train) -> list[int]:
         assignment = resolve_assignment(train)
         spec = train.outer_folds
         folds = [] if spec.strip().lower() == "none" else select_folds(spec, assignment)
-        built = write_fold_plans(train.plan_spec(), assignment, folds)
+        built = write_fold_plans(train.plan_spec(), assignment, folds, rebuild=True)  # made from what it just wrote
         if train.final:
-            built += write_fold_plans(final_config(train).plan_spec(), assignment, [FINAL])
+            built += write_fold_plans(final_config(train).plan_spec(), assignment, [FINAL], rebuild=True)
     except ValueError as exc:
         console.say(f"fold plans: none written ({exc})")
         return []

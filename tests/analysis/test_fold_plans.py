@@ -95,3 +95,6 @@ def test_a_failed_build_leaves_no_half_written_plan(store, monkeypatch):
     assert fp.stored_folds(c.plan_spec(), a.id) == {0}  # fold 0 whole, fold 1 absent, nothing in between
     monkeypatch.setattr(fp, "build_plan", real)
     assert fp.write_fold_plans(c.plan_spec(), a, [0, 1, 2]) == [1, 2]
+    # the analysis stage, having rewritten what plans are made from, replaces them (one row per plan still)
+    assert fp.write_fold_plans(c.plan_spec(), a, [0], rebuild=True) == [0]
+    assert catalog.read(store, catalog.FOLD_PLANS, MODEL, columns=["fold"]).num_rows == 3

@@ -101,6 +101,7 @@ def test_fold_mask_centroids_and_split_ignore_the_test_fold(synth_store, tmp_pat
     assert info["assignment"].id == a.id  # LOSO folds depend on speakers only
     ss.write_saliency(copy, df, ss.layer_ranking(df), info["assignment"])
     shutil.rmtree(Path(copy) / "centroids__tiny.lance", ignore_errors=True)
+    shutil.rmtree(Path(copy) / "fold_plans__tiny.lance", ignore_errors=True)  # rebuilt from the scrambled copy
     after = planned_fold(small_cfg(copy, keep_ratio=0.6), a, 3)[0]
     assert (after.inner, after.val, after.keep) == (before.inner, before.val, before.keep)
     np.testing.assert_array_equal(ensure_centroids(copy, "tiny", 1, 4, a, 3), cents)
