@@ -43,11 +43,11 @@ def extract_once(manifest, uri: str, model: str, write_mode: str) -> tuple[int, 
 def epoch_read(uri: str, fold: int = 0) -> tuple[int, float]:
     from ray_ser.train.config import TrainConfig
     from ray_ser.train.loop import epoch_batches
-    from ray_ser.train.plan import fold_datasets, plan_fold, resolve_assignment
+    from ray_ser.train.plan import fold_datasets, planned_fold, resolve_assignment
 
     cfg = TrainConfig(store=uri, model="bench", layer=1, batch_size=16, corpora=["synth"])
     t0 = time.perf_counter()
-    plan, labels, centroids = plan_fold(cfg, resolve_assignment(cfg), fold)
+    plan, labels, centroids = planned_fold(cfg, resolve_assignment(cfg), fold)
     ds = fold_datasets(cfg, plan, labels, centroids)["train"]
     n = sum(len(b["lengths"]) for b in epoch_batches(ds, cfg, 0, True, cache=None))
     return n, time.perf_counter() - t0

@@ -79,14 +79,14 @@ def main() -> None:
 
     from ray_ser.runtime import init_ray
     from ray_ser.train.config import TrainConfig
-    from ray_ser.train.plan import fold_datasets, plan_fold, resolve_assignment
+    from ray_ser.train.plan import fold_datasets, planned_fold, resolve_assignment
     from ray_ser.train.reader import InMemorySource, ShardCache
 
     init_ray()
     layers = [int(x) for x in args.layers.split(",")] if args.layers else []
     cfg = TrainConfig(store=args.store, model=args.model, layer=args.layer, layers=layers, batch_size=args.batch_size,
                       keep_ratio=args.keep_ratio)
-    plan, labels, centroids = plan_fold(cfg, resolve_assignment(cfg), args.fold)
+    plan, labels, centroids = planned_fold(cfg, resolve_assignment(cfg), args.fold)
     t0 = time.perf_counter()
     ds = fold_datasets(cfg, plan, labels, centroids)["train"]
     t_read = time.perf_counter() - t0

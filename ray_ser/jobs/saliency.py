@@ -4,7 +4,8 @@ layer ranking and masks in the store; with --probe, a linear probe per layer and
     python jobs/saliency.py --store store --model whisper-base --probe
 
 Writes saliency__<model>, layer_rank__<model> and saliency_folds__<model> (rows of this condition are
-replaced on a re-run).  layer_rank holds two criteria: ``ccs_top10`` (the saliency score, for reference) and
+replaced on a re-run), then fold_plans__<model>: each fold's plan for the experiment's train config (layers, mask,
+centroids, scalers, inner split), which train and tune only read (ray_ser.analysis.fold_plans).  layer_rank holds two criteria: ``ccs_top10`` (the saliency score, for reference) and
 the pipeline's layer choice ``--layer-criterion`` (default lda_inner, see the README's "does saliency pick
 the layer?"); the cluster, train and tune jobs read the latter back.  Fold f's saliency uses only the utterances outside fold f; fold -1 uses all of them
 (a mask for new speakers only).  With --probe the last line is ``spearman: <value>``: the rank correlation
@@ -158,7 +159,34 @@ def main(argv: list[str] | None = None) -> dict:
     if args.study:
         return study_main(args)
     with console.stage(f"saliency {args.model} / {args.condition}" + (" + probes" if args.probe else "")):
-        return saliency_main(args, readouts)
+        result = saliency_main(args, readouts)
+        if cfg.train.model == args.model and cfg.train.store == args.store:
+            result["fold_plans"] = write_run_plans(cfg.train)
+        return result
+
+
+def write_run_plans(train) -> list[int]:
+    """The fold plans of the run's train config (its outer folds and, with ``final``, the final model's), written
+    to the store after the saliency and layer ranking they read (replacing plans made from an earlier run's), so
+    training only reads them; returns the folds built. A run whose rows cannot be planned is told on the console: training refuses it."""
+    from ray_ser.analysis.fold_plans import write_fold_plans
+    from ray_ser.train.checkpoints import FINAL
+    from ray_ser.train.driver import final_config
+    from ray_ser.train.plan import resolve_assignment, select_folds
+
+    try:
+        assignment = resolve_assignment(train)
+        spec = train.outer_folds
+        folds = [] if spec.strip().lower() == "none" else select_folds(spec, assignment)
+        built = write_fold_plans(train.plan_spec(), assignment, folds, rebuild=True)  # made from what it just wrote
+        if train.final:
+            built += write_fold_plans(final_config(train).plan_spec(), assignment, [FINAL], rebuild=True)
+    except ValueError as exc:
+        console.say(f"fold plans: none written ({exc})")
+        return []
+    console.say(f"fold plans: {len(built)} built (analysis) in {catalog.FOLD_PLANS.name(train.model)}, fold "
+                f"assignment {assignment.id}")
+    return built
 
 
 def saliency_main(args: argparse.Namespace, readouts: list[str]) -> dict:

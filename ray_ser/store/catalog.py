@@ -1,7 +1,7 @@
 """The one catalog of the store's analysis tables: name, schema, key columns and how rows are replaced.
 
 Every table that an analysis writes (saliency, layer ranks, fold assignments, k-means centroids, frame
-cluster ids) is a :class:`TableSpec` here, and every module reads and writes it through :func:`replace`
+cluster ids, fold plans) is a :class:`TableSpec` here, and every module reads and writes it through :func:`replace`
 and :func:`read`, so a table's layout is said once.
 
 Rules the specs encode:
@@ -76,8 +76,16 @@ FRAME_CLUSTERS = TableSpec(
             ("layer", pa.int32()), ("k", pa.int32()), ("n_frames", pa.int32()), ("ids", pa.list_(pa.int32()))),
     keys=("fold_id", "fold", "utt_id", "condition", "layer", "k"), scope=("fold_id", "fold", "layer", "k"),
     made_by="jobs/frames.py")
+FOLD_PLANS = TableSpec(
+    "fold_plans",
+    _schema(("fold_id", pa.string()), ("fold", pa.int32()), ("plan_key", pa.string()), ("spec", pa.string()),
+            ("plan", pa.string())),
+    keys=("fold_id", "fold", "plan_key"), scope=("fold_id", "fold", "plan_key"),
+    made_by="ray-ser saliency (jobs/saliency.py)")
+"""One row per fold plan (:mod:`ray_ser.analysis.fold_plans`): ``plan`` its JSON, ``plan_key`` the hash of the
+training fields it depends on (``spec``, JSON), so two configs never share a plan."""
 
-SPECS: dict[str, TableSpec] = {s.kind: s for s in (FOLDS, SALIENCY, LAYER_RANK, CENTROIDS, FRAME_CLUSTERS)}
+SPECS: dict[str, TableSpec] = {s.kind: s for s in (FOLDS, SALIENCY, LAYER_RANK, CENTROIDS, FRAME_CLUSTERS, FOLD_PLANS)}
 EXTRACTION_TABLES = ("emb__<model>", "errors", "runs", "manifest__<corpus>", "lease__<table>")
 """Tables of :mod:`ray_ser.store.core` (appended by extraction, merged on utt_id for manifests)."""
 

@@ -5,12 +5,12 @@ from ray_ser.public import lazy_api
 
 __all__, __getattr__, __dir__ = lazy_api(__name__, {
     "calibration": ["scale"],
-    "checkpoints": ["final_checkpoint", "fold_checkpoints", "load_fold_model"],
+    "checkpoints": ["FINAL", "final_checkpoint", "fold_checkpoints", "load_fold_model"],
     "config": ["TrainConfig"],
-    "driver": ["run"],
+    "driver": ["final_config", "run"],
     "loop": ["EpochRunner", "build_fold_model", "epoch_batches"],
-    "plan": ["FoldPlan", "auto_layers", "corpus_rows", "fold_datasets", "plan_fold", "resolve_assignment",
-        "run_rows"],
+    "plan": ["FoldPlan", "PlanMissing", "auto_layers", "corpus_rows", "fold_datasets", "plan_fold", "planned_fold",
+        "prepare_plans", "resolve_assignment", "run_rows", "select_folds", "stored_layers"],
     "pooled": ["pooled_model", "pooled_predictions"],
     "reader": ["InMemorySource", "PooledFrames", "ShardCache", "collate", "dim_ranges", "frame_stats",
         "frames_dataset", "load_labels", "ragged", "scale_dims", "standardise"],

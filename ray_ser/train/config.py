@@ -187,3 +187,15 @@ class TrainConfig(BaseModel):
         data = json.loads(Path(path).read_text())
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)
+
+    def plan_spec(self):
+        """The fields its fold plans depend on (:class:`ray_ser.analysis.fold_plans.PlanSpec`): the analysis stage
+        builds a plan from these, training reads the plan back by their hash."""
+        from ray_ser.analysis.fold_plans import PlanSpec
+
+        return PlanSpec(store=self.store, model=self.model, corpora=self.corpora, label_set=self.label_set,
+                        conditions=self.conditions, seed=self.seed, inner_share=self.inner_share,
+                        inner_folds=self.inner_folds, final_selection=self.final_selection, domain=self.domain,
+                        adversarial=self.adv_weight > 0, layer=self.layer, layers=self.layers,
+                        auto_layers=self.auto_layers, keep_ratio=self.keep_ratio, layer_mix=self.layer_mix,
+                        n_clusters=self.n_clusters, dimensional=self.dimensional, scaler=self.scaler)

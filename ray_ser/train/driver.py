@@ -28,9 +28,9 @@ from ray_ser.train.checkpoints import (
 from ray_ser.train.config import TrainConfig
 from ray_ser.train.loop import final_state, load_state, train_loop_per_worker
 from ray_ser.train.plan import (
-    auto_layers,
     fold_datasets,
     plan_fold,
+    prepare_plans,
     resolve_assignment,
     select_folds,
 )
@@ -160,7 +160,7 @@ def epoch_note(fold: int, progress: dict) -> str:
 
 
 def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir: str | os.PathLike,
-               layer: int | Sequence[int] | None = None, on_epoch: Callable[[dict], None] | None = None) -> dict:
+               on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train outer ``fold`` with Ray Train (resuming its run if one was interrupted) and write its best
     checkpoint; returns the fold's summary (best epoch and validation score, seconds, layer). ``on_epoch`` gets
     the fold's progress (phase, epoch, epochs) while it trains, when its workers share this machine's disk."""
@@ -169,7 +169,7 @@ def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir:
 
     out_dir = run_folder(out_dir)
     t0 = time.perf_counter()
-    plan, labels, centroids = plan_fold(cfg, assignment, fold, layer)
+    plan, labels, centroids = plan_fold(cfg, assignment, fold)
     datasets = fold_datasets(cfg, plan, labels, centroids)
     name = fold_dir(out_dir, fold).name
     progress = progress_file(out_dir, fold)
@@ -205,7 +205,7 @@ def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir:
 
 
 def train_pooled_folds(jobs: Sequence[tuple[int, TrainConfig]], assignment: FoldAssignment,
-                       out_dir: str | os.PathLike, layers: dict[int, list[int]] | None = None) -> Iterator[dict]:
+                       out_dir: str | os.PathLike) -> Iterator[dict]:
     """Train the (fold, config) ``jobs`` of a pooled model (:mod:`ray_ser.train.pooled`): plan every fold, read the
     mean frames they need in one pass, then fit each fold as a Ray task of ``cpus_per_worker`` CPUs (several at
     once as the cluster allows); yields each fold's summary in ``jobs`` order, its checkpoint written, as
@@ -218,8 +218,7 @@ def train_pooled_folds(jobs: Sequence[tuple[int, TrainConfig]], assignment: Fold
 
     out_dir = run_folder(out_dir)
     t0 = time.perf_counter()
-    planned = [(fold, fold_cfg, *plan_fold(fold_cfg, assignment, fold, (layers or {}).get(fold)))
-               for fold, fold_cfg in jobs]
+    planned = [(fold, fold_cfg, *plan_fold(fold_cfg, assignment, fold)) for fold, fold_cfg in jobs]
     if not planned:
         return
     cfg = jobs[0][1]
@@ -345,16 +344,15 @@ def run(cfg: TrainConfig, folds: str | Sequence[int] | None, out_dir: str | os.P
     wanted = [] if isinstance(spec, str) and spec.strip().lower() == "none" else select_folds(spec, assignment)
     if cfg.final:
         wanted.append(FINAL)
-    layers: dict[int, list[int]] = {}
-    if cfg.layer is None and not cfg.layers:  # every fold's automatic layers from one read (the stored ranking when there is one)
-        layers = auto_layers(cfg, assignment, wanted)
-    bar = console.progress(len(wanted), "train folds", "fold")  # the postfix: the fold training and its epoch
     jobs = [(fold, cfg if fold != FINAL else final_config(cfg)) for fold in wanted]
     todo = [(fold, fold_cfg) for fold, fold_cfg in jobs if not (fold in done and defining(
         json.loads((done[fold] / "config.json").read_text())["train"]) == defining(fold_cfg.model_dump()))]
+    for fold_cfg in {id(c): c for _, c in todo}.values():  # the plans the run lacks, built once here (analysis)
+        prepare_plans(fold_cfg, assignment, [fold for fold, c in todo if c is fold_cfg])
+    bar = console.progress(len(wanted), "train folds", "fold")  # the postfix: the fold training and its epoch
     from ray_ser.train.pooled import pooled_model
 
-    pooled = train_pooled_folds(todo, assignment, out_dir, layers) if pooled_model(cfg) and todo else None
+    pooled = train_pooled_folds(todo, assignment, out_dir) if pooled_model(cfg) and todo else None
     if pooled is not None:
         bar.set_postfix_str(f"{len(todo)} pooled fold(s), {cfg.cpus_per_worker:g} CPU each")
     running, slots = {}, fold_slots(cfg, len(todo)) if pooled is None else 1
@@ -362,7 +360,7 @@ def run(cfg: TrainConfig, folds: str | Sequence[int] | None, out_dir: str | os.P
         from concurrent.futures import ThreadPoolExecutor
 
         pool = ThreadPoolExecutor(slots, thread_name_prefix="ray_ser-fold")
-        running = {fold: pool.submit(train_fold, fold_cfg, assignment, fold, out_dir, layers.get(fold),
+        running = {fold: pool.submit(train_fold, fold_cfg, assignment, fold, out_dir,
                                      on_epoch=lambda p, f=fold: bar.set_postfix_str(epoch_note(f, p)))
                    for fold, fold_cfg in todo}
         pool.shutdown(wait=False)
@@ -384,7 +382,7 @@ def run(cfg: TrainConfig, folds: str | Sequence[int] | None, out_dir: str | os.P
         elif fold in running:
             summary = running[fold].result()
         else:
-            summary = train_fold(fold_cfg, assignment, fold, out_dir, layers.get(fold),
+            summary = train_fold(fold_cfg, assignment, fold, out_dir,
                                  on_epoch=lambda p, f=fold: bar.set_postfix_str(epoch_note(f, p)))
         summaries.append(summary)
         bar.update(1)

@@ -1,67 +1,19 @@
-"""Fold plans: what one outer fold trains on, resolved in the driver from the store (the fold assignment,
-the layers chosen on its training speakers, the saliency mask, the k-means centroids, the input scaling and the
-inner split), so a training run reads a fold's plan from one place."""
+"""Fold plans on the training side: the run's rows and fold assignment, and each fold's plan read back from the
+store (:func:`plan_fold`), where the analysis stage wrote it (:mod:`ray_ser.analysis.fold_plans`); a run builds the
+plans it lacks once, at its start (:func:`prepare_plans`), never inside training."""
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ray_ser.corpora.folds import ALL_SPEAKERS, FoldAssignment
+from ray_ser import console
+from ray_ser.analysis import fold_plans as fp
+from ray_ser.analysis.fold_plans import FoldPlan, PlanMissing  # noqa: F401  (the plan's type, named here as before)
+from ray_ser.corpora.folds import FoldAssignment
 from ray_ser.corpora.manifest import DIMENSIONS
 from ray_ser.train.config import TrainConfig
-
-log = logging.getLogger(__name__)
-
-
-@dataclass(kw_only=True)
-class FoldPlan:
-    """What one outer fold trains on, resolved in the driver (all of it speaker-independent of ``fold``); built
-    by name only (``kw_only``), so no call site depends on the order of its fields."""
-
-    fold: int
-    fold_id: str
-    layer: int
-    inner: list[str]
-    val: list[str]
-    test: list[str]
-    categories: list[str]
-    keep: list[int] | None
-    input_dim: int
-    n_domains: int
-    domains: list[str]
-    has_dims: bool
-    model_cfg: dict = field(default_factory=dict)
-    norm_mean: list[float] | None = None
-    norm_std: list[float] | None = None
-    """Per-dimension scaler of the input frames, fitted on the inner training utterances (with inner folds: on
-    all of the fold's training utterances)."""
-    layers: list[int] | None = None
-    """Every layer read, concatenated per frame (None: ``layer`` alone)."""
-    cv_val: list[list[str]] | None = None
-    """With ``inner_folds`` > 1: each inner fold's validation utterances (speaker-disjoint; every training
-    utterance is in exactly one), the rest of the fold's training utterances train that inner fold."""
-    corpus_norm: dict[str, list[list[float]]] | None = None
-    """The per-corpus scaler: {corpus: [mean, std]} of each training corpus's frames, fitted on its training
-    utterances (the reader standardises every frame by its corpus's; ``norm_mean`` is then None)."""
-    corpus_counts: dict[str, int] | None = None
-    """Training utterances per corpus (corpus-balanced sampling draws from these)."""
-    corpus_dims: dict[str, list[str]] | None = None
-    """The A/V/D dimensions each training corpus contributes to the dimensional head."""
-    dim_scale: dict[str, dict[str, list[float]]] | None = None
-    """{corpus: {dimension: [lo, hi]}}: the range of each training corpus's A/V/D values on its training utterances;
-    targets train on [-1, 1] (:func:`ray_ser.train.reader.scale_dims`) and predictions are mapped back to the
-    corpus's own scale (None: targets as stored, a checkpoint from before the mapping)."""
-
-    @property
-    def read_layers(self) -> list[int]:
-        return list(self.layers) if self.layers else [self.layer]
-
-    def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
 # ---- planning a fold ------------------------------------------------------------------------------
@@ -154,12 +106,6 @@ def resolve_assignment(cfg: TrainConfig, condition: str = "clean", report=None) 
                           f"speaker-disjoint k={k} per corpus ({k} folds, {n} corpora)", tuple(corpora))
 
 
-def _in_corpora(cfg: TrainConfig, labels_rows: dict, utts: Sequence[str]) -> list[str]:
-    if not cfg.corpora:
-        return list(utts)
-    return [u for u in utts if labels_rows[u]["corpus"] in cfg.corpora]
-
-
 def model_config(cfg: TrainConfig, input_dim: int, n_classes: int, has_dims: bool, n_domains: int,
                  n_layers: int = 1) -> dict:
     """The fold model's :class:`~ray_ser.train.nn.ModelConfig` fields from the run's config and what the fold holds
@@ -171,132 +117,55 @@ def model_config(cfg: TrainConfig, input_dim: int, n_classes: int, has_dims: boo
             "layer_mix": cfg.layer_mix, "n_layers": n_layers}
 
 
-def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int,
-              layer: int | Sequence[int] | None = None) -> tuple[FoldPlan, Any, np.ndarray | None]:
-    """(plan, labels, centroids) of outer ``fold``: inner split, layer(s), mask and centroids, all fitted or
-    chosen on the fold's training speakers (``layer``: the fold's automatic choice, one layer or several, when
-    the caller made it)."""
-    from ray_ser.analysis import saliency_store as ss
+def prepare_plans(cfg: TrainConfig, assignment: FoldAssignment, folds: Sequence[int], build: bool = True) -> list[int]:
+    """Make sure the store holds the plans of ``folds`` for ``cfg``, at the start of a run: the missing ones are built
+    by the analysis stage's function in one visible step (``build``), or refused naming the stage to run; returns
+    the folds built (a stored plan is re-read, never rebuilt)."""
+    spec = cfg.plan_spec()
+    missing = [f for f in folds if f not in fp.stored_folds(spec, assignment.id)]
+    if not missing:
+        return []
+    if not build:
+        raise PlanMissing(f"no fold plans of folds {missing} of {cfg.model} (fold assignment {assignment.id}, plan "
+                          f"{spec.key}) in store {cfg.store}: run {fp.MADE_BY} with this train config first")
+    built = fp.write_fold_plans(spec, assignment, missing)
+    console.say(f"fold plans: {len(built)} built (analysis), {len(folds) - len(missing)} stored")
+    return built
+
+
+def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int) -> tuple[FoldPlan, Any, np.ndarray | None]:
+    """(plan, labels, centroids) of outer ``fold``, read from the store (:func:`prepare_plans` or the analysis stage
+    wrote the plan; none is a :class:`PlanMissing` naming the stage): the fold model's fields from ``cfg``, the
+    labels with the plan's domains and A/V/D scale, the stored centroids of its layer."""
     from ray_ser.store.core import as_store
-    from ray_ser.train.reader import frame_stats, input_layers, load_labels
+    from ray_ser.train.reader import load_labels
 
+    plan = fp.read_fold_plan(cfg.plan_spec(), assignment.id, fold)
     store = as_store(cfg.store)
-    inner, val = assignment.inner_split(fold, cfg.inner_share, cfg.seed)
-    test = assignment.test_utts(fold)
-    labels = load_labels(store, [*inner, *val, *test], domain_key=cfg.domain, label_set=cfg.label_set)
-    inner, val, test = (_in_corpora(cfg, labels.rows, u) for u in (inner, val, test))
-    if not inner or not val:
-        raise ValueError(f"fold {fold}: no inner training or validation utterances of corpora {cfg.corpora}")
-    cv_val = None
-    names = sorted({labels.rows[u]["corpus"] for u in [*inner, *val]})
-    if cfg.inner_folds > 1 and fold == ALL_SPEAKERS and cfg.final_selection == "corpora" and len(names) > 1:
-        cv_val = [[u for u in [*inner, *val] if labels.rows[u]["corpus"] == c] for c in names]  # one corpus out each
-    elif cfg.inner_folds > 1:  # every training speaker validates once; scaler and domains from all of them
-        from ray_ser.analysis.layer_selection import inner_folds
-
-        pool = [*inner, *val]
-        strata = [f"{labels.rows[u]['corpus']}|{labels.rows[u]['label']}" if assignment.strata else labels.rows[u]["label"]
-                  for u in pool]  # several corpora: every inner fold validates on speakers of every corpus
-        ids = inner_folds([labels.rows[u]["speaker"] for u in pool], strata, cfg.inner_folds, cfg.seed)
-        cv_val = [[u for u, i in zip(pool, ids) if i == k] for k in range(int(ids.max()) + 1)]
-    fitted_on = [*inner, *val] if cv_val else inner
-    labels = load_labels(store, [*inner, *val, *test], domain_utts=fitted_on, domain_key=cfg.domain,
-                         label_set=cfg.label_set)
-    if cfg.layers:
-        read = named_layers(cfg)
-    elif cfg.layer is not None:
-        read = [cfg.layer]
-    elif layer is not None:
-        read = input_layers(layer)
-    else:
-        read = auto_layers(cfg, assignment, [fold])[fold]
-    layer = read[0]
-    dim = int(store.embeddings(cfg.model).schema.field("mean").type.list_size)
-    keep = None
-    if cfg.keep_ratio < 1.0:  # each layer's own mask of fold f, offset to its place in the concatenated frame
-        parts = []
-        for i, one in enumerate(read):
-            try:
-                mask = ss.saliency_mask(store, cfg.model, one, cfg.keep_ratio, fold=fold, fold_id=assignment.id)
-            except (KeyError, ValueError):  # no stored saliency for this assignment: compute it on f's training speakers
-                mask = ss.mask_on_utts(store, cfg.model, one, assignment.train_utts(fold), cfg.keep_ratio)
-            parts.append(np.flatnonzero(mask) + i * dim)
-        keep = np.concatenate(parts).tolist()
-    dim *= len(read)
-    if cfg.layer_mix == "learned" and keep is not None:
-        raise ValueError("layer_mix learned sums whole layers: set keep_ratio 1.0")
+    labels = load_labels(store, [*plan.inner, *plan.val, *plan.test], domain_utts=plan.fitted_on,
+                         domain_key=cfg.domain, label_set=cfg.label_set)
+    if plan.dim_scale is not None:
+        labels.with_dim_scale(plan.dim_scale)
+    plan.model_cfg = model_config(cfg, plan.input_dim, len(plan.categories), any((plan.corpus_dims or {}).values()),
+                                  plan.n_domains, len(plan.read_layers))
     centroids = None
-    if cfg.n_clusters and len(read) > 1 and cfg.layer_mix != "learned":
-        raise ValueError(f"the frame-cluster head predicts one layer's k-means ids: set n_clusters=0 to train on "
-                         f"layers {read}")
-    if cfg.n_clusters and len(read) > 1:  # behind a layer mix: the ids of the fold's best layer among those read
-        layer = cluster_layer(cfg, assignment, fold, read)
     if cfg.n_clusters:
-        from ray_ser.analysis.clusters import ensure_centroids
+        from ray_ser.analysis.clusters import read_centroids
 
-        centroids = ensure_centroids(store, cfg.model, layer, cfg.n_clusters, assignment, fold, seed=cfg.seed)
-    by_corpus: dict[str, list[str]] = {}
-    for u in fitted_on:
-        by_corpus.setdefault(labels.rows[u]["corpus"], []).append(u)
-    # each dimension is masked per utterance in the CCC loss: a corpus with arousal alone trains the head too
-    corpus_dims = {c: [d for d in DIMENSIONS if any(labels.rows[u].get(d) is not None for u in us)]
-                   for c, us in sorted(by_corpus.items())}
-    has_dims = any(corpus_dims.values())
-    dim_scale = None
-    if has_dims and cfg.dimensional:  # each corpus's scale (1-3, 1-7, -1..1) onto one range, from training utterances
-        from ray_ser.train.reader import dim_ranges
-
-        dim_scale = dim_ranges(labels.rows, [*inner, *val])  # training speakers only, never the test ones
-        labels.with_dim_scale(dim_scale)
-    n_domains = len(labels.domains) if cfg.adv_weight > 0 else 0
-    model_cfg = model_config(cfg, len(keep) if keep is not None else dim, len(labels.categories), has_dims, n_domains,
-                             len(read))
-    norm_mean = norm_std = corpus_norm = None
-    if cfg.scaler == "per-corpus":
-        corpus_norm = {c: [v.tolist() for v in frame_stats(store, cfg.model, read, us, cfg.conditions, keep)]
-                       for c, us in sorted(by_corpus.items())}
-    else:
-        norm_mean, norm_std = (v.tolist() for v in frame_stats(store, cfg.model, read, fitted_on, cfg.conditions, keep))
-    plan = FoldPlan(
-        fold=fold, fold_id=assignment.id, layer=layer, inner=inner, val=val, test=test,
-        categories=labels.categories, keep=keep, input_dim=model_cfg["input_dim"], n_domains=n_domains,
-        domains=labels.domains if n_domains else [], has_dims=bool(model_cfg["n_dims"]), model_cfg=model_cfg,
-        norm_mean=norm_mean, norm_std=norm_std, layers=read if len(read) > 1 else None, cv_val=cv_val,
-        corpus_norm=corpus_norm, corpus_counts={c: len(us) for c, us in sorted(by_corpus.items())},
-        corpus_dims=corpus_dims, dim_scale=dim_scale)
+        centroids = read_centroids(store, cfg.model, plan.layer, cfg.n_clusters, fold, assignment.id)
     return plan, labels, centroids
 
 
-def cluster_layer(cfg: TrainConfig, assignment: FoldAssignment, fold: int, read: Sequence[int]) -> int:
-    """The layer whose k-means ids a mixed model's frame-cluster head predicts: ``cfg.layer`` when it is read, else
-    the fold's best read layer by the layer criterion on its training speakers (the frames stage's layer)."""
-    from ray_ser.analysis.layer_selection import ranked_layers
-
-    if cfg.layer in read:
-        return int(cfg.layer)
-    order = ranked_layers(cfg.store, cfg.model, assignment, [fold], len(stored_layers(cfg.store, cfg.model)))[0][fold]
-    return next((int(k) for k in order if k in read), int(read[0]))
+def planned_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int) -> tuple[FoldPlan, Any, np.ndarray | None]:
+    """One fold's plan for an entry point that trains it alone (a benchmark, a test): its plan built at the start
+    when missing (:func:`prepare_plans`), then read (:func:`plan_fold`)."""
+    prepare_plans(cfg, assignment, [fold])
+    return plan_fold(cfg, assignment, fold)
 
 
 def stored_layers(store, model: str, condition: str = "clean") -> list[int]:
-    """Every layer of ``model`` stored with frames, in layer order: the stored layers, less those the extraction's
-    ``frame_layers`` left without frames (its recorded options)."""
-    from ray_ser.analysis.saliency_store import layers_of
-    from ray_ser.store.core import as_store
-
-    store = as_store(store)
-    layers = layers_of(store, model, condition)
-    framed = (store.extraction_meta(model).get("options") or {}).get("frame_layers")
-    if framed is not None:
-        layers = [k for k in layers if k in {int(f) for f in framed}]
-    if not layers:
-        raise ValueError(f"store {store.uri} holds no {condition} layer of {model} with frames")
-    return layers
-
-
-def named_layers(cfg: TrainConfig) -> list[int]:
-    """The layers ``cfg.layers`` names: its list, or with ``all`` every layer stored with frames."""
-    return stored_layers(cfg.store, cfg.model) if cfg.layers == "all" else [int(k) for k in cfg.layers]
+    """Every layer of ``model`` stored with frames (:func:`ray_ser.analysis.fold_plans.framed_layers`)."""
+    return fp.framed_layers(store, model, condition)
 
 
 def plan_mask(cfg: TrainConfig, plan: FoldPlan) -> np.ndarray | None:
@@ -309,13 +178,8 @@ def plan_mask(cfg: TrainConfig, plan: FoldPlan) -> np.ndarray | None:
 
 
 def auto_layers(cfg: TrainConfig, assignment: FoldAssignment, folds: Sequence[int]) -> dict[int, list[int]]:
-    """{fold: the layers it reads when the config names none}: its ``cfg.auto_layers`` best layers on its training
-    speakers, in layer order (from the stored ranking when there is one)."""
-    from ray_ser.analysis.layer_selection import ranked_layers
-
-    ranked, source = ranked_layers(cfg.store, cfg.model, assignment, folds, cfg.auto_layers)
-    log.info("layers per fold from %s: %s", source, ranked)
-    return {f: sorted(v) for f, v in ranked.items()}
+    """{fold: the layers it reads when the config names none} (:func:`ray_ser.analysis.fold_plans.auto_layers`)."""
+    return fp.auto_layers(cfg.plan_spec(), assignment, folds)
 
 
 def fold_datasets(cfg: TrainConfig, plan: FoldPlan, labels, centroids) -> dict:

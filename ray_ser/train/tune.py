@@ -35,7 +35,7 @@ import polars as pl
 from ray_ser.train.config import TrainConfig
 from ray_ser.train.loop import EpochRunner
 from ray_ser.train import state_io
-from ray_ser.train.plan import fold_datasets, named_layers, plan_fold, resolve_assignment
+from ray_ser.train.plan import fold_datasets, named_layers, plan_fold, prepare_plans, resolve_assignment
 from ray_ser.train.pooled import fold_sources, pooled_model
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,7 @@ def trainable(config: dict, storage: dict | None = None, pooled=None) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             states = state_io.load(Path(d) / STATE_FILE)
+    prepare_plans(cfg, pool, config["search_folds"])  # the trial's plans (its layer, mask, clusters), at its entry
     runners = {}
     for fold in config["search_folds"]:
         plan, labels, centroids = plan_fold(cfg, pool, fold)

@@ -103,14 +103,14 @@ def test_a_fold_with_every_layer_and_a_learned_mix_writes_its_weights(synth_stor
     from ray_ser.evaluate.predict import predict_fold
     from ray_ser.train.checkpoints import fold_checkpoints, load_fold_model
     from ray_ser.train.driver import run
-    from ray_ser.train.plan import plan_fold, resolve_assignment, stored_layers
+    from ray_ser.train.plan import planned_fold, resolve_assignment, stored_layers
 
     out = tmp_path / "run"
     cfg = TrainConfig(store=synth_store, model="tiny", layers="all", layer_mix="learned", arch="mlp", mlp_hidden=0,
                       epochs=3, batch_size=8, cpus_per_worker=0.5, lr=1e-2, scaler="per-corpus")
     stored = layers_of(synth_store, "tiny")
     assert stored_layers(synth_store, "tiny") == stored and len(stored) > 2
-    plan = plan_fold(cfg, resolve_assignment(cfg), 0)[0]
+    plan = planned_fold(cfg, resolve_assignment(cfg), 0)[0]
     assert plan.read_layers == stored and plan.model_cfg["n_layers"] == len(stored)
     summaries = run(cfg, "0", out)
     weights = pl.read_parquet(out / "layer_weights.parquet")
@@ -143,7 +143,7 @@ def test_a_fold_with_every_layer_and_a_learned_mix_writes_its_weights(synth_stor
 @pytest.mark.usefixtures("local_ray")
 def test_the_cluster_head_behind_the_mix_predicts_one_layers_ids(synth_store):
     from ray_ser.analysis.layer_selection import ranked_layers
-    from ray_ser.train.plan import fold_datasets, plan_fold, resolve_assignment
+    from ray_ser.train.plan import fold_datasets, planned_fold, resolve_assignment
     from ray_ser.train.reader import frames_dataset
 
     from ray_ser.analysis.saliency_store import layers_of
@@ -151,7 +151,7 @@ def test_the_cluster_head_behind_the_mix_predicts_one_layers_ids(synth_store):
     read = layers_of(synth_store, "tiny")[-2:]
     cfg = TrainConfig(store=synth_store, model="tiny", layers=read, layer_mix="learned", n_clusters=4)
     a = resolve_assignment(cfg)
-    plan, labels, centroids = plan_fold(cfg, a, 1)
+    plan, labels, centroids = planned_fold(cfg, a, 1)
     order = ranked_layers(synth_store, "tiny", a, [1], len(layers_of(synth_store, "tiny")))[0][1]
     assert plan.layer == next(k for k in order if k in read) and plan.read_layers == read
     utts = plan.val[:4]
@@ -163,7 +163,7 @@ def test_the_cluster_head_behind_the_mix_predicts_one_layers_ids(synth_store):
         np.testing.assert_array_equal(mixed[r["utt_id"]]["frame_ids"], r["frame_ids"])
     assert "frame_ids" in fold_datasets(cfg, plan, labels, centroids)["val"].take(1)[0]
     with pytest.raises(ValueError, match="one layer's k-means"):
-        plan_fold(cfg.model_copy(update={"layer_mix": "none"}), a, 1)
+        planned_fold(cfg.model_copy(update={"layer_mix": "none"}), a, 1)
 
 
 def test_the_report_draws_the_weights(tmp_path):

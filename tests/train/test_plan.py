@@ -12,7 +12,7 @@ from multicorpus import CORPORA, MODEL, build_multi_store
 
 from ray_ser.corpora.label_sets import SetReport
 from ray_ser.train.config import TrainConfig
-from ray_ser.train.plan import plan_fold, resolve_assignment, run_rows
+from ray_ser.train.plan import planned_fold, resolve_assignment, run_rows
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_folds_over_several_corpora_are_speaker_disjoint_and_hold_every_corpus(s
 def test_the_per_corpus_scaler_is_fitted_on_each_corpus_training_speakers(store):
     c = cfg(store, corpora=["alpha", "beta", "gamma"], label_set="four", folds="3", scaler="per-corpus")
     a = resolve_assignment(c)
-    plan, labels, _ = plan_fold(c, a, 0)
+    plan, labels, _ = planned_fold(c, a, 0)
     assert plan.norm_mean is None and sorted(plan.corpus_norm) == sorted(CORPORA)
     means = {k: np.mean(v[0]) for k, v in plan.corpus_norm.items()}
     stds = {k: np.mean(v[1]) for k, v in plan.corpus_norm.items()}
@@ -80,13 +80,13 @@ def test_the_per_corpus_scaler_is_fitted_on_each_corpus_training_speakers(store)
     assert stds["gamma"] / stds["alpha"] == pytest.approx(0.5, rel=0.15)
     assert plan.corpus_counts == {k: len([u for u in plan.inner if labels.rows[u]["corpus"] == k]) for k in CORPORA}
     assert set(plan.test) <= set(a.test_utts(0)) and not set(plan.inner) & set(plan.test)
-    glob = plan_fold(c.model_copy(update={"scaler": "global"}), a, 0)[0]
+    glob = planned_fold(c.model_copy(update={"scaler": "global"}), a, 0)[0]
     assert glob.corpus_norm is None and len(glob.norm_mean) == 12
 
 
 def test_dimensions_any_corpus_has_switch_the_head_on(tmp_path):
     uri = build_multi_store(tmp_path, per_class=2, conditions=("clean",), arousal={"gamma": True})
     c = cfg(uri, corpora=["alpha", "gamma"], label_set="four", folds="2")
-    plan, _, _ = plan_fold(c, resolve_assignment(c), 0)
+    plan, _, _ = planned_fold(c, resolve_assignment(c), 0)
     assert plan.has_dims and plan.model_cfg["n_dims"] == 3  # gamma has arousal only: the head trains per dimension
     assert plan.corpus_dims == {"alpha": [], "gamma": ["arousal"]}

@@ -25,7 +25,7 @@ from ray_ser.store.core import Store
 from ray_ser.train.checkpoints import fold_checkpoints, load_fold_model
 from ray_ser.train.config import TrainConfig
 from ray_ser.train.driver import run
-from ray_ser.train.plan import plan_fold, resolve_assignment
+from ray_ser.train.plan import planned_fold, resolve_assignment
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("local_ray")  # Ray Data reads and Ray Train fits in this process
@@ -43,7 +43,7 @@ def test_reader_yields_no_test_speaker_and_joins_labels(synth_store):
     cfg = small_cfg(synth_store, keep_ratio=0.6, n_clusters=4)
     a = resolve_assignment(cfg)
     assert a.description.startswith("loso") and len(a.fold_ids) == 6
-    plan, labels, centroids = plan_fold(cfg, a, 2)
+    plan, labels, centroids = planned_fold(cfg, a, 2)
     test_spk = set(a.speakers_of(2))
     speaker = dict(zip(a.utt_ids, a.speakers))
     assert not {speaker[u] for u in plan.inner + plan.val} & test_spk
@@ -92,7 +92,7 @@ def _scramble(uri: str, utts: list[str]) -> None:
 def test_fold_mask_centroids_and_split_ignore_the_test_fold(synth_store, tmp_path):
     cfg = small_cfg(synth_store, keep_ratio=0.6)
     a = resolve_assignment(cfg)
-    before = plan_fold(cfg, a, 3)[0]
+    before = planned_fold(cfg, a, 3)[0]
     cents = ensure_centroids(synth_store, "tiny", 1, 4, a, 3)
     copy = str(tmp_path / "store")
     shutil.copytree(synth_store, copy)
@@ -101,7 +101,8 @@ def test_fold_mask_centroids_and_split_ignore_the_test_fold(synth_store, tmp_pat
     assert info["assignment"].id == a.id  # LOSO folds depend on speakers only
     ss.write_saliency(copy, df, ss.layer_ranking(df), info["assignment"])
     shutil.rmtree(Path(copy) / "centroids__tiny.lance", ignore_errors=True)
-    after = plan_fold(small_cfg(copy, keep_ratio=0.6), a, 3)[0]
+    shutil.rmtree(Path(copy) / "fold_plans__tiny.lance", ignore_errors=True)  # rebuilt from the scrambled copy
+    after = planned_fold(small_cfg(copy, keep_ratio=0.6), a, 3)[0]
     assert (after.inner, after.val, after.keep) == (before.inner, before.val, before.keep)
     np.testing.assert_array_equal(ensure_centroids(copy, "tiny", 1, 4, a, 3), cents)
     # ...while fold 0's mask, which saw fold 3's speakers, moves
@@ -168,7 +169,7 @@ def test_several_layers_are_read_side_by_side(synth_store):
 
     cfg = small_cfg(synth_store, layers=[1, 2], keep_ratio=0.6, arch="mlp", mlp_hidden=0)
     a = resolve_assignment(cfg)
-    plan, labels, _ = plan_fold(cfg, a, 2)
+    plan, labels, _ = planned_fold(cfg, a, 2)
     assert plan.read_layers == [1, 2] and plan.input_dim == 2 * 19 and len(plan.norm_mean) == 38
     one = {l: ss.saliency_mask(synth_store, "tiny", l, 0.6, fold=2, fold_id=a.id) for l in (1, 2)}
     assert plan.keep == np.flatnonzero(one[1]).tolist() + (np.flatnonzero(one[2]) + 32).tolist()
@@ -187,11 +188,11 @@ def test_several_layers_are_read_side_by_side(synth_store):
         np.testing.assert_array_equal(mean[lo:lo + 32], m1)
         np.testing.assert_array_equal(std[lo:lo + 32], s1)
     with pytest.raises(ValueError, match="one layer's k-means"):
-        plan_fold(small_cfg(synth_store, layers=[1, 2], n_clusters=4), a, 2)
+        planned_fold(small_cfg(synth_store, layers=[1, 2], n_clusters=4), a, 2)
     # no layer named: the fold's K best layers on its training speakers, in layer order
     from ray_ser.analysis.layer_selection import ranked_layers
 
-    auto = plan_fold(small_cfg(synth_store, layer=None, auto_layers=2), a, 2)[0]
+    auto = planned_fold(small_cfg(synth_store, layer=None, auto_layers=2), a, 2)[0]
     assert auto.read_layers == sorted(ranked_layers(synth_store, "tiny", a, [2], k=2)[0][2]) and auto.input_dim == 64
 
 
@@ -220,7 +221,7 @@ def test_refit_resumes_in_its_own_phase(synth_store):
     from ray_ser.train.plan import fold_datasets
 
     cfg = small_cfg(synth_store, arch="mlp", mlp_hidden=0, epochs=4, patience=10, refit=True, spec_augment=False)
-    plan, labels, centroids = plan_fold(cfg, resolve_assignment(cfg), 0)
+    plan, labels, centroids = planned_fold(cfg, resolve_assignment(cfg), 0)
     data = fold_datasets(cfg, plan, labels, centroids)
     states: list[dict] = []
 
@@ -253,7 +254,7 @@ def test_fold_datasets_are_lazy_plans_that_read_exactly_their_fold(synth_store):
     from ray_ser.train.plan import fold_datasets
 
     cfg = small_cfg(synth_store, arch="mlp", mlp_hidden=0, refit=True, conditions=["clean", "5dB"])
-    plan, labels, centroids = plan_fold(cfg, resolve_assignment(cfg), 1)
+    plan, labels, centroids = planned_fold(cfg, resolve_assignment(cfg), 1)
     data = fold_datasets(cfg, plan, labels, centroids)
     assert set(data) == {"train", "val", "refit"}
     assert not any(isinstance(ds, MaterializedDataset) for ds in data.values())
@@ -281,7 +282,7 @@ def test_inner_folds_choose_the_epoch_count_on_the_mean_validation_curve(synth_s
     out = tmp_path / "run"
     cfg = small_cfg(synth_store, arch="mlp", mlp_hidden=0, epochs=4, lr=3e-3, spec_augment=False, inner_folds=3)
     assert cfg.refit  # cross-validation only chooses an epoch count: the refit uses it
-    plan = plan_fold(cfg, resolve_assignment(cfg), 0)[0]
+    plan = planned_fold(cfg, resolve_assignment(cfg), 0)[0]
     pool = [*plan.inner, *plan.val]
     assert len(plan.cv_val) == 3 and sorted(u for part in plan.cv_val for u in part) == sorted(pool)
     summary = run(cfg, "0", out)[0]
@@ -308,7 +309,7 @@ def test_inner_folds_are_speaker_disjoint_and_resume_inside_an_inner_fold(synth_
     from ray_ser.train.reader import load_labels
 
     cfg = small_cfg(synth_store, arch="mlp", mlp_hidden=0, epochs=3, lr=3e-3, spec_augment=False, inner_folds=2)
-    plan, labels, centroids = plan_fold(cfg, resolve_assignment(cfg), 1)
+    plan, labels, centroids = planned_fold(cfg, resolve_assignment(cfg), 1)
     rows = load_labels(synth_store, [u for part in plan.cv_val for u in part]).rows
     spk = [{rows[u]["speaker"] for u in part} for part in plan.cv_val]
     assert not spk[0] & spk[1] and not set(plan.test) & {u for part in plan.cv_val for u in part}
