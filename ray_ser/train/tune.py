@@ -35,7 +35,8 @@ import polars as pl
 from ray_ser.train.config import TrainConfig
 from ray_ser.train.loop import EpochRunner
 from ray_ser.train import state_io
-from ray_ser.train.plan import fold_datasets, named_layers, plan_fold, prepare_plans, resolve_assignment
+from ray_ser.analysis.fold_plans import named_layers
+from ray_ser.train.plan import fold_datasets, plan_fold, prepare_plans, resolve_assignment
 from ray_ser.train.pooled import fold_sources, pooled_model
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,7 @@ def pooled_reads(opts: SearchOptions, layers: Sequence[int], held_out: Sequence[
         return None
     read = set() if opts.layer_mix == "learned" else {int(k) for k in layers}
     if opts.layer_mix != "none":
-        read |= set(named_layers(trial_config(base, {"layer_mix": "learned"})))
+        read |= set(named_layers(trial_config(base, {"layer_mix": "learned"}).plan_spec()))
     pool = resolve_assignment(cfg).without(held_out)
     utts = sorted({u for f in folds for part in pool.inner_split(f, cfg.inner_share, cfg.seed) for u in part})
     conditions = sorted({"clean", *cfg.conditions})
