@@ -194,7 +194,7 @@ def run(cfg: ExperimentConfig) -> list[dict]:
     for manifest in found:
         console.say(f"manifest {manifest.corpus}: {manifest.summary()}")
         init_ray()
-        result = extract(manifest, cfg.store.uri, cfg.extract.options(), experiment=cfg.public())
+        result = extract(manifest, cfg.store.uri, cfg.extract, experiment=cfg.public())
         console.detail(json.dumps(result.__dict__, indent=2))
         console.say(summary(result.__dict__))
         results.append(result.__dict__)
