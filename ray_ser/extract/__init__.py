@@ -6,5 +6,5 @@ from ray_ser.public import lazy_api
 __all__, __getattr__, __dir__ = lazy_api(__name__, {
     "conditions": ["DEFAULT_CONDITIONS", "aug_conditions"],
     "config": ["DEFAULT_WHISPER_MODE", "ExtractConfig"],
-    "program": ["cpu_layout", "decode_batch", "extract", "work_items"],
+    "program": ["ExtractResult", "cpu_layout", "decode_batch", "extract", "work_items"],
 })

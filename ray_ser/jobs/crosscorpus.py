@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     import polars as pl
 
     from ray_ser.evaluate.matrix import cells, write_matrix, write_matrix_report
-    from ray_ser.jobs.evaluate import evaluate, race_options
+    from ray_ser.jobs.evaluate import Scoring, evaluate
+    from ray_ser.store import Store
     from ray_ser.runtime import init_ray
     from ray_ser.train.driver import run
 
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     console.setup(out)
     cfg.save(out)
     init_ray()
+    store = Store(train.store)  # opened once: every evaluation below passes it on
     t0 = time.perf_counter()
     parts, notes = [], []
     for name, (trained, folds) in plan_runs(corpora, cfg.crosscorpus.rows).items():
@@ -103,13 +105,10 @@ def main(argv: list[str] | None = None) -> dict:
         for protocol, eval_dir, zero_shot in evaluations:
             if not _fresh(eval_dir, run_dir):
                 with console.stage(f"score {name} {protocol}" + (f" on {', '.join(zero_shot)}" if zero_shot else "")):
-                    ns = argparse.Namespace(store=train.store, run=[str(run_dir)], conditions=cfg.evaluate.conditions,
-                                            by=[], batch_size=cfg.evaluate.batch_size, n_boot=cfg.evaluate.n_boot,
-                                            seed=cfg.evaluate.seed, corpus=zero_shot, no_race=not cfg.evaluate.race,
-                                            probe_layers=cfg.analysis.probe_layers or PROBE_LAYERS)
-                    race_options(ns, cfg)
+                    scoring = Scoring.of(cfg, store, [str(run_dir)], corpus=zero_shot, by=[],
+                                         probe_layers=cfg.analysis.probe_layers or PROBE_LAYERS)
                     with staged(str(eval_dir)) as local:  # on an object store: written here, copied up whole
-                        evaluate(ns, local, shown=str(eval_dir) if is_uri(eval_dir) else None)
+                        evaluate(scoring, local, shown=str(eval_dir) if is_uri(eval_dir) else None)
             parts.append(cells(pl.read_parquet((eval_dir / "metrics.parquet").read_bytes()), trained, zero_shot or trained))
     if train.label_set:
         notes.append(f"Label set: {', '.join(train.label_set)}; each run's run.json and each zero-shot evaluation's "
