@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ray_ser.corpora import build_manifest  # noqa: E402
 from ray_ser import audio  # noqa: E402
-from ray_ser.extract.program import ExtractOptions, decode_batch, extract, work_items  # noqa: E402
+from ray_ser.extract.program import ExtractConfig, decode_batch, extract, work_items  # noqa: E402
 from ray_ser.fm import load_model  # noqa: E402
 
 
@@ -34,7 +34,7 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def bare_forward(manifest, opts: ExtractOptions) -> tuple[float, float]:
+def bare_forward(manifest, opts: ExtractConfig) -> tuple[float, float]:
     """(audio seconds, wall seconds) of model calls alone over the pipeline's batches."""
     model = load_model(opts.model, whisper_mode=opts.whisper_mode)
     items = work_items(manifest, opts.conditions, set())
@@ -106,7 +106,7 @@ def main() -> None:
     manifest = build_manifest("emodb", args.data_root)
     if args.limit:
         manifest = manifest.head(args.limit)
-    opts = ExtractOptions(model=args.model, conditions=args.conditions.split(","))
+    opts = ExtractConfig(model=args.model, conditions=args.conditions.split(","))
     work = Path(tempfile.mkdtemp(prefix="ray_ser_bench_"))
     try:
         # (c) runs before and after (a) and is averaged: this VM's speed drifts by tens of percent over minutes

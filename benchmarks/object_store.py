@@ -32,10 +32,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 
 def extract_once(manifest, uri: str, model: str, write_mode: str) -> tuple[int, float]:
-    from ray_ser.extract.program import ExtractOptions, extract
+    from ray_ser.extract.program import ExtractConfig, extract
 
     t0 = time.perf_counter()
-    result = extract(manifest, uri, ExtractOptions(model=model, model_key="bench", conditions=["clean", "5dB"],
+    result = extract(manifest, uri, ExtractConfig(model=model, model_key="bench", conditions=["clean", "5dB"],
                                                    write_mode=write_mode, batch_size=4))
     return result.extracted, time.perf_counter() - t0
 

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ray_ser.corpora import build_manifest  # noqa: E402
-from ray_ser.extract.program import ExtractOptions, extract  # noqa: E402
+from ray_ser.extract.program import ExtractConfig, extract  # noqa: E402
 from ray_ser.store.core import Store  # noqa: E402
 from ray_ser.store.names import table_name
 
@@ -59,7 +59,7 @@ def main() -> None:
         }
         for label, extra in variants.items():
             uri = str(work / label.split()[0].strip("-"))
-            opts = ExtractOptions(model=args.model, conditions=["clean"], **extra)
+            opts = ExtractConfig(model=args.model, conditions=["clean"], **extra)
             extract(manifest, uri, opts)
             sizes[label] = table_bytes(uri, table_name(opts.key)) / audio_s
             if label == "all frames":

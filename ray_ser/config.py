@@ -10,7 +10,7 @@ key's dotted path, the value and the file, before anything runs.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
@@ -27,9 +27,7 @@ from pydantic import (
 from ray_ser.analysis.probe import DEFAULT_CS
 from ray_ser.analysis.saliency import DEFAULT_BINS
 from ray_ser.errors import ConfigError, InputError  # noqa: F401 - re-exported: ray_ser.config is where users find them
-from ray_ser.extract.conditions import DEFAULT_CONDITIONS, aug_conditions
-from ray_ser.extract.program import ExtractOptions
-from ray_ser.fm.registry import DEFAULT_MODEL
+from ray_ser.extract.config import ExtractConfig  # noqa: F401 - the extract section, re-exported
 from ray_ser.train.config import TrainConfig
 
 RESOLVED_FILE = "config.yaml"
@@ -126,73 +124,6 @@ class StoreConfig(Section):
     """Storage options of object-store URIs (the store's and run folders'), as LanceDB takes them: endpoint,
     region, allow_http, access_key_id, ... Unset ones come from the usual environment (AWS_ENDPOINT_URL,
     AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP); keep secrets there, not in a file."""
-
-
-class ExtractConfig(Section):
-    """All-layer extraction with Ray Data (:class:`ray_ser.extract.program.ExtractOptions` plus augmentation)."""
-
-    model: str = DEFAULT_MODEL
-    """Embedded model name, Hugging Face model id or local folder."""
-    conditions: list[str] = list(DEFAULT_CONDITIONS)
-    """Conditions to store: clean, SNR bands (25dB, 15dB, 5dB: noise at an SNR drawn from 20-30, 10-20, 0-10 dB),
-    reverb, reverb+15dB."""
-    aug_copies: int = Field(0, ge=0, le=10_000)
-    """Augmented training copies per utterance (conditions aug0..augN-1), added to ``conditions``."""
-    frames: bool = True
-    """Store frame matrices (fp16) besides the pooled vectors; training reads frames."""
-    frame_layers: list[int] | None = None
-    """Store frames of these layers only (null: every layer); pooled vectors are always kept for all."""
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    """Model precision: auto is float16 on GPUs (device gpu, or auto resolved to GPUs) and float32 on CPUs."""
-    device: Literal["auto", "gpu", "cpu"] = "auto"
-    """Where the model actors run: gpu asks Ray for one GPU per actor even when no GPU node is up yet (the cluster's
-    autoscaler adds GPU nodes for them); cpu never asks for one; auto is gpu when a node has GPUs or the autoscaler
-    has a node type with GPUs, else cpu. A request no node and no node type could meet is refused at once."""
-    whisper_mode: str = ExtractOptions.whisper_mode
-    """How Whisper sees a clip: strided:<s> | trimmed | padded | window:<seconds>."""
-    write_mode: Literal["driver", "fragments"] = "driver"
-    """driver: actors return rows and the driver appends them; fragments: actors write Lance fragments."""
-    batch_size: int = Field(ExtractOptions.batch_size, ge=1)
-    """Utterances per model batch."""
-    max_batch_seconds: float = Field(ExtractOptions.max_batch_seconds, gt=0)
-    """Most audio seconds in one model batch."""
-    pool_size: int | None = Field(None, ge=1)
-    """Model actors (null: one per GPU, alive or to be added by the autoscaler; on CPUs one per core, at most 4)."""
-    threads: int | None = Field(None, ge=1)
-    """Torch threads per CPU actor (null: cores / actors)."""
-    model_key: str | None = None
-    """Name the store files the embeddings under (null: the model, plus @mode for a non-default Whisper mode)."""
-    seed: int = 0
-    """Seed of the degraded and augmented copies."""
-    retry_errors: bool = False
-    """Try utterances that failed in earlier runs again."""
-    commit_mb: float = Field(ExtractOptions.commit_mb, ge=0)
-    """Buffer finished rows up to this many MB before one LanceDB commit ..."""
-    commit_seconds: float = Field(ExtractOptions.commit_seconds, ge=0)
-    """... or this many seconds, whichever comes first (0: commit every block)."""
-    max_seconds: float | None = Field(ExtractOptions.max_seconds, gt=0)
-    """Longer audio becomes an errors row (read from the header, before decoding); null: no limit."""
-    on_drift: Literal["refuse", "new-key"] = "refuse"
-    """When options differ from the table's: refuse, or file under a new key (model~<hash>)."""
-    wait_lease: float = Field(0.0, ge=0)
-    """Seconds to wait while another run writes the same table, then refuse."""
-    keep_versions_s: float = Field(ExtractOptions.keep_versions_s, ge=0)
-    """Compaction deletes superseded table versions only this many seconds later (open readers keep theirs)."""
-    actor_resources: dict[str, float] = {}
-    """Custom Ray resources each model actor needs, e.g. {gpu_node: 0.1} to keep the model on nodes started with
-    `ray start --resources '{"gpu_node": 1}'` (empty: anywhere)."""
-
-    def options(self) -> ExtractOptions:
-        """The extraction program's options (the conditions with the augmented copies appended)."""
-        names = {f.name for f in fields(ExtractOptions)}
-        values = {k: v for k, v in self.model_dump().items() if k in names}
-        values["conditions"] = [*self.conditions, *aug_conditions(self.aug_copies)]
-        return ExtractOptions(**values)
-
-    @property
-    def key(self) -> str:
-        """The model key the store files this extraction under (what analyses and training read)."""
-        return self.options().key
 
 
 class ClusterConfig(Section):
@@ -540,10 +471,17 @@ def from_args(parser: argparse.ArgumentParser, argv: list[str] | None,
             overrides[bind.path] = bind.to_config(value) if bind.to_config else value
     cfg = load(args.config, overrides)
     use_storage(cfg.store, cfg.data)
+    return cfg, bound_args(cfg, binds, args)
+
+
+def bound_args(cfg: ExperimentConfig, binds: Mapping[str, str | Bind], args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with every bound flag's value set to the resolved config key's (a stage's flags read from a typed
+    config without parsing a command line: ``parser.parse_args([])`` as ``args``)."""
     for dest, bind in binds.items():
+        bind = Bind(bind) if isinstance(bind, str) else bind
         value = get_path(cfg, bind.read or bind.path)
         setattr(args, dest, bind.to_arg(value) if bind.to_arg else value)
-    return cfg, args
+    return args
 
 
 def use_storage(store: StoreConfig, data: DataConfig | None = None) -> dict[str, str]:

@@ -56,10 +56,10 @@ def write_corpus(folder: Path, n_speakers: int = 6, per_class: int = 4, seed: in
 def build_store(tmp: Path, model_dir: Path, conditions=("clean", "5dB"), **corpus) -> str:
     """Extract the synthetic corpus with the tiny model (key "tiny") into a new store; returns its URI."""
     from ray_ser.corpora import build_manifest
-    from ray_ser.extract.program import ExtractOptions, extract
+    from ray_ser.extract.program import ExtractConfig, extract
 
     csv_path = write_corpus(tmp / "audio", **corpus)
     manifest = build_manifest("csv", tmp, csv=str(csv_path))
     uri = str(tmp / "store")
-    extract(manifest, uri, ExtractOptions(model=str(model_dir), conditions=list(conditions), model_key="tiny"))
+    extract(manifest, uri, ExtractConfig(model=str(model_dir), conditions=list(conditions), model_key="tiny"))
     return uri

@@ -108,16 +108,15 @@ def test_a_tune_best_config_json_is_the_train_section(tmp_path):
     assert (cfg.train.store, cfg.train.model, cfg.train.layer, cfg.train.keep_ratio) == ("st", "tiny", 2, 0.6)
 
 
-def test_extract_options_carry_every_extraction_field_and_the_augmented_copies():
-    from dataclasses import fields as dc_fields
-
-    from ray_ser.extract.program import ExtractOptions
+def test_the_extract_section_is_the_extract_stages_config_and_expands_the_augmented_copies():
+    from ray_ser.extract.config import ExtractConfig
 
     section = C.ExtractConfig(conditions=["clean", "5dB"], aug_copies=2, frames=False)
-    opts = section.options()
-    assert {f.name for f in dc_fields(ExtractOptions)} <= set(C.ExtractConfig.model_fields)
-    assert opts.conditions == ["clean", "5dB", "aug0", "aug1"] and opts.frames is False
-    assert C.ExtractConfig().options() == ExtractOptions()  # the same defaults
+    assert C.ExtractConfig is ExtractConfig and C.ExperimentConfig.model_fields["extract"].annotation is ExtractConfig
+    opts = section.expanded()
+    assert opts.conditions == ["clean", "5dB", "aug0", "aug1"] and opts.frames is False and opts.aug_copies == 0
+    assert section.recorded()["conditions"] == ["clean", "5dB", "aug0", "aug1"] and "aug_copies" not in section.recorded()
+    assert section.key == "whisper-base" and C.ExtractConfig(whisper_mode="trimmed").key == "whisper-base@trimmed"
 
 
 def test_saved_config_round_trips(tmp_path):

@@ -17,6 +17,7 @@ from ray_ser.corpora.folds import ALL_SPEAKERS as FINAL  # the final model's fol
 from ray_ser.corpora.manifest import CATEGORIES_KEY, DIMENSIONS
 from ray_ser.errors import InputError
 from ray_ser.storage import run_path, snapshot
+from ray_ser.store import Store, as_store
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def _snr_of(store, model: str, utt_ids: Sequence[str], conditions: Sequence[str]
     return {(u, c): s for u, c, s in zip(*(t.column(k).to_pylist() for k in ("utt_id", "condition", "snr_db")))}
 
 
-def predict_fold(store: str, checkpoint: str | Path, conditions: Sequence[str] | None = None,
+def predict_fold(store: "str | Store", checkpoint: str | Path, conditions: Sequence[str] | None = None,
                  batch_size: int = 32, num_gpus: float = 0.0, cpus: float = 1.0, fm=None,
                  utt_ids: Sequence[str] | None = None, scale: dict | None = None,
                  dim_scale: dict | None = None) -> pl.DataFrame:
@@ -108,13 +109,14 @@ def predict_fold(store: str, checkpoint: str | Path, conditions: Sequence[str] |
     from ray_ser.train.checkpoints import load_fold_model
     from ray_ser.train.reader import frames_dataset, load_labels
 
+    store = as_store(store)  # a URI is opened once here; an open Store passes through
     fm = fm or load_fold_model(checkpoint, store=store)  # the caller's already-loaded copy, when it has one
     conds = list(conditions) if conditions else evaluation_conditions(store, fm.cfg.model)
     utts = list(fm.plan.test if utt_ids is None else utt_ids)
     labels = load_labels(store, utts, label_set=fm.cfg.label_set)
     ds = frames_dataset(store, fm.cfg.model, fm.plan.read_layers, utts, labels, conditions=conds, mask=fm.mask,
                         scale=scale if scale is not None else fm.plan.corpus_norm)
-    ds = ds.map_batches(FoldPredictor, fn_constructor_kwargs={"checkpoint": str(checkpoint), "store": store,
+    ds = ds.map_batches(FoldPredictor, fn_constructor_kwargs={"checkpoint": str(checkpoint), "store": store.uri,
                                                               "threads": max(1, int(cpus)), "storage": snapshot()},
                         batch_size=batch_size, batch_format="numpy", concurrency=1, num_cpus=cpus, num_gpus=num_gpus)
     parts = [pl.from_arrow(b) for b in ds.iter_batches(batch_size=None, batch_format="pyarrow") if b.num_rows]
@@ -177,7 +179,7 @@ def in_label_set(store, m: pl.DataFrame, label_set: Sequence[str]) -> pl.DataFra
                           pl.Series("pdf", [x.pdf for x in mapped], dtype=pl.List(pl.Float32)))
 
 
-def predict_run(store: str, run_dir: str | Path, conditions: Sequence[str] | None = None, by: Sequence[str] = (),
+def predict_run(store: "str | Store", run_dir: str | Path, conditions: Sequence[str] | None = None, by: Sequence[str] = (),
                 batch_size: int = 32) -> tuple[pl.DataFrame, list[str], dict]:
     """(predictions, categories, run config) of every fold checkpoint of a training run folder: one row per
     (fold, condition, test utterance) in the ``predictions.parquet`` layout."""
@@ -186,6 +188,7 @@ def predict_run(store: str, run_dir: str | Path, conditions: Sequence[str] | Non
     from ray_ser import console
     from ray_ser.train.checkpoints import fold_checkpoints, load_fold_model
 
+    store = as_store(store)  # a URI is opened once here; an open Store passes through
     run_dir = run_path(run_dir)
     checkpoints = fold_checkpoints(run_dir)
     if not checkpoints:
@@ -240,7 +243,7 @@ def zero_shot_utterances(store, fm, corpora: Sequence[str], report=None) -> dict
     return {u: rows[u]["corpus"] for u in sorted(rows)}
 
 
-def predict_zero_shot(store: str, run_dir: str | Path, corpora: Sequence[str], conditions: Sequence[str] | None = None,
+def predict_zero_shot(store: "str | Store", run_dir: str | Path, corpora: Sequence[str], conditions: Sequence[str] | None = None,
                       by: Sequence[str] = (), batch_size: int = 32, report=None) -> tuple[pl.DataFrame, list[str], dict]:
     """(predictions, categories, run config) of a run's final model (``DIR/final/best``) on ``corpora`` it never
     trained on, every evaluation condition; with the per-corpus scaler each corpus is standardised by its own
@@ -250,6 +253,7 @@ def predict_zero_shot(store: str, run_dir: str | Path, corpora: Sequence[str], c
     from ray_ser.train.checkpoints import final_checkpoint, load_fold_model
     from ray_ser.train.reader import frame_stats
 
+    store = as_store(store)  # a URI is opened once here; an open Store passes through
     run_dir = run_path(run_dir)
     path = final_checkpoint(run_dir)
     if path is None:

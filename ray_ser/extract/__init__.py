@@ -5,5 +5,6 @@ from ray_ser.public import lazy_api
 
 __all__, __getattr__, __dir__ = lazy_api(__name__, {
     "conditions": ["DEFAULT_CONDITIONS", "aug_conditions"],
-    "program": ["ExtractOptions", "cpu_layout", "decode_batch", "extract", "work_items"],
+    "config": ["DEFAULT_WHISPER_MODE", "ExtractConfig"],
+    "program": ["ExtractResult", "cpu_layout", "decode_batch", "extract", "work_items"],
 })

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,50 +25,12 @@ import pyarrow.compute as pc
 from ray_ser import __version__, audio, console
 from ray_ser.corpora.manifest import Manifest
 from ray_ser.extract import conditions
+from ray_ser.extract.config import DEFAULT_WHISPER_MODE, ExtractConfig  # noqa: F401 - DEFAULT_WHISPER_MODE re-exported
 from ray_ser.redaction import redact
 from ray_ser.store.core import Store, as_store, embedding_schema, now
 from ray_ser.store.names import sql_string, table_name
 
 log = logging.getLogger(__name__)
-
-DEFAULT_WHISPER_MODE = "strided:10"
-"""Whisper's full 30 s context at about half of trimmed's speed; see the README's Whisper windows section."""
-
-
-@dataclass
-class ExtractOptions:
-    """Everything that decides what an extraction run writes; recorded with the table."""
-
-    model: str = "whisper-base"
-    conditions: list[str] = field(default_factory=lambda: list(conditions.DEFAULT_CONDITIONS))
-    frames: bool = True
-    frame_layers: list[int] | None = None  # store frames of these layers only (None: all); pooled always all
-    dtype: str = "auto"  # model precision: auto (float16 on GPUs, float32 on CPUs) | float32 | float16 | bfloat16
-    device: str = "auto"  # auto | gpu | cpu: where the model actors run (ray_ser.cluster_resources)
-    whisper_mode: str = DEFAULT_WHISPER_MODE
-    batch_size: int = 8
-    max_batch_seconds: float = 240.0
-    pool_size: int | None = None  # model actors; default: one per GPU (alive or addable), else see cpu_layout
-    threads: int | None = None  # torch threads per CPU actor; default: see cpu_layout
-    seed: int = 0
-    retry_errors: bool = False
-    commit_mb: float = 64.0  # buffer finished rows up to this size before one LanceDB commit ...
-    commit_seconds: float = 30.0  # ... or this long, whichever comes first (0: commit every block)
-    model_key: str | None = None  # the name the store files it under; default model(@mode)
-    max_seconds: float | None = 300.0  # longer audio becomes an errors row, read from the header before decoding
-    on_drift: str = "refuse"  # options differ from the table's: "refuse", or "new-key" (file under key~<hash>)
-    wait_lease: float = 0.0  # seconds to wait while another run writes the same table (then refuse)
-    keep_versions_s: float = 3600.0  # compaction deletes superseded versions only this long after (readers)
-    write_mode: str = "driver"  # "driver": actors return rows, the driver appends them; "fragments": actors write
-    # Lance fragments themselves and the driver only commits them (in arrival order, every commit_seconds)
-    actor_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources of each model actor
-
-    @property
-    def key(self) -> str:
-        if self.model_key:
-            return self.model_key
-        return self.model if self.whisper_mode == DEFAULT_WHISPER_MODE else f"{self.model}@{self.whisper_mode}"
-
 
 RUNTIME_OPTIONS = frozenset({
     "model",  # the weights are compared by hash (a moved checkpoint is the same model)
@@ -114,8 +76,7 @@ def option_drift(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, An
     :data:`META_FACTS_IGNORED`; conditions present in both are compared parameter by parameter."""
     if not old:
         return []
-    defaults = {f.name: f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-                for f in fields(ExtractOptions)}
+    defaults = ExtractConfig.defaults()
     drift = []
     old_opts, new_opts = old.get("options") or {}, new.get("options") or {}
     for name in sorted((set(old_opts) | set(new_opts)) - RUNTIME_OPTIONS):
@@ -300,7 +261,7 @@ class EmbedStage:
         from ray_ser.fm.base import torch_dtype
         from ray_ser.fm.step import EmbedStep, device_budget_frames
 
-        self.opts = ExtractOptions(**options)
+        self.opts = ExtractConfig.model_validate(options)
         ensure_gpu_usable()  # a GPU that torch cannot use fails here, not as a 1-thread CPU actor holding it
         device = pick_device()
         if device.type == "cpu":
@@ -540,12 +501,10 @@ def resolve_device(device: str, gpus: int | None = None) -> str:
     return "gpu" if torch.cuda.device_count() else "cpu"
 
 
-def run_options(opts: ExtractOptions, num_layers: int, gpus: int | None = None) -> ExtractOptions:
+def run_options(opts: ExtractConfig, num_layers: int, gpus: int | None = None) -> ExtractConfig:
     """The options as this run applies them, which the table records: ``device`` resolved to gpu or cpu
     (:func:`resolve_device`), ``dtype`` auto resolved for it (float16 on GPUs, float32 on CPUs, also for a GPU
     node the autoscaler has yet to add) and ``frame_layers`` checked and made non-negative."""
-    from dataclasses import replace
-
     from ray_ser.fm.base import resolve_dtype
     from ray_ser.fm.step import resolve_frame_layers
 
@@ -553,8 +512,8 @@ def run_options(opts: ExtractOptions, num_layers: int, gpus: int | None = None) 
     layers = opts.frame_layers
     if layers is not None and opts.frames:
         layers = list(resolve_frame_layers(layers, num_layers))
-    return replace(opts, device=device, dtype=resolve_dtype(opts.dtype, "cuda" if device == "gpu" else "cpu"),
-                   frame_layers=layers)
+    return opts.model_copy(update={"device": device, "frame_layers": layers,
+                                   "dtype": resolve_dtype(opts.dtype, "cuda" if device == "gpu" else "cpu")})
 
 
 def ensure_aug_column(table, conds: list[str]) -> None:
@@ -599,7 +558,7 @@ class FragmentBuffer:
         return done
 
 
-def fragment_kwargs(opts: ExtractOptions, table, storage_options: dict[str, str] | None = None) -> dict[str, Any]:
+def fragment_kwargs(opts: ExtractConfig, table, storage_options: dict[str, str] | None = None) -> dict[str, Any]:
     """EmbedStage's constructor arguments for the write mode: where to write fragments, in the table's schema, with
     the store's storage options."""
     if opts.write_mode == "driver":
@@ -629,16 +588,14 @@ def finished_blocks(ds):
             yield ray.get(ref)  # an Arrow table: EmbedStage returns pyarrow
 
 
-def resolve_key(store: Store, opts: ExtractOptions, facts: dict[str, Any], conds: list[str]) -> tuple[ExtractOptions, dict[str, Any]]:
+def resolve_key(store: Store, opts: ExtractConfig, facts: dict[str, Any], conds: list[str]) -> tuple[ExtractConfig, dict[str, Any]]:
     """The options and table metadata this run writes under; refuses (:class:`OptionDrift`) a run whose recorded
     settings differ from the table's, or with ``on_drift="new-key"`` moves it to a key derived from its settings."""
-    from dataclasses import replace
-
     if opts.on_drift not in ("refuse", "new-key"):
         raise ValueError(f"on_drift must be 'refuse' or 'new-key', got {opts.on_drift!r}")
 
-    def meta_for(o: ExtractOptions) -> dict[str, Any]:
-        return {**facts, "code_version": __version__, "options": asdict(o), "model_key": o.key,
+    def meta_for(o: ExtractConfig) -> dict[str, Any]:
+        return {**facts, "code_version": __version__, "options": o.recorded(), "model_key": o.key,
                 "conditions": condition_params(conds)}
 
     meta = meta_for(opts)
@@ -647,7 +604,7 @@ def resolve_key(store: Store, opts: ExtractOptions, facts: dict[str, Any], conds
         derived = drift_key(opts.key, meta)
         log.warning("settings differ from table %s (%s): filing this run under %s", table_name(opts.key),
                     ", ".join(d[0] for d in drift), derived)
-        opts = replace(opts, model_key=derived)
+        opts = opts.model_copy(update={"model_key": derived})
         meta = meta_for(opts)
         drift = option_drift(store.extraction_meta(opts.key), meta)
     if drift:
@@ -688,7 +645,7 @@ def record_manifest_errors(errors_table, manifest: Manifest, key: str, run_id: s
     return len(manifest.rejected)
 
 
-def extract(manifest: Manifest, store_uri: str | Store, options: ExtractOptions | None = None,
+def extract(manifest: Manifest, store_uri: str | Store, options: ExtractConfig | None = None,
             experiment: dict[str, Any] | None = None) -> ExtractResult:
     """Extract every layer of ``options.model`` for every manifest row and condition not yet in the store;
     ``experiment`` (the resolved experiment config, when a config drove the run) is recorded in its ``runs`` row.
@@ -698,7 +655,7 @@ def extract(manifest: Manifest, store_uri: str | Store, options: ExtractOptions 
     from ray_ser.fm.registry import describe as describe_model
     from ray_ser.store.lease import Lease
 
-    opts = options or ExtractOptions()
+    opts = (options or ExtractConfig()).expanded()
     conds = [c.name for c in conditions.parse_conditions(opts.conditions)]
     t0 = now()
     run_id = uuid.uuid4().hex[:12]
@@ -737,7 +694,7 @@ def extract(manifest: Manifest, store_uri: str | Store, options: ExtractOptions 
     return result
 
 
-def _run(store: Store, table, manifest: Manifest, opts: ExtractOptions, conds: list[str], facts: dict[str, Any],
+def _run(store: Store, table, manifest: Manifest, opts: ExtractConfig, conds: list[str], facts: dict[str, Any],
          run_id: str, lease) -> ExtractResult:
     """Resume bookkeeping, then the pipeline and its commits (the caller holds the table's lease)."""
     from datetime import timedelta
@@ -783,7 +740,7 @@ def _run(store: Store, table, manifest: Manifest, opts: ExtractOptions, conds: l
         fused = decode_in_actors(gpus)
         if not fused:
             ds = ds.map_batches(decode_batch, fn_kwargs=decode, batch_format="pyarrow", batch_size=None, num_cpus=0.5)
-        ds = ds.map_batches(EmbedStage, fn_constructor_kwargs={"options": asdict(opts), "threads": threads,
+        ds = ds.map_batches(EmbedStage, fn_constructor_kwargs={"options": opts.recorded(), "threads": threads,
                                                                "decode": decode if fused else None,
                                                                **fragment_kwargs(opts, table, store.storage_options)},
                             batch_format="pyarrow",

@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from ray_ser.evaluate.matrix import cells, write_matrix, write_matrix_report
     from ray_ser.evaluate.seeds import matrix_seed_table, matrix_spread, matrix_spread_lines, seed_folder, seed_list
-    from ray_ser.jobs.evaluate import evaluate, race_options
+    from ray_ser.jobs.evaluate import Scoring, evaluate
+    from ray_ser.store import Store
     from ray_ser.runtime import init_ray
     from ray_ser.train.driver import run
 
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     console.setup(out)
     cfg.save(out)
     init_ray()
+    store = Store(train.store)  # opened once: every evaluation below passes it on
     t0 = time.perf_counter()
     seeds = seed_list(train.seed, cfg.seeds)
     per_seed, notes = {}, []
@@ -115,13 +117,10 @@ def main(argv: list[str] | None = None) -> dict:
             for protocol, eval_dir, zero_shot in evaluations:
                 if not _fresh(eval_dir, run_dir):
                     with console.stage(f"score {shown} {protocol}" + (f" on {', '.join(zero_shot)}" if zero_shot else "")):
-                        ns = argparse.Namespace(store=train.store, run=[str(run_dir)], conditions=cfg.evaluate.conditions,
-                                                by=[], batch_size=cfg.evaluate.batch_size, n_boot=cfg.evaluate.n_boot,
-                                                seed=cfg.evaluate.seed, corpus=zero_shot, no_race=not cfg.evaluate.race,
-                                                probe_layers=cfg.analysis.probe_layers or PROBE_LAYERS)
-                        race_options(ns, cfg)
+                        scoring = Scoring.of(cfg, store, [str(run_dir)], corpus=zero_shot, by=[],
+                                             probe_layers=cfg.analysis.probe_layers or PROBE_LAYERS)
                         with staged(str(eval_dir)) as local:  # on an object store: written here, copied up whole
-                            evaluate(ns, local, shown=str(eval_dir) if is_uri(eval_dir) else None)
+                            evaluate(scoring, local, shown=str(eval_dir) if is_uri(eval_dir) else None)
                 parts.append(cells(pl.read_parquet((eval_dir / "metrics.parquet").read_bytes()), trained,
                                    zero_shot or trained))
     if train.label_set:

@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from ray_ser import console
-from ray_ser.config import add_config_args, csv_list, from_args, negated
+from ray_ser.config import ExperimentConfig, add_config_args, csv_list, from_args, negated
+from ray_ser.jobs.stage import StageResult, open_store
+from ray_ser.store import Store
 from ray_ser.storage import is_uri, join, run_path, staged
 
 
@@ -59,61 +63,111 @@ BINDS = {"store": "store.uri", "run": "evaluate.runs", "corpus": "evaluate.zero_
 """Each flag's config key (the evaluate section)."""
 
 
-def main(argv: list[str] | None = None) -> dict:
+@dataclass
+class Scoring:
+    """What one evaluation scores and how: the runs, the options of the evaluate section and of the race."""
+
+    store: Store
+    runs: list[str]
+    conditions: list[str] | None = None
+    by: list[str] = field(default_factory=list)
+    batch_size: int = 32
+    n_boot: int = 500
+    seed: int = 0
+    corpus: list[str] = field(default_factory=list)  # zero-shot corpora (empty: out of fold)
+    probe_layers: str | None = None  # the race's probe layers (None: no race)
+    probe_c: list[float] | None = None
+    probe_readout: list[str] = field(default_factory=lambda: ["none"])
+    layer_criterion: str | None = None
+
+    @classmethod
+    def of(cls, cfg: ExperimentConfig, store: Store, runs: list[str], corpus: list[str] | None = None,
+           by: list[str] | None = None, probe_layers: str | None = None) -> "Scoring":
+        """The scoring ``cfg`` asks for on ``runs`` (``corpus``: zero-shot; ``probe_layers``: over
+        analysis.probe_layers); no race when evaluate.race is off."""
+        ev, an = cfg.evaluate, cfg.analysis
+        layers = (probe_layers or an.probe_layers) if ev.race else None
+        return cls(store=store, runs=list(runs), conditions=ev.conditions or None,
+                   by=list(ev.by if by is None else by), batch_size=ev.batch_size, n_boot=ev.n_boot, seed=ev.seed,
+                   corpus=list(ev.zero_shot if corpus is None else corpus), probe_layers=layers,
+                   probe_c=list(an.probe_c),
+                   probe_readout=[r.strip() for r in an.probe_readout.split(",") if r.strip()],
+                   layer_criterion=an.layer_criterion if an.layer_criterion not in (None, "none") else None)
+
+
+@dataclass
+class EvaluateResult(StageResult):
+    """An evaluation: its tables, the per-condition UAR the console shows, the race and the report; with several
+    seeds, the first seed's plus the per-seed rows and their spread."""
+
+    predictions: Any = None
+    metrics: Any = None
+    overall: Any = None
+    dims: Any = None
+    race: Any = None
+    report: Any = None
+    seconds: float = 0.0
+    seed: int | None = None
+    seeds: Any = None
+    spread: Any = None
+
+
+def main(argv: list[str] | None = None) -> EvaluateResult:
+    """The argparse layer: the config from the flags, the store opened once, then :func:`run`."""
     cfg, args = from_args(parser(), argv, BINDS)
-    race_options(args, cfg)
-    if cfg.seeds > 1 and len(args.run or []) <= 1 and not cfg.evaluate.zero_shot:
-        return evaluate_seeds(cfg, args, args.run[0] if args.run else str(cfg.run_dir))
-    return score(cfg, args)
+    return run(cfg, open_store(cfg), out=args.out)
 
 
-def evaluate_seeds(cfg, args: argparse.Namespace, run_dir: str) -> dict:
+def run(cfg: ExperimentConfig, store: Store, out: str | None = None) -> EvaluateResult:
+    """The evaluate stage of ``cfg`` on ``store``: evaluate.runs (default the config's run folder; with several
+    seeds, each seed's folder) into ``out`` (default <first run>/eval)."""
+    runs = list(cfg.evaluate.runs)
+    if cfg.seeds > 1 and len(runs) <= 1 and not cfg.evaluate.zero_shot:
+        return evaluate_seeds(cfg, store, runs[0] if runs else str(cfg.run_dir))
+    return score(cfg, Scoring.of(cfg, store, runs or [str(cfg.run_dir)]), out)
+
+
+def evaluate_seeds(cfg: ExperimentConfig, store: Store, run_dir: str) -> EvaluateResult:
     """Each seed's run folder of ``jobs/train.py --seeds`` under ``run_dir`` (--run, default the config's run
     folder) scored into its own eval/, then the spread of the pooled scores over the seeds
     (``ray_ser.evaluate.seeds``) to the console and <run>/seeds.parquet; returns the first seed's result with
     ``seeds`` (per-seed rows) and ``spread``."""
-    import copy
-
     from ray_ser.evaluate.results import write_parquet
     from ray_ser.evaluate.seeds import seed_folder, seed_list, seed_spread, seed_table, spread_lines
 
     results = {}
     for seed in seed_list(cfg.train.seed, cfg.seeds):
-        one = copy.copy(args)
-        one.run, one.out = [seed_folder(run_dir, seed)], None
-        results[seed] = score(cfg, one)
-    table = seed_table({s: r["metrics"] for s, r in results.items()})
+        results[seed] = score(cfg, Scoring.of(cfg, store, [str(seed_folder(run_dir, seed))]))
+    table = seed_table({s: r.metrics for s, r in results.items()})
     spread = seed_spread(table)
     console.detail(spread_lines(spread))  # ray-ser run prints it above its last line
     if not is_uri(run_dir):
         write_parquet(table, Path(run_dir) / "seeds.parquet", {})
     first = next(iter(results))
-    return {**results[first], "seed": first, "seeds": table, "spread": spread}
+    return replace(results[first], seed=first, seeds=table, spread=spread)
 
 
-def score(cfg, args: argparse.Namespace) -> dict:
-    """jobs/evaluate.py on ``args.run`` (default: the config's run folder) into ``args.out``."""
-    args.run = args.run or [str(cfg.run_dir)]
-    args.corpus = cfg.evaluate.zero_shot
-    if args.corpus and len(args.run) > 1:
+def score(cfg: ExperimentConfig, scoring: Scoring, out: str | None = None) -> EvaluateResult:
+    """jobs/evaluate.py on ``scoring.runs`` into ``out`` (default <first run>/eval, or zero-shot-<corpora>)."""
+    if scoring.corpus and len(scoring.runs) > 1:
         raise SystemExit("jobs/evaluate.py: --corpus scores one run's final model: give one --run")
-    default = "eval" if not args.corpus else "zero-shot-" + "+".join(args.corpus)
-    out = args.out or join(args.run[0], default)
-    console.setup(args.run[0])
-    what = "evaluate " + ", ".join(run_path(r).name for r in args.run)
-    if args.corpus:
-        what += " zero-shot on " + ", ".join(args.corpus)
+    default = "eval" if not scoring.corpus else "zero-shot-" + "+".join(scoring.corpus)
+    out = out or join(scoring.runs[0], default)
+    console.setup(scoring.runs[0])
+    what = "evaluate " + ", ".join(run_path(r).name for r in scoring.runs)
+    if scoring.corpus:
+        what += " zero-shot on " + ", ".join(scoring.corpus)
     with console.stage(what), staged(out) as local:  # a URI --out: written here, then copied up whole
         cfg.save(local)
-        result = evaluate(args, local, shown=out if is_uri(out) else None)
+        result = evaluate(scoring, local, shown=out if is_uri(out) else None)
     if is_uri(out):
-        result["report"] = join(out, run_path(result["report"]).name)
+        result.report = join(out, run_path(result.report).name)
     return result
 
 
-def evaluate(args: argparse.Namespace, out: Path, shown: str | None = None) -> dict:
-    """Predictions, tables and report of ``args.run`` into the folder ``out``; the per-condition UAR to the console
-    (``shown``: where the files will be, when ``out`` is a staging folder for an object store)."""
+def evaluate(scoring: Scoring, out: Path, shown: str | None = None) -> EvaluateResult:
+    """Predictions, tables and report of ``scoring.runs`` into the folder ``out``; the per-condition UAR to the
+    console (``shown``: where the files will be, when ``out`` is a staging folder for an object store)."""
     import polars as pl
 
     from ray_ser.evaluate.predict import ensemble_predictions, predict_run, write_predictions
@@ -124,14 +178,14 @@ def evaluate(args: argparse.Namespace, out: Path, shown: str | None = None) -> d
     init_ray()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    conditions = args.conditions or None
-    if getattr(args, "corpus", None):
+    store, conditions = scoring.store, scoring.conditions or None
+    if scoring.corpus:
         from ray_ser.corpora.label_sets import SetReport
         from ray_ser.evaluate.predict import predict_zero_shot
 
         kept = SetReport([])
-        pred, categories, config = predict_zero_shot(args.store, args.run[0], args.corpus, conditions, args.by,
-                                                     args.batch_size, kept)
+        pred, categories, config = predict_zero_shot(store, scoring.runs[0], scoring.corpus, conditions, scoring.by,
+                                                     scoring.batch_size, kept)
         kept.categories = categories
         config["label_set"] = kept.to_dict()
         if config["train"].get("label_set"):
@@ -141,14 +195,15 @@ def evaluate(args: argparse.Namespace, out: Path, shown: str | None = None) -> d
             console.say(f"zero-shot input scaling: {config['zero_shot_scaling']}")
     else:
         pred, categories, config = ensemble_predictions(
-            [predict_run(args.store, run, conditions, args.by, args.batch_size) for run in args.run])
+            [predict_run(store, run, conditions, scoring.by, scoring.batch_size) for run in scoring.runs])
     path = write_predictions(pred, categories, config, out / "predictions.parquet")
     t_pred = time.perf_counter() - t0
-    race = race_against_probe(args, pred, categories, config)
-    paths = write_tables(path, out, categories=categories, by=args.by, n_boot=args.n_boot, seed=args.seed, extra=race)
+    race = race_against_probe(scoring, pred, categories, config)
+    paths = write_tables(path, out, categories=categories, by=scoring.by, n_boot=scoring.n_boot, seed=scoring.seed,
+                         extra=race)
     from ray_ser.evaluate.layer_weights import layer_info
 
-    layers = layer_info(args.run[0], args.store) if len(args.run) == 1 else None  # the learned layer mix, if any
+    layers = layer_info(scoring.runs[0], store) if len(scoring.runs) == 1 else None  # the learned layer mix, if any
     report = write_report(out, pred, paths["metrics"], paths["confusion"], run_config=config, categories=categories,
                           layers=layers)
     m = pl.read_parquet(paths["metrics"])
@@ -171,34 +226,23 @@ def evaluate(args: argparse.Namespace, out: Path, shown: str | None = None) -> d
     console.detail(f"wrote {where(path)}, {where(paths['metrics'])}, {where(paths['confusion'])}; "
                    f"total {time.perf_counter() - t0:.1f} s")
     console.say(f"report: {where(report)}")
-    return {"predictions": pred, "metrics": m, "overall": overall, "dims": dims, "race": versus, "report": report,
-            "seconds": time.perf_counter() - t0}
+    return EvaluateResult(predictions=pred, metrics=m, overall=overall, dims=dims, race=versus, report=report,
+                          seconds=time.perf_counter() - t0)
 
 
-def race_options(args: argparse.Namespace, cfg) -> argparse.Namespace:
-    """The probe baseline's options from the config (analysis.probe_c, probe_readout, layer_criterion); no
-    ``probe_layers`` when evaluate.race is off."""
-    if args.no_race:
-        args.probe_layers = None
-    args.probe_c = list(cfg.analysis.probe_c)
-    args.probe_readout = [r.strip() for r in cfg.analysis.probe_readout.split(",") if r.strip()]
-    args.layer_criterion = cfg.analysis.layer_criterion if cfg.analysis.layer_criterion not in (None, "none") else None
-    return args
-
-
-def race_against_probe(args: argparse.Namespace, pred, categories: list[str], config: dict):
-    """The race rows (``ray_ser.evaluate.race``) of these predictions against the probe on ``args.probe_layers``;
+def race_against_probe(scoring: Scoring, pred, categories: list[str], config: dict):
+    """The race rows (``ray_ser.evaluate.race``) of these predictions against the probe on ``scoring.probe_layers``;
     None without probe layers or categories, or (logged, the evaluation goes on) when the probe cannot be fitted."""
-    layers = getattr(args, "probe_layers", None)
+    layers = scoring.probe_layers
     if not layers or not categories:
         return None
     from ray_ser.evaluate.race import race_rows
 
     t0 = time.perf_counter()
     try:
-        rows = race_rows(args.store, pred, categories, config, layers, Cs=getattr(args, "probe_c", None),
-                         readouts=getattr(args, "probe_readout", None) or ("none",),
-                         criterion=getattr(args, "layer_criterion", None), n_boot=args.n_boot, seed=args.seed)
+        rows = race_rows(scoring.store, pred, categories, config, layers, Cs=scoring.probe_c,
+                         readouts=scoring.probe_readout or ("none",), criterion=scoring.layer_criterion,
+                         n_boot=scoring.n_boot, seed=scoring.seed)
     except (ValueError, KeyError) as e:  # recorded; the evaluation goes on without the race
         console.say(f"no race against the probe baseline: {e}")
         return None

@@ -11,9 +11,23 @@ import argparse
 import json
 
 from ray_ser import console
-from ray_ser.config import Bind, ExperimentConfig, InputError, add_config_args, csv_list, from_args, log_folder, negated
+from dataclasses import dataclass, field
+
+from ray_ser.config import (
+    Bind,
+    ConfigError,
+    ExperimentConfig,
+    InputError,
+    add_config_args,
+    csv_list,
+    from_args,
+    log_folder,
+    negated,
+)
 from ray_ser.corpora import ADAPTERS, Manifest, build_manifest
-from ray_ser.extract.program import extract
+from ray_ser.extract.program import ExtractResult, extract
+from ray_ser.jobs.stage import StageResult, open_store
+from ray_ser.store import Store
 from ray_ser.settings import data_root
 
 
@@ -113,7 +127,7 @@ class CorpusClash(InputError):
     """A corpus name under which the store already files the rows of another source (:func:`check_clash`)."""
 
 
-def check_clash(store_uri: str, manifest: Manifest) -> None:
+def check_clash(store: "str | Store", manifest: Manifest) -> None:
     """Refuse (:class:`CorpusClash`) a manifest whose corpus name the store already files another source under.
 
     The store records where a manifest came from only by its rows, so the rule reads them: the stored
@@ -126,13 +140,13 @@ def check_clash(store_uri: str, manifest: Manifest) -> None:
     those names), wherever its data root lies."""
     import os
 
-    from ray_ser.store.core import Store
+    from ray_ser.store import as_store
     from ray_ser.store.names import table_name
 
     name = manifest.corpus
     if name in ADAPTERS or not len(manifest):
         return
-    store = Store(store_uri)
+    store = as_store(store)
     table = table_name(name, "manifest")
     if not store.has(table):
         return
@@ -182,23 +196,39 @@ def _stored_source(store, corpus: str) -> str:
     return f", last extracted from {file}" if file else ""
 
 
-def run(cfg: ExperimentConfig) -> list[dict]:
-    """Extract every corpus of ``cfg`` into its store; one result dict per corpus. Every manifest's corpus name
-    is checked against the store (:func:`check_clash`) before any is extracted."""
+@dataclass
+class ExtractStageResult(StageResult):
+    """One extraction run per corpus (what each console line says), in the manifests' order."""
+
+    runs: list[ExtractResult] = field(default_factory=list)
+
+    def __iter__(self):
+        return iter(r.__dict__ for r in self.runs)
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+
+def run(cfg: ExperimentConfig, store: Store) -> ExtractStageResult:
+    """Extract every corpus of ``cfg`` into ``store``, one run per corpus. Every manifest's corpus name is checked
+    against the store (:func:`check_clash`) before any is extracted."""
     from ray_ser.runtime import init_ray
 
-    found = manifests(cfg)
-    for manifest in found:
-        check_clash(cfg.store.uri, manifest)
-    results = []
-    for manifest in found:
-        console.say(f"manifest {manifest.corpus}: {manifest.summary()}")
-        init_ray()
-        result = extract(manifest, cfg.store.uri, cfg.extract.options(), experiment=cfg.public())
-        console.detail(json.dumps(result.__dict__, indent=2))
-        console.say(summary(result.__dict__))
-        results.append(result.__dict__)
-    return results
+    if not cfg.data.corpora and not cfg.data.manifest:
+        raise ConfigError("nothing to extract: give --corpus or --manifest (or data.corpora / data.manifest in --config)")
+    with console.stage(f"extract {cfg.extract.key}"):
+        found = manifests(cfg)
+        for manifest in found:
+            check_clash(store, manifest)
+        results = ExtractStageResult()
+        for manifest in found:
+            console.say(f"manifest {manifest.corpus}: {manifest.summary()}")
+            init_ray()
+            result = extract(manifest, store, cfg.extract, experiment=cfg.public())
+            console.detail(json.dumps(result.__dict__, indent=2))
+            console.say(summary(result.__dict__))
+            results.runs.append(result)
+        return results
 
 
 def summary(result: dict) -> str:
@@ -209,13 +239,13 @@ def summary(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    """The argparse layer: the config from the flags, the store opened once, then :func:`run` (its runs as dicts)."""
     p = parser()
     cfg, args = from_args(p, argv, BINDS)
     if not cfg.data.corpora and not cfg.data.manifest:
         p.error("nothing to extract: give --corpus or --manifest (or data.corpora / data.manifest in --config)")
     console.setup(log_folder(cfg, args))
-    with console.stage(f"extract {cfg.extract.key}"):
-        return run(cfg)
+    return list(run(cfg, open_store(cfg)))
 
 
 if __name__ == "__main__":

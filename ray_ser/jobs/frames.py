@@ -18,8 +18,8 @@ import time
 
 from ray_ser.analysis.clusters import assign_frames, fit_kmeans, purity
 from ray_ser import console
-from ray_ser.config import Bind, add_config_args, csv_list, from_args, int_list, log_folder
-from ray_ser.store import catalog
+from ray_ser.config import Bind, ExperimentConfig, add_config_args, bound_args, csv_list, from_args, int_list, log_folder
+from ray_ser.store import Store, catalog
 
 
 def parser() -> argparse.ArgumentParser:
@@ -60,10 +60,22 @@ def resolve_assignment(store: str, model: str, condition: str, folds: str, seed:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """The argparse layer: the config from the flags, the store opened once, then the stage."""
     cfg, args = from_args(parser(), argv, BINDS)
     console.setup(log_folder(cfg, args))
+    return stage(args, cfg.analysis.seed)
+
+
+def run(cfg: ExperimentConfig, store: Store) -> dict:
+    """The frames stage of ``cfg`` on ``store``: k-means per fold and k, cluster ids, out-of-fold purity."""
+    args = bound_args(cfg, BINDS, parser().parse_args([]))
+    args.store = store.uri  # the analyses below take the URI (ray_ser.analysis re-opens it)
+    return stage(args, cfg.analysis.seed)
+
+
+def stage(args: argparse.Namespace, fold_seed: int) -> dict:
     with console.stage(f"frames {args.model}: k-means, k = {','.join(map(str, args.k))}"):
-        return cluster(args, cfg.analysis.seed)
+        return cluster(args, fold_seed)
 
 
 def cluster(args: argparse.Namespace, fold_seed: int) -> dict:

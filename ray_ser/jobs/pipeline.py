@@ -4,14 +4,17 @@ crosscorpus.enabled, the leave-one-corpus-out matrix).
 
     ray-ser run configs/emodb.yaml          (or: python jobs/pipeline.py --config configs/emodb.yaml)
 
-The resolved config is written to <runs>/<name>/config.yaml first, and every stage runs from that file, so
-running one stage by hand with ``--config <runs>/<name>/config.yaml`` repeats exactly what the pipeline did.
+The resolved config is written to <runs>/<name>/config.yaml first and every stage is called with it (typed, and
+the store opened once), so running one stage by hand with ``--config <runs>/<name>/config.yaml`` repeats exactly
+what the pipeline did.
 Each stage resumes on a re-run.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
+from typing import Any
 
 from ray_ser import console
 from ray_ser.config import (
@@ -21,6 +24,8 @@ from ray_ser.config import (
     from_args,
     int_list,
 )
+from ray_ser.jobs.stage import StageResult, open_store
+from ray_ser.store import Store
 
 
 def parser() -> argparse.ArgumentParser:
@@ -49,27 +54,40 @@ BINDS = {
 """Each flag's config key."""
 
 
-def run(cfg: ExperimentConfig) -> dict:
-    """Every stage of ``cfg`` in turn, each from the resolved config file in the run folder."""
-    from ray_ser.jobs import frames as frames_job
+@dataclass
+class PipelineResult(StageResult):
+    """The whole flow: the saliency stage's probes, the evaluation, the closing summary line(s) and, with
+    crosscorpus.enabled, the matrix."""
+
+    probes: dict = field(default_factory=dict)
+    evaluation: Any = None
+    summary: str = ""
+    crosscorpus: dict | None = None
+
+
+def run(cfg: ExperimentConfig, store: Store | None = None) -> PipelineResult:
+    """Every stage of ``cfg`` in turn, each called with the typed config and the one open ``store`` (opened here
+    when not given); the resolved config is written to the run folder first (to re-run a stage by hand)."""
     from ray_ser.jobs import evaluate as evaluate_job
     from ray_ser.jobs import extract as extract_job
+    from ray_ser.jobs import frames as frames_job
     from ray_ser.jobs import saliency as saliency_job
     from ray_ser.jobs import train as train_job
 
-    conf = ["--config", str(cfg.save(cfg.run_dir))]
+    saved = cfg.save(cfg.run_dir)
     log = console.setup(cfg.run_dir)
     console.show_details(False)  # tables and per-layer figures go to the log; the console keeps the results
     console.say(f"experiment {cfg.name}: {', '.join(cfg.data.corpora) or cfg.data.manifest}, {cfg.extract.key}, "
                 f"store {cfg.store.uri}, run folder {cfg.run_dir} (log: {log})")
-    extract_job.main(conf)
+    store = store or open_store(cfg)
+    extract_job.run(cfg, store)
     # per-layer saliency (and, with analysis.probe, the probe baseline to beat)
-    probes = saliency_job.main(conf)
+    probes = saliency_job.run(cfg, store)
     # frame clusters per outer fold, of the layer the layer criterion picks on that fold's training speakers
-    frames_job.main(conf)
+    frames_job.run(cfg, store)
     # emotion models per outer fold (layers chosen per fold on its training speakers), then the evaluation
-    train_job.main(conf)
-    evaluation = evaluate_job.main(conf)
+    train_job.run(cfg, store)
+    evaluation = evaluate_job.run(cfg, store)
     lines = []
     if evaluation.get("spread") is not None:  # several seeds: the spread first, the race (first seed's) last
         from ray_ser.evaluate.seeds import spread_lines
@@ -86,17 +104,18 @@ def run(cfg: ExperimentConfig) -> dict:
                               probes.get("set_probe_layers", ""))
     line = "\n".join(lines)
     console.say(line)
-    result = {"probes": probes, "evaluation": evaluation, "summary": line}
+    result = PipelineResult(probes=probes, evaluation=evaluation, summary=line)
     if cfg.crosscorpus.enabled:  # the leave-one-corpus-out matrix over the experiment's corpora
         from ray_ser.jobs import crosscorpus as crosscorpus_job
 
-        result["crosscorpus"] = crosscorpus_job.main([*conf, "--out", str(cfg.run_dir / "crosscorpus")])
+        result.crosscorpus = crosscorpus_job.main(["--config", str(saved), "--out", str(cfg.run_dir / "crosscorpus")])
     return result
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> PipelineResult:
+    """The argparse layer: the config from the flags, the store opened once, then :func:`run`."""
     cfg, _ = from_args(parser(), argv, BINDS)
-    return run(cfg)
+    return run(cfg, open_store(cfg))
 
 
 VERDICT = {"beats": "the model beats the probe beyond the interval",

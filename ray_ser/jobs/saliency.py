@@ -30,9 +30,19 @@ from ray_ser.analysis import saliency_store as ss
 from ray_ser.analysis.probe import READOUTS
 from ray_ser import console
 from ray_ser.corpora.folds import ALL_SPEAKERS
-from ray_ser.config import Bind, add_config_args, float_list, from_args, log_folder, negated
+from ray_ser.config import (
+    Bind,
+    ConfigError,
+    ExperimentConfig,
+    add_config_args,
+    bound_args,
+    float_list,
+    from_args,
+    log_folder,
+    negated,
+)
 from ray_ser.names import safe_name
-from ray_ser.store import catalog
+from ray_ser.store import Store, catalog
 from ray_ser.storage import join
 
 KEEP_RATIOS = (0.8, 0.6, 0.4)
@@ -145,19 +155,50 @@ def probe_layer_set(args: argparse.Namespace, assignment) -> tuple[list[int] | d
     return layers, "layers " + "+".join(map(str, layers)), ""
 
 
+def check(args: argparse.Namespace) -> tuple[list[str], str | None]:
+    """The probe read-outs, and what is wrong with the options (None: nothing)."""
+    readouts = [r.strip() for r in args.probe_readout.split(",") if r.strip()]
+    if args.probe_layers and not args.probe:
+        return readouts, "--probe-layers needs --probe"
+    if not readouts or any(r not in READOUTS for r in readouts):
+        return readouts, (f"--probe-readout: expected a comma-separated list among {','.join(READOUTS)}, "
+                          f"got {args.probe_readout!r}")
+    return readouts, None
+
+
 def main(argv: list[str] | None = None) -> dict:
+    """The argparse layer: the config from the flags, the store opened once, then :func:`run` (or the layer study)."""
     p = parser()
     cfg, args = from_args(p, argv, BINDS)
-    if args.probe_layers and not args.probe:
-        p.error("--probe-layers needs --probe")
-    readouts = [r.strip() for r in args.probe_readout.split(",") if r.strip()]
-    if not readouts or any(r not in READOUTS for r in readouts):
-        p.error(f"--probe-readout: expected a comma-separated list among {','.join(READOUTS)}, got {args.probe_readout!r}")
+    readouts, wrong = check(args)
+    if wrong:
+        p.error(wrong)
     console.setup(log_folder(cfg, args))
-    pl.Config.set_tbl_rows(200)
-    pl.Config.set_tbl_hide_dataframe_shape(True)
+    tables()
     if args.study:
         return study_main(args)
+    return stage(cfg, args, readouts)
+
+
+def run(cfg: ExperimentConfig, store: Store, plot: str | None = None) -> dict:
+    """The saliency stage of ``cfg`` on ``store``: saliency, the layer choice and (analysis.probe) the probes."""
+    args = bound_args(cfg, BINDS, parser().parse_args([]))
+    args.store, args.plot = store.uri, plot  # the analyses below take the URI (ray_ser.analysis re-opens it)
+    readouts, wrong = check(args)
+    if wrong:
+        raise ConfigError(wrong)
+    tables()
+    return stage(cfg, args, readouts)
+
+
+def tables() -> None:
+    """How the stage's Polars tables print."""
+    pl.Config.set_tbl_rows(200)
+    pl.Config.set_tbl_hide_dataframe_shape(True)
+
+
+def stage(cfg: ExperimentConfig, args: argparse.Namespace, readouts: list[str]) -> dict:
+    """Saliency, probes, then the fold plans of the run's train config (when it trains on this store's model)."""
     with console.stage(f"saliency {args.model} / {args.condition}" + (" + probes" if args.probe else "")):
         result = saliency_main(args, readouts)
         if cfg.train.model == args.model and cfg.train.store == args.store:

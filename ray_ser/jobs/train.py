@@ -23,6 +23,7 @@ import time
 from ray_ser import console
 from ray_ser.corpora.folds import ALL_SPEAKERS as FINAL  # the final model's fold (ray_ser.train.checkpoints.FINAL)
 from ray_ser.config import Bind, ExperimentConfig, add_config_args, csv_list, from_args, given_flags, int_list
+from ray_ser.store import Store
 
 BINDS = {
     "corpus": Bind("train.corpora", csv_list), "fold_rule": "train.folds", "folds": "train.outer_folds",
@@ -204,19 +205,28 @@ def cap_note(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    """The argparse layer: the config from the flags, the store opened once, then :func:`run`."""
+    experiment, args = build_config(argv)
+    return run(experiment, Store(experiment.train.store), out=args.out, report_tests=not args.no_test_report)
+
+
+def run(experiment: ExperimentConfig, store: Store, out: str | None = None, report_tests: bool = True) -> list[dict]:
+    """The train stage of ``experiment``: a model per outer fold (and the final model) into ``out`` (default the
+    run folder), each seed's into its own folder; one console line per fold. ``store``: the experiment's (the
+    training config names it by URI, which the Ray Train workers open)."""
     from ray_ser.runtime import init_ray
-    from ray_ser.train.driver import run
+    from ray_ser.train.driver import run as train_folds
     from ray_ser.train.pooled import pooled_model
 
-    experiment, args = build_config(argv)
+    out = out or str(experiment.run_dir)
     cfg = experiment.train
-    console.setup(args.out)
-    experiment.save(args.out)
+    console.setup(out)
+    experiment.save(out)
     with console.stage(f"train {cfg.arch} per fold"):
         init_ray()
         t0 = time.perf_counter()
 
-        current = {"out": args.out}  # the run folder being trained (a seed's, with --seeds)
+        current = {"out": out}  # the run folder being trained (a seed's, with --seeds)
         reads: dict = {}  # a pooled model's test report: mean frames read once for every fold
 
         def on_fold(summary: dict) -> None:
@@ -228,7 +238,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             line = (f"{name}: {_layers(summary)}, best epoch {summary['best_epoch']} of "
                     f"{summary['epochs']}{cap}, val {summary.get('val_metric', 'score')} "
                     f"{summary['best_val_score']:.4f}{refit}, {summary['seconds']:.1f} s")
-            if args.no_test_report or summary["fold"] == FINAL:
+            if not report_tests or summary["fold"] == FINAL:
                 console.say(line)
             else:
                 console.detail(line)
@@ -239,13 +249,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
             summaries = []
             for seed in seed_list(cfg.seed, experiment.seeds):
-                current["out"] = seed_folder(args.out, seed)
+                current["out"] = seed_folder(out, seed)
                 console.say(f"seed {seed} ({experiment.seeds} seeds) into {current['out']}")
-                folds = run(cfg.model_copy(update={"seed": seed}), None, seed_folder(args.out, seed), on_fold=on_fold)
+                folds = train_folds(cfg.model_copy(update={"seed": seed}), None, seed_folder(out, seed), on_fold=on_fold)
                 summaries += [{**s, "seed": seed} for s in folds]
         else:
-            summaries = run(cfg, None, args.out, on_fold=on_fold)
-        console.detail(f"trained {len(summaries)} fold(s) into {args.out} in {time.perf_counter() - t0:.1f} s")
+            summaries = train_folds(cfg, None, out, on_fold=on_fold)
+        console.detail(f"trained {len(summaries)} fold(s) into {out} in {time.perf_counter() - t0:.1f} s")
     return summaries
 
 

@@ -9,7 +9,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from ray_ser.train.loop import build_fold_model
 from ray_ser.corpora.folds import ALL_SPEAKERS
 from ray_ser.train import state_io
 from ray_ser.train.plan import FoldPlan, plan_mask
+
+if TYPE_CHECKING:
+    from ray_ser.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +115,14 @@ class FoldModel:
         return plan_mask(self.cfg, self.plan)
 
 
-def load_fold_model(path: str | os.PathLike, store: str | None = None) -> FoldModel:
-    """Rebuild a fold's best model from ``DIR/fold_<f>/best`` (``store`` overrides the recorded store URI)."""
+def load_fold_model(path: str | os.PathLike, store: "str | Store | None" = None) -> FoldModel:
+    """Rebuild a fold's best model from ``DIR/fold_<f>/best`` (``store``, a URI or an open Store, overrides the
+    recorded store URI)."""
     path = run_path(path)
     info = json.loads((path / "config.json").read_text())
     cfg = TrainConfig(**info["train"])
     if store is not None:
-        cfg.store = store
+        cfg.store = getattr(store, "uri", store)  # the config holds the URI; the caller keeps its open Store
     plan = FoldPlan(**info["plan"])
     module = build_fold_model(plan)
     with (path / "model.pt").open("rb") as fh:

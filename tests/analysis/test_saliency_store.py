@@ -12,7 +12,7 @@ import pytest
 from ray_ser.analysis import saliency as sal
 from ray_ser.analysis import saliency_store as ss
 from ray_ser.corpora import build_manifest
-from ray_ser.extract.program import ExtractOptions, extract
+from ray_ser.extract.program import ExtractConfig, extract
 from ray_ser.store import catalog
 from ray_ser.store.core import Store
 from ray_ser.store.names import sql_string
@@ -38,7 +38,7 @@ def shared_store(request) -> str:
         model_dir = request.getfixturevalue("tiny_model_dir")
         request.getfixturevalue("local_ray")
         uri = str(request.getfixturevalue("tmp_path_factory").mktemp("shared_store"))
-        extract(spread_manifest(corpora, N_UTTS), uri, ExtractOptions(model=str(model_dir), conditions=CONDS, model_key="tiny"))
+        extract(spread_manifest(corpora, N_UTTS), uri, ExtractConfig(model=str(model_dir), conditions=CONDS, model_key="tiny"))
         _SHARED["uri"] = uri
     return _SHARED["uri"]
 

@@ -18,7 +18,7 @@ from speech_like import speech_like
 from test_extract import assert_exactly_once, store_rows
 
 from ray_ser.corpora import build_manifest
-from ray_ser.extract.program import ExtractOptions, extract
+from ray_ser.extract.program import ExtractConfig, extract
 from ray_ser.store.core import Store
 
 WRITE_ONLY = ("/sys/bus/pci/rescan", "/sys/kernel/mm/ksm/run", "/sys/power/wakeup_count")
@@ -121,7 +121,7 @@ def matrix_run(local_ray, tiny_model_dir, tmp_path_factory):
     notes = write_files(folder / "audio")
     manifest = build_manifest("csv", folder, csv=write_csv(folder / "audio"), categories=["calm", "excited"])
     uri = str(folder / "store")
-    result = extract(manifest, uri, ExtractOptions(model=str(tiny_model_dir), conditions=["clean"], batch_size=4,
+    result = extract(manifest, uri, ExtractConfig(model=str(tiny_model_dir), conditions=["clean"], batch_size=4,
                                                    model_key="tiny", pool_size=1, dtype="float32"))
     return manifest, uri, result, notes, folder / "audio"
 
@@ -177,7 +177,7 @@ def test_manifest_keeps_unreadable_files_with_a_null_duration(matrix_run):
 
 def test_rerun_records_nothing_twice(matrix_run, tiny_model_dir):
     manifest, uri, first, notes, _ = matrix_run
-    again = extract(manifest, uri, ExtractOptions(model=str(tiny_model_dir), conditions=["clean"], batch_size=4,
+    again = extract(manifest, uri, ExtractConfig(model=str(tiny_model_dir), conditions=["clean"], batch_size=4,
                                                   model_key="tiny", pool_size=1, dtype="float32"))
     assert (again.extracted, again.errors, again.done_before, again.failed_before) == (0, 0, 3, first.errors)
     assert Store(uri).errors().count_rows() == first.errors + len(MANIFEST_CASES)

@@ -17,7 +17,7 @@ from ray_ser import cluster_resources as cr
 from ray_ser.config import ExperimentConfig
 from ray_ser.corpora import Manifest, Utterance
 from ray_ser.errors import InputError
-from ray_ser.extract.program import ExtractOptions, extract, option_drift, resolve_device, run_options
+from ray_ser.extract.program import ExtractConfig, extract, option_drift, resolve_device, run_options
 from ray_ser.train.config import TrainConfig
 from ray_ser.train.driver import _scaling, config_hash
 
@@ -66,11 +66,11 @@ def test_place_goes_on_waits_for_the_autoscaler_or_refuses(capsys):
 
 
 def test_device_gpu_resolves_dtype_auto_as_for_gpus():
-    opts = ExtractOptions(device="gpu")
+    opts = ExtractConfig(device="gpu")
     assert (run_options(opts, 4).device, run_options(opts, 4).dtype) == ("gpu", "float16")  # no GPU alive here
-    cpu = run_options(ExtractOptions(), 4, gpus=0)
+    cpu = run_options(ExtractConfig(), 4, gpus=0)
     assert (cpu.device, cpu.dtype) == ("cpu", "float32")
-    assert run_options(ExtractOptions(device="cpu"), 4, gpus=2).dtype == "float32"
+    assert run_options(ExtractConfig(device="cpu"), 4, gpus=2).dtype == "float32"
     # where the model runs is not what a row holds: the table's recorded dtype is what is compared
     old = {"options": {"device": "gpu", "dtype": "float16"}}
     assert option_drift(old, {"options": {"device": "cpu", "dtype": "float16"}}) == []
@@ -81,7 +81,7 @@ def test_config_and_flags_set_device():
     from ray_ser.jobs import train as train_job
 
     cfg = ExperimentConfig.model_validate({"extract": {"device": "gpu"}, "train": {"device": "cpu"}})
-    assert cfg.extract.options().device == "gpu" and cfg.train.device == "cpu"
+    assert cfg.extract.device == "gpu" and cfg.train.device == "cpu"
     assert extract_job.parser().parse_args(["--device", "gpu"]).device == "gpu"
     cfg, _ = extract_job.from_args(extract_job.parser(), ["--device", "gpu"], extract_job.BINDS)
     assert cfg.extract.device == "gpu"
@@ -112,7 +112,7 @@ def test_fake_gpu_switch_is_off_unless_set(monkeypatch):
 # ---- on a plain local Ray: no GPU, no autoscaler -------------------------------------------------------------
 def test_auto_is_cpu_on_a_plain_local_ray(local_ray):
     assert cr.node_types() == [] and cr.autoscaling_config_file() is None
-    assert resolve_device("auto") == "cpu" and run_options(ExtractOptions(), 4).dtype == "float32"
+    assert resolve_device("auto") == "cpu" and run_options(ExtractConfig(), 4).dtype == "float32"
     assert _scaling(TrainConfig(cpus_per_worker=0.5)).use_gpu is False
 
 
@@ -124,7 +124,7 @@ def test_device_gpu_without_any_gpu_is_refused_at_once(local_ray, tiny_model_dir
                                                    corpus="g")], ["neutral"])
     t0 = time.monotonic()
     with pytest.raises(InputError) as e:
-        extract(manifest, str(tmp_path / "store"), ExtractOptions(model=str(tiny_model_dir), conditions=["clean"],
+        extract(manifest, str(tmp_path / "store"), ExtractConfig(model=str(tiny_model_dir), conditions=["clean"],
                                                                    model_key="tiny", device="gpu"))
     assert time.monotonic() - t0 < 30  # refused, not waiting for a GPU that never comes
     assert str(e.value).startswith("no node of the Ray cluster can run the model actors (extract.device gpu): it "

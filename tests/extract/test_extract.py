@@ -12,7 +12,7 @@ import soundfile as sf
 from ray_ser import audio
 from ray_ser.corpora import Manifest, Utterance, build_manifest
 from ray_ser.extract import conditions
-from ray_ser.extract.program import ExtractOptions, extract, pool_frames
+from ray_ser.extract.program import ExtractConfig, extract, pool_frames
 from ray_ser.fm import load_model
 from ray_ser.store.core import Store, iter_frames, read_pooled
 from ray_ser.store.names import table_name
@@ -47,7 +47,7 @@ def emodb6(corpora) -> Manifest:
 @pytest.fixture(scope="module")
 def extracted(local_ray, emodb6, tiny_model_dir, tmp_path_factory):
     uri = str(tmp_path_factory.mktemp("store"))
-    opts = ExtractOptions(model=str(tiny_model_dir), conditions=CONDS, batch_size=4, model_key="tiny")
+    opts = ExtractConfig(model=str(tiny_model_dir), conditions=CONDS, batch_size=4, model_key="tiny")
     return uri, opts, extract(emodb6, uri, opts)
 
 
@@ -133,7 +133,7 @@ def test_rerun_extracts_nothing_and_duplicates_nothing(extracted, emodb6):
 
 def test_partial_rows_from_a_crash_are_replaced(local_ray, emodb6, tiny_model_dir, tmp_path):
     uri = str(tmp_path / "store")
-    opts = ExtractOptions(model=str(tiny_model_dir), conditions=["clean"], batch_size=4, model_key="tiny")
+    opts = ExtractConfig(model=str(tiny_model_dir), conditions=["clean"], batch_size=4, model_key="tiny")
     extract(emodb6.head(3), uri, opts)
     victim, twice = emodb6.column("utt_id")[1], emodb6.column("utt_id")[2]
     table = Store(uri).embeddings("tiny")
@@ -179,7 +179,7 @@ def test_bad_files_become_error_rows_and_the_job_finishes(local_ray, corpora, ti
         ["neutral"],
     )
     uri = str(tmp_path / "store")
-    opts = ExtractOptions(model=str(tiny_model_dir), conditions=["clean"], batch_size=3, model_key="tiny")
+    opts = ExtractConfig(model=str(tiny_model_dir), conditions=["clean"], batch_size=3, model_key="tiny")
     result = extract(manifest, uri, opts)
     assert result.extracted == 2 and result.errors == 4
     errors = {r["utt_id"]: r for r in Store(uri).errors().to_arrow().to_pylist()}
@@ -195,7 +195,7 @@ def test_bad_files_become_error_rows_and_the_job_finishes(local_ray, corpora, ti
     # A re-run skips the known-bad files instead of logging them again; --retry-errors tries them anew.
     again = extract(manifest, uri, opts)
     assert again.extracted == 0 and again.errors == 0 and (again.done_before, again.failed_before) == (2, 4)
-    retry = extract(manifest, uri, ExtractOptions(**{**opts.__dict__, "retry_errors": True}))
+    retry = extract(manifest, uri, ExtractConfig(**{**opts.__dict__, "retry_errors": True}))
     assert retry.errors == 4 and Store(uri).errors().count_rows() == 4
 
 
@@ -270,13 +270,11 @@ def test_pool_batch_matches_per_utterance_pooling():
 FACTS = {"model": "/models/x", "weights_hash": "h" * 64, "sample_rate": 16000, "num_layers": 3, "hidden_size": 4}
 
 
-def table_with(store: Store, opts: ExtractOptions, conds=("clean",), facts=FACTS, edit=None) -> dict:
+def table_with(store: Store, opts: ExtractConfig, conds=("clean",), facts=FACTS, edit=None) -> dict:
     """Make the key's table as a run with ``opts`` would, optionally editing its recorded metadata first."""
-    from dataclasses import replace
-
     from ray_ser.extract.program import resolve_key
 
-    _, meta = resolve_key(store, replace(opts, conditions=list(conds)), facts, list(conds))
+    _, meta = resolve_key(store, opts.model_copy(update={"conditions": list(conds)}), facts, list(conds))
     if edit is not None:
         edit(meta)
     store.embeddings(opts.key, dim=4, meta=meta)
@@ -294,10 +292,10 @@ def test_option_drift_is_refused_naming_the_option_and_both_values(tmp_path, cha
     from ray_ser.extract.program import OptionDrift, resolve_key
 
     store = Store(str(tmp_path))
-    base = ExtractOptions(model_key="k", dtype="float32")
+    base = ExtractConfig(model_key="k", dtype="float32")
     table_with(store, base)
     with pytest.raises(OptionDrift, match=re.escape(named)) as e:
-        resolve_key(store, ExtractOptions(**{**base.__dict__, **change}), FACTS, ["clean"])
+        resolve_key(store, ExtractConfig(**{**base.__dict__, **change}), FACTS, ["clean"])
     assert "emb__k" in str(e.value) and "--model-key" in str(e.value)
 
 
@@ -307,7 +305,7 @@ def test_drift_check_is_generic_over_recorded_options(tmp_path):
     from ray_ser.extract.program import OptionDrift, option_drift, resolve_key
 
     store = Store(str(tmp_path))
-    opts = ExtractOptions(model_key="k", dtype="float32")
+    opts = ExtractConfig(model_key="k", dtype="float32")
     table_with(store, opts, edit=lambda m: m["options"].update(frobnicate=2))
     with pytest.raises(OptionDrift, match=re.escape("frobnicate: table 2, this run None")):
         resolve_key(store, opts, FACTS, ["clean"])
@@ -323,8 +321,8 @@ def test_runtime_options_and_new_conditions_are_no_drift(tmp_path):
     from ray_ser.extract.program import record_conditions, resolve_key
 
     store = Store(str(tmp_path))
-    old = table_with(store, ExtractOptions(model_key="k", batch_size=8, pool_size=None), conds=["clean"])
-    opts, meta = resolve_key(store, ExtractOptions(model_key="k", batch_size=2, pool_size=3, commit_seconds=0,
+    old = table_with(store, ExtractConfig(model_key="k", batch_size=8, pool_size=None), conds=["clean"])
+    opts, meta = resolve_key(store, ExtractConfig(model_key="k", batch_size=2, pool_size=3, commit_seconds=0,
                                                    retry_errors=True, max_seconds=10.0, conditions=["clean", "5dB"]),
                              FACTS, ["clean", "5dB"])
     record_conditions(store, "k", old, meta)
@@ -337,25 +335,25 @@ def test_condition_parameters_are_compared_by_name(tmp_path):
     from ray_ser.extract.program import OptionDrift, resolve_key
 
     store = Store(str(tmp_path))
-    table_with(store, ExtractOptions(model_key="k"), conds=["clean", "5dB"],
+    table_with(store, ExtractConfig(model_key="k"), conds=["clean", "5dB"],
                edit=lambda m: m["conditions"]["5dB"].update(snr_db=[0.0, 5.0]))  # 5dB once meant 0-5 dB
     with pytest.raises(OptionDrift, match=r"condition 5dB: table .*'snr_db': \[0\.0, 5\.0\].* this run .*\[0\.0, 10\.0\]"):
-        resolve_key(store, ExtractOptions(model_key="k"), FACTS, ["5dB"])
-    resolve_key(store, ExtractOptions(model_key="k"), FACTS, ["clean"])  # a run of other conditions is fine
+        resolve_key(store, ExtractConfig(model_key="k"), FACTS, ["5dB"])
+    resolve_key(store, ExtractConfig(model_key="k"), FACTS, ["clean"])  # a run of other conditions is fine
 
 
 def test_on_drift_new_key_files_the_run_under_a_stable_derived_key(tmp_path):
     from ray_ser.extract.program import option_drift, resolve_key
 
     store = Store(str(tmp_path))
-    table_with(store, ExtractOptions(model_key="k"))
-    seed1 = ExtractOptions(model_key="k", seed=1, on_drift="new-key")
+    table_with(store, ExtractConfig(model_key="k"))
+    seed1 = ExtractConfig(model_key="k", seed=1, on_drift="new-key")
     opts, meta = resolve_key(store, seed1, FACTS, ["clean"])
     assert re.fullmatch(r"k~[0-9a-f]{8}", opts.key) and meta["model_key"] == opts.key
     store.embeddings(opts.key, dim=4, meta=meta)
     again, _ = resolve_key(store, seed1, FACTS, ["clean"])  # the same command resumes the same table
     assert again.key == opts.key and option_drift(store.extraction_meta(opts.key), meta) == []
-    other, _ = resolve_key(store, ExtractOptions(**{**seed1.__dict__, "seed": 2}), FACTS, ["clean"])
+    other, _ = resolve_key(store, ExtractConfig(**{**seed1.__dict__, "seed": 2}), FACTS, ["clean"])
     assert other.key not in (opts.key, "k")
 
 
@@ -364,7 +362,7 @@ def test_extract_refuses_drift_before_any_work(extracted, emodb6):
 
     uri, opts, _ = extracted
     with pytest.raises(OptionDrift, match="seed: table 0, this run 7"):
-        extract(emodb6, uri, ExtractOptions(**{**opts.__dict__, "seed": 7}))
+        extract(emodb6, uri, ExtractConfig(**{**opts.__dict__, "seed": 7}))
     assert_exactly_once(store_rows(uri, "tiny"), emodb6.column("utt_id"), CONDS, num_layers=3)
 
 
@@ -435,3 +433,26 @@ def test_out_of_memory_halves_the_call_before_giving_up(stage, monkeypatch):
     assert [r["utt_id"] for r in bad] == ["u3"]
     assert bad[0]["error"].startswith("out of memory on this utterance alone (3.0 s of audio)")
     assert sorted(set(out.column("utt_id").to_pylist()) - {"u3"}) == ["u0", "u1", "u2"]
+
+
+def test_a_table_recorded_before_the_one_extract_config_resumes_without_drift(tmp_path):
+    """The metadata a table made by the code before ExtractConfig replaced ExtractOptions recorded (commit 503c981,
+    tests/extract/recorded_meta_503c981.json): the same settings through the new config match it key for key, are
+    no drift, and --on-drift new-key derives the same key as then."""
+    import json
+    from pathlib import Path
+
+    from ray_ser.extract.program import drift_key, option_drift, resolve_key, run_options
+
+    old = json.loads((Path(__file__).parent / "recorded_meta_503c981.json").read_text())
+    store = Store(str(tmp_path))
+    store.embeddings("k", dim=4, meta=old)
+    cfg = ExtractConfig(model_key="k", conditions=["clean", "5dB"], aug_copies=2, frame_layers=[-1], commit_seconds=0,
+                        batch_size=4)
+    opts = run_options(cfg.expanded(), 3, gpus=0)
+    same, meta = resolve_key(store, opts, FACTS, ["clean", "5dB", "aug0", "aug1"])
+    assert same.key == "k" and set(meta["options"]) == set(old["options"]) and set(meta) == set(old)
+    assert option_drift(store.extraction_meta("k"), meta) == [] and meta["options"] == old["options"]
+    assert drift_key("k", meta) == drift_key("k", old) == "k~74c53556"
+    with pytest.raises(Exception, match="seed: table 0, this run 3"):
+        resolve_key(store, opts.model_copy(update={"seed": 3}), FACTS, ["clean"])

@@ -9,7 +9,7 @@ from test_extract import assert_exactly_once, store_rows
 
 from ray_ser.corpora import Manifest, build_manifest
 from ray_ser.extract.program import (
-    ExtractOptions,
+    ExtractConfig,
     FragmentBuffer,
     extract,
     fragment_kwargs,
@@ -29,7 +29,7 @@ def both(local_ray, emodb4, tiny_model_dir, tmp_path_factory):
     out = {}
     for mode in ("driver", "fragments"):
         uri = str(tmp_path_factory.mktemp(mode))
-        opts = ExtractOptions(model=str(tiny_model_dir), conditions=CONDS, batch_size=2, model_key="tiny",
+        opts = ExtractConfig(model=str(tiny_model_dir), conditions=CONDS, batch_size=2, model_key="tiny",
                               write_mode=mode, commit_seconds=0)
         out[mode] = uri, extract(emodb4, uri, opts)
     return out
@@ -52,7 +52,7 @@ def test_fragment_writes_equal_driver_writes(both, emodb4):
 
 def test_a_rerun_in_fragment_mode_adds_nothing(both, emodb4, tiny_model_dir):
     f_uri, _ = both["fragments"]
-    opts = ExtractOptions(model=str(tiny_model_dir), conditions=CONDS, batch_size=2, model_key="tiny",
+    opts = ExtractConfig(model=str(tiny_model_dir), conditions=CONDS, batch_size=2, model_key="tiny",
                           write_mode="fragments")
     again = extract(emodb4, f_uri, opts)
     assert again.extracted == 0 and again.done_before == 8
@@ -80,6 +80,6 @@ def test_uncommitted_fragments_are_invisible_and_buffer_commits_in_order(tmp_pat
 
 
 def test_unknown_write_mode_is_an_error():
-    with pytest.raises(ValueError, match="write mode 'sideways'"):
-        fragment_kwargs(ExtractOptions(write_mode="sideways"), table=None)
-    assert fragment_kwargs(ExtractOptions(), table=None) == {}
+    with pytest.raises(ValueError, match="write_mode"):  # refused by the config, before any run
+        ExtractConfig(write_mode="sideways")
+    assert fragment_kwargs(ExtractConfig(), table=None) == {}

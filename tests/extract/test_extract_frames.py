@@ -13,7 +13,7 @@ from test_extract import assert_exactly_once, direct_pooled, store_rows
 from ray_ser import audio
 from ray_ser.corpora import Manifest, build_manifest
 from ray_ser.extract import conditions
-from ray_ser.extract.program import ExtractOptions, extract, run_options
+from ray_ser.extract.program import ExtractConfig, extract, run_options
 from ray_ser.store.core import (
     META_KEY,
     Store,
@@ -34,7 +34,7 @@ def emodb3(corpora) -> Manifest:
 @pytest.fixture(scope="module")
 def extracted(local_ray, emodb3, tiny_model_dir, tmp_path_factory):
     uri = str(tmp_path_factory.mktemp("store"))
-    opts = ExtractOptions(model=str(tiny_model_dir), conditions=CONDS, batch_size=4, model_key="tiny",
+    opts = ExtractConfig(model=str(tiny_model_dir), conditions=CONDS, batch_size=4, model_key="tiny",
                           frame_layers=[-1], seed=3)
     return uri, opts, extract(emodb3, uri, opts)
 
@@ -77,32 +77,32 @@ def test_augmented_rows_hold_their_draws_and_the_audio_a_direct_call_sees(extrac
 
 def test_a_rerun_with_another_dtype_is_refused(extracted, emodb3):
     uri, opts, _ = extracted
-    other = ExtractOptions(**{**opts.__dict__, "dtype": "bfloat16"})
+    other = ExtractConfig(**{**opts.__dict__, "dtype": "bfloat16"})
     with pytest.raises(ValueError, match="dtype"):
         extract(emodb3, uri, other)
     assert Store(uri).extraction_meta("tiny")["options"]["dtype"] == "float32"
 
 
 def test_run_options_resolve_auto_per_cluster_and_check_layers():
-    opts = ExtractOptions(frame_layers=[0, -1, 0])
+    opts = ExtractConfig(frame_layers=[0, -1, 0])
     assert run_options(opts, num_layers=7, gpus=2).dtype == "float16"
     assert run_options(opts, num_layers=7, gpus=0).dtype == "float32"
     assert run_options(opts, num_layers=7, gpus=0).frame_layers == [0, 6]
-    assert run_options(ExtractOptions(dtype="bfloat16"), 7, gpus=1).dtype == "bfloat16"
+    assert run_options(ExtractConfig(dtype="bfloat16"), 7, gpus=1).dtype == "bfloat16"
     with pytest.raises(ValueError, match="out of range"):
-        run_options(ExtractOptions(frame_layers=[7]), num_layers=7, gpus=0)
+        run_options(ExtractConfig(frame_layers=[7]), num_layers=7, gpus=0)
 
 
 def test_a_table_made_before_aug_params_gets_the_column_and_stays_readable(local_ray, emodb3, tiny_model_dir, tmp_path):
     uri = str(tmp_path / "store")
-    opts = ExtractOptions(model=str(tiny_model_dir), conditions=["clean"], batch_size=4, model_key="tiny")
+    opts = ExtractConfig(model=str(tiny_model_dir), conditions=["clean"], batch_size=4, model_key="tiny")
     old_schema = embedding_schema(32)
     old_schema = pa.schema([f for f in old_schema if f.name != "aug_params"], metadata=old_schema.metadata)
     Store(uri).db.create_table(table_name("tiny"), schema=old_schema)
     extract(emodb3.head(1), uri, opts)  # appends to the old table as it is
     table = Store(uri).embeddings("tiny")
     assert "aug_params" not in table.schema.names and table.count_rows() == 3
-    extract(emodb3.head(1), uri, ExtractOptions(**{**opts.__dict__, "conditions": ["clean", "aug1"]}))
+    extract(emodb3.head(1), uri, ExtractConfig(**{**opts.__dict__, "conditions": ["clean", "aug1"]}))
     rows = Store(uri).embeddings("tiny").to_arrow()
     assert "aug_params" in rows.column_names and rows.num_rows == 6
     params = {c: p for c, p in zip(rows.column("condition").to_pylist(), rows.column("aug_params").to_pylist())}

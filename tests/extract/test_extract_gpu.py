@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 
 from ray_ser.corpora import Manifest, Utterance
-from ray_ser.extract.program import ExtractOptions, ensure_gpu_usable, extract
+from ray_ser.extract.program import ExtractConfig, ensure_gpu_usable, extract
 from ray_ser.store.core import Store
 
 pytestmark = [pytest.mark.no_cuda,
@@ -33,7 +33,7 @@ def test_extraction_refuses_gpus_torch_cannot_use(fake_gpu_ray, tiny_model_dir, 
                                                    corpus="g")], ["neutral"])
     uri = str(tmp_path / "store")
     with pytest.raises(RuntimeError, match=MESSAGE):
-        extract(manifest, uri, ExtractOptions(model=str(tiny_model_dir), conditions=["clean"], model_key="tiny"))
+        extract(manifest, uri, ExtractConfig(model=str(tiny_model_dir), conditions=["clean"], model_key="tiny"))
     assert Store(uri).open("lease__emb__tiny").to_arrow().column("holder").to_pylist() == [""]  # released
 
 

@@ -19,7 +19,7 @@ import pytest
 from speech_like import Clip, write_corpus
 
 from ray_ser.corpora import build_manifest
-from ray_ser.extract.program import ExtractOptions, extract
+from ray_ser.extract.program import ExtractConfig, extract
 from ray_ser.store.core import Store
 from ray_ser.store.names import table_name
 
@@ -92,7 +92,7 @@ def test_actor_killed_mid_run_is_restarted_and_every_row_written_once(local_ray,
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
-        result = extract(corpus, uri, ExtractOptions(model=str(tiny_model_dir), conditions=CONDS, batch_size=2,
+        result = extract(corpus, uri, ExtractConfig(model=str(tiny_model_dir), conditions=CONDS, batch_size=2,
                                                      model_key="tiny", commit_seconds=0, pool_size=2, dtype="float32"))
     finally:
         done.set()
@@ -114,7 +114,7 @@ DRIVER = textwrap.dedent("""
     import ray
     from lance.fragment import write_fragments
     from ray_ser.corpora import Manifest
-    from ray_ser.extract.program import ExtractOptions, extract
+    from ray_ser.extract.program import ExtractConfig, extract
 
     manifest_path, uri, model, pause_at, markers = sys.argv[1:6]
     add, count = lancedb.table.LanceTable.add, [0]
@@ -135,7 +135,7 @@ DRIVER = textwrap.dedent("""
 
     lancedb.table.LanceTable.add = add_that_stops_inside
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    extract(Manifest.read(manifest_path), uri, ExtractOptions(model=model, conditions=["clean", "5dB"], batch_size=4,
+    extract(Manifest.read(manifest_path), uri, ExtractConfig(model=model, conditions=["clean", "5dB"], batch_size=4,
             model_key="tiny", commit_seconds=0, pool_size=1, dtype="float32"))
     print("finished", flush=True)
 """)

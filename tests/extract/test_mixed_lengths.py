@@ -17,7 +17,7 @@ from speech_like import MIXED, save_tiny_whisper, write_corpus
 from ray_ser import audio
 from ray_ser.corpora import build_manifest
 from ray_ser.extract import conditions
-from ray_ser.extract.program import ExtractOptions, extract, pool_frames
+from ray_ser.extract.program import ExtractConfig, extract, pool_frames
 from ray_ser.fm import load_model
 from ray_ser.settings import data_root
 from ray_ser.store.core import Store, iter_frames
@@ -40,7 +40,7 @@ def model_dirs(tiny_model_dir, tmp_path_factory):
 def store(local_ray, corpus, model_dirs, tmp_path_factory):
     uri = str(tmp_path_factory.mktemp("store"))
     for key, conds in MODELS.items():
-        result = extract(corpus, uri, ExtractOptions(model=str(model_dirs[key]), conditions=conds, batch_size=4,
+        result = extract(corpus, uri, ExtractConfig(model=str(model_dirs[key]), conditions=conds, batch_size=4,
                                                      model_key=key, dtype="float32", pool_size=1))
         assert (result.extracted, result.errors) == (len(MIXED) * len(conds), 0)
     return uri
@@ -101,7 +101,7 @@ def test_ravdess_real_lengths_with_whisper_base(local_ray, tmp_path):
     order = np.argsort(manifest.column("duration"), kind="stable")
     picked = manifest.take([int(i) for i in [*order[:4], *order[-4:]]])
     uri = str(tmp_path / "store")
-    result = extract(picked, uri, ExtractOptions(model="whisper-base", conditions=["clean"], batch_size=4,
+    result = extract(picked, uri, ExtractConfig(model="whisper-base", conditions=["clean"], batch_size=4,
                                                  model_key="wb", frames=False, dtype="float32", pool_size=1))
     assert (result.extracted, result.errors) == (8, 0)
     model = load_model("whisper-base", device="cpu", whisper_mode="strided:10")
