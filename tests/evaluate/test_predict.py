@@ -131,14 +131,22 @@ def test_an_ensemble_refuses_runs_that_predict_other_rows(synth_store, predicted
         ensemble_predictions([a, other])
 
 
-def test_evaluate_job_scores_several_runs_as_one_ensemble(synth_store, run_dir, run_dir_b, tmp_path):
+def test_evaluate_job_scores_several_runs_as_one_ensemble(synth_store, tmp_path):
     from ray_ser.jobs import evaluate as job
+    from ray_ser.train.config import TrainConfig
+    from ray_ser.train.plan import resolve_assignment
 
+    a = resolve_assignment(TrainConfig(store=synth_store, model="tiny"))
+    folds = a.fold_ids[:3]  # three of the six folds: the job's ensemble path needs no more, and predicts half as much
+    run_a, run_b = (_write_run(tmp_path / name, synth_store, seed=seed, folds=folds)
+                    for name, seed in (("run_a", 0), ("run_b", 100)))
     out = tmp_path / "eval"
-    result = job.main(["--store", synth_store, "--run", str(run_dir), "--run", str(run_dir_b), "--out", str(out),
+    result = job.main(["--store", synth_store, "--run", str(run_a), "--run", str(run_b), "--out", str(out),
                        "--n-boot", "20"])
     pred = pl.read_parquet(out / "predictions.parquet")
-    assert pred.height == result["predictions"].height == 2 * 72
-    assert pred["run"].unique().to_list() == [f"{run_dir.name}+{run_dir_b.name}"]
+    tested = [u for u, f in a.fold_of().items() if f in folds]
+    assert pred.height == result["predictions"].height == 2 * len(tested) and len(tested) == 36
+    assert set(pred["utt_id"].to_list()) == set(tested)
+    assert pred["run"].unique().to_list() == ["run_a+run_b"]
     m = pl.read_parquet(out / "metrics.parquet")
-    assert m["run"].unique().to_list() == [f"{run_dir.name}+{run_dir_b.name}"]
+    assert m["run"].unique().to_list() == ["run_a+run_b"]
