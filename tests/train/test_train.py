@@ -155,7 +155,6 @@ def test_killed_run_resumes_from_its_last_checkpoint(synth_store, tmp_path):
     proc.wait()
     assert ckpts(), "no epoch checkpoint before the kill"
     assert not fold_checkpoints(out), "the run finished before the kill"
-    print("killed with", [p.name for p in ckpts()], "of 6 epochs")  # the margin: how far the run got
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     info = json.loads((fold_checkpoints(out)[1] / "config.json").read_text())
