@@ -97,9 +97,10 @@ def local_ray():
 
 
 @pytest.fixture(scope="session")
-def synth_store(tiny_model_dir, tmp_path_factory) -> str:
+def synth_store(tiny_model_dir, tmp_path_factory, request) -> str:
     """One store of the synthetic corpus (tests/synthetic.py; clean + 5 dB, tiny HuBERT, key "tiny") with its
-    saliency, shared by the training and tuning tests; needs no ../shared. Tests that rewrite it use a copy."""
+    saliency, shared by the training and tuning tests; needs no ../shared. Tests that rewrite it use a copy.
+    The Ray it starts is left to the test's ``local_ray`` when it has one (one start, not a stop and a restart)."""
     import ray
     from synthetic import build_store
 
@@ -111,7 +112,7 @@ def synth_store(tiny_model_dir, tmp_path_factory) -> str:
     try:
         uri = build_store(tmp_path_factory.mktemp("synth"), tiny_model_dir)
     finally:
-        if started:
+        if started and "local_ray" not in request.fixturenames:
             ray.shutdown()
     info: dict = {}
     df = ss.compute_saliency(uri, "tiny", "clean", folds="auto", mis=False, info=info)

@@ -29,6 +29,14 @@ def run_dir_b(synth_store, tmp_path_factory) -> Path:
     return _write_run(tmp_path_factory.mktemp("run_b"), synth_store, seed=100)
 
 
+@pytest.fixture(scope="module")
+def predicted(synth_store, run_dir):
+    """``predict_run`` of ``run_dir``, once for the ensemble tests (frames are immutable, so sharing is safe)."""
+    from ray_ser.evaluate.predict import predict_run
+
+    return predict_run(synth_store, run_dir)
+
+
 def test_out_of_fold_predictions_cover_each_utterance_and_condition_once(synth_store, run_dir):
     from ray_ser.evaluate.predict import predict_run
     from ray_ser.train.config import TrainConfig
@@ -87,12 +95,12 @@ def test_evaluate_job_writes_predictions_metrics_and_report(synth_store, run_dir
     assert result["predictions"].height == 2 * 72
 
 
-def test_an_ensemble_averages_its_members_probabilities_row_by_row(synth_store, run_dir, run_dir_b):
+def test_an_ensemble_averages_its_members_probabilities_row_by_row(synth_store, run_dir, run_dir_b, predicted):
     import numpy as np
 
     from ray_ser.evaluate.predict import ensemble_predictions, predict_run
 
-    a = predict_run(synth_store, run_dir)
+    a = predicted
     b = predict_run(synth_store, run_dir_b)
     pred, categories, config = ensemble_predictions([a, b])
     keys = ["fold", "condition", "utt_id"]
@@ -108,7 +116,7 @@ def test_an_ensemble_averages_its_members_probabilities_row_by_row(synth_store, 
     assert ensemble_predictions([a])[0] is a[0]
 
 
-def test_an_ensemble_refuses_runs_that_predict_other_rows(synth_store, run_dir, tmp_path):
+def test_an_ensemble_refuses_runs_that_predict_other_rows(synth_store, predicted, tmp_path):
     from ray_ser.evaluate.predict import ensemble_predictions, predict_run
     from ray_ser.train.config import TrainConfig
     from ray_ser.train.plan import resolve_assignment
@@ -116,21 +124,29 @@ def test_an_ensemble_refuses_runs_that_predict_other_rows(synth_store, run_dir, 
     folds = resolve_assignment(TrainConfig(store=synth_store, model="tiny")).fold_ids
     partial = _write_run(tmp_path / "partial", synth_store, seed=7, folds=folds[:1])
     with pytest.raises(ValueError, match="partial: predicts other"):
-        ensemble_predictions([predict_run(synth_store, run_dir), predict_run(synth_store, partial)])
-    a = predict_run(synth_store, run_dir)
+        ensemble_predictions([predicted, predict_run(synth_store, partial)])
+    a = predicted
     other = (a[0], ["x", "y", "z"], a[2])
     with pytest.raises(ValueError, match="categories"):
         ensemble_predictions([a, other])
 
 
-def test_evaluate_job_scores_several_runs_as_one_ensemble(synth_store, run_dir, run_dir_b, tmp_path):
+def test_evaluate_job_scores_several_runs_as_one_ensemble(synth_store, tmp_path):
     from ray_ser.jobs import evaluate as job
+    from ray_ser.train.config import TrainConfig
+    from ray_ser.train.plan import resolve_assignment
 
+    a = resolve_assignment(TrainConfig(store=synth_store, model="tiny"))
+    folds = a.fold_ids[:3]  # three of the six folds: the job's ensemble path needs no more, and predicts half as much
+    run_a, run_b = (_write_run(tmp_path / name, synth_store, seed=seed, folds=folds)
+                    for name, seed in (("run_a", 0), ("run_b", 100)))
     out = tmp_path / "eval"
-    result = job.main(["--store", synth_store, "--run", str(run_dir), "--run", str(run_dir_b), "--out", str(out),
+    result = job.main(["--store", synth_store, "--run", str(run_a), "--run", str(run_b), "--out", str(out),
                        "--n-boot", "20"])
     pred = pl.read_parquet(out / "predictions.parquet")
-    assert pred.height == result["predictions"].height == 2 * 72
-    assert pred["run"].unique().to_list() == [f"{run_dir.name}+{run_dir_b.name}"]
+    tested = [u for u, f in a.fold_of().items() if f in folds]
+    assert pred.height == result["predictions"].height == 2 * len(tested) and len(tested) == 36
+    assert set(pred["utt_id"].to_list()) == set(tested)
+    assert pred["run"].unique().to_list() == ["run_a+run_b"]
     m = pl.read_parquet(out / "metrics.parquet")
-    assert m["run"].unique().to_list() == [f"{run_dir.name}+{run_dir_b.name}"]
+    assert m["run"].unique().to_list() == ["run_a+run_b"]

@@ -14,9 +14,10 @@ from untrained_runs import write_untrained_run
 pytestmark = pytest.mark.usefixtures("local_ray")
 
 
-def _write_run(out: Path, store: str, seed: int) -> Path:
-    """A run folder with one (untrained, seeded) best checkpoint per outer fold: what evaluation reads."""
-    return write_untrained_run(out, store, seed, arch="mlp", mlp_hidden=0)
+def _write_run(out: Path, store: str, seed: int, folds=None) -> Path:
+    """A run folder with one (untrained, seeded) best checkpoint per outer fold (``folds``: those only): what
+    evaluation reads."""
+    return write_untrained_run(out, store, seed, folds, arch="mlp", mlp_hidden=0)
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +87,8 @@ def test_a_folds_probe_never_sees_that_folds_labels(evaluated, synth_store):
 def test_evaluate_seeds_scores_each_seed_folder_and_the_spread(synth_store, tmp_path):
     from ray_ser.jobs import evaluate as job
 
-    for seed in (0, 1):
-        _write_run(tmp_path / "exp" / f"seed_{seed}", synth_store, seed=seed * 100)
+    for seed in (0, 1):  # three outer folds each (the probe's least): the seed table needs no more
+        _write_run(tmp_path / "exp" / f"seed_{seed}", synth_store, seed=seed * 100, folds=lambda a: a.fold_ids[:3])
     r = job.main(["--store", synth_store, "--seeds", "2", "--set", f"runs={tmp_path}", "--set", "name=exp",
                   "--n-boot", "20", "--probe-layers", "1"])
     assert (tmp_path / "exp" / "seed_1" / "eval" / "metrics.parquet").is_file()
