@@ -92,6 +92,8 @@ def test_saliency_job_ends_with_spearman(store_uri, tmp_path, capsys):
     shutil.copytree(store_uri, copy)
     result = job.main(["--store", copy, "--model", "tiny", "--probe", "--no-mis", "--folds", "3", "--plot", str(png)])
     lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2].startswith("fold plans: ")  # the run's fold plans, written after the analyses they read
+    lines = [line for line in lines if not line.startswith("fold plans: ")]
     assert lines[-2].startswith("spearman: ") and "saliency tiny / clean + probes" in lines[-1]  # then the stage's end
     assert float(lines[-2].split(": ")[1]) == pytest.approx(result["spearman"], abs=1e-4)
     assert png.read_bytes()[:8] == PNG_MAGIC
@@ -243,7 +245,7 @@ def test_saliency_job_probes_a_layer_set(store_uri, tmp_path, capsys):
     assert sp["fold_layers"] == [[1, 2]] * 3 and len(sp["fold_uar"]) == 3
     assert {c["none"] for c in sp["fold_c"]} <= {0.1, 1.0}
     assert f"probe on layers 1+2 (C per outer fold from [0.1, 1.0]" in out and f"UAR {sp['uar']:.4f}" in out
-    assert out.strip().splitlines()[-2].startswith("spearman: ")
+    assert [line for line in out.strip().splitlines() if not line.startswith("fold plans: ")][-2].startswith("spearman: ")
     # auto:2 = each fold's 2 best layers of the layer_rank the job has just written (its training speakers)
     result = job.main(["--store", copy, "--model", "tiny", "--probe", "--no-mis", "--folds", "3",
                        "--plot", str(tmp_path / "p.png"), "--probe-layers", "auto:2", "--probe-c", "0.1,1"])
