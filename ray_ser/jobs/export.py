@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from ray_ser import console
 from ray_ser.config import add_config_args, from_args
+from ray_ser.jobs.stage import StageResult
+from ray_ser.serve.config import ExportConfig
+from ray_ser.store import Store
 
 
 def parser() -> argparse.ArgumentParser:
@@ -31,15 +35,33 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> dict:
+@dataclass
+class ExportResult(StageResult):
+    """An exported bundle: its folder, kind (final or fold-ensemble), members and whether its card has figures."""
+
+    bundle: str = ""
+    kind: str = ""
+    members: int = 0
+    evaluated: bool = False
+
+
+def main(argv: list[str] | None = None) -> ExportResult:
+    """The argparse layer: the export's options from the flags, the run's store when named, then :func:`run`."""
+    _, args = from_args(parser(), argv, {})
+    cfg = ExportConfig(run=args.run, out=args.out, model=args.model, eval=args.eval)
+    return run(cfg, Store(args.store) if args.store else None)
+
+
+def run(cfg: ExportConfig, store: Store | None = None) -> ExportResult:
+    """Write ``cfg.run``'s model as a bundle in ``cfg.out`` (``store``: the run's store, when not the one its
+    checkpoints record: it describes the foundation model)."""
     from ray_ser.serve.bundle import from_run, write_bundle
     from ray_ser.serve.card import model_card, read_evaluation
 
-    _, args = from_args(parser(), argv, {})
-    out = Path(args.out)
-    eval_dir = Path(args.eval) if args.eval else Path(args.run) / "eval"
-    with console.stage(f"export {args.run}"):
-        bundle = from_run(args.run, args.model, args.store)
+    out = Path(cfg.out)
+    eval_dir = Path(cfg.eval) if cfg.eval else Path(cfg.run) / "eval"
+    with console.stage(f"export {cfg.run}"):
+        bundle = from_run(cfg.run, cfg.model, store.uri if store is not None else None)
         write_bundle(bundle, out)
         metrics, pred = read_evaluation(eval_dir if eval_dir.is_dir() else None)
         (out / "README.md").write_text(model_card(bundle, metrics, pred), encoding="utf-8")
@@ -47,4 +69,4 @@ def main(argv: list[str] | None = None) -> dict:
             shutil.copyfile(eval_dir / "metrics.parquet", out / "metrics.parquet")
     console.say(f"export: {bundle.model_id} ({bundle.kind}, {len(bundle.members)} member(s)) -> {out}"
                 + ("" if metrics is not None else f"; no evaluation at {eval_dir}: the card has no figures"))
-    return {"bundle": str(out), "kind": bundle.kind, "members": len(bundle.members), "evaluated": metrics is not None}
+    return ExportResult(bundle=str(out), kind=bundle.kind, members=len(bundle.members), evaluated=metrics is not None)

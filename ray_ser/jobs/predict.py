@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from ray_ser import console
 from ray_ser.config import add_config_args, from_args
+from ray_ser.jobs.stage import StageResult
+from ray_ser.serve.config import PredictConfig
+from ray_ser.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -51,45 +55,65 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> dict:
+@dataclass
+class PredictResult(StageResult):
+    """A scoring: the predictions and errors files, files scored, error rows, non-audio files skipped."""
+
+    predictions: str = ""
+    errors: str = ""
+    scored: int = 0
+    n_errors: int = 0
+    skipped: int = 0
+
+
+def main(argv: list[str] | None = None) -> PredictResult:
+    """The argparse layer: the options from the flags, the cache store opened when named, then :func:`run`."""
+    _, args = from_args(parser(), argv, {})
+    cfg = PredictConfig(**{k: getattr(args, k) for k in PredictConfig.model_fields})
+    return run(cfg, Store(args.store) if args.store else None)
+
+
+def run(cfg: PredictConfig, store: Store | None = None) -> PredictResult:
+    """Score ``cfg.input`` with ``cfg.model`` into ``cfg.out`` (errors.parquet beside it); ``store`` caches the
+    foundation model's frames."""
     from ray_ser.serve.inputs import collect
     from ray_ser.serve.model import load_model
 
-    _, args = from_args(parser(), argv, {})
-    out = Path(args.out)
+    out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     errors_path = out.with_name("errors.parquet")
     console.setup(out.parent, native_stderr=False)
-    with console.stage(f"predict with {args.model}"):
-        found = collect(args.input)
+    with console.stage(f"predict with {cfg.model}"):
+        found = collect(cfg.input)
         if found.skipped:
             log.info("skipped %d non-audio files (e.g. %s)", found.skipped, ", ".join(found.skipped_examples))
-        options = {"model": args.which, "scaler": args.scaler, "foundation_model": args.foundation_model,
-                   "max_seconds": args.max_seconds, "batch_size": args.batch_size, "threads": args.threads, "store": args.store}
-        if args.engine == "ray":
+        options = {"model": cfg.which, "scaler": cfg.scaler, "foundation_model": cfg.foundation_model,
+                   "max_seconds": cfg.max_seconds, "batch_size": cfg.batch_size, "threads": cfg.threads,
+                   "store": store.uri if store is not None else None}
+        if cfg.engine == "ray":
             from ray_ser.runtime import init_ray
             from ray_ser.serve.pipeline import predict_with_ray
 
-            if args.scaler == "input":
+            if cfg.scaler == "input":
                 raise SystemExit("ray-ser predict: --scaler input standardises by the whole input set's statistics: "
                                  "use --engine local")
             init_ray()
-            pred, errors = predict_with_ray(str(Path(args.model).resolve()), found.items, args.window, args.hop,
-                                            options, args.batch_size, args.actors, args.cpus_per_actor)
+            pred, errors = predict_with_ray(str(Path(cfg.model).resolve()), found.items, cfg.window, cfg.hop,
+                                            options, cfg.batch_size, cfg.actors, cfg.cpus_per_actor)
         else:
-            m = load_model(args.model, **options)
-            pred = m.predict_many([p for p, _ in found.items], [u for _, u in found.items], window=args.window,
-                                  hop=args.hop)
+            m = load_model(cfg.model, **{**options, "store": store})
+            pred = m.predict_many([p for p, _ in found.items], [u for _, u in found.items], window=cfg.window,
+                                  hop=cfg.hop)
             errors = m.errors_frame()
-            if args.store:
+            if store is not None:
                 log.info("%d of the clips scored read their frames from the store's cache", m.cache_hits)
         write(pred, out)
         write(errors, errors_path)
     files = pred["path"].n_unique() if pred.height else 0
     console.say(f"predict: {files} files scored -> {out}; {errors.height} errors -> {errors_path}; "
                 f"{found.skipped} non-audio files skipped")
-    return {"predictions": str(out), "errors": str(errors_path), "scored": files, "n_errors": errors.height,
-            "skipped": found.skipped}
+    return PredictResult(predictions=str(out), errors=str(errors_path), scored=files, n_errors=errors.height,
+                         skipped=found.skipped)
 
 
 def write(df, path: Path) -> None:

@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from ray_ser import console
-from ray_ser.config import Bind, add_config_args, csv_list, from_args, int_list
+from ray_ser.config import Bind, ExperimentConfig, add_config_args, csv_list, from_args, int_list
+from ray_ser.jobs.stage import StageResult, open_store
+from ray_ser.store import Store
 
 
 def parser() -> argparse.ArgumentParser:
@@ -62,35 +66,54 @@ BINDS = {
 """Each flag's config key (the tune section, and the store, model and corpora it searches)."""
 
 
+@dataclass
+class TuneResult(StageResult):
+    """A search: its trials (one row each, best first), its folder and the best configuration's file."""
+
+    trials: Any = None
+    out: str = ""
+    best_config: str = ""
+    seconds: float = 0.0
+
+
 def main(argv: list[str] | None = None):
+    """The argparse layer: the config from the flags, the store opened once, then :func:`run`; returns the trials."""
+    cfg, args = from_args(parser(), argv, BINDS)
+    return run(cfg, open_store(cfg), out=args.out, resume=args.resume).trials
+
+
+def run(cfg: ExperimentConfig, store: Store, out: str | None = None, resume: bool = False) -> TuneResult:
+    """The search ``cfg.tune`` describes over ``store``'s embeddings of ``cfg.extract``'s model, into ``out`` (default
+    the run folder's ``search``); ``resume`` continues a killed one."""
     import polars as pl
 
     from ray_ser.runtime import init_ray
     from ray_ser.train.config import TrainConfig
     from ray_ser.train.tune import SearchOptions, run_search
 
-    cfg, args = from_args(parser(), argv, BINDS)
-    args.out = args.out or str(cfg.run_dir / "search")
-    console.setup(args.out)
-    base = TrainConfig(store=args.store, model=args.model, arch=args.arch, batch_size=args.batch_size, seed=args.seed,
-                       corpora=list(args.corpus), epochs=args.max_epochs,
-                       layer_mix="learned" if args.layer_mix == "learned" else "none")
+    t = cfg.tune
+    out = out or str(cfg.run_dir / "search")
+    console.setup(out)
+    base = TrainConfig(store=store.uri, model=cfg.extract.key, arch=t.arch, batch_size=t.batch_size, seed=t.seed,
+                       corpora=list(cfg.train.corpora), epochs=t.max_epochs,
+                       layer_mix="learned" if t.layer_mix == "learned" else "none")
     opts = SearchOptions(
-        base=base, num_samples=args.num_samples, max_epochs=args.max_epochs, grace_period=args.grace_period,
-        time_budget_s=args.time_budget, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
-        max_concurrent=args.max_concurrent, name=args.name,
-        held_out_folds=args.held_out_folds, search_folds=args.search_folds, layers=args.layers,
-        top_layers=args.top_layers, layer_mix=args.layer_mix)
-    cfg.save(args.out)
-    with console.stage(f"tune {args.num_samples} trials into {args.out}"):
+        base=base, num_samples=t.num_samples, max_epochs=t.max_epochs, grace_period=t.grace_period,
+        time_budget_s=t.time_budget_s, seed=t.seed, cpus_per_trial=t.cpus_per_trial,
+        max_concurrent=t.max_concurrent, name=t.name,
+        held_out_folds=t.held_out_folds, search_folds=t.search_folds, layers=t.layers,
+        top_layers=t.top_layers, layer_mix=t.layer_mix)
+    cfg.save(out)
+    with console.stage(f"tune {t.num_samples} trials into {out}"):
         init_ray()
         t0 = time.perf_counter()
-        trials = run_search(opts, args.out, resume=args.resume)
+        trials = run_search(opts, out, resume=resume)
         with pl.Config(tbl_rows=30, tbl_cols=20, tbl_hide_dataframe_shape=True):
             console.say(str(trials.head(5)))
-        console.say(f"{trials.height} trials in {time.perf_counter() - t0:.1f} s; best config: {args.out}/best_config.json")
-        console.say(f"tensorboard --logdir {args.out}/{args.name}")
-    return trials
+        seconds = time.perf_counter() - t0
+        console.say(f"{trials.height} trials in {seconds:.1f} s; best config: {out}/best_config.json")
+        console.say(f"tensorboard --logdir {out}/{t.name}")
+    return TuneResult(trials=trials, out=out, best_config=f"{out}/best_config.json", seconds=seconds)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from ray_ser.public import lazy_api
 __all__, __getattr__, __dir__ = lazy_api(__name__, {
     "bundle": ["from_run", "write_bundle"],
     "card": ["model_card", "read_evaluation"],
+    "config": ["ExportConfig", "PredictConfig"],
     "inputs": ["collect"],
     "model": ["load_model"],
     "pipeline": ["predict_with_ray"],
