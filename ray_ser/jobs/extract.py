@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-
-from ray_ser import console
 from dataclasses import dataclass, field
 
+from ray_ser import console
 from ray_ser.config import (
     Bind,
     ConfigError,
