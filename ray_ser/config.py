@@ -1,7 +1,8 @@
 """The experiment config: one typed file (YAML) that every stage, job and ``ray-ser`` sub-command reads.
 
 Sections follow the flow (``data`` -> ``store`` -> ``extract`` -> ``analysis`` -> ``train`` / ``tune`` ->
-``evaluate``); their keys are the pydantic field names below. A stage's command-line flags override the file
+``evaluate``); each is declared in its stage's package (``ray_ser/<stage>/config.py``) and composed here into
+:class:`ExperimentConfig`; their keys are the pydantic field names. A stage's command-line flags override the file
 (:func:`from_args`), and the resolved config is written next to what the stage produces, so a run can be
 repeated from its own folder. Bad input (an unknown key, a wrong type, an impossible value) is refused with the
 key's dotted path, the value and the file, before anything runs.
@@ -12,255 +13,25 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from ray_ser.analysis.probe import DEFAULT_CS
-from ray_ser.analysis.saliency import DEFAULT_BINS
+# Each section is declared in the package of the stage it configures; all are re-exported here, where users find
+# them (``from ray_ser.config import TrainConfig``).
+from ray_ser.analysis.config import AnalysisConfig, ClusterConfig, PruneConfig  # noqa: F401
+from ray_ser.corpora.config import DataConfig
 from ray_ser.errors import ConfigError, InputError  # noqa: F401 - re-exported: ray_ser.config is where users find them
-from ray_ser.extract.config import ExtractConfig  # noqa: F401 - the extract section, re-exported
+from ray_ser.evaluate.config import CrossCorpusConfig, EvaluateConfig
+from ray_ser.extract.config import ExtractConfig
+from ray_ser.section import Section
+from ray_ser.store.config import StoreConfig
 from ray_ser.train.config import TrainConfig
+from ray_ser.train.tune_config import TuneConfig
 
 RESOLVED_FILE = "config.yaml"
 """Name of the resolved config written into a run folder (and read back by ``--config <run>/config.yaml``)."""
-
-
-
-class Section(BaseModel):
-    """Base of every section: unknown keys are refused; each field's docstring is its documentation."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
-
-
-class DataConfig(Section):
-    """Which corpora, and where their audio is."""
-
-    corpora: list[str] = []
-    """Corpus adapters to extract (emodb, ravdess, cremad, iemocap, msppodcast, csv); training reads these corpora's
-    utterances (empty: extraction needs --corpus or a manifest, and training reads every labelled utterance)."""
-    data_root: str | None = None
-    """Folder holding the corpora (null: $RAY_SER_DATA_ROOT, then ../shared/corpora)."""
-    manifest: str | None = None
-    """A manifest Parquet written by `ray-ser manifest`, extracted instead of building the corpora's manifests."""
-    csv: str | None = None
-    """With the `csv` corpus: the CSV file of utterances (path, speaker, label, ...); a path or an object-store URI."""
-    audio_root: str | None = None
-    """With the `csv` corpus: the folder the CSV's paths are relative to (a path or a URI; default: the CSV's folder)."""
-    csv_name: str | None = None
-    """With the `csv` corpus: the name the store files it under (null: the CSV's `corpus` column, else the file's
-    stem); a safe name (letters, digits, _ . -) and no built-in adapter's."""
-    limit: int | None = Field(None, ge=1)
-    """Extract only this many utterances per corpus, spread over speakers and categories (smoke runs)."""
-    options: dict[str, str | int | float | bool] = {}
-    """Storage options of the inputs' URIs (csv, audio_root, manifest and audio paths: s3://, gs://, az://) when they
-    differ from the store's (another bucket's credentials, another endpoint); the keys of store.options. Empty: the
-    store's options for URIs of the store's scheme, else the environment's."""
-
-    def corpus_names(self, store: "StoreConfig | None" = None) -> list[str]:
-        """The names the store files these corpora under: the adapter's, or for `csv` the one
-        :mod:`ray_ser.corpora.generic_csv` gives it (``csv_name``, else the CSV's `corpus` column, else its stem;
-        the stem too when the CSV is not on this machine). A CSV on an object store is read with this section's
-        options, else ``store``'s."""
-        from csv import Error as CsvError
-
-        from ray_ser.corpora.generic_csv import corpus_name
-        from ray_ser.inputs import config_options, stem
-        from ray_ser.settings import data_root
-        from ray_ser.storage import is_uri
-
-        names = []
-        for corpus in self.corpora:
-            if corpus != "csv":
-                names.append(corpus)
-            elif self.csv_name:
-                names.append(self.csv_name)
-            elif self.csv and is_uri(self.csv):
-                options = config_options(self.csv, self.options, store and store.uri, store and store.options)
-                try:
-                    names.append(corpus_name(data_root(self.data_root), self.csv, options=options))
-                except Exception:  # noqa: BLE001 - not readable with these options: building the manifest says why
-                    names.append(stem(self.csv))
-            elif self.csv:
-                try:
-                    names.append(corpus_name(data_root(self.data_root), self.csv))
-                except (OSError, UnicodeDecodeError, CsvError):  # not readable here
-                    names.append(Path(self.csv).stem)
-        return names
-
-    @field_validator("csv_name")
-    @classmethod
-    def _csv_name(cls, name: str | None) -> str | None:
-        from ray_ser.corpora.generic_csv import check_name
-
-        return None if name is None else check_name(name, "data.csv_name")
-
-    @field_validator("corpora")
-    @classmethod
-    def _known(cls, corpora: list[str]) -> list[str]:
-        from ray_ser.corpora import ADAPTERS
-
-        unknown = [c for c in corpora if c not in ADAPTERS]
-        if unknown:
-            raise ValueError(f"unknown corpus {unknown[0]!r}; known: {', '.join(sorted(ADAPTERS))}")
-        return corpora
-
-
-class StoreConfig(Section):
-    """Where the embeddings and analysis tables live."""
-
-    uri: str = "store"
-    """LanceDB store: a local folder (relative to where the command runs) or an object-store URI (s3://bucket/path,
-    gs://, az://)."""
-    options: dict[str, str | int | float | bool] = {}
-    """Storage options of object-store URIs (the store's and run folders'), as LanceDB takes them: endpoint,
-    region, allow_http, access_key_id, ... Unset ones come from the usual environment (AWS_ENDPOINT_URL,
-    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP); keep secrets there, not in a file."""
-
-
-class ClusterConfig(Section):
-    """Frame k-means per outer fold (pseudo-emotion labels for the cluster head)."""
-
-    layer: str = "auto"
-    """Layer whose frames are clustered: an index, or auto (the layer criterion's pick per fold)."""
-    k: list[int] = [50, 100, 150]
-    """Cluster counts; one k-means per count and fold."""
-    fold: str = "all"
-    """all | F[,F...] outer folds (-1 = all speakers, never for evaluation)."""
-    conditions: list[str] | None = None
-    """Conditions to assign cluster ids to (null: every stored one)."""
-    assign: Literal["test", "all"] = "test"
-    """test: ids only for each fold's test speakers (out of fold); all: every utterance."""
-    sample_frames: int = Field(20000, ge=1)
-    """Training frames drawn for k-means."""
-    seed: int = 0
-    """Seed of the frame sample and of k-means."""
-
-
-class PruneConfig(Section):
-    """Saliency-pruned copies of one layer's frames."""
-
-    layer: int | None = None
-    """The layer whose frames are pruned (required by `ray-ser prune`)."""
-    keep_ratio: float = Field(0.6, gt=0, le=1)
-    """Fraction of dimensions each fold's mask keeps."""
-    conditions: list[str] | None = None
-    """Conditions to copy (null: every condition with frames)."""
-    saliency_condition: str = "clean"
-    """The condition whose saliency ranks the dimensions."""
-    score: Literal["ccs", "mis"] = "ccs"
-    """Saliency score that ranks the dimensions."""
-
-
-class AnalysisConfig(Section):
-    """Saliency, layer criteria, probes and clusters; each fitted per outer fold on its training speakers."""
-
-    condition: str = "clean"
-    """Condition the saliency, probes and clusters are fitted on."""
-    folds: str = "auto"
-    """Outer folds when the store has none yet: auto (LOSO up to 12 speakers, else 5) | loso | manifest | K."""
-    seed: int = 0
-    """Seed of a K-fold split."""
-    mis: bool = True
-    """Mutual-information saliency besides CCS."""
-    n_bins: int = Field(DEFAULT_BINS, ge=2)
-    """Quantile bins of the mutual-information estimator."""
-    layer_criterion: str | None = None
-    """Criterion that picks each fold's layers (null: the default, lda_inner; none: skip the choice)."""
-    probe: bool = False
-    """Fit a linear probe per layer and compare it with the saliency ranking."""
-    probe_layers: str | None = None
-    """A multi-layer probe baseline: layers such as 2,3,4, or auto:K (each fold's K best layers)."""
-    probe_c: list[float] = list(DEFAULT_CS)
-    """Inverse regularisation strengths the probes choose from by inner cross-validation."""
-    probe_readout: str = "none"
-    """Per-utterance read-outs of the probe baseline, comma-separated: none, l2, ssqrt."""
-    clusters: ClusterConfig = ClusterConfig()
-    """Frame clusters."""
-    prune: PruneConfig = PruneConfig()
-    """Pruned frames."""
-
-    @field_validator("layer_criterion")
-    @classmethod
-    def _criterion(cls, value: str | None) -> str | None:
-        return value if value not in (None, "") else None
-
-
-class TuneConfig(Section):
-    """Ray Tune search; trials never read the held-out folds' speakers."""
-
-    num_samples: int = Field(16, ge=1)
-    """Trials."""
-    max_epochs: int = Field(12, ge=1)
-    """Epochs per trial (ASHA's max_t)."""
-    grace_period: int = Field(2, ge=1)
-    """Epochs before ASHA may stop a trial."""
-    time_budget_s: float | None = Field(None, gt=0)
-    """Seconds for the whole search (null: no limit)."""
-    seed: int = 0
-    """Seed of the search algorithm."""
-    held_out_folds: list[int] | None = None
-    """Outer folds whose speakers no trial reads (null: the first three); report on these."""
-    search_folds: int = Field(2, ge=1)
-    """Folds of the remaining speakers each trial trains and validates on."""
-    layers: list[int] | None = None
-    """Layers to search (null: the top_layers best by the layer prior)."""
-    top_layers: int = Field(3, ge=0)
-    """With layers null: search the this-many layers the prior ranks first (0: every layer)."""
-    layer_mix: Literal["none", "learned", "search"] = "none"
-    """none: each trial reads the searched layer; learned: each trial mixes every stored layer by learned weights;
-    search: the learned mix is a choice beside the searched layer."""
-    arch: Literal["tcgru", "mlp"] = "tcgru"
-    """Model the trials train."""
-    batch_size: int = Field(64, ge=1)
-    """Batch size of every trial."""
-    cpus_per_trial: float = Field(0.5, gt=0)
-    """CPUs each trial holds (fractions share cores)."""
-    max_concurrent: int = Field(2, ge=1)
-    """Trials at once."""
-    name: str = "search"
-    """Tune experiment name under the output folder."""
-
-
-class EvaluateConfig(Section):
-    """Out-of-fold batch predictions and the per-speaker, per-gender, per-SNR tables."""
-
-    runs: list[str] = []
-    """Training run folders to score (several: an ensemble); empty: this experiment's run folder."""
-    by: list[str] = []
-    """Extra grouping columns (a manifest column, an extra key, or <key>_bin)."""
-    conditions: list[str] | None = None
-    """Conditions to score (null: every stored evaluation condition)."""
-    n_boot: int = Field(500, ge=1)
-    """Speaker-level bootstrap resamples of each interval."""
-    seed: int = 0
-    """Seed of the bootstrap."""
-    batch_size: int = Field(32, ge=1)
-    """Utterances per prediction batch."""
-    zero_shot: list[str] = []
-    """Corpora to score zero-shot with the run's final model (train.final), corpora it never trained on; empty:
-    the out-of-fold scores of the run's own corpora."""
-    race: bool = True
-    """Race the model against the probe baseline on analysis.probe_layers (refitted on the run's own outer folds, or
-    on its training corpora for zero-shot scores): metrics rows uar_minus_probe with a paired speaker interval."""
-
-
-class CrossCorpusConfig(Section):
-    """The leave-one-corpus-out matrix over the experiment's corpora (ray-ser crosscorpus)."""
-
-    enabled: bool = False
-    """ray-ser run ends with the matrix (needs two or more corpora and, when their category lists differ, a label set)."""
-    rows: Literal["all", "loco"] = "all"
-    """all: every corpus alone (out-of-fold and zero-shot cells) and every leave-one-corpus-out set; loco: the
-    leave-one-corpus-out models only (one final model each, the cheap way to compare training options)."""
 
 
 class ExperimentConfig(Section):

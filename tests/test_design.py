@@ -14,7 +14,7 @@ DESIGN = ROOT / "docs" / "design.md"
 LEVELS: list[tuple[str, ...]] = [
     # 0: top-level helpers every stage may use; they import only each other
     ("", "errors", "redaction", "settings", "names", "metrics", "storage", "inputs", "console", "runtime",
-     "cluster_resources", "audio", "public"),
+     "cluster_resources", "audio", "public", "section"),
     ("corpora",),  # manifests, labels, adapters, folds
     ("store",),  # the LanceDB store, shared by every later stage; holds the manifests corpora describe
     ("fm",),  # the models

@@ -4,6 +4,7 @@ layer criteria, linear probes, frame clusters, pruned frames and the fold plans 
 from ray_ser.public import lazy_api
 
 __all__, __getattr__, __dir__ = lazy_api(__name__, {
+    "config": ["AnalysisConfig", "ClusterConfig", "PruneConfig"],
     "clusters": ["assign_frames", "ensure_centroids", "fit_kmeans", "nearest", "purity", "read_centroids"],
     "fold_inputs": ["IGNORE", "TARGET_RANGE", "Labels", "TargetColumns", "corpus_categories", "dim_ranges",
         "frame_stats", "input_layers", "load_labels", "scale_dims"],

@@ -31,6 +31,7 @@ def build_manifest(corpus: str, data_root: str | Path | None = None, **options: 
 
 
 _lazy, __getattr__, _lazy_dir = lazy_api(__name__, {
+    "config": ["DataConfig"],
     "folds": ["ALL_SPEAKERS", "FoldAssignment", "corpus_folds", "loso", "speaker_folds"],
     "generic_csv": ["check_name", "corpus_name"],
     "label_sets": ["SetReport", "map_row", "map_rows", "resolve"],

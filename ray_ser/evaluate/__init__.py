@@ -8,6 +8,7 @@ plots and report.html, ``synthetic`` makes predictions with known structure for 
 from ray_ser.public import lazy_api
 
 __all__, __getattr__, __dir__ = lazy_api(__name__, {
+    "config": ["CrossCorpusConfig", "EvaluateConfig"],
     "corpus_probe": ["loco_probe"],
     "layer_weights": ["layer_info"],
     "matrix": ["cells", "row_order", "train_name", "write_matrix", "write_matrix_report"],

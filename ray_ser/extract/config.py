@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ray_ser.extract.conditions import DEFAULT_CONDITIONS, aug_conditions
 from ray_ser.fm.registry import DEFAULT_MODEL
+from ray_ser.section import Section
 
 DEFAULT_WHISPER_MODE = "strided:10"
 """Whisper's full 30 s context at about half of trimmed's speed; see the README's Whisper windows section."""
@@ -17,10 +18,8 @@ NOT_RECORDED = frozenset({"aug_copies"})
 """Fields the table's recorded options leave out: ``aug_copies`` is recorded as the augmented conditions it adds."""
 
 
-class ExtractConfig(BaseModel):
+class ExtractConfig(Section):
     """All-layer extraction with Ray Data: everything that decides what a run writes (recorded with the table)."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
     model: str = DEFAULT_MODEL
     """Embedded model name, Hugging Face model id or local folder."""

@@ -4,6 +4,7 @@ and the leases that keep one writer per table."""
 from ray_ser.public import lazy_api
 
 __all__, __getattr__, __dir__ = lazy_api(__name__, {
+    "config": ["StoreConfig"],
     "core": ["MANIFEST_CONDITION", "Store", "as_store", "embedding_schema", "iter_frames", "layer_filter", "now",
         "read_pooled_arrow"],
     "lease": ["Lease"],

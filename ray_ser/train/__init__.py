@@ -16,4 +16,5 @@ __all__, __getattr__, __dir__ = lazy_api(__name__, {
         "frames_dataset", "load_labels", "ragged", "scale_dims", "standardise"],
     "synthetic_fold": ["synthetic_fold"],
     "tune": ["SearchOptions", "run_search"],
+    "tune_config": ["TuneConfig"],
 })
