@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from ray_ser import config as C
 from ray_ser.config_reference import README, example_yaml, fields, readme_with_reference
@@ -117,6 +118,29 @@ def test_the_extract_section_is_the_extract_stages_config_and_expands_the_augmen
     assert opts.conditions == ["clean", "5dB", "aug0", "aug1"] and opts.frames is False and opts.aug_copies == 0
     assert section.recorded()["conditions"] == ["clean", "5dB", "aug0", "aug1"] and "aug_copies" not in section.recorded()
     assert section.key == "whisper-base" and C.ExtractConfig(whisper_mode="trimmed").key == "whisper-base@trimmed"
+
+
+SECTION_PACKAGES = {"data": "corpora", "store": "store", "extract": "extract", "analysis": "analysis", "train": "train",
+                    "tune": "train", "evaluate": "evaluate", "crosscorpus": "evaluate"}
+"""Each experiment-config section and the stage package that declares its class."""
+
+
+def test_each_section_is_declared_in_its_stages_package_and_named_by_its_face():
+    import importlib
+
+    from ray_ser.section import Section
+
+    sections = {name: info.annotation for name, info in C.ExperimentConfig.model_fields.items()
+                if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)}
+    assert sorted(sections) == sorted(SECTION_PACKAGES)
+    for name, cls in sections.items():
+        package = f"ray_ser.{SECTION_PACKAGES[name]}"
+        assert cls.__module__.rsplit(".", 1)[0] == package, (name, cls.__module__)
+        assert cls.__name__ in importlib.import_module(package).__all__ and getattr(C, cls.__name__) is cls
+    assert C.AnalysisConfig.model_fields["clusters"].annotation is importlib.import_module("ray_ser.analysis").ClusterConfig
+    assert C.PruneConfig.__module__ == "ray_ser.analysis.config"
+    # every section derives from Section but train: TrainConfig keeps its own model_config (no validate_assignment)
+    assert [n for n, cls in sections.items() if not issubclass(cls, Section)] == ["train"]
 
 
 def test_saved_config_round_trips(tmp_path):
