@@ -75,6 +75,9 @@ class SearchOptions:
     """none: the searched layer alone; learned: every trial mixes every stored layer (``base.layer_mix``); search:
     ``layer_mix`` (none or learned) is searched beside the layer (a learned trial ignores its layer)."""
     name: str = "search"
+    reuse_actors: bool = True
+    """Run a new trial in a finished trial's process (Tune's ``reuse_actors``): no torch/LanceDB import per trial;
+    :func:`trainable` keeps no state between calls (seeds, plans, checkpoints and folders are the trial's own)."""
 
 
 def search_space(layers: Sequence[int], layer_mix: str = "none") -> dict:
@@ -130,7 +133,8 @@ def trial_config(base: dict, params: dict) -> TrainConfig:
 
 def trainable(config: dict, storage: dict | None = None, pooled=None) -> None:
     """Tune function trainable: one :class:`EpochRunner` per search fold, one epoch of each per iteration,
-    reporting the mean inner-validation score with a checkpoint of every runner's state. ``storage``: the driver's
+    reporting the mean inner-validation score with a checkpoint of every runner's state. Everything a trial holds
+    is built here (a reused actor calls it afresh per trial; each runner seeds torch). ``storage``: the driver's
     storage options (a trial on another node has no credentials of its own); ``pooled``: the search's
     :class:`~ray_ser.train.reader.PooledFrames` (a pooled model's trial trains on them in memory)."""
     import ray.tune
@@ -263,7 +267,7 @@ def run_search(opts: SearchOptions, out_dir: str | Path, resume: bool = False):
             param_space={**search_space(layers, opts.layer_mix), **_fixed(opts, held_out, folds, metric)},
             tune_config=tune.TuneConfig(metric=metric, mode="max", search_alg=searcher, scheduler=scheduler,
                                         num_samples=opts.num_samples, time_budget_s=opts.time_budget_s,
-                                        max_concurrent_trials=opts.max_concurrent,
+                                        max_concurrent_trials=opts.max_concurrent, reuse_actors=opts.reuse_actors,
                                         trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
             run_config=tune.RunConfig(name=opts.name, storage_path=storage_path, storage_filesystem=filesystem,
                                       callbacks=[TBXLoggerCallback(), TrialProgress(metric, opts.num_samples)],

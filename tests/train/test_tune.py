@@ -42,7 +42,8 @@ def test_search_writes_trials_tensorboard_and_a_config_the_train_job_takes(synth
     out = tmp_path / "search"
     log = tmp_path / "reads.txt"
     env = {**os.environ, READ_LOG_ENV: str(log), "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
-    run_job(tune_args(synth_store, out), env)
+    # one search fold a trial (the mean over two is checked by the pooled search's tests below)
+    run_job(tune_args(synth_store, out, "--search-folds", "1"), env)
     trials = pl.read_parquet(out / "trials.parquet")
     assert trials.height == 4 and set(CONTRACT) <= set(trials.columns)
     assert trials["val_uar"].null_count() == 0 and trials["status"].to_list() == ["TERMINATED"] * 4
@@ -55,7 +56,7 @@ def test_search_writes_trials_tensorboard_and_a_config_the_train_job_takes(synth
     read = set(log.read_text().split())
     assert read and not read & set(a.test_utts(0) + a.test_utts(1))
     search = json.loads((out / "search.json").read_text())
-    assert search["held_out_folds"] == [0, 1]
+    assert search["held_out_folds"] == [0, 1] and len(search["search_folds"]) == 1
     # the layer prior (pool speakers only) orders every layer; the first trial starts at its best layer with
     # the base configuration's other values
     prior = search["layer_prior"]
@@ -107,25 +108,39 @@ def test_killed_search_resumes_with_all_trials(synth_store, tmp_path):
     assert len(list((out / "search").rglob("trial_state.pt"))) == 4  # each trial's last checkpoint
 
 
+def trial_pids(search: Path) -> list[int]:
+    """The process id each trial of a search ran in (Tune fills ``pid`` into every result)."""
+    return [json.loads(r.read_text().splitlines()[0])["pid"] for r in sorted(search.glob("trial_*/result.json"))]
+
+
 @pytest.mark.usefixtures("local_ray")
 def test_a_pooled_search_scores_its_trials_as_the_frame_path_does(synth_store, tmp_path, caplog):
     """Same seed and configs: a linear model's trials give the same inner-validation UAR, epoch by epoch, on the
-    pooled path (mean frames read once per search) as on the frame path (a dataset and shard cache per trial)."""
+    pooled path (mean frames read once per search) as on the frame path (a dataset and shard cache per trial), and
+    a trial run in a reused actor (the one before it ran in that process) as in a fresh one."""
     from ray_ser.train.tune import SearchOptions, run_search
 
     base = TrainConfig(store=synth_store, model="tiny", arch="mlp", mlp_hidden=0, spec_augment=False, batch_size=8,
                        seed=3)
-    trials = {}
+    trials, pids = {}, {}
     caplog.set_level("INFO", logger="ray_ser.train.tune")
-    for pooled in (True, False):
+    for pooled, reuse in ((True, True), (True, False), (False, True)):
         opts = SearchOptions(base.model_copy(update={"pooled": pooled}), num_samples=2, max_epochs=2,
-                             grace_period=2, seed=3, held_out_folds=[0, 1], search_folds=2, layers=[1, 2])
-        trials[pooled] = run_search(opts, tmp_path / str(pooled)).sort("lr")
-    assert sum("read once" in r.getMessage() for r in caplog.records) == 1  # the pooled search only
+                             grace_period=2, seed=3, held_out_folds=[0, 1], search_folds=2, layers=[1, 2],
+                             max_concurrent=1, reuse_actors=reuse)
+        out = tmp_path / f"{pooled}_{reuse}"
+        trials[pooled, reuse] = run_search(opts, out).sort("lr")
+        pids[pooled, reuse] = trial_pids(out / "search")
+    assert sum("read once" in r.getMessage() for r in caplog.records) == 2  # the pooled searches only
+    # one process ran both trials of a reusing search; a fresh search started one per trial
+    assert len(pids[True, True]) == 2 and len(set(pids[True, True])) == 1 and len(set(pids[True, False])) == 2
     params = ["layer", "keep_ratio", "lr", "pooling", "target"]
-    assert trials[True].select(params).equals(trials[False].select(params)) and trials[True].height == 2
-    for col in ("val_uar", "val_uar_last", "best_epoch"):
-        np.testing.assert_allclose(trials[True][col].to_numpy(), trials[False][col].to_numpy(), atol=1e-6)
+    ref = trials[True, True]
+    assert ref.height == 2
+    for other in ((True, False), (False, True)):
+        assert ref.select(params).equals(trials[other].select(params))
+        for col in ("val_uar", "val_uar_last", "best_epoch"):
+            np.testing.assert_allclose(ref[col].to_numpy(), trials[other][col].to_numpy(), atol=1e-6)
 
 
 def test_a_trials_searched_layer_replaces_the_base_layer_list():
