@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from ray_ser.corpora.folds import ALL_SPEAKERS, FoldAssignment
 from ray_ser.corpora.manifest import DIMENSIONS
 from ray_ser.store import catalog
-from ray_ser.store.core import as_store
+from ray_ser.store.core import Store, as_store
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class PlanMissing(KeyError):
 
 
 # ---- the layers a fold reads -----------------------------------------------------------------------
-def framed_layers(store, model: str, condition: str = "clean") -> list[int]:
+def framed_layers(store: Store | str, model: str, condition: str = "clean") -> list[int]:
     """Every layer of ``model`` stored with frames, in layer order: the stored layers, less those the extraction's
     ``frame_layers`` left without frames (its recorded options)."""
     from ray_ser.analysis.saliency_store import layers_of
@@ -133,29 +133,33 @@ def framed_layers(store, model: str, condition: str = "clean") -> list[int]:
     return layers
 
 
-def named_layers(spec: PlanSpec) -> list[int]:
-    """The layers ``spec.layers`` names: its list, or with ``all`` every layer stored with frames."""
-    return framed_layers(spec.store, spec.model) if spec.layers == "all" else [int(k) for k in spec.layers]
+def named_layers(spec: PlanSpec, store: Store | None = None) -> list[int]:
+    """The layers ``spec.layers`` names: its list, or with ``all`` every layer stored with frames (in ``store``, the
+    open store of ``spec.store`` when the caller has one)."""
+    return framed_layers(store or spec.store, spec.model) if spec.layers == "all" else [int(k) for k in spec.layers]
 
 
-def auto_layers(spec: PlanSpec, assignment: FoldAssignment, folds: Sequence[int]) -> dict[int, list[int]]:
+def auto_layers(spec: PlanSpec, assignment: FoldAssignment, folds: Sequence[int],
+                store: Store | None = None) -> dict[int, list[int]]:
     """{fold: the layers it reads when the config names none}: its ``spec.auto_layers`` best layers on its training
-    speakers, in layer order (from the stored ranking when there is one)."""
+    speakers, in layer order (from the stored ranking when there is one; ``store``: as in :func:`named_layers`)."""
     from ray_ser.analysis.layer_selection import ranked_layers
 
-    ranked, source = ranked_layers(spec.store, spec.model, assignment, folds, spec.auto_layers)
+    ranked, source = ranked_layers(store or spec.store, spec.model, assignment, folds, spec.auto_layers)
     log.info("layers per fold from %s: %s", source, ranked)
     return {f: sorted(v) for f, v in ranked.items()}
 
 
-def cluster_layer(spec: PlanSpec, assignment: FoldAssignment, fold: int, read: Sequence[int]) -> int:
+def cluster_layer(spec: PlanSpec, assignment: FoldAssignment, fold: int, read: Sequence[int],
+                  store: Store | None = None) -> int:
     """The layer whose k-means ids a mixed model's frame-cluster head predicts: ``spec.layer`` when it is read, else
     the fold's best read layer by the layer criterion on its training speakers (the frames stage's layer)."""
     from ray_ser.analysis.layer_selection import ranked_layers
 
     if spec.layer in read:
         return int(spec.layer)
-    order = ranked_layers(spec.store, spec.model, assignment, [fold], len(framed_layers(spec.store, spec.model)))[0][fold]
+    store = store or spec.store
+    order = ranked_layers(store, spec.model, assignment, [fold], len(framed_layers(store, spec.model)))[0][fold]
     return next((int(k) for k in order if k in read), int(read[0]))
 
 
@@ -166,13 +170,15 @@ def _in_corpora(spec: PlanSpec, rows: dict, utts: Sequence[str]) -> list[str]:
     return [u for u in utts if rows[u]["corpus"] in spec.corpora]
 
 
-def build_plan(spec: PlanSpec, assignment: FoldAssignment, fold: int, read: Sequence[int] | None = None) -> FoldPlan:
+def build_plan(spec: PlanSpec, assignment: FoldAssignment, fold: int, read: Sequence[int] | None = None,
+               store: Store | None = None) -> FoldPlan:
     """Outer ``fold``'s plan: inner split, layer(s), mask, centroids (fitted and stored when missing) and scalers,
-    all chosen or fitted on the fold's training speakers (``read``: its automatic layers when the spec names none)."""
+    all chosen or fitted on the fold's training speakers (``read``: its automatic layers when the spec names none;
+    ``store``: the open store of ``spec.store``, opened here when not given)."""
     from ray_ser.analysis import saliency_store as ss
     from ray_ser.analysis.fold_inputs import dim_ranges, frame_stats, load_labels
 
-    store = as_store(spec.store)
+    store = as_store(store or spec.store)
     inner, val = assignment.inner_split(fold, spec.inner_share, spec.seed)
     test = assignment.test_utts(fold)
     labels = load_labels(store, [*inner, *val, *test], domain_key=spec.domain, label_set=spec.label_set)
@@ -195,11 +201,11 @@ def build_plan(spec: PlanSpec, assignment: FoldAssignment, fold: int, read: Sequ
     labels = load_labels(store, [*inner, *val, *test], domain_utts=fitted_on, domain_key=spec.domain,
                          label_set=spec.label_set)
     if spec.layers:
-        read = named_layers(spec)
+        read = named_layers(spec, store)
     elif spec.layer is not None:
         read = [spec.layer]
     elif read is None:
-        read = auto_layers(spec, assignment, [fold])[fold]
+        read = auto_layers(spec, assignment, [fold], store)[fold]
     read = [int(k) for k in read]
     layer = read[0]
     dim = int(store.embeddings(spec.model).schema.field("mean").type.list_size)
@@ -220,7 +226,7 @@ def build_plan(spec: PlanSpec, assignment: FoldAssignment, fold: int, read: Sequ
         raise ValueError(f"the frame-cluster head predicts one layer's k-means ids: set n_clusters=0 to train on "
                          f"layers {read}")
     if spec.n_clusters and len(read) > 1:  # behind a layer mix: the ids of the fold's best layer among those read
-        layer = cluster_layer(spec, assignment, fold, read)
+        layer = cluster_layer(spec, assignment, fold, read, store)
     if spec.n_clusters:
         from ray_ser.analysis.clusters import ensure_centroids
 
@@ -274,35 +280,39 @@ def read_fold_plan(spec: PlanSpec, fold_id: str, fold: int) -> FoldPlan:
     return FoldPlan(**json.loads(found[0]))
 
 
-def stored_folds(spec: PlanSpec, fold_id: str) -> set[int]:
-    """The folds with a stored plan for ``spec`` under fold assignment ``fold_id``."""
+def stored_folds(spec: PlanSpec, fold_id: str, store: Store | None = None) -> set[int]:
+    """The folds with a stored plan for ``spec`` under fold assignment ``fold_id`` (``store``: as in
+    :func:`named_layers`)."""
     try:
-        t = catalog.read(spec.store, catalog.FOLD_PLANS, spec.model, columns=["fold", "fold_id"], plan_key=spec.key)
+        t = catalog.read(store or spec.store, catalog.FOLD_PLANS, spec.model, columns=["fold", "fold_id"],
+                         plan_key=spec.key)
     except KeyError:
         return set()
     return {int(f) for f, i in zip(t.column("fold").to_pylist(), t.column("fold_id").to_pylist()) if i == fold_id}
 
 
-def write_fold_plans(spec: PlanSpec, assignment: FoldAssignment, folds: Sequence[int], rebuild: bool = False) -> list[int]:
+def write_fold_plans(spec: PlanSpec, assignment: FoldAssignment, folds: Sequence[int], rebuild: bool = False,
+                     store: Store | None = None) -> list[int]:
     """Build and store the plans of ``folds`` the store lacks for ``spec`` (a stored plan is kept, never rebuilt,
     unless ``rebuild``: the analysis stage, having just rewritten the saliency and layer ranks a plan is made from,
     replaces them); returns the folds built. Each plan is one row written in one commit (a crash leaves it whole or
-    absent), under a lock on its key so concurrent runs (Tune trials) build it once."""
+    absent), under a lock on its key so concurrent runs (Tune trials) build it once. ``store``: the open store of
+    ``spec.store`` (the analysis stage's), opened here once when not given and passed to every step."""
     from ray_ser.analysis.clusters import _key_lock
 
-    store = as_store(spec.store)
-    todo = list(folds) if rebuild else [f for f in folds if f not in stored_folds(spec, assignment.id)]
+    store = as_store(store or spec.store)
+    todo = list(folds) if rebuild else [f for f in folds if f not in stored_folds(spec, assignment.id, store)]
     if not todo:
         return []
     auto = None
     if spec.layer is None and not spec.layers:  # every fold's automatic layers from one read (the stored ranking)
-        auto = auto_layers(spec, assignment, todo)
+        auto = auto_layers(spec, assignment, todo, store)
     built = []
     for fold in todo:
         with _key_lock(store, f"plan_{catalog.FOLD_PLANS.name(spec.model)}_{assignment.id}_{fold}_{spec.key}"):
-            if not rebuild and fold in stored_folds(spec, assignment.id):
+            if not rebuild and fold in stored_folds(spec, assignment.id, store):
                 continue
-            plan = build_plan(spec, assignment, fold, None if auto is None else auto[fold])
+            plan = build_plan(spec, assignment, fold, None if auto is None else auto[fold], store=store)
             catalog.replace(store, catalog.FOLD_PLANS, spec.model, _rows(spec, plan),
                             {"fold_id": assignment.id, "fold": fold, "plan_key": spec.key})
             built.append(fold)

@@ -62,6 +62,7 @@ from ray_ser.analysis.probe import MAX_ITER, one_thread, probe_layer, spearman
 from ray_ser.analysis.saliency_store import layer_matrix, layers_of, usable_rows
 from ray_ser.corpora.folds import ALL_SPEAKERS
 from ray_ser.corpora.manifest import DIMENSIONS
+from ray_ser.store.core import Store
 
 __all__ = [
     "DEFAULT_CRITERION",
@@ -484,7 +485,7 @@ class StoredLayers(abc.Mapping):
     every layer of a large model at MSP-Podcast's size (25 x 150,000 x 1,024 floats, 15 GB) never sits in one
     process; a caller that needs a layer twice keeps it itself."""
 
-    def __init__(self, store, model: str, condition: str, layers: Sequence[int], utt_ids: Sequence[str]):
+    def __init__(self, store: Store | str, model: str, condition: str, layers: Sequence[int], utt_ids: Sequence[str]):
         self.store, self.model, self.condition = store, model, condition
         self.layers, self.utt_ids = [int(k) for k in layers], list(utt_ids)
 
@@ -500,7 +501,7 @@ class StoredLayers(abc.Mapping):
         return len(self.layers)
 
 
-def load_layer_data(store, model: str, condition: str = "clean", folds: str | int = "auto", seed: int = 0,
+def load_layer_data(store: Store | str, model: str, condition: str = "clean", folds: str | int = "auto", seed: int = 0,
                     layers: Sequence[int] | None = None, assignment=None) -> tuple[LayerData, dict[int, np.ndarray]]:
     """(LayerData, {layer: (n, N) mean vectors}, read a layer at a time: :class:`StoredLayers`) of the labelled
     utterances of ``model``/``condition``:
@@ -521,7 +522,7 @@ def load_layer_data(store, model: str, condition: str = "clean", folds: str | in
             if any(c in rows.columns for c in DIMENSIONS) else keep
     rows, fold = rows.filter(pl.Series(keep)), fold[keep]
     if rows.height == 0:
-        raise ValueError(f"no utterances of {model}/{condition} in {store} with a label or a dimension")
+        raise ValueError(f"no utterances of {model}/{condition} in {getattr(store, 'uri', store)} with a label or a dimension")
     utt_ids = rows["utt_id"].to_list()
     dims = np.column_stack([rows[c].cast(pl.Float64).fill_null(np.nan).to_numpy() if c in rows.columns
                             else np.full(rows.height, np.nan) for c in DIMENSIONS])
@@ -531,24 +532,24 @@ def load_layer_data(store, model: str, condition: str = "clean", folds: str | in
     return data, StoredLayers(store, model, condition, layers, utt_ids)
 
 
-def layer_scores(store, model: str, fold: int, condition: str = "clean", criterion: str = DEFAULT_CRITERION,
-                 *, folds: str | int = "auto", seed: int = 0) -> dict[int, float]:
+def layer_scores(store: Store | str, model: str, fold: int, condition: str = "clean",
+                 criterion: str = DEFAULT_CRITERION, *, folds: str | int = "auto", seed: int = 0) -> dict[int, float]:
     """{layer: ``criterion`` score} on the training speakers of outer fold ``fold`` of the saliency's
     folds (``fold=-1``: every speaker); higher is better (the rows of a ``layer_rank`` table)."""
     data, layers = load_layer_data(store, model, condition, folds, seed)
     return scores_from_arrays(layers, data, fold, criterion_for(data, criterion), seed)
 
 
-def choose_layer(store, model: str, fold: int, condition: str = "clean", criterion: str = DEFAULT_CRITERION,
-                 *, folds: str | int = "auto", seed: int = 0) -> int:
+def choose_layer(store: Store | str, model: str, fold: int, condition: str = "clean",
+                 criterion: str = DEFAULT_CRITERION, *, folds: str | int = "auto", seed: int = 0) -> int:
     """The pipeline's automatic layer: the layer ``criterion`` ranks first on the training speakers of
     outer fold ``fold`` of the saliency's folds (``fold=-1``: every speaker, for new speakers only)."""
     return pick(layer_scores(store, model, fold, condition, criterion, folds=folds, seed=seed))
 
 
-def choose_layers(store, model: str, folds_to_choose: Sequence[int] | None = None, condition: str = "clean",
-                  criterion: str = DEFAULT_CRITERION, *, folds: str | int = "auto", seed: int = 0,
-                  assignment=None) -> dict[int, int]:
+def choose_layers(store: Store | str, model: str, folds_to_choose: Sequence[int] | None = None,
+                  condition: str = "clean", criterion: str = DEFAULT_CRITERION, *, folds: str | int = "auto",
+                  seed: int = 0, assignment=None) -> dict[int, int]:
     """{outer fold: :func:`choose_layer`} for several folds (default: every outer fold and -1), reading the
     store once; with ``assignment``, its utterances and folds (see :func:`load_layer_data`)."""
     data, layers = load_layer_data(store, model, condition, folds, seed, assignment=assignment)
@@ -561,7 +562,7 @@ def best_first(scores: Mapping[int, float]) -> list[int]:
     return sorted(scores, key=lambda k: (-(scores[k] if np.isfinite(scores[k]) else -np.inf), k))
 
 
-def layer_rank_rows(store, model: str, condition: str = "clean", criterion: str = DEFAULT_CRITERION,
+def layer_rank_rows(store: Store | str, model: str, condition: str = "clean", criterion: str = DEFAULT_CRITERION,
                     folds_to_score: Sequence[int] | None = None, *, folds: str | int = "auto",
                     seed: int = 0, assignment=None) -> pl.DataFrame:
     """Rows for ``layer_rank__<model>``: fold, layer, layer_score, layer_rank (0 = the layer
@@ -578,7 +579,7 @@ def layer_rank_rows(store, model: str, condition: str = "clean", criterion: str 
                                       "layer_rank": pl.Int32, "criterion": pl.Utf8}, orient="row")
 
 
-def write_layer_rank(store, model: str, condition: str, assignment, criterion: str = DEFAULT_CRITERION,
+def write_layer_rank(store: Store | str, model: str, condition: str, assignment, criterion: str = DEFAULT_CRITERION,
                      *, folds: str | int = "auto", seed: int = 0) -> pl.DataFrame:
     """Score every layer under ``criterion`` on each outer fold's training speakers of ``assignment`` (and
     fold -1) and replace that criterion's rows of ``layer_rank__<model>`` with them (one commit); the rows
@@ -594,7 +595,7 @@ def write_layer_rank(store, model: str, condition: str, assignment, criterion: s
     return rows
 
 
-def stored_layers(store, model: str, assignment, folds_wanted: Sequence[int], condition: str = "clean",
+def stored_layers(store: Store | str, model: str, assignment, folds_wanted: Sequence[int], condition: str = "clean",
                   criterion: str = DEFAULT_CRITERION, k: int = 1) -> dict[int, list[int]] | None:
     """{fold: its ``k`` best layers, best first} from ``layer_rank__<model>`` rows of ``criterion`` made with
     ``assignment``; None when the table, the criterion, the assignment or any wanted fold is missing there."""
@@ -614,8 +615,9 @@ def stored_layers(store, model: str, assignment, folds_wanted: Sequence[int], co
     return {int(f): found[int(f)] for f in folds_wanted}
 
 
-def ranked_layers(store, model: str, assignment, folds_wanted: Sequence[int], k: int = 1, condition: str = "clean",
-                  criterion: str = DEFAULT_CRITERION, seed: int = 0) -> tuple[dict[int, list[int]], str]:
+def ranked_layers(store: Store | str, model: str, assignment, folds_wanted: Sequence[int], k: int = 1,
+                  condition: str = "clean", criterion: str = DEFAULT_CRITERION,
+                  seed: int = 0) -> tuple[dict[int, list[int]], str]:
     """({fold: its ``k`` best layers, best first}, where from): the stored ranking of ``criterion`` under
     ``assignment`` when jobs/saliency.py wrote one, else computed now from one read of the store on each fold's
     training speakers of ``assignment`` (never on its test speakers).  On a dimension-only corpus a label
@@ -633,7 +635,7 @@ def ranked_layers(store, model: str, assignment, folds_wanted: Sequence[int], k:
             f"computed ({criterion} on each fold's training speakers)")
 
 
-def layers_for_folds(store, model: str, assignment, folds_wanted: Sequence[int], condition: str = "clean",
+def layers_for_folds(store: Store | str, model: str, assignment, folds_wanted: Sequence[int], condition: str = "clean",
                      criterion: str = DEFAULT_CRITERION, seed: int = 0) -> tuple[dict[int, int], str]:
     """({fold: layer}, where from) for the pipeline's automatic layer: each fold's best layer by
     :func:`ranked_layers`."""
@@ -641,8 +643,8 @@ def layers_for_folds(store, model: str, assignment, folds_wanted: Sequence[int],
     return {f: v[0] for f, v in ranked.items()}, source
 
 
-def layer_prior(store, model: str, assignment, condition: str = "clean", criterion: str = DEFAULT_CRITERION,
-                seed: int = 0) -> list[int]:
+def layer_prior(store: Store | str, model: str, assignment, condition: str = "clean",
+                criterion: str = DEFAULT_CRITERION, seed: int = 0) -> list[int]:
     """Every layer, best first, by ``criterion`` on all speakers of ``assignment`` (for a search: its pool,
     so no held-out speaker is scored): the order the Tune search starts from."""
     data, layers = load_layer_data(store, model, condition, seed=seed, assignment=assignment)
@@ -725,7 +727,7 @@ def summarise(scores: pl.DataFrame, probe_uar: Mapping[int, float]) -> pl.DataFr
                                      "regret_mean": pl.Float64, "pick_mean": pl.Int32, "picks": pl.Utf8})
 
 
-def study(store, model: str, condition: str = "clean", criteria: Sequence[str] | None = None,
+def study(store: Store | str, model: str, condition: str = "clean", criteria: Sequence[str] | None = None,
           folds: str | int = "auto", seed: int = 0, progress: Callable[[str], None] | None = None) -> StudyResult:
     """:func:`study_arrays` on the stored mean vectors of ``model``/``condition`` with the saliency's folds."""
     data, layers = load_layer_data(store, model, condition, folds, seed)

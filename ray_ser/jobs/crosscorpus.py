@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ray_ser import console
-from ray_ser.config import Bind, csv_list, from_args
-from ray_ser.storage import is_uri, join, run_path, staged
+from ray_ser.config import Bind, ExperimentConfig, csv_list, from_args
 from ray_ser.jobs import train as train_job
+from ray_ser.jobs.stage import StageResult
+from ray_ser.storage import is_uri, join, run_path, staged
+from ray_ser.store import Store
 
 BINDS = {**{k: v for k, v in train_job.BINDS.items() if k not in ("folds", "final")},
          "corpus": Bind("train.corpora", csv_list), "rows": "crosscorpus.rows",
@@ -78,26 +82,48 @@ def _fresh(eval_dir: Path, run_dir: Path) -> bool:
         return False
 
 
-def main(argv: list[str] | None = None) -> dict:
+@dataclass
+class CrossCorpusResult(StageResult):
+    """A cross-corpus matrix: its cells (the first seed's), where the matrix and the report were written, with
+    several seeds each cell's spread over them, and the time the console's last line gives."""
+
+    matrix: Any = None
+    matrix_path: str = ""
+    report: str = ""
+    spread: Any = None
+    seconds: float = 0.0
+
+
+def main(argv: list[str] | None = None) -> CrossCorpusResult:
+    """The argparse layer: the config from the flags, the training section's store opened once, then :func:`run`."""
+    cfg, args = from_args(parser(), argv, BINDS)
+    corpora = list(dict.fromkeys(cfg.train.corpora))
+    if len(corpora) < 2:
+        raise SystemExit(f"jobs/crosscorpus.py: the matrix needs at least two corpora (--corpora A,B,...), got {corpora}")
+    return run(cfg, Store(cfg.train.store), out=args.out)
+
+
+def run(cfg: ExperimentConfig, store: Store, out: str | None = None) -> CrossCorpusResult:
+    """The cross-corpus matrix of ``cfg``'s training corpora (at least two) into ``out`` (default
+    ``<run folder>/crosscorpus``); ``store``: the training section's (``cfg.train.store``), which every evaluation
+    reads (the training config names it by URI, which the Ray Train workers open)."""
     import polars as pl
 
+    from ray_ser.errors import ConfigError
     from ray_ser.evaluate.matrix import cells, write_matrix, write_matrix_report
     from ray_ser.evaluate.seeds import matrix_seed_table, matrix_spread, matrix_spread_lines, seed_folder, seed_list
     from ray_ser.jobs.evaluate import Scoring, evaluate
-    from ray_ser.store import Store
     from ray_ser.runtime import init_ray
-    from ray_ser.train.driver import run
+    from ray_ser.train.driver import run as train_folds
 
-    cfg, args = from_args(parser(), argv, BINDS)
     train = cfg.train
     corpora = list(dict.fromkeys(train.corpora))
     if len(corpora) < 2:
-        raise SystemExit(f"jobs/crosscorpus.py: the matrix needs at least two corpora (--corpora A,B,...), got {corpora}")
-    out = run_path(args.out or join(cfg.run_dir, "crosscorpus"))
+        raise ConfigError(f"the cross-corpus matrix needs at least two training corpora (train.corpora), got {corpora}")
+    out = run_path(out or join(cfg.run_dir, "crosscorpus"))
     console.setup(out)
     cfg.save(out)
     init_ray()
-    store = Store(train.store)  # opened once: every evaluation below passes it on
     t0 = time.perf_counter()
     seeds = seed_list(train.seed, cfg.seeds)
     per_seed, notes = {}, []
@@ -111,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
             with console.stage(f"train on {shown}" + (" (outer folds + final model)" if folds else " (final model)")):
                 rcfg = train.model_copy(update={"corpora": trained, "final": True, "seed": seed,
                                                 "outer_folds": "all" if folds else "none"})
-                run(rcfg, None, run_dir)
+                train_folds(rcfg, None, run_dir)
             evaluations = ([("out-of-fold", run_dir / "eval", [])] if folds else []) + \
                 [("zero-shot", run_dir / "zero-shot", unseen)]
             for protocol, eval_dir, zero_shot in evaluations:
@@ -143,8 +169,9 @@ def main(argv: list[str] | None = None) -> dict:
         console.say(lines)
     if (race := race_summary(matrix)):
         console.say(race)
-    console.say(f"matrix: {matrix_path}\nreport: {report}  ({time.perf_counter() - t0:.0f} s)")
-    return {"matrix": matrix, "report": report, "spread": spread}
+    seconds = time.perf_counter() - t0
+    console.say(f"matrix: {matrix_path}\nreport: {report}  ({seconds:.0f} s)")
+    return CrossCorpusResult(matrix=matrix, matrix_path=matrix_path, report=report, spread=spread, seconds=seconds)
 
 
 def summary(matrix) -> str:

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass, field
 
 from ray_ser.analysis.clusters import assign_frames, fit_kmeans, purity
 from ray_ser import console
 from ray_ser.config import Bind, ExperimentConfig, add_config_args, bound_args, csv_list, from_args, int_list, log_folder
+from ray_ser.jobs.stage import StageResult, open_store
 from ray_ser.store import Store, catalog
 
 
@@ -49,7 +51,21 @@ BINDS = {
 """Each flag's config key (analysis and analysis.clusters)."""
 
 
-def resolve_assignment(store: str, model: str, condition: str, folds: str, seed: int):
+@dataclass
+class FramesResult(StageResult):
+    """A frames stage: the out-of-fold purity per k (empty without categories) beside the majority-label share, the
+    rows written, the fold assignment and each fold's layer, and the fit and assign times."""
+
+    purity: dict[int, float] = field(default_factory=dict)
+    majority: float | None = None
+    rows: int = 0
+    fit_seconds: float = 0.0
+    assign_seconds: float = 0.0
+    fold_id: str = ""
+    layers: dict[int, int] = field(default_factory=dict)
+
+
+def resolve_assignment(store: Store, model: str, condition: str, folds: str, seed: int):
     """The fold assignment of the stored saliency (so masks and centroids share folds), else computed."""
     from ray_ser.analysis import saliency_store as ss
 
@@ -59,31 +75,29 @@ def resolve_assignment(store: str, model: str, condition: str, folds: str, seed:
         return ss.fold_assignment(store, model, condition, folds, seed)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> FramesResult:
     """The argparse layer: the config from the flags, the store opened once, then the stage."""
     cfg, args = from_args(parser(), argv, BINDS)
     console.setup(log_folder(cfg, args))
-    return stage(args, cfg.analysis.seed)
+    return stage(args, open_store(cfg), cfg.analysis.seed)
 
 
-def run(cfg: ExperimentConfig, store: Store) -> dict:
+def run(cfg: ExperimentConfig, store: Store) -> FramesResult:
     """The frames stage of ``cfg`` on ``store``: k-means per fold and k, cluster ids, out-of-fold purity."""
-    args = bound_args(cfg, BINDS, parser().parse_args([]))
-    args.store = store.uri  # the analyses below take the URI (ray_ser.analysis re-opens it)
-    return stage(args, cfg.analysis.seed)
+    return stage(bound_args(cfg, BINDS, parser().parse_args([])), store, cfg.analysis.seed)
 
 
-def stage(args: argparse.Namespace, fold_seed: int) -> dict:
+def stage(args: argparse.Namespace, store: Store, fold_seed: int) -> FramesResult:
     with console.stage(f"frames {args.model}: k-means, k = {','.join(map(str, args.k))}"):
-        return cluster(args, fold_seed)
+        return cluster(args, store, fold_seed)
 
 
-def cluster(args: argparse.Namespace, fold_seed: int) -> dict:
+def cluster(args: argparse.Namespace, store: Store, fold_seed: int) -> FramesResult:
     """k-means per fold and k, cluster ids for the test speakers, and the out-of-fold purity."""
     from ray_ser.runtime import init_ray
 
     ks = list(args.k)
-    assignment = resolve_assignment(args.store, args.model, args.condition, args.folds, fold_seed)
+    assignment = resolve_assignment(store, args.model, args.condition, args.folds, fold_seed)
     folds = assignment.fold_ids if args.fold == "all" else [int(f) for f in args.fold.split(",")]
     init_ray()
     t0 = time.perf_counter()
@@ -92,16 +106,16 @@ def cluster(args: argparse.Namespace, fold_seed: int) -> dict:
     if args.layer == "auto":  # every fold's choice from one read of the store
         from ray_ser.analysis.layer_selection import layers_for_folds
 
-        layers, source = layers_for_folds(args.store, args.model, assignment, folds, condition=args.condition)
+        layers, source = layers_for_folds(store, args.model, assignment, folds, condition=args.condition)
         console.detail(f"layers per fold from {source}: {layers}")
     else:
         layers = {fold: int(args.layer) for fold in folds}
     for fold in folds:
         t1 = time.perf_counter()
-        centroids = fit_kmeans(args.store, args.model, layers[fold], ks, assignment, fold, condition=args.condition,
+        centroids = fit_kmeans(store, args.model, layers[fold], ks, assignment, fold, condition=args.condition,
                                sample_frames=args.sample_frames, seed=args.seed)
         t_fit += time.perf_counter() - t1
-        rows += assign_frames(args.store, args.model, layers[fold], centroids, assignment, fold,
+        rows += assign_frames(store, args.model, layers[fold], centroids, assignment, fold,
                               conditions=conditions, utts=args.assign)
     t_assign = time.perf_counter() - t0 - t_fit
     console.detail(f"wrote {rows} rows (utterance x condition x k) to {catalog.FRAME_CLUSTERS.name(args.model)}, "
@@ -109,15 +123,15 @@ def cluster(args: argparse.Namespace, fold_seed: int) -> dict:
     scores, base = {}, None
     try:
         for k in ks:
-            scores[k], base = purity(args.store, args.model, layers, k, folds, assignment.id, args.condition)
+            scores[k], base = purity(store, args.model, layers, k, folds, assignment.id, args.condition)
     except ValueError as e:  # a dimensional-only corpus: no categories to score the clusters against
         console.say(f"out-of-fold purity not scored: {e}")
     else:
         console.say(f"out-of-fold purity against utterance labels ({args.condition} frames; majority-label share "
                     f"{base:.4f}): " + ", ".join(f"purity k={k}: {v:.4f}" for k, v in scores.items()))
     console.detail(f"time: fit {t_fit:.1f} s, assign {t_assign:.1f} s, total {time.perf_counter() - t0:.1f} s")
-    return {"purity": scores, "majority": base, "rows": rows, "fit_seconds": t_fit, "assign_seconds": t_assign,
-            "fold_id": assignment.id, "layers": layers}
+    return FramesResult(purity=scores, majority=base, rows=rows, fit_seconds=t_fit, assign_seconds=t_assign,
+                        fold_id=assignment.id, layers=layers)
 
 
 if __name__ == "__main__":

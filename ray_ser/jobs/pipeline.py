@@ -13,8 +13,8 @@ Each stage resumes on a re-run.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ray_ser import console
 from ray_ser.config import (
@@ -26,6 +26,12 @@ from ray_ser.config import (
 )
 from ray_ser.jobs.stage import StageResult, open_store
 from ray_ser.store import Store
+
+if TYPE_CHECKING:
+    from ray_ser.jobs.crosscorpus import CrossCorpusResult
+    from ray_ser.jobs.frames import FramesResult
+    from ray_ser.jobs.saliency import SaliencyResult
+    from ray_ser.jobs.train import TrainResult
 
 
 def parser() -> argparse.ArgumentParser:
@@ -56,13 +62,15 @@ BINDS = {
 
 @dataclass
 class PipelineResult(StageResult):
-    """The whole flow: the saliency stage's probes, the evaluation, the closing summary line(s) and, with
-    crosscorpus.enabled, the matrix."""
+    """The whole flow: the saliency stage's result (its probes race the model in the summary), the frames and train
+    stages', the evaluation, the closing summary line(s) and, with crosscorpus.enabled, the matrix."""
 
-    probes: dict = field(default_factory=dict)
+    probes: SaliencyResult | None = None
+    frames: FramesResult | None = None
+    train: TrainResult | None = None
     evaluation: Any = None
     summary: str = ""
-    crosscorpus: dict | None = None
+    crosscorpus: CrossCorpusResult | None = None
 
 
 def run(cfg: ExperimentConfig, store: Store | None = None) -> PipelineResult:
@@ -74,7 +82,7 @@ def run(cfg: ExperimentConfig, store: Store | None = None) -> PipelineResult:
     from ray_ser.jobs import saliency as saliency_job
     from ray_ser.jobs import train as train_job
 
-    saved = cfg.save(cfg.run_dir)
+    cfg.save(cfg.run_dir)
     log = console.setup(cfg.run_dir)
     console.show_details(False)  # tables and per-layer figures go to the log; the console keeps the results
     console.say(f"experiment {cfg.name}: {', '.join(cfg.data.corpora) or cfg.data.manifest}, {cfg.extract.key}, "
@@ -84,9 +92,9 @@ def run(cfg: ExperimentConfig, store: Store | None = None) -> PipelineResult:
     # per-layer saliency (and, with analysis.probe, the probe baseline to beat)
     probes = saliency_job.run(cfg, store)
     # frame clusters per outer fold, of the layer the layer criterion picks on that fold's training speakers
-    frames_job.run(cfg, store)
+    frames = frames_job.run(cfg, store)
     # emotion models per outer fold (layers chosen per fold on its training speakers), then the evaluation
-    train_job.run(cfg, store)
+    trained = train_job.run(cfg, store)
     evaluation = evaluate_job.run(cfg, store)
     lines = []
     if evaluation.get("spread") is not None:  # several seeds: the spread first, the race (first seed's) last
@@ -104,11 +112,13 @@ def run(cfg: ExperimentConfig, store: Store | None = None) -> PipelineResult:
                               probes.get("set_probe_layers", ""))
     line = "\n".join(lines)
     console.say(line)
-    result = PipelineResult(probes=probes, evaluation=evaluation, summary=line)
+    result = PipelineResult(probes=probes, frames=frames, train=trained, evaluation=evaluation, summary=line)
     if cfg.crosscorpus.enabled:  # the leave-one-corpus-out matrix over the experiment's corpora
         from ray_ser.jobs import crosscorpus as crosscorpus_job
 
-        result.crosscorpus = crosscorpus_job.main(["--config", str(saved), "--out", str(cfg.run_dir / "crosscorpus")])
+        # the matrix trains on train.store (the experiment's unless the config names another)
+        train_store = store if cfg.train.store == store.uri else Store(cfg.train.store)
+        result.crosscorpus = crosscorpus_job.run(cfg, train_store, out=str(cfg.run_dir / "crosscorpus"))
     return result
 
 

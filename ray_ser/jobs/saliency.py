@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
@@ -41,6 +43,7 @@ from ray_ser.config import (
     log_folder,
     negated,
 )
+from ray_ser.jobs.stage import StageResult, open_store
 from ray_ser.names import safe_name
 from ray_ser.store import Store, catalog
 from ray_ser.storage import join
@@ -88,13 +91,40 @@ BINDS = {
 """Each flag's config key (the analysis section)."""
 
 
+@dataclass
+class SaliencyResult(StageResult):
+    """A saliency stage: the best layer and the ranking, the pipeline's layer choice, the fold plans written and
+    (analysis.probe) the probes the closing summary races: the layer-set probe and its ridge twin."""
+
+    best_layer: int | None = None
+    ranking: Any = None
+    saliency_seconds: float = 0.0
+    layer_choice: Any = None
+    fold_plans: list[int] | None = None
+    probe: Any = None
+    spearman: float | None = None
+    plot: str | None = None
+    probe_seconds: float | None = None
+    set_probe_layers: str | None = None
+    set_probe: dict | None = None
+    set_ridge: dict | None = None
+
+
+@dataclass
+class LayerStudyResult(StageResult):
+    """The layer-selection study (--study): each condition's study and the criteria x conditions table."""
+
+    results: dict | None = None
+    table: Any = None
+
+
 def default_plot(store: str, model: str) -> str:
     """``<store>/plots/<model>_layers.png``: beside the store's tables, on disk or on the object store (never in the
     working directory)."""
     return join(str(store), "plots", f"{safe_name(model)}_layers.png")
 
 
-def study_main(args: argparse.Namespace) -> dict:
+def study_main(args: argparse.Namespace) -> LayerStudyResult:
     """--study: per condition the per-layer table of every criterion, then the criteria x conditions table."""
     from ray_ser.analysis import layer_selection as lsel
 
@@ -119,10 +149,10 @@ def study_main(args: argparse.Namespace) -> dict:
           f"{lsel.DEFAULT_CRITERION}):")
     with pl.Config(**fmt):
         print(table)
-    return {"results": results, "table": table}
+    return LayerStudyResult(results=results, table=table)
 
 
-def write_choice(args: argparse.Namespace, assignment) -> pl.DataFrame | None:
+def write_choice(args: argparse.Namespace, store: Store, assignment) -> pl.DataFrame | None:
     """The pipeline's layer ranking (``--layer-criterion``) per outer fold into layer_rank__<model>; None when
     skipped or when the rows have no categorical label to score (dimensional-only corpora)."""
     from ray_ser.analysis import layer_selection as lsel
@@ -131,14 +161,15 @@ def write_choice(args: argparse.Namespace, assignment) -> pl.DataFrame | None:
     if criterion == "none":
         return None
     try:
-        return lsel.write_layer_rank(args.store, args.model, args.condition, assignment, criterion,
+        return lsel.write_layer_rank(store, args.model, args.condition, assignment, criterion,
                                      folds=args.folds, seed=args.seed)
     except ValueError as e:
         logging.warning("layer choice (%s) not written: %s", criterion, e)
         return None
 
 
-def probe_layer_set(args: argparse.Namespace, assignment) -> tuple[list[int] | dict[int, list[int]], str, str]:
+def probe_layer_set(args: argparse.Namespace, store: Store,
+                    assignment) -> tuple[list[int] | dict[int, list[int]], str, str]:
     """--probe-layers as the probe takes it, its words, and where the layers came from: a list ("2,3,4"), or with
     "auto:K" each fold's K best layers by the pipeline's criterion on its training speakers (what jobs/train.py
     --auto-layers K reads)."""
@@ -148,7 +179,7 @@ def probe_layer_set(args: argparse.Namespace, assignment) -> tuple[list[int] | d
 
         k = int(spec.split(":", 1)[1])
         criterion = args.layer_criterion if args.layer_criterion not in (None, "none") else lsel.DEFAULT_CRITERION
-        ranked, source = lsel.ranked_layers(args.store, args.model, assignment, assignment.fold_ids, k,
+        ranked, source = lsel.ranked_layers(store, args.model, assignment, assignment.fold_ids, k,
                                             args.condition, criterion, args.seed)
         return {f: sorted(v) for f, v in ranked.items()}, f"each fold's {k} best layers", source
     layers = [int(v) for v in spec.split(",") if v.strip()]
@@ -166,7 +197,7 @@ def check(args: argparse.Namespace) -> tuple[list[str], str | None]:
     return readouts, None
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> SaliencyResult | LayerStudyResult:
     """The argparse layer: the config from the flags, the store opened once, then :func:`run` (or the layer study)."""
     p = parser()
     cfg, args = from_args(p, argv, BINDS)
@@ -177,18 +208,18 @@ def main(argv: list[str] | None = None) -> dict:
     tables()
     if args.study:
         return study_main(args)
-    return stage(cfg, args, readouts)
+    return stage(cfg, args, open_store(cfg), readouts)
 
 
-def run(cfg: ExperimentConfig, store: Store, plot: str | None = None) -> dict:
+def run(cfg: ExperimentConfig, store: Store, plot: str | None = None) -> SaliencyResult:
     """The saliency stage of ``cfg`` on ``store``: saliency, the layer choice and (analysis.probe) the probes."""
     args = bound_args(cfg, BINDS, parser().parse_args([]))
-    args.store, args.plot = store.uri, plot  # the analyses below take the URI (ray_ser.analysis re-opens it)
+    args.plot = plot
     readouts, wrong = check(args)
     if wrong:
         raise ConfigError(wrong)
     tables()
-    return stage(cfg, args, readouts)
+    return stage(cfg, args, store, readouts)
 
 
 def tables() -> None:
@@ -197,19 +228,20 @@ def tables() -> None:
     pl.Config.set_tbl_hide_dataframe_shape(True)
 
 
-def stage(cfg: ExperimentConfig, args: argparse.Namespace, readouts: list[str]) -> dict:
+def stage(cfg: ExperimentConfig, args: argparse.Namespace, store: Store, readouts: list[str]) -> SaliencyResult:
     """Saliency, probes, then the fold plans of the run's train config (when it trains on this store's model)."""
     with console.stage(f"saliency {args.model} / {args.condition}" + (" + probes" if args.probe else "")):
-        result = saliency_main(args, readouts)
-        if cfg.train.model == args.model and cfg.train.store == args.store:
-            result["fold_plans"] = write_run_plans(cfg.train)
+        result = saliency_main(args, store, readouts)
+        if cfg.train.model == args.model and cfg.train.store == store.uri:
+            result.fold_plans = write_run_plans(cfg.train, store)
         return result
 
 
-def write_run_plans(train) -> list[int]:
+def write_run_plans(train, store: Store) -> list[int]:
     """The fold plans of the run's train config (its outer folds and, with ``final``, the final model's), written
-    to the store after the saliency and layer ranking they read (replacing plans made from an earlier run's), so
-    training only reads them; returns the folds built. A run whose rows cannot be planned is told on the console: training refuses it."""
+    to ``store`` (the one train.store names) after the saliency and layer ranking they read (replacing plans made
+    from an earlier run's), so training only reads them; returns the folds built. A run whose rows cannot be planned
+    is told on the console: training refuses it."""
     from ray_ser.analysis.fold_plans import write_fold_plans
     from ray_ser.train.checkpoints import FINAL
     from ray_ser.train.driver import final_config
@@ -219,9 +251,10 @@ def write_run_plans(train) -> list[int]:
         assignment = resolve_assignment(train)
         spec = train.outer_folds
         folds = [] if spec.strip().lower() == "none" else select_folds(spec, assignment)
-        built = write_fold_plans(train.plan_spec(), assignment, folds, rebuild=True)  # made from what it just wrote
+        built = write_fold_plans(train.plan_spec(), assignment, folds, rebuild=True,  # made from what it just wrote
+                                 store=store)
         if train.final:
-            built += write_fold_plans(final_config(train).plan_spec(), assignment, [FINAL], rebuild=True)
+            built += write_fold_plans(final_config(train).plan_spec(), assignment, [FINAL], rebuild=True, store=store)
     except ValueError as exc:
         console.say(f"fold plans: none written ({exc})")
         return []
@@ -230,17 +263,17 @@ def write_run_plans(train) -> list[int]:
     return built
 
 
-def saliency_main(args: argparse.Namespace, readouts: list[str]) -> dict:
+def saliency_main(args: argparse.Namespace, store: Store, readouts: list[str]) -> SaliencyResult:
     """Saliency, the layer choice and (with --probe) the probes; the tables go to the log (and the console when
     the stage runs on its own), the results to the console."""
     t0 = time.perf_counter()
     info: dict = {}
-    df = ss.compute_saliency(args.store, args.model, args.condition, folds=args.folds, mis=not args.no_mis,
+    df = ss.compute_saliency(store, args.model, args.condition, folds=args.folds, mis=not args.no_mis,
                              n_bins=args.n_bins, seed=args.seed, info=info)
     ranking = ss.layer_ranking(df)
-    ss.write_saliency(args.store, df, ranking, info["assignment"])
+    ss.write_saliency(store, df, ranking, info["assignment"])
     t_sal = time.perf_counter() - t0
-    chosen = write_choice(args, info["assignment"])
+    chosen = write_choice(args, store, info["assignment"])
     console.say(f"saliency of {args.model} / {args.condition}: {info['n']} utterances, {info['n_speakers']} speakers, "
           f"folds {info['folds']}, targets {','.join(info['targets'])}, MIS {'off' if args.no_mis else 'on'}")
     all_rank = ranking.filter(pl.col("fold") == ALL_SPEAKERS).select(
@@ -252,7 +285,7 @@ def saliency_main(args: argparse.Namespace, readouts: list[str]) -> dict:
                    " _all: fold -1 on all utterances, _folds: mean over training folds):")
     console.detail(str(table))
     best = int(table.sort("rank_all")["layer"][0])
-    sizes = {r: int(ss.saliency_mask(args.store, args.model, best, r, fold=ALL_SPEAKERS, condition=args.condition).sum())
+    sizes = {r: int(ss.saliency_mask(store, args.model, best, r, fold=ALL_SPEAKERS, condition=args.condition).sum())
              for r in KEEP_RATIOS}
     n_dims = df.filter((pl.col("fold") == ALL_SPEAKERS) & (pl.col("layer") == best)).height
     console.detail(f"best layer (fold -1): {best}; masks of {n_dims} dims: "
@@ -265,7 +298,7 @@ def saliency_main(args: argparse.Namespace, readouts: list[str]) -> dict:
               f"jobs/frames.py --layer auto, jobs/train.py without --layer and jobs/tune.py's prior): "
               + ", ".join(f"fold {f}: {k}" for f, k in zip(per_fold["fold"], per_fold["layer"]))
               + f"; all speakers: {int(chosen.filter((pl.col('layer_rank') == 0) & (pl.col('fold') == ALL_SPEAKERS))['layer'][0])}")
-    result = {"best_layer": best, "ranking": table, "saliency_seconds": t_sal, "layer_choice": chosen}
+    result = SaliencyResult(best_layer=best, ranking=table, saliency_seconds=t_sal, layer_choice=chosen)
     if not args.probe:
         console.detail(f"time: saliency {t_sal:.1f} s")
         return result
@@ -278,9 +311,9 @@ def saliency_main(args: argparse.Namespace, readouts: list[str]) -> dict:
     )
 
     t1 = time.perf_counter()
-    if not has_labels(args.store, args.model, args.condition, args.folds, args.seed):
-        return dimensional_probes(args, info, result, t0, t1)
-    probe = layer_probe(args.store, args.model, args.condition, folds=args.folds, seed=args.seed)
+    if not has_labels(store, args.model, args.condition, args.folds, args.seed):
+        return dimensional_probes(args, store, info, result, t0, t1)
+    probe = layer_probe(store, args.model, args.condition, folds=args.folds, seed=args.seed)
     t_probe = time.perf_counter() - t1
     folds_scores = ss.mean_over_folds(ranking)
     rho = spearman(folds_scores, probe)
@@ -291,16 +324,16 @@ def saliency_main(args: argparse.Namespace, readouts: list[str]) -> dict:
     best_probe = int(probe.sort("uar", descending=True)["layer"][0])
     console.say(f"best layer by probe: {best_probe}; by saliency (training folds): "
           f"{int(folds_scores.sort('layer_rank')['layer'][0])}; (all utterances): {best}")
-    path = plot_layers(folds_scores, probe, args.plot or default_plot(args.store, args.model),
+    path = plot_layers(folds_scores, probe, args.plot or default_plot(store.uri, args.model),
                        title=f"{args.model} / {args.condition}", rho=rho)
     console.detail(f"plot: {path}")
     console.detail(f"spearman (fold -1 layer score vs probe UAR): {rho_all:.4f}")
     if args.probe_layers:
         t2 = time.perf_counter()
         cs = list(args.probe_c)
-        layers, result["set_probe_layers"], source = probe_layer_set(args, info["assignment"])
-        what = f"{result['set_probe_layers']} ({source})" if source else result["set_probe_layers"]
-        result["set_probe"] = sp = layer_set_probe(args.store, args.model, layers, args.condition,
+        layers, result.set_probe_layers, source = probe_layer_set(args, store, info["assignment"])
+        what = f"{result.set_probe_layers} ({source})" if source else result.set_probe_layers
+        result.set_probe = sp = layer_set_probe(store, args.model, layers, args.condition,
                                                    folds=args.folds, seed=args.seed, Cs=cs, readouts=readouts)
         t_probe += time.perf_counter() - t2
         fused = f"read-outs {'+'.join(readouts)} fused, " if len(readouts) > 1 else ""
@@ -311,29 +344,29 @@ def saliency_main(args: argparse.Namespace, readouts: list[str]) -> dict:
               + ("; layers per fold " + " ".join("+".join(map(str, v)) for v in sp["fold_layers"])
                  if isinstance(layers, dict) else ""))
         t3 = time.perf_counter()
-        ridge_twin(args, layers, result)
+        ridge_twin(args, store, layers, result)
         t_probe += time.perf_counter() - t3
     console.detail(f"time: saliency {t_sal:.1f} s, probe {t_probe:.1f} s, total {time.perf_counter() - t0:.1f} s")
     console.say(f"spearman: {rho:.4f}")
-    result.update(probe=probe, spearman=rho, plot=str(path), probe_seconds=t_probe)
+    result.probe, result.spearman, result.plot, result.probe_seconds = probe, rho, str(path), t_probe
     return result
 
 
-def has_labels(store, model: str, condition: str, folds, seed: int) -> bool:
+def has_labels(store: Store, model: str, condition: str, folds, seed: int) -> bool:
     """Whether any of the saliency's utterances has a categorical label (the classification probes need one)."""
     rows = ss.usable_rows(store, model, condition, folds, seed)[0]
     return bool(rows["label"].is_not_null().any())
 
 
-def ridge_twin(args: argparse.Namespace, layers, result: dict) -> dict | None:
+def ridge_twin(args: argparse.Namespace, store: Store, layers, result: SaliencyResult) -> dict | None:
     """The probe's regression twin on the same layers (ridge per A/V/D dimension, alpha by a CV over each outer
     fold's training speakers) when the rows have dimensions; its line to the console, its result in ``set_ridge``."""
     from ray_ser.analysis.probe import layer_set_ridge
 
-    ridge = layer_set_ridge(args.store, args.model, layers, args.condition, folds=args.folds, seed=args.seed)
+    ridge = layer_set_ridge(store, args.model, layers, args.condition, folds=args.folds, seed=args.seed)
     if not ridge["dims"]:
         return None
-    result["set_ridge"] = ridge
+    result.set_ridge = ridge
     for d, r in ridge["dims"].items():
         console.say(f"ridge probe on {result.get('set_probe_layers', 'the layers')} ({d}; alpha per outer fold by a CV "
                     f"over its training speakers): CCC {r['ccc']:.4f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}], Pearson r "
@@ -342,15 +375,16 @@ def ridge_twin(args: argparse.Namespace, layers, result: dict) -> dict | None:
     return ridge
 
 
-def dimensional_probes(args: argparse.Namespace, info: dict, result: dict, t0: float, t1: float) -> dict:
+def dimensional_probes(args: argparse.Namespace, store: Store, info: dict, result: SaliencyResult, t0: float,
+                       t1: float) -> SaliencyResult:
     """--probe on rows without a categorical label (a dimensional-only corpus): no per-layer UAR probe, and with
     --probe-layers the ridge probe alone (``auto:K``: each fold's K best layers by ridge_inner, the regression twin of
     the layer criterion)."""
     console.say("no categorical labels: the per-layer UAR probe is skipped" +
                 ("" if args.probe_layers else "; --probe-layers L,L,... or auto:K adds the ridge probe on A/V/D"))
     if args.probe_layers:
-        layers, result["set_probe_layers"], _ = probe_layer_set(args, info["assignment"])
-        ridge_twin(args, layers, result)
+        layers, result.set_probe_layers, _ = probe_layer_set(args, store, info["assignment"])
+        ridge_twin(args, store, layers, result)
     console.detail(f"time: probes {time.perf_counter() - t1:.1f} s, total {time.perf_counter() - t0:.1f} s")
     return result
 

@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass, field
 
 from ray_ser import console
 from ray_ser.corpora.folds import ALL_SPEAKERS as FINAL  # the final model's fold (ray_ser.train.checkpoints.FINAL)
 from ray_ser.config import Bind, ExperimentConfig, add_config_args, csv_list, from_args, given_flags, int_list
+from ray_ser.jobs.stage import StageResult
 from ray_ser.store import Store
 
 BINDS = {
@@ -204,13 +206,24 @@ def cap_note(summary: dict) -> str:
     return f" of {summary['epochs']}, hit the epoch cap while still improving" if summary.get("hit_cap") else ""
 
 
+@dataclass
+class TrainResult(StageResult):
+    """A train stage: each trained fold's summary (the final model's fold is ``FINAL``; with several seeds each
+    carries its ``seed``), the run folder and the time the console's closing line gives."""
+
+    folds: list[dict] = field(default_factory=list)
+    out: str = ""
+    seconds: float = 0.0
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
-    """The argparse layer: the config from the flags, the store opened once, then :func:`run`."""
+    """The argparse layer: the config from the flags, the store opened once, then :func:`run`; returns the folds'
+    summaries."""
     experiment, args = build_config(argv)
-    return run(experiment, Store(experiment.train.store), out=args.out, report_tests=not args.no_test_report)
+    return run(experiment, Store(experiment.train.store), out=args.out, report_tests=not args.no_test_report).folds
 
 
-def run(experiment: ExperimentConfig, store: Store, out: str | None = None, report_tests: bool = True) -> list[dict]:
+def run(experiment: ExperimentConfig, store: Store, out: str | None = None, report_tests: bool = True) -> TrainResult:
     """The train stage of ``experiment``: a model per outer fold (and the final model) into ``out`` (default the
     run folder), each seed's into its own folder; one console line per fold. ``store``: the experiment's (the
     training config names it by URI, which the Ray Train workers open)."""
@@ -255,8 +268,9 @@ def run(experiment: ExperimentConfig, store: Store, out: str | None = None, repo
                 summaries += [{**s, "seed": seed} for s in folds]
         else:
             summaries = train_folds(cfg, None, out, on_fold=on_fold)
-        console.detail(f"trained {len(summaries)} fold(s) into {out} in {time.perf_counter() - t0:.1f} s")
-    return summaries
+        seconds = time.perf_counter() - t0
+        console.detail(f"trained {len(summaries)} fold(s) into {out} in {seconds:.1f} s")
+    return TrainResult(folds=summaries, out=out, seconds=seconds)
 
 
 if __name__ == "__main__":

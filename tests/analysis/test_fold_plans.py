@@ -84,10 +84,10 @@ def test_a_failed_build_leaves_no_half_written_plan(store, monkeypatch):
     a = resolve_assignment(c)
     real = fp.build_plan
 
-    def crash_on_one(spec, assignment, fold, read=None):
+    def crash_on_one(spec, assignment, fold, read=None, store=None):
         if fold == 1:
             raise RuntimeError("killed while building fold 1")
-        return real(spec, assignment, fold, read)
+        return real(spec, assignment, fold, read, store=store)
 
     monkeypatch.setattr(fp, "build_plan", crash_on_one)
     with pytest.raises(RuntimeError):

@@ -69,3 +69,37 @@ def test_pipeline_flags_override_the_config_and_name_the_run_folder():
     assert (cfg.data.limit, cfg.train.epochs, cfg.store.uri, cfg.train.store) == (60, 1, "/tmp/s", "/tmp/s")
     assert cfg.analysis.clusters.k == [8, 16] and str(cfg.run_dir) == "/tmp/r/emodb"
     assert cfg.analysis.probe and cfg.analysis.probe_layers == "auto:3"
+
+
+def test_the_pipeline_calls_every_stage_with_the_config_and_one_store(tmp_path, monkeypatch):
+    """`ray-ser run` calls each stage's run(cfg, store) in turn, the cross-corpus matrix too (no argv between them),
+    and keeps their typed results."""
+    from ray_ser.config import load
+    from ray_ser.jobs import crosscorpus, evaluate, extract, frames, pipeline, saliency, train
+    from ray_ser.store import Store
+
+    results = {"extract": None, "saliency": saliency.SaliencyResult(best_layer=2),
+               "frames": frames.FramesResult(rows=5), "train": train.TrainResult(folds=[{"fold": 0}]),
+               "evaluate": evaluate.EvaluateResult(overall=pl.DataFrame(schema={"condition": pl.Utf8})),
+               "crosscorpus": crosscorpus.CrossCorpusResult(seconds=1.0)}
+    calls = []
+
+    def stage(name):
+        def run(cfg, store, **kw):
+            calls.append((name, cfg, store, kw))
+            return results[name]
+        return run
+
+    for module in (extract, saliency, frames, train, evaluate, crosscorpus):
+        monkeypatch.setattr(module, "run", stage(module.__name__.rsplit(".", 1)[1]))
+    cfg = load(None, {"runs": str(tmp_path / "runs"), "name": "x", "store": str(tmp_path / "store"),
+                      "data.corpora": ["emodb", "ravdess"], "crosscorpus.enabled": True})
+    store = Store(cfg.store.uri)
+    got = pipeline.run(cfg, store)
+    assert [c[0] for c in calls] == ["extract", "saliency", "frames", "train", "evaluate", "crosscorpus"]
+    assert all(c[1] is cfg and c[2] is store for c in calls)
+    assert calls[-1][3] == {"out": str(cfg.run_dir / "crosscorpus")}
+    assert (got.probes, got.frames, got.train, got.crosscorpus) == (
+        results["saliency"], results["frames"], results["train"], results["crosscorpus"])
+    assert got.probes["best_layer"] == 2 and got.train.folds == [{"fold": 0}]
+    assert (cfg.run_dir / "config.yaml").exists()
