@@ -63,6 +63,7 @@ class FramesResult(StageResult):
     assign_seconds: float = 0.0
     fold_id: str = ""
     layers: dict[int, int] = field(default_factory=dict)
+    fold_plans: list[int] | None = None
 
 
 def resolve_assignment(store: Store, model: str, condition: str, folds: str, seed: int):
@@ -82,14 +83,22 @@ def main(argv: list[str] | None = None) -> FramesResult:
     return stage(args, open_store(cfg), cfg.analysis.seed)
 
 
-def run(cfg: ExperimentConfig, store: Store) -> FramesResult:
-    """The frames stage of ``cfg`` on ``store``: k-means per fold and k, cluster ids, out-of-fold purity."""
-    return stage(bound_args(cfg, BINDS, parser().parse_args([])), store, cfg.analysis.seed)
+def run(cfg: ExperimentConfig, store: Store, plans: bool = False) -> FramesResult:
+    """The frames stage of ``cfg`` on ``store``: k-means per fold and k, cluster ids, out-of-fold purity; with
+    ``plans`` (``ray-ser run``) then the run's fold plans, which read the centroids just fitted (a plan whose layer
+    and k the stage fitted fits nothing again)."""
+    args = bound_args(cfg, BINDS, parser().parse_args([]))
+    return stage(args, store, cfg.analysis.seed, cfg if plans else None)
 
 
-def stage(args: argparse.Namespace, store: Store, fold_seed: int) -> FramesResult:
+def stage(args: argparse.Namespace, store: Store, fold_seed: int, plans_of: ExperimentConfig | None = None) -> FramesResult:
     with console.stage(f"frames {args.model}: k-means, k = {','.join(map(str, args.k))}"):
-        return cluster(args, store, fold_seed)
+        result = cluster(args, store, fold_seed)
+        if plans_of is not None:
+            from ray_ser.jobs.saliency import run_plans
+
+            result.fold_plans = run_plans(plans_of, store, args.model)
+        return result
 
 
 def cluster(args: argparse.Namespace, store: Store, fold_seed: int) -> FramesResult:

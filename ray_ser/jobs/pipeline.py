@@ -90,9 +90,10 @@ def run(cfg: ExperimentConfig, store: Store | None = None) -> PipelineResult:
     store = store or open_store(cfg)
     extract_job.run(cfg, store)
     # per-layer saliency (and, with analysis.probe, the probe baseline to beat)
-    probes = saliency_job.run(cfg, store)
-    # frame clusters per outer fold, of the layer the layer criterion picks on that fold's training speakers
-    frames = frames_job.run(cfg, store)
+    probes = saliency_job.run(cfg, store, plans=False)
+    # frame clusters per outer fold, of the layer the layer criterion picks on that fold's training speakers; then
+    # the fold plans, after the centroids they read (so no plan fits k-means the frames stage already fitted)
+    frames = frames_job.run(cfg, store, plans=True)
     # emotion models per outer fold (layers chosen per fold on its training speakers), then the evaluation
     trained = train_job.run(cfg, store)
     evaluation = evaluate_job.run(cfg, store)

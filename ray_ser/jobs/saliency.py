@@ -211,15 +211,16 @@ def main(argv: list[str] | None = None) -> SaliencyResult | LayerStudyResult:
     return stage(cfg, args, open_store(cfg), readouts)
 
 
-def run(cfg: ExperimentConfig, store: Store, plot: str | None = None) -> SaliencyResult:
-    """The saliency stage of ``cfg`` on ``store``: saliency, the layer choice and (analysis.probe) the probes."""
+def run(cfg: ExperimentConfig, store: Store, plot: str | None = None, plans: bool = True) -> SaliencyResult:
+    """The saliency stage of ``cfg`` on ``store``: saliency, the layer choice and (analysis.probe) the probes, then
+    (``plans``) the run's fold plans; ``ray-ser run`` writes them after the frames stage instead (its centroids)."""
     args = bound_args(cfg, BINDS, parser().parse_args([]))
     args.plot = plot
     readouts, wrong = check(args)
     if wrong:
         raise ConfigError(wrong)
     tables()
-    return stage(cfg, args, store, readouts)
+    return stage(cfg, args, store, readouts, plans)
 
 
 def tables() -> None:
@@ -228,13 +229,21 @@ def tables() -> None:
     pl.Config.set_tbl_hide_dataframe_shape(True)
 
 
-def stage(cfg: ExperimentConfig, args: argparse.Namespace, store: Store, readouts: list[str]) -> SaliencyResult:
+def stage(cfg: ExperimentConfig, args: argparse.Namespace, store: Store, readouts: list[str],
+          plans: bool = True) -> SaliencyResult:
     """Saliency, probes, then the fold plans of the run's train config (when it trains on this store's model)."""
     with console.stage(f"saliency {args.model} / {args.condition}" + (" + probes" if args.probe else "")):
         result = saliency_main(args, store, readouts)
-        if cfg.train.model == args.model and cfg.train.store == store.uri:
-            result.fold_plans = write_run_plans(cfg.train, store)
+        if plans:
+            result.fold_plans = run_plans(cfg, store, args.model)
         return result
+
+
+def run_plans(cfg: ExperimentConfig, store: Store, model: str) -> list[int] | None:
+    """The fold plans of ``cfg``'s train config when it trains on ``store``'s ``model`` (None when it does not)."""
+    if cfg.train.model == model and cfg.train.store == store.uri:
+        return write_run_plans(cfg.train, store)
+    return None
 
 
 def write_run_plans(train, store: Store) -> list[int]:

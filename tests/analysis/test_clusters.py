@@ -141,3 +141,46 @@ def test_cluster_job(store_uri, capsys):
     t = cl.read_frame_clusters(store_uri, "tiny", 2, 3, [0, 1, 2], a.id)
     assert sorted(t.column("utt_id").to_pylist()) == sorted(u for f in (0, 1, 2) for u in a.test_utts(f))
     assert table_name("tiny") in Store(store_uri).names()
+
+
+def test_fold_plans_written_after_the_frames_stage_fit_no_kmeans_again(store_uri, tmp_path, monkeypatch):
+    """``ray-ser run`` writes the fold plans after the frames stage: a plan reads the centroids that stage fitted
+    for its (fold, layer, k) instead of fitting them a second time; written before, it fits them itself."""
+    import shutil
+
+    from ray_ser.analysis.fold_plans import read_fold_plan
+    from ray_ser.config import ExperimentConfig
+    from ray_ser.jobs import frames as frames_job
+    from ray_ser.jobs.saliency import run_plans
+
+    fits = []
+    real = cl.fit_kmeans
+
+    def counted(*a, **kw):
+        fits.append((a[2], tuple(a[3]), a[5]))  # layer, ks, fold
+        return real(*a, **kw)
+
+    monkeypatch.setattr(cl, "fit_kmeans", counted)
+    monkeypatch.setattr(frames_job, "fit_kmeans", counted)
+
+    def config(uri: str) -> ExperimentConfig:
+        return ExperimentConfig(
+            store={"uri": uri}, extract={"model": "tiny", "model_key": "tiny", "conditions": ["clean"]},
+            analysis={"clusters": {"layer": str(LAYER), "k": [4], "fold": "0", "sample_frames": 2000,
+                                   "conditions": ["clean"]}},
+            train={"arch": "tcgru", "layers": [LAYER], "n_clusters": 4, "pooled": False, "outer_folds": "0",
+                   "spec_augment": False})
+
+    after = str(tmp_path / "after")
+    shutil.copytree(store_uri, after)
+    result = frames_job.run(config(after), Store(after), plans=True)
+    assert result.fold_plans == [0]
+    assert fits == [(LAYER, (4,), 0)]  # the frames stage's fit only: the plan read it
+    plan = read_fold_plan(config(after).train.plan_spec(), result.fold_id, 0)
+    assert plan.layer == LAYER  # training reads the centroids of this layer: the frames stage's
+
+    fits.clear()
+    before = str(tmp_path / "before")
+    shutil.copytree(store_uri, before)
+    assert run_plans(config(before), Store(before), "tiny") == [0]  # plans first: the plan fits its own centroids
+    assert fits == [(LAYER, (4,), 0)]
