@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
             with console.stage(f"train on {shown}" + (" (outer folds + final model)" if folds else " (final model)")):
                 rcfg = train.model_copy(update={"corpora": trained, "final": True, "seed": seed,
                                                 "outer_folds": "all" if folds else "none"})
-                run(rcfg, None, run_dir)
+                run(rcfg, store, None, run_dir)
             evaluations = ([("out-of-fold", run_dir / "eval", [])] if folds else []) + \
                 [("zero-shot", run_dir / "zero-shot", unseen)]
             for protocol, eval_dir, zero_shot in evaluations:
