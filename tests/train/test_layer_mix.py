@@ -156,9 +156,9 @@ def test_the_cluster_head_behind_the_mix_predicts_one_layers_ids(synth_store):
     order = ranked_layers(synth_store, "tiny", a, [1], len(layers_of(synth_store, "tiny")))[0][1]
     assert plan.layer == next(k for k in order if k in read) and plan.read_layers == read
     utts = plan.val[:4]
-    mixed = {r["utt_id"]: r for r in frames_dataset(synth_store, "tiny", read, utts, labels, centroids=centroids,
+    mixed = {r["utt_id"]: r for r in frames_dataset(Store(synth_store), "tiny", read, utts, labels, centroids=centroids,
                                                     cluster_layer=plan.layer).take_all()}
-    alone = frames_dataset(synth_store, "tiny", plan.layer, utts, labels, centroids=centroids).take_all()
+    alone = frames_dataset(Store(synth_store), "tiny", plan.layer, utts, labels, centroids=centroids).take_all()
     assert len(alone) == len(mixed) == 4
     for r in alone:  # the same ids as the cluster layer read alone
         np.testing.assert_array_equal(mixed[r["utt_id"]]["frame_ids"], r["frame_ids"])

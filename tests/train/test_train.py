@@ -51,7 +51,7 @@ def test_reader_yields_no_test_speaker_and_joins_labels(synth_store):
     assert plan.input_dim == 19 and len(plan.keep) == 19  # 0.6 of 32 dims
     mask = np.zeros(32, bool)
     mask[plan.keep] = True
-    ds = frames_dataset(synth_store, "tiny", 1, plan.inner, labels, conditions=["clean", "5dB"], mask=mask,
+    ds = frames_dataset(Store(synth_store), "tiny", 1, plan.inner, labels, conditions=["clean", "5dB"], mask=mask,
                         centroids=centroids)
     rows = ds.take_all()
     assert len(rows) == 2 * len(plan.inner)
@@ -130,7 +130,7 @@ def test_two_worker_run_learns_and_writes_a_loadable_checkpoint(synth_store, tmp
     assert fm.plan.fold == 0 and fm.plan.layer == 1 and fm.plan.n_domains == 4
     assert fm.plan.fold_id == resolve_assignment(cfg, Store(cfg.store)).id
     labels = load_labels(synth_store, fm.plan.test)
-    batch = frames_dataset(synth_store, "tiny", 1, fm.plan.test, labels).take_batch(64, batch_format="numpy")
+    batch = frames_dataset(Store(synth_store), "tiny", 1, fm.plan.test, labels).take_batch(64, batch_format="numpy")
     x = collate(batch)
     with torch.no_grad():
         probs = torch.softmax(fm.module(x["x"], x["lengths"])["logits"], -1)
@@ -176,10 +176,10 @@ def test_several_layers_are_read_side_by_side(synth_store):
     assert plan.keep == np.flatnonzero(one[1]).tolist() + (np.flatnonzero(one[2]) + 32).tolist()
     utts = plan.val
     both = {(r["utt_id"], r["condition"]): r for r in
-            frames_dataset(synth_store, "tiny", [1, 2], utts, labels, conditions=["clean", "5dB"]).take_all()}
+            frames_dataset(Store(synth_store), "tiny", [1, 2], utts, labels, conditions=["clean", "5dB"]).take_all()}
     assert len(both) == 2 * len(utts)
     for layer, lo in ((1, 0), (2, 32)):
-        for r in frames_dataset(synth_store, "tiny", layer, utts, labels, conditions=["clean", "5dB"]).take_all():
+        for r in frames_dataset(Store(synth_store), "tiny", layer, utts, labels, conditions=["clean", "5dB"]).take_all():
             got = both[(r["utt_id"], r["condition"])]
             np.testing.assert_array_equal(got["x"][:, lo:lo + 32], r["x"])
             assert got["label_index"] == r["label_index"] and got["n_frames"] == r["n_frames"]
