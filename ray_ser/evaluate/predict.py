@@ -29,7 +29,7 @@ TRAINING_ONLY = ("aug",)
 class FoldPredictor:
     """Ray Data actor: loads one fold's best model once (on the GPU when the actor has one) and maps batches of
     :func:`ray_ser.train.reader.frames_dataset` rows to class probabilities and A/V/D predictions. It opens no
-    store: the rows come with the batches, the checkpoint by path (with the driver's ``storage`` options)."""
+    store (the rows come with the batches, the checkpoint by path, opened with the driver's ``storage`` options)."""
 
     def __init__(self, checkpoint: str, threads: int = 1, storage: dict | None = None):
         import torch

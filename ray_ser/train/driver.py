@@ -165,8 +165,8 @@ def train_fold(cfg: TrainConfig, store: Store, assignment: FoldAssignment, fold:
     """Train outer ``fold`` on ``store`` with Ray Train (resuming its run if one was interrupted) and write its
     best checkpoint; returns the fold's summary (best epoch and validation score, seconds, layer). ``on_epoch`` gets
     the fold's progress (phase, epoch, epochs) while it trains, when its workers share this machine's disk. The
-    workers open no store: they read the fold's Ray Datasets, whose read tasks get the table's URI and the store's
-    storage options."""
+    workers open no store (they read the fold's Ray Datasets, whose read tasks get the table's URI and the store's
+    storage options)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
