@@ -19,6 +19,7 @@ def main() -> None:
     import polars as pl
 
     from ray_ser.evaluate.corpus_probe import loco_probe
+    from ray_ser.store import Store
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", required=True)
@@ -30,10 +31,11 @@ def main() -> None:
     p.add_argument("--scalers", default="per-corpus,global")
     p.add_argument("--out", help="Parquet file for the rows")
     args = p.parse_args()
+    store = Store(args.store)  # opened once for every scaler's matrix
     parts = []
     for scaler in args.scalers.split(","):
         t0 = time.perf_counter()
-        df = loco_probe(args.store, args.model, args.corpora.split(","), args.label_set, scaler, args.layers,
+        df = loco_probe(store, args.model, args.corpora.split(","), args.label_set, scaler, args.layers,
                         args.conditions.split(","))
         parts.append(df.with_columns(pl.lit(scaler).alias("scaler")))
         print(f"{scaler}: {time.perf_counter() - t0:.0f} s")

@@ -45,10 +45,13 @@ def epoch_read(uri: str, fold: int = 0) -> tuple[int, float]:
     from ray_ser.train.loop import epoch_batches
     from ray_ser.train.plan import fold_datasets, planned_fold, resolve_assignment
 
+    from ray_ser.store import Store
+
     cfg = TrainConfig(store=uri, model="bench", layer=1, batch_size=16, corpora=["synth"])
     t0 = time.perf_counter()
-    plan, labels, centroids = planned_fold(cfg, resolve_assignment(cfg), fold)
-    ds = fold_datasets(cfg, plan, labels, centroids)["train"]
+    store = Store(uri)
+    plan, labels, centroids = planned_fold(cfg, store, resolve_assignment(cfg, store), fold)
+    ds = fold_datasets(cfg, store, plan, labels, centroids)["train"]
     n = sum(len(b["lengths"]) for b in epoch_batches(ds, cfg, 0, True, cache=None))
     return n, time.perf_counter() - t0
 

@@ -264,6 +264,7 @@ def stages(conf: Path, work: Path, data_root: Path, manifest: Path, store: Path,
         state["train_parts"] = {"linear_s": t1 - t0, "tcgru_s": time.perf_counter() - t1}
 
     def tune_stage():
+        from ray_ser.store import Store
         from ray_ser.train.config import TrainConfig
         from ray_ser.train.tune import SearchOptions, run_search
 
@@ -271,7 +272,7 @@ def stages(conf: Path, work: Path, data_root: Path, manifest: Path, store: Path,
                            **TCGRU)
         opts = SearchOptions(base=base, num_samples=2, max_epochs=1, grace_period=1, seed=0, search_folds=2,
                              held_out_folds=[0, 1], cpus_per_trial=0.5, max_concurrent=2, name="search")
-        trials = run_search(opts, str(runs / "search"))
+        trials = run_search(opts, Store(str(store)), str(runs / "search"))
         state["trials"] = dict(zip(trials["trial_id"].to_list(), trials["status"].to_list()))
         failed = [t for t, s in state["trials"].items() if s != "TERMINATED"]
         if failed:

@@ -78,6 +78,7 @@ def main() -> None:
     args = p.parse_args()
 
     from ray_ser.runtime import init_ray
+    from ray_ser.store import Store
     from ray_ser.train.config import TrainConfig
     from ray_ser.train.plan import fold_datasets, planned_fold, resolve_assignment
     from ray_ser.train.reader import InMemorySource, ShardCache
@@ -86,9 +87,10 @@ def main() -> None:
     layers = [int(x) for x in args.layers.split(",")] if args.layers else []
     cfg = TrainConfig(store=args.store, model=args.model, layer=args.layer, layers=layers, batch_size=args.batch_size,
                       keep_ratio=args.keep_ratio)
-    plan, labels, centroids = planned_fold(cfg, resolve_assignment(cfg), args.fold)
+    store = Store(args.store)
+    plan, labels, centroids = planned_fold(cfg, store, resolve_assignment(cfg, store), args.fold)
     t0 = time.perf_counter()
-    ds = fold_datasets(cfg, plan, labels, centroids)["train"]
+    ds = fold_datasets(cfg, store, plan, labels, centroids)["train"]
     t_read = time.perf_counter() - t0
     memory = InMemorySource.from_records(ds.take_all())
     cache = ShardCache(cfg.cache_mb * 2 ** 20)

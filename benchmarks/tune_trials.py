@@ -45,6 +45,7 @@ def main() -> None:
     import ray
 
     from ray_ser.train.config import TrainConfig
+    from ray_ser.store import Store
     from ray_ser.train.tune import SearchOptions, run_search
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -57,7 +58,7 @@ def main() -> None:
                              grace_period=args.max_epochs, seed=3, held_out_folds=[0, 1], search_folds=2,
                              max_concurrent=1, reuse_actors=reuse)
         t0 = time.perf_counter()
-        trials = run_search(opts, tmp / f"reuse_{reuse}")
+        trials = run_search(opts, Store(opts.base.store), tmp / f"reuse_{reuse}")
         per_trial[reuse] = (time.perf_counter() - t0) / trials.height
         print(f"reuse_actors {reuse}: {trials.height} trials, {per_trial[reuse]:.1f} s per trial, "
               f"in-trial {trials['seconds'].mean():.1f} s, best val_uar {trials['val_uar'].max():.4f}")

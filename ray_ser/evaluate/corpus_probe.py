@@ -16,9 +16,10 @@ import polars as pl
 from ray_ser.analysis.probe import DEFAULT_CS, fit_probe, inner_c
 from ray_ser.analysis.saliency_store import layer_matrix
 from ray_ser.evaluate.matrix import MATRIX_SCHEMA, cells
+from ray_ser.store import Store
 
 
-def _features(store, model: str, condition: str, layers: Sequence[int], utts: Sequence[str]) -> np.ndarray:
+def _features(store: Store, model: str, condition: str, layers: Sequence[int], utts: Sequence[str]) -> np.ndarray:
     return np.hstack([layer_matrix(store, model, condition, layer, utts) for layer in layers]).astype(np.float64)
 
 
@@ -31,7 +32,7 @@ def _standardise(H: np.ndarray, groups: Sequence[str]) -> np.ndarray:
     return out
 
 
-def zero_shot_probe(store: str, cfg, test: dict[str, str], conditions: Sequence[str], categories: Sequence[str],
+def zero_shot_probe(store: Store, cfg, test: dict[str, str], conditions: Sequence[str], categories: Sequence[str],
                     layers: str | Sequence[int] = "auto:3", Cs: Sequence[float] = DEFAULT_CS,
                     scaler: str | None = None) -> pl.DataFrame:
     """The probe's zero-shot predictions (condition, utt_id, fold -1, probs in ``categories`` order) on ``test``
@@ -46,12 +47,12 @@ def zero_shot_probe(store: str, cfg, test: dict[str, str], conditions: Sequence[
     from ray_ser.corpora.folds import ALL_SPEAKERS
 
     scaler = scaler or getattr(cfg, "scaler", None) or "global"
-    assignment = resolve_assignment(cfg)
+    assignment = resolve_assignment(cfg, store)
     use = resolve_layers(layers, [ALL_SPEAKERS],
                          lambda folds, k: auto_layers(cfg.model_copy(update={"auto_layers": k}), assignment, folds)
                          )[ALL_SPEAKERS]
     fold_of = assignment.fold_of()
-    rows = run_rows(cfg)
+    rows = run_rows(cfg, store)
     index = {c: i for i, c in enumerate(categories)}
     utts = [u for u in sorted(rows) if rows[u]["label"] in index]
     y = np.asarray([rows[u]["label"] for u in utts], dtype=object)
@@ -76,7 +77,7 @@ def zero_shot_probe(store: str, cfg, test: dict[str, str], conditions: Sequence[
     return pl.concat(out)
 
 
-def loco_probe(store: str, model: str, corpora: Sequence[str], label_set: str | Sequence[str] = "four",
+def loco_probe(store: Store, model: str, corpora: Sequence[str], label_set: str | Sequence[str] = "four",
                scaler: str = "per-corpus", n_layers: int = 3, conditions: Sequence[str] = ("clean",),
                n_boot: int = 500, Cs: Sequence[float] = DEFAULT_CS) -> pl.DataFrame:
     """Matrix rows (train_corpora = the other corpora, test_corpus = the held-out one, protocol zero-shot) of the
@@ -90,8 +91,8 @@ def loco_probe(store: str, model: str, corpora: Sequence[str], label_set: str | 
     parts = []
     for held in corpora:
         train = [c for c in corpora if c != held]
-        cfg = TrainConfig(store=store, model=model, corpora=train, label_set=categories, auto_layers=n_layers)
-        test_rows = run_rows(cfg.model_copy(update={"corpora": [held]}))
+        cfg = TrainConfig(store=store.uri, model=model, corpora=train, label_set=categories, auto_layers=n_layers)
+        test_rows = run_rows(cfg.model_copy(update={"corpora": [held]}), store)
         test = {u: held for u in sorted(test_rows) if test_rows[u]["label"] is not None}
         probe = zero_shot_probe(store, cfg, test, conditions, categories, f"auto:{n_layers}", Cs, scaler)
         pred = probe.with_columns(pl.lit(f"probe-{scaler}").alias("run"),

@@ -14,33 +14,36 @@ import polars as pl
 from matplotlib.figure import Figure
 
 from ray_ser.storage import run_path
+from ray_ser.store import Store
 
 WEIGHTS_FILE = "layer_weights.parquet"
 
 
-def layer_info(run_dir: str | Path, store: str | None = None, model: str | None = None) -> dict[str, Any] | None:
+def layer_info(run_dir: str | Path, store: Store | None = None, model: str | None = None) -> dict[str, Any] | None:
     """{"weights": (fold, layer, weight), "ranking": (criterion, layer, layer_score, layer_rank)} of a run folder:
     its learned weights and the store's layer rankings (each criterion's score averaged over the run's folds, made
     with the run's fold assignment, then ranked, 0 = best); None when the run learned no mix. ``store``/``model``
-    default to the run's own."""
+    default to the run's own (a call without ``store`` opens the store the run recorded)."""
     run = run_path(run_dir)
     if not (run / WEIGHTS_FILE).exists():
         return None
     weights = pl.read_parquet((run / WEIGHTS_FILE).read_bytes())
     meta = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
     train = meta.get("config") or {}
-    return {"weights": weights, "ranking": store_ranking(store or train.get("store"), model or train.get("model"),
+    if store is None and train.get("store"):
+        store = Store(train["store"])
+    return {"weights": weights, "ranking": store_ranking(store, model or train.get("model"),
                                                          meta.get("fold_id"), weights["fold"].unique().to_list())}
 
 
-def store_ranking(store: str | None, model: str | None, fold_id: str | None, folds: list[int]) -> pl.DataFrame:
+def store_ranking(store: Store | None, model: str | None, fold_id: str | None, folds: list[int]) -> pl.DataFrame:
     """Each stored criterion's layer score averaged over ``folds`` (those the fold assignment ``fold_id`` made; the
     final model's fold -1 is every speaker) and its rank (0 = best); empty when the store has no ranking."""
     from ray_ser.analysis.saliency_store import read_layer_ranking
 
     empty = pl.DataFrame(schema={"criterion": pl.Utf8, "layer": pl.Int32, "layer_score": pl.Float64,
                                  "layer_rank": pl.Int32})
-    if not store or not model:
+    if store is None or not model:
         return empty
     try:
         ranks = read_layer_ranking(store, model)

@@ -17,7 +17,7 @@ from ray_ser.corpora.folds import ALL_SPEAKERS as FINAL  # the final model's fol
 from ray_ser.corpora.manifest import CATEGORIES_KEY, DIMENSIONS
 from ray_ser.errors import InputError
 from ray_ser.storage import run_path, snapshot
-from ray_ser.store import Store, as_store
+from ray_ser.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,10 @@ TRAINING_ONLY = ("aug",)
 
 class FoldPredictor:
     """Ray Data actor: loads one fold's best model once (on the GPU when the actor has one) and maps batches of
-    :func:`ray_ser.train.reader.frames_dataset` rows to class probabilities and A/V/D predictions."""
+    :func:`ray_ser.train.reader.frames_dataset` rows to class probabilities and A/V/D predictions. It opens no
+    store (the rows come with the batches, the checkpoint by path, opened with the driver's ``storage`` options)."""
 
-    def __init__(self, checkpoint: str, store, threads: int = 1, storage: dict | None = None):
+    def __init__(self, checkpoint: str, threads: int = 1, storage: dict | None = None):
         import torch
 
         from ray_ser import storage as storage_options
@@ -42,7 +43,7 @@ class FoldPredictor:
 
         torch.set_num_threads(max(1, threads))
         self.device = pick_device()
-        self.fm = load_fold_model(checkpoint, store=store)
+        self.fm = load_fold_model(checkpoint)
         self.fm.module.to(self.device)
 
     def __call__(self, batch: dict) -> dict:
@@ -76,27 +77,24 @@ def prediction_rows(utt_ids, conditions, out: dict):
     return pa.table(cols)
 
 
-def evaluation_conditions(store, model: str) -> list[str]:
+def evaluation_conditions(store: Store, model: str) -> list[str]:
     """The stored conditions of ``model`` that evaluation scores (augmentation copies are training-only)."""
     import pyarrow.compute as pc
 
-    from ray_ser.store.core import as_store
-
-    t = as_store(store).embeddings(model).to_lance().to_table(columns=["condition"], filter="layer = 0")
+    t = store.embeddings(model).to_lance().to_table(columns=["condition"], filter="layer = 0")
     conds = sorted(pc.unique(t.column("condition")).to_pylist())
     return [c for c in conds if not c.startswith(TRAINING_ONLY)]
 
 
-def _snr_of(store, model: str, utt_ids: Sequence[str], conditions: Sequence[str]) -> dict[tuple[str, str], float | None]:
+def _snr_of(store: Store, model: str, utt_ids: Sequence[str], conditions: Sequence[str]) -> dict[tuple[str, str], float | None]:
     from ray_ser.store import catalog
-    from ray_ser.store.core import as_store
 
-    t = as_store(store).embeddings(model).to_lance().to_table(
+    t = store.embeddings(model).to_lance().to_table(
         columns=["utt_id", "condition", "snr_db"], filter=catalog.where(layer=0, condition=list(conditions), utt_id=list(utt_ids)))
     return {(u, c): s for u, c, s in zip(*(t.column(k).to_pylist() for k in ("utt_id", "condition", "snr_db")))}
 
 
-def predict_fold(store: "str | Store", checkpoint: str | Path, conditions: Sequence[str] | None = None,
+def predict_fold(store: Store, checkpoint: str | Path, conditions: Sequence[str] | None = None,
                  batch_size: int = 32, num_gpus: float = 0.0, cpus: float = 1.0, fm=None,
                  utt_ids: Sequence[str] | None = None, scale: dict | None = None,
                  dim_scale: dict | None = None) -> pl.DataFrame:
@@ -109,14 +107,13 @@ def predict_fold(store: "str | Store", checkpoint: str | Path, conditions: Seque
     from ray_ser.train.checkpoints import load_fold_model
     from ray_ser.train.reader import frames_dataset, load_labels
 
-    store = as_store(store)  # a URI is opened once here; an open Store passes through
     fm = fm or load_fold_model(checkpoint, store=store)  # the caller's already-loaded copy, when it has one
     conds = list(conditions) if conditions else evaluation_conditions(store, fm.cfg.model)
     utts = list(fm.plan.test if utt_ids is None else utt_ids)
     labels = load_labels(store, utts, label_set=fm.cfg.label_set)
-    ds = frames_dataset(store, fm.cfg.model, fm.plan.read_layers, utts, labels, conditions=conds, mask=fm.mask,
+    ds = frames_dataset(store, fm.cfg.model, fm.plan.read_layers, utts, labels, conditions=conds, mask=fm.mask(store),
                         scale=scale if scale is not None else fm.plan.corpus_norm)
-    ds = ds.map_batches(FoldPredictor, fn_constructor_kwargs={"checkpoint": str(checkpoint), "store": store.uri,
+    ds = ds.map_batches(FoldPredictor, fn_constructor_kwargs={"checkpoint": str(checkpoint),
                                                               "threads": max(1, int(cpus)), "storage": snapshot()},
                         batch_size=batch_size, batch_format="numpy", concurrency=1, num_cpus=cpus, num_gpus=num_gpus)
     parts = [pl.from_arrow(b) for b in ds.iter_batches(batch_size=None, batch_format="pyarrow") if b.num_rows]
@@ -140,13 +137,10 @@ def predict_fold(store: "str | Store", checkpoint: str | Path, conditions: Seque
                            pl.lit(fm.temperature, pl.Float32).alias("temperature"))
 
 
-def manifest_columns(store, by: Sequence[str] = (), label_set: Sequence[str] | None = None) -> pl.DataFrame:
+def manifest_columns(store: Store, by: Sequence[str] = (), label_set: Sequence[str] | None = None) -> pl.DataFrame:
     """Per utterance: speaker, gender, corpus, label, pdf, A/V/D, has_votes, and each ``by`` column (a manifest
     column, a key of its ``extra`` JSON, or ``<numeric>_bin``: tertiles low/mid/high of that number). With a
     ``label_set`` the label and pdf are the utterance's in that set (null outside it)."""
-    from ray_ser.store.core import as_store
-
-    store = as_store(store)
     m = pl.from_arrow(store.manifests())
     if label_set is not None:
         m = in_label_set(store, m, label_set)
@@ -168,7 +162,7 @@ def manifest_columns(store, by: Sequence[str] = (), label_set: Sequence[str] | N
     return out
 
 
-def in_label_set(store, m: pl.DataFrame, label_set: Sequence[str]) -> pl.DataFrame:
+def in_label_set(store: Store, m: pl.DataFrame, label_set: Sequence[str]) -> pl.DataFrame:
     """Manifest rows with ``label`` and ``pdf`` mapped into ``label_set`` (null where a row falls outside it)."""
     from ray_ser.corpora.label_sets import map_row
 
@@ -179,7 +173,7 @@ def in_label_set(store, m: pl.DataFrame, label_set: Sequence[str]) -> pl.DataFra
                           pl.Series("pdf", [x.pdf for x in mapped], dtype=pl.List(pl.Float32)))
 
 
-def predict_run(store: "str | Store", run_dir: str | Path, conditions: Sequence[str] | None = None, by: Sequence[str] = (),
+def predict_run(store: Store, run_dir: str | Path, conditions: Sequence[str] | None = None, by: Sequence[str] = (),
                 batch_size: int = 32) -> tuple[pl.DataFrame, list[str], dict]:
     """(predictions, categories, run config) of every fold checkpoint of a training run folder: one row per
     (fold, condition, test utterance) in the ``predictions.parquet`` layout."""
@@ -188,7 +182,6 @@ def predict_run(store: "str | Store", run_dir: str | Path, conditions: Sequence[
     from ray_ser import console
     from ray_ser.train.checkpoints import fold_checkpoints, load_fold_model
 
-    store = as_store(store)  # a URI is opened once here; an open Store passes through
     run_dir = run_path(run_dir)
     checkpoints = fold_checkpoints(run_dir)
     if not checkpoints:
@@ -220,14 +213,12 @@ class TrainedOnCorpus(InputError):
     """A zero-shot request for a corpus the run trained on (those are scored out of fold)."""
 
 
-def zero_shot_utterances(store, fm, corpora: Sequence[str], report=None) -> dict[str, str]:
+def zero_shot_utterances(store: Store, fm, corpora: Sequence[str], report=None) -> dict[str, str]:
     """The utterances of ``corpora`` a final model scores zero-shot: every labelled utterance whose label falls in
     the run's label set (the others counted in ``report``), as {utt_id: corpus}. A corpus the model trained on is
     refused, naming it."""
-    from ray_ser.store.core import as_store
     from ray_ser.train.plan import corpus_rows
 
-    store = as_store(store)
     trained = sorted(fm.plan.corpus_counts or fm.cfg.corpora or {u.split("/")[0] for u in fm.plan.inner})
     seen = [c for c in corpora if c in trained]
     if seen:
@@ -243,7 +234,7 @@ def zero_shot_utterances(store, fm, corpora: Sequence[str], report=None) -> dict
     return {u: rows[u]["corpus"] for u in sorted(rows)}
 
 
-def predict_zero_shot(store: "str | Store", run_dir: str | Path, corpora: Sequence[str], conditions: Sequence[str] | None = None,
+def predict_zero_shot(store: Store, run_dir: str | Path, corpora: Sequence[str], conditions: Sequence[str] | None = None,
                       by: Sequence[str] = (), batch_size: int = 32, report=None) -> tuple[pl.DataFrame, list[str], dict]:
     """(predictions, categories, run config) of a run's final model (``DIR/final/best``) on ``corpora`` it never
     trained on, every evaluation condition; with the per-corpus scaler each corpus is standardised by its own
@@ -253,7 +244,6 @@ def predict_zero_shot(store: "str | Store", run_dir: str | Path, corpora: Sequen
     from ray_ser.train.checkpoints import final_checkpoint, load_fold_model
     from ray_ser.train.reader import frame_stats
 
-    store = as_store(store)  # a URI is opened once here; an open Store passes through
     run_dir = run_path(run_dir)
     path = final_checkpoint(run_dir)
     if path is None:
@@ -284,7 +274,7 @@ def predict_zero_shot(store: "str | Store", run_dir: str | Path, corpora: Sequen
     return _finish(store, pred, fm.plan.categories, config, run_dir, by, "zero-shot"), fm.plan.categories, config
 
 
-def zero_shot_dim_scale(store, fm, utts: dict[str, str]) -> dict[str, dict[str, list[float]]]:
+def zero_shot_dim_scale(store: Store, fm, utts: dict[str, str]) -> dict[str, dict[str, list[float]]]:
     """The scale each zero-shot corpus's A/V/D predictions are mapped back to: the range its manifest's values
     span (its annotation scale, 1-3, 1-7, ...: no prediction is compared with a label to choose it); a corpus
     without A/V/D values takes the training corpus's scale when the run trained on one corpus."""
@@ -302,7 +292,7 @@ def zero_shot_dim_scale(store, fm, utts: dict[str, str]) -> dict[str, dict[str, 
     return out
 
 
-def _finish(store, pred: pl.DataFrame, categories: list[str], config: dict, run_dir: str | Path, by: Sequence[str],
+def _finish(store: Store, pred: pl.DataFrame, categories: list[str], config: dict, run_dir: str | Path, by: Sequence[str],
             protocol: str) -> pl.DataFrame:
     """Predictions joined with their manifest rows (labels in the run's label set), SNR, run and protocol, in the
     ``predictions.parquet`` column order."""

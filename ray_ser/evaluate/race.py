@@ -17,6 +17,7 @@ import polars as pl
 from ray_ser import metrics as M
 from ray_ser.evaluate.results import METRICS_SCHEMA, PROTOCOLS
 from ray_ser.evaluate.tables import _seed, list_matrix, true_index
+from ray_ser.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ def race_line(summary_row: Mapping, what: str = "model", probe: str = "the probe
             f"{summary_row['probe_uar']:.3f}, difference {d:+.3f}{ci} ({tail})")
 
 
-def race_rows(store, pred: pl.DataFrame, categories: Sequence[str], config: Mapping, layers: str | Sequence[int],
+def race_rows(store: Store, pred: pl.DataFrame, categories: Sequence[str], config: Mapping, layers: str | Sequence[int],
               Cs: Sequence[float] | None = None, readouts: Sequence[str] = ("none",), criterion: str | None = None,
               n_boot: int = 500, seed: int = 0) -> pl.DataFrame:
     """The race rows (:func:`race_table`) of an evaluation's predictions against the probe on ``layers`` (a list, or
@@ -265,7 +266,7 @@ def _default_cs() -> list[float]:
     return list(DEFAULT_CS)
 
 
-def fold_layers(store, cfg, pred: pl.DataFrame, layers: str | Sequence[int],
+def fold_layers(store: Store, cfg, pred: pl.DataFrame, layers: str | Sequence[int],
                 criterion: str | None = None) -> dict[int, list[int]]:
     """{outer fold: the probe's layers} for a run's out-of-fold predictions; with ``auto:K`` ranked on each fold's
     training speakers under the run's own fold assignment, which must be the one its predictions came from."""
@@ -275,7 +276,7 @@ def fold_layers(store, cfg, pred: pl.DataFrame, layers: str | Sequence[int],
         from ray_ser.analysis.layer_selection import DEFAULT_CRITERION, ranked_layers
         from ray_ser.train.plan import resolve_assignment
 
-        assignment = resolve_assignment(cfg)
+        assignment = resolve_assignment(cfg, store)
         fold_of = assignment.fold_of()
         pairs = pred.select("utt_id", "fold").unique()
         wrong = [u for u, f in pairs.iter_rows() if fold_of.get(u) != f]

@@ -137,7 +137,7 @@ def run(cfg: ExperimentConfig, store: Store, out: str | None = None) -> CrossCor
             with console.stage(f"train on {shown}" + (" (outer folds + final model)" if folds else " (final model)")):
                 rcfg = train.model_copy(update={"corpora": trained, "final": True, "seed": seed,
                                                 "outer_folds": "all" if folds else "none"})
-                train_folds(rcfg, None, run_dir)
+                train_folds(rcfg, store, None, run_dir)
             evaluations = ([("out-of-fold", run_dir / "eval", [])] if folds else []) + \
                 [("zero-shot", run_dir / "zero-shot", unseen)]
             for protocol, eval_dir, zero_shot in evaluations:

@@ -254,10 +254,11 @@ def write_run_plans(train, store: Store) -> list[int]:
     from ray_ser.analysis.fold_plans import write_fold_plans
     from ray_ser.train.checkpoints import FINAL
     from ray_ser.train.driver import final_config
+    from ray_ser.store import Store
     from ray_ser.train.plan import resolve_assignment, select_folds
 
     try:
-        assignment = resolve_assignment(train)
+        assignment = resolve_assignment(train, Store(train.store))
         spec = train.outer_folds
         folds = [] if spec.strip().lower() == "none" else select_folds(spec, assignment)
         built = write_fold_plans(train.plan_spec(), assignment, folds, rebuild=True,  # made from what it just wrote

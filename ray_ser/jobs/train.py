@@ -138,8 +138,8 @@ def _layers(summary: dict) -> str:
     return f"layer {layers[0]}" if len(layers) == 1 else "layers " + ",".join(str(l) for l in layers)
 
 
-def test_report(cfg, summary: dict, out: str, pooled_reads: dict | None = None) -> str:
-    """The fold's best checkpoint on its test speakers per condition: UAR where it has a categorical head and the
+def test_report(cfg, store: Store, summary: dict, out: str, pooled_reads: dict | None = None) -> str:
+    """The fold's best checkpoint on its test speakers of ``store`` per condition: UAR where it has a categorical head and the
     speakers have labels, CCC per A/V/D dimension where it has a dimensional head and they have those values (the
     evaluation job makes the tables)."""
     import numpy as np
@@ -152,8 +152,8 @@ def test_report(cfg, summary: dict, out: str, pooled_reads: dict | None = None) 
     from ray_ser.train.reader import load_labels
 
     path = fold_checkpoints(out)[summary["fold"]]
-    pred = predict_fold(cfg.store, path) if pooled_reads is None else pooled_test(cfg, path, pooled_reads)
-    labels = load_labels(cfg.store, pred["utt_id"].unique().to_list(), label_set=cfg.label_set)
+    pred = predict_fold(store, path) if pooled_reads is None else pooled_test(cfg, store, path, pooled_reads)
+    labels = load_labels(store, pred["utt_id"].unique().to_list(), label_set=cfg.label_set)
     cats = {c: i for i, c in enumerate(labels.categories)}
     uar, dims = [], []
     for cond in sorted(pred["condition"].unique().to_list()):
@@ -183,7 +183,7 @@ def test_report(cfg, summary: dict, out: str, pooled_reads: dict | None = None) 
     return line + ("; test CCC: " + ", ".join(dims) if dims else "")
 
 
-def pooled_test(cfg, path, reads: dict):
+def pooled_test(cfg, store: Store, path, reads: dict):
     """A pooled model's test predictions from every utterance's mean frames of every evaluation condition, read
     once for all folds (``reads``: the job's {layers: PooledFrames})."""
     from ray_ser.evaluate.predict import evaluation_conditions
@@ -191,13 +191,13 @@ def pooled_test(cfg, path, reads: dict):
     from ray_ser.train.pooled import pooled_predictions
     from ray_ser.train.reader import PooledFrames
 
-    fm = load_fold_model(path, store=cfg.store)
-    conditions = evaluation_conditions(cfg.store, cfg.model)
+    fm = load_fold_model(path, store=store)
+    conditions = evaluation_conditions(store, cfg.model)
     key = tuple(fm.plan.read_layers)
     if key not in reads:
-        reads[key] = PooledFrames.read(cfg.store, cfg.model, list(key), sorted({*fm.plan.inner, *fm.plan.val,
+        reads[key] = PooledFrames.read(store, cfg.model, list(key), sorted({*fm.plan.inner, *fm.plan.val,
                                                                                  *fm.plan.test}), conditions)
-    return pooled_predictions(fm, reads[key], conditions)
+    return pooled_predictions(fm, store, reads[key], conditions)
 
 
 def cap_note(summary: dict) -> str:
@@ -225,8 +225,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def run(experiment: ExperimentConfig, store: Store, out: str | None = None, report_tests: bool = True) -> TrainResult:
     """The train stage of ``experiment``: a model per outer fold (and the final model) into ``out`` (default the
-    run folder), each seed's into its own folder; one console line per fold. ``store``: the experiment's (the
-    training config names it by URI, which the Ray Train workers open)."""
+    run folder), each seed's into its own folder; one console line per fold. ``store``: the one the training
+    config names by URI, opened once by the caller and passed down to planning, training and the test report."""
     from ray_ser.runtime import init_ray
     from ray_ser.train.driver import run as train_folds
     from ray_ser.train.pooled import pooled_model
@@ -255,7 +255,7 @@ def run(experiment: ExperimentConfig, store: Store, out: str | None = None, repo
                 console.say(line)
             else:
                 console.detail(line)
-                console.say(test_report(cfg, summary, current["out"], reads if pooled_model(cfg) else None))
+                console.say(test_report(cfg, store, summary, current["out"], reads if pooled_model(cfg) else None))
 
         if experiment.seeds > 1:
             from ray_ser.evaluate.seeds import seed_folder, seed_list
@@ -264,10 +264,10 @@ def run(experiment: ExperimentConfig, store: Store, out: str | None = None, repo
             for seed in seed_list(cfg.seed, experiment.seeds):
                 current["out"] = seed_folder(out, seed)
                 console.say(f"seed {seed} ({experiment.seeds} seeds) into {current['out']}")
-                folds = train_folds(cfg.model_copy(update={"seed": seed}), None, seed_folder(out, seed), on_fold=on_fold)
+                folds = train_folds(cfg.model_copy(update={"seed": seed}), store, None, seed_folder(out, seed), on_fold=on_fold)
                 summaries += [{**s, "seed": seed} for s in folds]
         else:
-            summaries = train_folds(cfg, None, out, on_fold=on_fold)
+            summaries = train_folds(cfg, store, None, out, on_fold=on_fold)
         seconds = time.perf_counter() - t0
         console.detail(f"trained {len(summaries)} fold(s) into {out} in {seconds:.1f} s")
     return TrainResult(folds=summaries, out=out, seconds=seconds)

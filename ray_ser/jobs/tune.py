@@ -107,7 +107,7 @@ def run(cfg: ExperimentConfig, store: Store, out: str | None = None, resume: boo
     with console.stage(f"tune {t.num_samples} trials into {out}"):
         init_ray()
         t0 = time.perf_counter()
-        trials = run_search(opts, out, resume=resume)
+        trials = run_search(opts, store, out, resume=resume)
         with pl.Config(tbl_rows=30, tbl_cols=20, tbl_hide_dataframe_shape=True):
             console.say(str(trials.head(5)))
         seconds = time.perf_counter() - t0

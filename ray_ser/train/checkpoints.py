@@ -110,19 +110,19 @@ class FoldModel:
     """Temperature scaling of the category probabilities, fitted on the inner validation speakers (None: none,
     a model without categories or a checkpoint from before it was fitted)."""
 
-    @property
-    def mask(self) -> np.ndarray | None:
-        return plan_mask(self.cfg, self.plan)
+    def mask(self, store: Store) -> np.ndarray | None:
+        """The plan's kept dimensions over the input layers of ``store`` (the one it predicts on)."""
+        return plan_mask(self.cfg, store, self.plan)
 
 
-def load_fold_model(path: str | os.PathLike, store: "str | Store | None" = None) -> FoldModel:
-    """Rebuild a fold's best model from ``DIR/fold_<f>/best`` (``store``, a URI or an open Store, overrides the
+def load_fold_model(path: str | os.PathLike, store: Store | None = None) -> FoldModel:
+    """Rebuild a fold's best model from ``DIR/fold_<f>/best`` (``store``, the caller's open Store, overrides the
     recorded store URI)."""
     path = run_path(path)
     info = json.loads((path / "config.json").read_text())
     cfg = TrainConfig(**info["train"])
     if store is not None:
-        cfg.store = getattr(store, "uri", store)  # the config holds the URI; the caller keeps its open Store
+        cfg.store = store.uri  # the config holds the URI; the caller keeps its open Store
     plan = FoldPlan(**info["plan"])
     module = build_fold_model(plan)
     with (path / "model.pt").open("rb") as fh:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 from ray_ser import console, storage
 from ray_ser.redaction import redact
 from ray_ser.corpora.folds import FoldAssignment
+from ray_ser.store import Store
 from ray_ser.storage import arrow_filesystem, join, local_log_dir, run_path, write_parquet
 from ray_ser.train.checkpoints import (
     FINAL,
@@ -159,18 +160,20 @@ def epoch_note(fold: int, progress: dict) -> str:
     return f"{name}: {where}epoch {progress.get('epoch')}/{progress.get('epochs')}"
 
 
-def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir: str | os.PathLike,
+def train_fold(cfg: TrainConfig, store: Store, assignment: FoldAssignment, fold: int, out_dir: str | os.PathLike,
                on_epoch: Callable[[dict], None] | None = None) -> dict:
-    """Train outer ``fold`` with Ray Train (resuming its run if one was interrupted) and write its best
-    checkpoint; returns the fold's summary (best epoch and validation score, seconds, layer). ``on_epoch`` gets
-    the fold's progress (phase, epoch, epochs) while it trains, when its workers share this machine's disk."""
+    """Train outer ``fold`` on ``store`` with Ray Train (resuming its run if one was interrupted) and write its
+    best checkpoint; returns the fold's summary (best epoch and validation score, seconds, layer). ``on_epoch`` gets
+    the fold's progress (phase, epoch, epochs) while it trains, when its workers share this machine's disk. The
+    workers open no store (they read the fold's Ray Datasets, whose read tasks get the table's URI and the store's
+    storage options)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     out_dir = run_folder(out_dir)
     t0 = time.perf_counter()
-    plan, labels, centroids = plan_fold(cfg, assignment, fold)
-    datasets = fold_datasets(cfg, plan, labels, centroids)
+    plan, labels, centroids = plan_fold(cfg, store, assignment, fold)
+    datasets = fold_datasets(cfg, store, plan, labels, centroids)
     name = fold_dir(out_dir, fold).name
     progress = progress_file(out_dir, fold)
     progress.parent.mkdir(parents=True, exist_ok=True)
@@ -204,10 +207,10 @@ def train_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int, out_dir:
     return fold_summary(cfg, plan, state, time.perf_counter() - t0, **({} if compute is None else {"compute_s": compute}))
 
 
-def train_pooled_folds(jobs: Sequence[tuple[int, TrainConfig]], assignment: FoldAssignment,
+def train_pooled_folds(jobs: Sequence[tuple[int, TrainConfig]], store: Store, assignment: FoldAssignment,
                        out_dir: str | os.PathLike) -> Iterator[dict]:
     """Train the (fold, config) ``jobs`` of a pooled model (:mod:`ray_ser.train.pooled`): plan every fold, read the
-    mean frames they need in one pass, then fit each fold as a Ray task of ``cpus_per_worker`` CPUs (several at
+    mean frames they need from ``store`` in one pass (the tasks get those frames, not the store), then fit each fold as a Ray task of ``cpus_per_worker`` CPUs (several at
     once as the cluster allows); yields each fold's summary in ``jobs`` order, its checkpoint written, as
     :func:`train_fold` returns it (plus ``compute_s``: the fold's epochs; ``read_s``: the shared read)."""
     import ray
@@ -218,7 +221,7 @@ def train_pooled_folds(jobs: Sequence[tuple[int, TrainConfig]], assignment: Fold
 
     out_dir = run_folder(out_dir)
     t0 = time.perf_counter()
-    planned = [(fold, fold_cfg, *plan_fold(fold_cfg, assignment, fold)) for fold, fold_cfg in jobs]
+    planned = [(fold, fold_cfg, *plan_fold(fold_cfg, store, assignment, fold)) for fold, fold_cfg in jobs]
     if not planned:
         return
     cfg = jobs[0][1]
@@ -226,7 +229,7 @@ def train_pooled_folds(jobs: Sequence[tuple[int, TrainConfig]], assignment: Fold
     utts = sorted({u for _, _, plan, _, _ in planned for u in [*plan.inner, *plan.val]})
     conditions = sorted({"clean", *(c for _, fold_cfg, *_ in planned for c in fold_cfg.conditions)})
     t_read = time.perf_counter()
-    pooled = PooledFrames.read(cfg.store, cfg.model, read_layers, utts, conditions)
+    pooled = PooledFrames.read(store, cfg.model, read_layers, utts, conditions)
     read_s = time.perf_counter() - t_read
     log.info("pooled path: mean frames of %d utterances x %s x layers %s read in %.1f s", len(utts), conditions,
              read_layers, read_s)
@@ -323,9 +326,10 @@ def final_config(cfg: TrainConfig) -> TrainConfig:
     return cfg.model_copy(update={"refit": True, "inner_folds": k})
 
 
-def run(cfg: TrainConfig, folds: str | Sequence[int] | None, out_dir: str | os.PathLike,
+def run(cfg: TrainConfig, store: Store, folds: str | Sequence[int] | None, out_dir: str | os.PathLike,
         on_fold: Callable[[dict], None] | None = None) -> list[dict]:
-    """Train every requested outer fold (``folds``; None: ``cfg.outer_folds``) and, with ``cfg.final``, the final
+    """Train every requested outer fold (``folds``; None: ``cfg.outer_folds``) on ``store`` (the one ``cfg.store``
+    names, opened once by the caller) and, with ``cfg.final``, the final
     model on all speakers into ``out_dir`` (anything with a finished best checkpoint of the same configuration is
     skipped), then write ``epochs.parquet`` and ``run.json`` (with what the label set kept and left out)."""
     from ray_ser.corpora.label_sets import SetReport
@@ -333,7 +337,7 @@ def run(cfg: TrainConfig, folds: str | Sequence[int] | None, out_dir: str | os.P
     out_dir = run_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = SetReport(list(cfg.label_set or []))
-    assignment = resolve_assignment(cfg, report=report)
+    assignment = resolve_assignment(cfg, store, report=report)
     if cfg.label_set is not None:
         console.say(report.line())
     summaries = []
@@ -348,11 +352,11 @@ def run(cfg: TrainConfig, folds: str | Sequence[int] | None, out_dir: str | os.P
     todo = [(fold, fold_cfg) for fold, fold_cfg in jobs if not (fold in done and defining(
         json.loads((done[fold] / "config.json").read_text())["train"]) == defining(fold_cfg.model_dump()))]
     for fold_cfg in {id(c): c for _, c in todo}.values():  # the plans the run lacks, built once here (analysis)
-        prepare_plans(fold_cfg, assignment, [fold for fold, c in todo if c is fold_cfg])
+        prepare_plans(fold_cfg, store, assignment, [fold for fold, c in todo if c is fold_cfg])
     bar = console.progress(len(wanted), "train folds", "fold")  # the postfix: the fold training and its epoch
     from ray_ser.train.pooled import pooled_model
 
-    pooled = train_pooled_folds(todo, assignment, out_dir) if pooled_model(cfg) and todo else None
+    pooled = train_pooled_folds(todo, store, assignment, out_dir) if pooled_model(cfg) and todo else None
     if pooled is not None:
         bar.set_postfix_str(f"{len(todo)} pooled fold(s), {cfg.cpus_per_worker:g} CPU each")
     running, slots = {}, fold_slots(cfg, len(todo)) if pooled is None else 1
@@ -360,7 +364,7 @@ def run(cfg: TrainConfig, folds: str | Sequence[int] | None, out_dir: str | os.P
         from concurrent.futures import ThreadPoolExecutor
 
         pool = ThreadPoolExecutor(slots, thread_name_prefix="ray_ser-fold")
-        running = {fold: pool.submit(train_fold, fold_cfg, assignment, fold, out_dir,
+        running = {fold: pool.submit(train_fold, fold_cfg, store, assignment, fold, out_dir,
                                      on_epoch=lambda p, f=fold: bar.set_postfix_str(epoch_note(f, p)))
                    for fold, fold_cfg in todo}
         pool.shutdown(wait=False)
@@ -382,7 +386,7 @@ def run(cfg: TrainConfig, folds: str | Sequence[int] | None, out_dir: str | os.P
         elif fold in running:
             summary = running[fold].result()
         else:
-            summary = train_fold(fold_cfg, assignment, fold, out_dir,
+            summary = train_fold(fold_cfg, store, assignment, fold, out_dir,
                                  on_epoch=lambda p, f=fold: bar.set_postfix_str(epoch_note(f, p)))
         summaries.append(summary)
         bar.update(1)

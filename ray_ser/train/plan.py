@@ -13,20 +13,19 @@ from ray_ser.analysis import fold_plans as fp
 from ray_ser.analysis.fold_plans import FoldPlan, PlanMissing  # noqa: F401  (the plan's type, named here as before)
 from ray_ser.corpora.folds import FoldAssignment
 from ray_ser.corpora.manifest import DIMENSIONS
+from ray_ser.store import Store
 from ray_ser.train.config import TrainConfig
 
 
 # ---- planning a fold ------------------------------------------------------------------------------
-def corpus_rows(store, corpora: Sequence[str], label_set: Sequence[str] | None = None, report=None,
+def corpus_rows(store: Store, corpora: Sequence[str], label_set: Sequence[str] | None = None, report=None,
                 keep: Callable[[str], bool] | None = None) -> dict[str, dict]:
     """{utt_id: manifest row (utt_id, speaker, corpus, label, pdf, A/V/D)} of the labelled utterances of ``corpora``
     (every stored corpus when empty; one the store lacks is an error naming it) that ``keep`` accepts, their labels
     mapped into ``label_set`` when given (rows outside it left out and counted in ``report``, a
     :class:`~ray_ser.corpora.label_sets.SetReport`). The run's rows and a zero-shot corpus's rows both come from here."""
     from ray_ser.corpora.label_sets import map_rows
-    from ray_ser.store.core import as_store
 
-    store = as_store(store)
     manifests = store.manifests()
     if manifests is None:
         raise ValueError(f"store {store.uri} has no manifest: nothing to train on")
@@ -45,15 +44,13 @@ def corpus_rows(store, corpora: Sequence[str], label_set: Sequence[str] | None =
                     report)
 
 
-def run_rows(cfg: TrainConfig, condition: str = "clean", report=None) -> dict[str, dict]:
+def run_rows(cfg: TrainConfig, store: Store, condition: str = "clean", report=None) -> dict[str, dict]:
     """{utt_id: manifest row} of what the run trains on: :func:`corpus_rows` of ``cfg.corpora`` that have
     ``condition`` rows of ``cfg.model``, in the run's label set. Whatever else the store holds is never read."""
     from ray_ser.analysis.saliency_store import layers_of
     from ray_ser.store import catalog
-    from ray_ser.store.core import as_store
     from ray_ser.train.reader import corpus_categories
 
-    store = as_store(cfg.store)
     first = layers_of(store, cfg.model, condition)[0]
     present = set(store.embeddings(cfg.model).to_lance().to_table(
         columns=["utt_id"], filter=catalog.where(layer=first, condition=condition)).column("utt_id").to_pylist())
@@ -66,7 +63,7 @@ def run_rows(cfg: TrainConfig, condition: str = "clean", report=None) -> dict[st
     return rows
 
 
-def resolve_assignment(cfg: TrainConfig, condition: str = "clean", report=None) -> FoldAssignment:
+def resolve_assignment(cfg: TrainConfig, store: Store, condition: str = "clean", report=None) -> FoldAssignment:
     """The run's speaker-independent fold assignment over :func:`run_rows`: the stored saliency's when it covers
     exactly these utterances of one corpus (its masks and centroids were made with it), else the fold rule
     ``cfg.folds`` on them; several corpora get ``K`` folds stratified by corpus (every fold tests speakers of
@@ -76,14 +73,14 @@ def resolve_assignment(cfg: TrainConfig, condition: str = "clean", report=None) 
     from ray_ser.analysis import saliency_store as ss
     from ray_ser.corpora.folds import corpus_folds
 
-    rows = run_rows(cfg, condition, report)
+    rows = run_rows(cfg, store, condition, report)
     ids = sorted(rows)
     speakers = [rows[u]["speaker"] for u in ids]
     corpora = [rows[u]["corpus"] for u in ids]
     labels = [rows[u]["label"] for u in ids]
     if len(set(corpora)) == 1:
         try:
-            stored = ss.stored_assignment(cfg.store, cfg.model, condition)
+            stored = ss.stored_assignment(store, cfg.model, condition)
             if stored.utt_ids and set(stored.utt_ids) == set(ids):
                 return stored
         except KeyError:
@@ -117,7 +114,8 @@ def model_config(cfg: TrainConfig, input_dim: int, n_classes: int, has_dims: boo
             "layer_mix": cfg.layer_mix, "n_layers": n_layers}
 
 
-def prepare_plans(cfg: TrainConfig, assignment: FoldAssignment, folds: Sequence[int], build: bool = True) -> list[int]:
+def prepare_plans(cfg: TrainConfig, store: Store, assignment: FoldAssignment, folds: Sequence[int],
+                  build: bool = True) -> list[int]:
     """Make sure the store holds the plans of ``folds`` for ``cfg``, at the start of a run: the missing ones are built
     by the analysis stage's function in one visible step (``build``), or refused naming the stage to run; returns
     the folds built (a stored plan is re-read, never rebuilt)."""
@@ -127,21 +125,19 @@ def prepare_plans(cfg: TrainConfig, assignment: FoldAssignment, folds: Sequence[
         return []
     if not build:
         raise PlanMissing(f"no fold plans of folds {missing} of {cfg.model} (fold assignment {assignment.id}, plan "
-                          f"{spec.key}) in store {cfg.store}: run {fp.MADE_BY} with this train config first")
+                          f"{spec.key}) in store {store.uri}: run {fp.MADE_BY} with this train config first")
     built = fp.write_fold_plans(spec, assignment, missing)
     console.say(f"fold plans: {len(built)} built (analysis), {len(folds) - len(missing)} stored")
     return built
 
 
-def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int) -> tuple[FoldPlan, Any, np.ndarray | None]:
+def plan_fold(cfg: TrainConfig, store: Store, assignment: FoldAssignment, fold: int) -> tuple[FoldPlan, Any, np.ndarray | None]:
     """(plan, labels, centroids) of outer ``fold``, read from the store (:func:`prepare_plans` or the analysis stage
     wrote the plan; none is a :class:`PlanMissing` naming the stage): the fold model's fields from ``cfg``, the
     labels with the plan's domains and A/V/D scale, the stored centroids of its layer."""
-    from ray_ser.store.core import as_store
     from ray_ser.train.reader import load_labels
 
     plan = fp.read_fold_plan(cfg.plan_spec(), assignment.id, fold)
-    store = as_store(cfg.store)
     labels = load_labels(store, [*plan.inner, *plan.val, *plan.test], domain_utts=plan.fitted_on,
                          domain_key=cfg.domain, label_set=cfg.label_set)
     if plan.dim_scale is not None:
@@ -156,23 +152,24 @@ def plan_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int) -> tuple[
     return plan, labels, centroids
 
 
-def planned_fold(cfg: TrainConfig, assignment: FoldAssignment, fold: int) -> tuple[FoldPlan, Any, np.ndarray | None]:
+def planned_fold(cfg: TrainConfig, store: Store, assignment: FoldAssignment, fold: int) -> tuple[FoldPlan, Any, np.ndarray | None]:
     """One fold's plan for an entry point that trains it alone (a benchmark, a test): its plan built at the start
     when missing (:func:`prepare_plans`), then read (:func:`plan_fold`)."""
-    prepare_plans(cfg, assignment, [fold])
-    return plan_fold(cfg, assignment, fold)
+    prepare_plans(cfg, store, assignment, [fold])
+    return plan_fold(cfg, store, assignment, fold)
 
 
-def stored_layers(store, model: str, condition: str = "clean") -> list[int]:
+def stored_layers(store: Store, model: str, condition: str = "clean") -> list[int]:
     """Every layer of ``model`` stored with frames (:func:`ray_ser.analysis.fold_plans.framed_layers`)."""
     return fp.framed_layers(store, model, condition)
 
 
-def plan_mask(cfg: TrainConfig, plan: FoldPlan) -> np.ndarray | None:
-    """The plan's kept dimensions as a bool mask over the (concatenated) input layers' dims."""
+def plan_mask(cfg: TrainConfig, store: Store, plan: FoldPlan) -> np.ndarray | None:
+    """The plan's kept dimensions as a bool mask over the (concatenated) input layers' dims (their width read from
+    ``store``)."""
     if plan.keep is None:
         return None
-    mask = np.zeros(_layer_dim(cfg) * len(plan.read_layers), bool)
+    mask = np.zeros(_layer_dim(cfg, store) * len(plan.read_layers), bool)
     mask[plan.keep] = True
     return mask
 
@@ -182,7 +179,7 @@ def auto_layers(cfg: TrainConfig, assignment: FoldAssignment, folds: Sequence[in
     return fp.auto_layers(cfg.plan_spec(), assignment, folds)
 
 
-def fold_datasets(cfg: TrainConfig, plan: FoldPlan, labels, centroids) -> dict:
+def fold_datasets(cfg: TrainConfig, store: Store, plan: FoldPlan, labels, centroids) -> dict:
     """The fold's Ray Datasets, lazy: "train" (inner speakers, every training condition), "val" (validation
     speakers, clean) and, for a refit, "refit" (inner + validation speakers, every training condition). With inner
     folds (``plan.cv_val``): "refit" and, the same rows unsplit across workers, "pool".
@@ -192,25 +189,23 @@ def fold_datasets(cfg: TrainConfig, plan: FoldPlan, labels, centroids) -> dict:
     (the object store included) ever holds a whole fold's frames."""
     from ray_ser.train.reader import frames_dataset
 
-    common = {"labels": labels, "mask": plan_mask(cfg, plan), "centroids": centroids, "scale": plan.corpus_norm,
+    common = {"labels": labels, "mask": plan_mask(cfg, store, plan), "centroids": centroids, "scale": plan.corpus_norm,
               **({"cluster_layer": plan.layer} if centroids is not None and plan.layers else {})}
     layers = plan.read_layers
     out = {}
     if not plan.cv_val:
-        out["train"] = frames_dataset(cfg.store, cfg.model, layers, plan.inner, conditions=cfg.conditions, **common)
-        out["val"] = frames_dataset(cfg.store, cfg.model, layers, plan.val, conditions=["clean"], **common)
+        out["train"] = frames_dataset(store, cfg.model, layers, plan.inner, conditions=cfg.conditions, **common)
+        out["val"] = frames_dataset(store, cfg.model, layers, plan.val, conditions=["clean"], **common)
     if cfg.refit:  # inner folds imply a refit
-        out["refit"] = frames_dataset(cfg.store, cfg.model, layers, [*plan.inner, *plan.val], conditions=cfg.conditions,
+        out["refit"] = frames_dataset(store, cfg.model, layers, [*plan.inner, *plan.val], conditions=cfg.conditions,
                                       **common)
     if plan.cv_val:  # the same rows: "pool" unsplit, "refit" split across the workers (each read by its users)
         out["pool"] = out["refit"]
     return out
 
 
-def _layer_dim(cfg: TrainConfig) -> int:
-    from ray_ser.store.core import as_store
-
-    return int(as_store(cfg.store).embeddings(cfg.model).schema.field("mean").type.list_size)
+def _layer_dim(cfg: TrainConfig, store: Store) -> int:
+    return int(store.embeddings(cfg.model).schema.field("mean").type.list_size)
 
 
 def select_folds(spec: str | Sequence[int], assignment: FoldAssignment) -> list[int]:

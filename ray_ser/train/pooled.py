@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 
+from ray_ser.store import Store
 from ray_ser.train.config import TrainConfig
 from ray_ser.train.plan import FoldPlan
 
@@ -61,8 +62,8 @@ def fit_pooled(cfg_dict: dict, plan_dict: dict, labels, pooled, tb_dir: str | No
     return {**{k: state[k] for k in KEPT if k in state}, "compute_s": time.perf_counter() - t0}
 
 
-def pooled_predictions(fm, pooled, conditions, utt_ids=None):
-    """A fold model's predictions (utt_id, condition, probs, pred_<dim> on each corpus's own scale) on its test
+def pooled_predictions(fm, store: Store, pooled, conditions, utt_ids=None):
+    """A fold model's predictions (labels read from ``store``) (utt_id, condition, probs, pred_<dim> on each corpus's own scale) on its test
     speakers' mean frames (``pooled``: a :class:`~ray_ser.train.reader.PooledFrames` holding them): what
     :func:`ray_ser.evaluate.predict.predict_fold` gives a pooled model (before its temperature, which keeps the
     argmax) without a predictor actor and a frame read per fold."""
@@ -75,7 +76,7 @@ def pooled_predictions(fm, pooled, conditions, utt_ids=None):
 
     plan = fm.plan
     utts = list(plan.test if utt_ids is None else utt_ids)
-    labels = load_labels(fm.cfg.store, utts, label_set=fm.cfg.label_set)
+    labels = load_labels(store, utts, label_set=fm.cfg.label_set)
     rows = pooled.examples(utts, conditions, plan.read_layers, labels, keep=plan.keep, scale=plan.corpus_norm)
     n = len(rows["utt_id"])
     df = pl.DataFrame({"utt_id": list(rows["utt_id"]), "condition": list(rows["condition"])},

@@ -31,7 +31,7 @@ from ray_ser.analysis.fold_inputs import (  # noqa: F401  (moved below the analy
     load_labels,
     scale_dims,
 )
-from ray_ser.store.core import Store, as_store
+from ray_ser.store.core import Store
 
 READ_LOG_ENV = "RAY_SER_READ_LOG"
 """When set, :func:`frames_dataset` appends every utt_id it is asked to read to this file (tests use it to
@@ -132,7 +132,7 @@ def join_layers(t: pa.Table, layers: Sequence[int], keep: np.ndarray | None, lab
 
 
 
-def frames_dataset(store: str | Store, model: str, layer: int | Sequence[int], utt_ids: Sequence[str], labels: Labels,
+def frames_dataset(store: Store, model: str, layer: int | Sequence[int], utt_ids: Sequence[str], labels: Labels,
                    conditions: Sequence[str] = ("clean",), mask: np.ndarray | None = None,
                    centroids: np.ndarray | None = None, batch_rows: int = 64, scale: dict | None = None,
                    cluster_layer: int | None = None):
@@ -151,7 +151,6 @@ def frames_dataset(store: str | Store, model: str, layer: int | Sequence[int], u
     if os.environ.get(READ_LOG_ENV):
         with open(os.environ[READ_LOG_ENV], "a") as fh:
             fh.write("".join(f"{u}\n" for u in utt_ids))
-    store = as_store(store)
     uri = store.embeddings(model).to_lance().uri
     keep = None if mask is None else np.flatnonzero(np.asarray(mask, bool))
     layers = input_layers(layer)
@@ -199,7 +198,7 @@ class PooledFrames:
         self.__init__(**state)
 
     @classmethod
-    def read(cls, store: str | Store, model: str, layers: Sequence[int], utt_ids: Sequence[str],
+    def read(cls, store: Store, model: str, layers: Sequence[int], utt_ids: Sequence[str],
              conditions: Sequence[str]) -> "PooledFrames":
         """The mean frames of ``layers`` x ``conditions`` x ``utt_ids`` (one Ray Data pass over their frames)."""
         from ray_ser.store.take import rows_dataset
@@ -207,7 +206,6 @@ class PooledFrames:
         if os.environ.get(READ_LOG_ENV):
             with open(os.environ[READ_LOG_ENV], "a") as fh:
                 fh.write("".join(f"{u}\n" for u in utt_ids))
-        store = as_store(store)
         uri = store.embeddings(model).to_lance().uri
         ds = rows_dataset(uri, ["utt_id", "condition", "layer", "frames"], list(layers), list(conditions), utt_ids,
                           store.storage_options)

@@ -32,6 +32,7 @@ from typing import Sequence
 
 import polars as pl
 
+from ray_ser.store import Store
 from ray_ser.train.config import TrainConfig
 from ray_ser.train.loop import EpochRunner
 from ray_ser.train import state_io
@@ -91,13 +92,13 @@ def search_space(layers: Sequence[int], layer_mix: str = "none") -> dict:
             "lr": tune.loguniform(1e-4, 3e-3), "pooling": tune.choice(list(POOLINGS)), "target": tune.choice(list(TARGETS))}
 
 
-def layer_prior(opts: SearchOptions, held_out: Sequence[int]) -> tuple[list[int], list[int]]:
+def layer_prior(opts: SearchOptions, store: Store, held_out: Sequence[int]) -> tuple[list[int], list[int]]:
     """(layers to search, every stored layer best first) from the pipeline's layer criterion
     (:func:`ray_ser.analysis.layer_selection.layer_prior`) on the pool's speakers only, so no held-out speaker
     is scored; ``opts.layers`` overrides the searched set (the order is still reported)."""
     from ray_ser.analysis.layer_selection import layer_prior as prior
 
-    order = prior(opts.base.store, opts.base.model, resolve_assignment(opts.base).without(held_out))
+    order = prior(store, opts.base.model, resolve_assignment(opts.base, store).without(held_out))
     if opts.layers is not None:
         return [k for k in order if k in set(opts.layers)] or list(opts.layers), order
     return (order[:opts.top_layers] if opts.top_layers else order), order
@@ -131,10 +132,11 @@ def trial_config(base: dict, params: dict) -> TrainConfig:
     return cfg
 
 
-def trainable(config: dict, storage: dict | None = None, pooled=None) -> None:
+def trainable(config: dict, store: Store, storage: dict | None = None, pooled=None) -> None:
     """Tune function trainable: one :class:`EpochRunner` per search fold, one epoch of each per iteration,
     reporting the mean inner-validation score with a checkpoint of every runner's state. Everything a trial holds
-    is built here (a reused actor calls it afresh per trial; each runner seeds torch). ``storage``: the driver's
+    is built here (a reused actor calls it afresh per trial; each runner seeds torch). ``store``: the search's
+    Store (it pickles as its URI and storage options and reconnects once per trial); ``storage``: the driver's
     storage options (a trial on another node has no credentials of its own); ``pooled``: the search's
     :class:`~ray_ser.train.reader.PooledFrames` (a pooled model's trial trains on them in memory)."""
     import ray.tune
@@ -148,20 +150,20 @@ def trainable(config: dict, storage: dict | None = None, pooled=None) -> None:
     # a trial is scored on each search fold's inner validation speakers: one inner split, no refit
     cfg = cfg.model_copy(update={"epochs": int(config["max_epochs"]), "inner_folds": 1, "refit": False})
     torch.set_num_threads(1)
-    pool = resolve_assignment(cfg).without(config["held_out"])
+    pool = resolve_assignment(cfg, store).without(config["held_out"])
     states = {}
     checkpoint = ray.tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             states = state_io.load(Path(d) / STATE_FILE)
-    prepare_plans(cfg, pool, config["search_folds"])  # the trial's plans (its layer, mask, clusters), at its entry
+    prepare_plans(cfg, store, pool, config["search_folds"])  # the trial's plans (its layer, mask, clusters), at its entry
     runners = {}
     for fold in config["search_folds"]:
-        plan, labels, centroids = plan_fold(cfg, pool, fold)
+        plan, labels, centroids = plan_fold(cfg, store, pool, fold)
         if pooled is not None and pooled_model(cfg):
             data = fold_sources(cfg, plan, labels, pooled)
         else:
-            data = fold_datasets(cfg, plan, labels, centroids)
+            data = fold_datasets(cfg, store, plan, labels, centroids)
         runners[fold] = EpochRunner(cfg, plan, data["train"], data["val"], state=states.get(fold))
     while not all(r.done for r in runners.values()):
         t0 = time.perf_counter()
@@ -187,9 +189,9 @@ def _fixed(opts: SearchOptions, held_out: Sequence[int], folds: Sequence[int], m
             "search_folds": list(folds), "metric": metric}
 
 
-def plan_search(opts: SearchOptions) -> tuple[list[int], list[int]]:
+def plan_search(opts: SearchOptions, store: Store) -> tuple[list[int], list[int]]:
     """(held-out outer folds, pool folds a trial trains on)."""
-    assignment = resolve_assignment(opts.base)
+    assignment = resolve_assignment(opts.base, store)
     held_out = list(opts.held_out_folds) if opts.held_out_folds is not None else assignment.fold_ids[:3]
     pool = assignment.without(held_out)
     if len(pool.fold_ids) < 2:
@@ -197,16 +199,16 @@ def plan_search(opts: SearchOptions) -> tuple[list[int], list[int]]:
     return held_out, pool.fold_ids[:max(1, opts.search_folds)]
 
 
-def metric_name(opts: SearchOptions) -> str:
+def metric_name(opts: SearchOptions, store: Store) -> str:
     """``val_uar`` for categorical corpora, ``val_ccc`` (mean over A/V/D) for dimensional ones."""
     from ray_ser.train.reader import load_labels
 
-    a = resolve_assignment(opts.base)
-    labels = load_labels(opts.base.store, list(a.utt_ids)[:200])
+    a = resolve_assignment(opts.base, store)
+    labels = load_labels(store, list(a.utt_ids)[:200])
     return "val_uar" if any(r.get("label") for r in labels.rows.values()) else "val_ccc"
 
 
-def pooled_reads(opts: SearchOptions, layers: Sequence[int], held_out: Sequence[int], folds: Sequence[int]):
+def pooled_reads(opts: SearchOptions, store: Store, layers: Sequence[int], held_out: Sequence[int], folds: Sequence[int]):
     """The mean frames a pooled model's search reads once (every layer a trial can pick, the search folds' inner
     training and validation utterances, the training conditions and clean), or None for a frame-path model."""
     from ray_ser.train.reader import PooledFrames
@@ -218,18 +220,18 @@ def pooled_reads(opts: SearchOptions, layers: Sequence[int], held_out: Sequence[
     read = set() if opts.layer_mix == "learned" else {int(k) for k in layers}
     if opts.layer_mix != "none":
         read |= set(named_layers(trial_config(base, {"layer_mix": "learned"}).plan_spec()))
-    pool = resolve_assignment(cfg).without(held_out)
+    pool = resolve_assignment(cfg, store).without(held_out)
     utts = sorted({u for f in folds for part in pool.inner_split(f, cfg.inner_share, cfg.seed) for u in part})
     conditions = sorted({"clean", *cfg.conditions})
     t0 = time.perf_counter()
-    reads = PooledFrames.read(cfg.store, cfg.model, sorted(read), utts, conditions)
+    reads = PooledFrames.read(store, cfg.model, sorted(read), utts, conditions)
     log.info("pooled path: mean frames of %d utterances x %s x layers %s read once in %.1f s", len(utts), conditions,
              sorted(read), time.perf_counter() - t0)
     return reads
 
 
-def run_search(opts: SearchOptions, out_dir: str | Path, resume: bool = False):
-    """Run (or ``resume``) the search into ``out_dir``; writes ``trials.parquet`` and ``best_config.json``."""
+def run_search(opts: SearchOptions, store: Store, out_dir: str | Path, resume: bool = False):
+    """Run (or ``resume``) the search over ``store`` (the one ``opts.base.store`` names) into ``out_dir``; writes ``trials.parquet`` and ``best_config.json``."""
     from ray import tune
     from ray.tune.logger import TBXLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
@@ -246,12 +248,12 @@ def run_search(opts: SearchOptions, out_dir: str | Path, resume: bool = False):
     out_dir = run_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     filesystem, storage_path = arrow_filesystem(out_dir)
-    held_out, folds = plan_search(opts)
-    layers, order = layer_prior(opts, held_out)
+    held_out, folds = plan_search(opts, store)
+    layers, order = layer_prior(opts, store, held_out)
     log.info("layer prior (pool speakers only): %s; searching layers %s", order, layers)
-    metric = metric_name(opts)
-    pooled = pooled_reads(opts, layers, held_out, folds)  # with_parameters puts it in the object store once
-    fn = tune.with_resources(tune.with_parameters(trainable, storage=snapshot(), pooled=pooled),
+    metric = metric_name(opts, store)
+    pooled = pooled_reads(opts, store, layers, held_out, folds)  # with_parameters puts it in the object store once
+    fn = tune.with_resources(tune.with_parameters(trainable, store=store, storage=snapshot(), pooled=pooled),
                              {"CPU": opts.cpus_per_trial})
     path = join(storage_path, opts.name)
     if resume and tune.Tuner.can_restore(path, storage_filesystem=filesystem):

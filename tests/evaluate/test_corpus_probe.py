@@ -8,6 +8,8 @@ import polars as pl
 import pytest
 from multicorpus import MODEL, build_multi_store
 
+from ray_ser.store import Store
+
 FOUR = ["neutral", "happy", "sad", "angry"]
 
 
@@ -23,9 +25,9 @@ def test_zero_shot_probe_scores_every_held_out_utterance_in_every_condition(stor
 
     cfg = TrainConfig(store=store, model=MODEL, corpora=["alpha", "beta"], label_set=FOUR, scaler="per-corpus",
                       folds="3")
-    rows = run_rows(cfg.model_copy(update={"corpora": ["gamma"]}))
+    rows = run_rows(cfg.model_copy(update={"corpora": ["gamma"]}), Store(cfg.store))
     test = {u: "gamma" for u in rows}
-    p = zero_shot_probe(store, cfg, test, ["clean", "5dB"], FOUR, layers=[0, 1], Cs=[0.1, 1.0])
+    p = zero_shot_probe(Store(store), cfg, test, ["clean", "5dB"], FOUR, layers=[0, 1], Cs=[0.1, 1.0])
     assert p.height == 2 * len(test) and set(p["fold"]) == {-1}
     probs = np.array(p["probs"].to_list())
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
@@ -39,7 +41,7 @@ def test_loco_probe_rows_are_matrix_cells(store):
     from ray_ser.evaluate.corpus_probe import loco_probe
     from ray_ser.evaluate.matrix import MATRIX_SCHEMA
 
-    m = loco_probe(store, MODEL, ["alpha", "beta", "gamma"], FOUR, n_layers=2, n_boot=20, Cs=[0.1, 1.0])
+    m = loco_probe(Store(store), MODEL, ["alpha", "beta", "gamma"], FOUR, n_layers=2, n_boot=20, Cs=[0.1, 1.0])
     assert m.schema == pl.Schema(MATRIX_SCHEMA)
     uar = m.filter(pl.col("metric") == "uar")
     assert sorted(uar["test_corpus"]) == ["alpha", "beta", "gamma"] and set(uar["protocol"]) == {"zero-shot"}

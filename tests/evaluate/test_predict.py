@@ -9,6 +9,8 @@ import polars as pl
 import pytest
 from untrained_runs import write_untrained_run
 
+from ray_ser.store import Store
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("local_ray")
 
@@ -34,7 +36,7 @@ def predicted(synth_store, run_dir):
     """``predict_run`` of ``run_dir``, once for the ensemble tests (frames are immutable, so sharing is safe)."""
     from ray_ser.evaluate.predict import predict_run
 
-    return predict_run(synth_store, run_dir)
+    return predict_run(Store(synth_store), run_dir)
 
 
 def test_out_of_fold_predictions_cover_each_utterance_and_condition_once(synth_store, run_dir):
@@ -42,8 +44,8 @@ def test_out_of_fold_predictions_cover_each_utterance_and_condition_once(synth_s
     from ray_ser.train.config import TrainConfig
     from ray_ser.train.plan import resolve_assignment
 
-    pred, categories, config = predict_run(synth_store, run_dir, by=["gender"])
-    a = resolve_assignment(TrainConfig(store=synth_store, model="tiny"))
+    pred, categories, config = predict_run(Store(synth_store), run_dir, by=["gender"])
+    a = resolve_assignment(TrainConfig(store=synth_store, model="tiny"), Store(synth_store))
     assert categories == ["calm", "excited", "sad"] and config["fold_id"] == a.id
     keys = pred.select("utt_id", "condition").rows()
     assert len(keys) == len(set(keys)) == 2 * len(a.utt_ids)  # clean + 5dB, each once
@@ -101,7 +103,7 @@ def test_an_ensemble_averages_its_members_probabilities_row_by_row(synth_store, 
     from ray_ser.evaluate.predict import ensemble_predictions, predict_run
 
     a = predicted
-    b = predict_run(synth_store, run_dir_b)
+    b = predict_run(Store(synth_store), run_dir_b)
     pred, categories, config = ensemble_predictions([a, b])
     keys = ["fold", "condition", "utt_id"]
     pa, pb = a[0].sort(keys), b[0].sort(keys)
@@ -121,10 +123,10 @@ def test_an_ensemble_refuses_runs_that_predict_other_rows(synth_store, predicted
     from ray_ser.train.config import TrainConfig
     from ray_ser.train.plan import resolve_assignment
 
-    folds = resolve_assignment(TrainConfig(store=synth_store, model="tiny")).fold_ids
+    folds = resolve_assignment(TrainConfig(store=synth_store, model="tiny"), Store(synth_store)).fold_ids
     partial = _write_run(tmp_path / "partial", synth_store, seed=7, folds=folds[:1])
     with pytest.raises(ValueError, match="partial: predicts other"):
-        ensemble_predictions([predicted, predict_run(synth_store, partial)])
+        ensemble_predictions([predicted, predict_run(Store(synth_store), partial)])
     a = predicted
     other = (a[0], ["x", "y", "z"], a[2])
     with pytest.raises(ValueError, match="categories"):
@@ -136,7 +138,7 @@ def test_evaluate_job_scores_several_runs_as_one_ensemble(synth_store, tmp_path)
     from ray_ser.train.config import TrainConfig
     from ray_ser.train.plan import resolve_assignment
 
-    a = resolve_assignment(TrainConfig(store=synth_store, model="tiny"))
+    a = resolve_assignment(TrainConfig(store=synth_store, model="tiny"), Store(synth_store))
     folds = a.fold_ids[:3]  # three of the six folds: the job's ensemble path needs no more, and predicts half as much
     run_a, run_b = (_write_run(tmp_path / name, synth_store, seed=seed, folds=folds)
                     for name, seed in (("run_a", 0), ("run_b", 100)))

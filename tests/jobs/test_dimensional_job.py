@@ -13,6 +13,8 @@ import polars as pl
 import pytest
 from dimensional import MODEL, build_dims_store
 
+from ray_ser.store import Store
+
 LINEAR = ["--arch", "mlp", "--mlp-hidden", "0", "--layers", "0,1", "--epochs", "5", "--patience", "3", "--lr", "0.01",
           "--no-spec-augment", "--batch-size", "8"]
 
@@ -39,7 +41,8 @@ def test_a_dimension_only_corpus_trains_evaluates_and_is_scored_zero_shot(store,
     assert info["temperature"] is None  # no categories, no temperature
     assert info["plan"]["layers"] is None and info["plan"]["layer"] in (0, 1)  # one layer, as auto_layers says
     assert info["plan"]["dim_scale"] == {"aro3": {"arousal": [1.0, 3.0]}}  # recorded: predictions map back with it
-    line = train_job.test_report(TrainConfig(**info["train"]), summaries[0], str(run))
+    cfg = TrainConfig(**info["train"])
+    line = train_job.test_report(cfg, Store(cfg.store), summaries[0], str(run))
     assert line.startswith("fold 0 test CCC") and "clean arousal" in line and "UAR" not in line
 
     r = evaluate_job.main(["--store", store, "--run", str(run), "--n-boot", "50"])

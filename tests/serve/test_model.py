@@ -10,6 +10,8 @@ import polars as pl
 import pytest
 import soundfile as sf
 
+from ray_ser.store import Store
+
 TOLERANCE = 1e-5
 """Measured: the largest difference between predict's and evaluate's probabilities is 3e-8 (the predictor rounds
 the frames to float16 as the store does, so only float32 summation order differs); 1e-5 leaves room for BLAS."""
@@ -38,7 +40,7 @@ def test_predict_on_stored_audio_matches_evaluate_on_stored_frames(synth_store, 
     ray = pytest.importorskip("ray")
     assert ray.is_initialized()
     checkpoint = sorted(fold_checkpoints(run_dir).items())[0][1]
-    ev = predict_fold(synth_store, checkpoint, conditions=["clean"]).sort("utt_id")
+    ev = predict_fold(Store(synth_store), checkpoint, conditions=["clean"]).sort("utt_id")
     paths = _stored_paths(synth_store)
     m = load_model(checkpoint)
     got = m.predict_many([paths[u] for u in ev["utt_id"]], utt_ids=ev["utt_id"].to_list())

@@ -15,6 +15,7 @@ from ray_ser.train.config import TrainConfig
 from ray_ser.train.loop import build_fold_model, fit_fold
 from ray_ser.train.nn import LayerMix, ModelConfig, build_model, masked_mean, mix_weights
 from ray_ser.train.synthetic_fold import synthetic_fold
+from ray_ser.store import Store
 
 
 def test_the_mix_is_a_softmax_weighted_sum_of_the_layers_on_frames_and_pooled_vectors():
@@ -109,10 +110,10 @@ def test_a_fold_with_every_layer_and_a_learned_mix_writes_its_weights(synth_stor
     cfg = TrainConfig(store=synth_store, model="tiny", layers="all", layer_mix="learned", arch="mlp", mlp_hidden=0,
                       epochs=3, batch_size=8, cpus_per_worker=0.5, lr=1e-2, scaler="per-corpus")
     stored = layers_of(synth_store, "tiny")
-    assert stored_layers(synth_store, "tiny") == stored and len(stored) > 2
-    plan = planned_fold(cfg, resolve_assignment(cfg), 0)[0]
+    assert stored_layers(Store(synth_store), "tiny") == stored and len(stored) > 2
+    plan = planned_fold(cfg, Store(cfg.store), resolve_assignment(cfg, Store(cfg.store)), 0)[0]
     assert plan.read_layers == stored and plan.model_cfg["n_layers"] == len(stored)
-    summaries = run(cfg, "0", out)
+    summaries = run(cfg, Store(cfg.store), "0", out)
     weights = pl.read_parquet(out / "layer_weights.parquet")
     assert weights.columns == ["fold", "layer", "weight"]
     assert weights["fold"].to_list() == [0] * len(stored) and weights["layer"].to_list() == stored
@@ -121,9 +122,9 @@ def test_a_fold_with_every_layer_and_a_learned_mix_writes_its_weights(synth_stor
     assert recorded == summaries[0]["layer_weights"] == weights.select("layer", "weight").to_dicts()
     fm = load_fold_model(fold_checkpoints(out)[0])
     np.testing.assert_allclose(mix_weights(fm.module.state_dict()), weights["weight"].to_numpy(), rtol=1e-6)
-    pred = predict_fold(synth_store, fold_checkpoints(out)[0])
+    pred = predict_fold(Store(synth_store), fold_checkpoints(out)[0])
     assert set(pred["utt_id"].to_list()) == set(fm.plan.test)
-    assert run(cfg, "0", out)[0]["layer_weights"] == recorded  # a finished fold keeps its weights
+    assert run(cfg, Store(cfg.store), "0", out)[0]["layer_weights"] == recorded  # a finished fold keeps its weights
     # the report's layer section: the weights beside the store's rankings of the same fold
     from ray_ser.analysis.saliency_store import read_layer_ranking
     from ray_ser.evaluate.layer_weights import layer_info, layer_section
@@ -131,7 +132,7 @@ def test_a_fold_with_every_layer_and_a_learned_mix_writes_its_weights(synth_stor
     info = layer_info(out)
     assert info["weights"].equals(weights)
     stored_ranks = read_layer_ranking(synth_store, "tiny").filter(
-        (pl.col("fold") == 0) & (pl.col("fold_id") == resolve_assignment(cfg).id))
+        (pl.col("fold") == 0) & (pl.col("fold_id") == resolve_assignment(cfg, Store(cfg.store)).id))
     assert not info["ranking"].is_empty()
     for criterion, layer, rank in info["ranking"].select("criterion", "layer", "layer_rank").iter_rows():
         one = stored_ranks.filter((pl.col("criterion") == criterion) & (pl.col("layer") == layer))
@@ -150,20 +151,20 @@ def test_the_cluster_head_behind_the_mix_predicts_one_layers_ids(synth_store):
 
     read = layers_of(synth_store, "tiny")[-2:]
     cfg = TrainConfig(store=synth_store, model="tiny", layers=read, layer_mix="learned", n_clusters=4)
-    a = resolve_assignment(cfg)
-    plan, labels, centroids = planned_fold(cfg, a, 1)
+    a = resolve_assignment(cfg, Store(cfg.store))
+    plan, labels, centroids = planned_fold(cfg, Store(cfg.store), a, 1)
     order = ranked_layers(synth_store, "tiny", a, [1], len(layers_of(synth_store, "tiny")))[0][1]
     assert plan.layer == next(k for k in order if k in read) and plan.read_layers == read
     utts = plan.val[:4]
-    mixed = {r["utt_id"]: r for r in frames_dataset(synth_store, "tiny", read, utts, labels, centroids=centroids,
+    mixed = {r["utt_id"]: r for r in frames_dataset(Store(synth_store), "tiny", read, utts, labels, centroids=centroids,
                                                     cluster_layer=plan.layer).take_all()}
-    alone = frames_dataset(synth_store, "tiny", plan.layer, utts, labels, centroids=centroids).take_all()
+    alone = frames_dataset(Store(synth_store), "tiny", plan.layer, utts, labels, centroids=centroids).take_all()
     assert len(alone) == len(mixed) == 4
     for r in alone:  # the same ids as the cluster layer read alone
         np.testing.assert_array_equal(mixed[r["utt_id"]]["frame_ids"], r["frame_ids"])
-    assert "frame_ids" in fold_datasets(cfg, plan, labels, centroids)["val"].take(1)[0]
+    assert "frame_ids" in fold_datasets(cfg, Store(cfg.store), plan, labels, centroids)["val"].take(1)[0]
     with pytest.raises(ValueError, match="one layer's k-means"):
-        planned_fold(cfg.model_copy(update={"layer_mix": "none"}), a, 1)
+        planned_fold(cfg.model_copy(update={"layer_mix": "none"}), Store(cfg.store), a, 1)
 
 
 def test_the_report_draws_the_weights(tmp_path):

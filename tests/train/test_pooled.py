@@ -13,6 +13,7 @@ from ray_ser.train.checkpoints import fold_checkpoints
 from ray_ser.train.config import TrainConfig
 from ray_ser.train.driver import run
 from ray_ser.train.pooled import pooled_model
+from ray_ser.store import Store
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 
@@ -27,7 +28,7 @@ def linear_cfg(uri: str, **kw) -> TrainConfig:
 def predictions(store: str, *outs) -> pl.DataFrame:
     """Every fold's test predictions (clean) in the run folders ``outs``, one row per (fold, utterance),
     probabilities as a list."""
-    parts = [predict_fold(store, path, conditions=["clean"]).select("fold", "utt_id", "probs")
+    parts = [predict_fold(Store(store), path, conditions=["clean"]).select("fold", "utt_id", "probs")
              for out in outs for _, path in sorted(fold_checkpoints(out).items())]
     return pl.concat(parts).sort("fold", "utt_id")
 
@@ -38,7 +39,7 @@ def frame_fold0(synth_store, local_ray, tmp_path_factory):
     compare a pooled or a concurrent run with it."""
     cfg = linear_cfg(synth_store, pooled=False)
     out = tmp_path_factory.mktemp("frame_fold0")
-    return cfg, out, run(cfg, "0", out)
+    return cfg, out, run(cfg, Store(cfg.store), "0", out)
 
 
 def assert_same_models(a, b, atol: float) -> None:
@@ -60,13 +61,13 @@ def test_pooled_folds_learn_the_frame_path_models(synth_store, tmp_path, scaler,
     """Same seed, same fold: the same predictions to float tolerance (the per-corpus scaler's frame path rounds
     each standardised frame to float16 before the mean; the pooled path scales the mean)."""
     cfg = linear_cfg(synth_store, scaler=scaler, keep_ratio=keep_ratio)
-    pooled = run(cfg, "0", tmp_path / "pooled")
+    pooled = run(cfg, Store(cfg.store), "0", tmp_path / "pooled")
     if scaler == "global":  # the shared frame-path run of this config
         shared, frames_dir, frames = request.getfixturevalue("frame_fold0")
         assert shared == cfg.model_copy(update={"pooled": False})
     else:
         frames_dir = tmp_path / "frames"
-        frames = run(cfg.model_copy(update={"pooled": False}), "0", frames_dir)
+        frames = run(cfg.model_copy(update={"pooled": False}), Store(cfg.store), "0", frames_dir)
     assert pooled[0]["compute_s"] > 0 and frames[0]["compute_s"] > 0
     assert [s["best_epoch"] for s in pooled] == [s["best_epoch"] for s in frames]
     assert_same_models((synth_store, tmp_path / "pooled"), (synth_store, frames_dir), atol)
@@ -81,11 +82,11 @@ def test_pooled_folds_learn_the_frame_path_models(synth_store, tmp_path, scaler,
 def test_folds_trained_at_once_match_folds_trained_one_by_one(synth_store, tmp_path):
     """Two outer folds and the final model (its inner folds) trained at once, against each trained alone."""
     cfg = linear_cfg(synth_store, final=True, final_inner_folds=2)
-    together = run(cfg, "0,1", tmp_path / "together")
+    together = run(cfg, Store(cfg.store), "0,1", tmp_path / "together")
     assert sorted(s["fold"] for s in together[:-1]) == [0, 1] and together[-1]["fold"] < 0
     for s in together[:-1]:
-        run(cfg.model_copy(update={"final": False}), str(s["fold"]), tmp_path / "alone")
-    run(cfg.model_copy(update={"outer_folds": "none"}), None, tmp_path / "alone")
+        run(cfg.model_copy(update={"final": False}), Store(cfg.store), str(s["fold"]), tmp_path / "alone")
+    run(cfg.model_copy(update={"outer_folds": "none"}), Store(cfg.store), None, tmp_path / "alone")
     assert sorted(fold_checkpoints(tmp_path / "alone")) == sorted(fold_checkpoints(tmp_path / "together"))
     assert_same_models((synth_store, tmp_path / "together"), (synth_store, tmp_path / "alone"), 0.0)
     from ray_ser.train.checkpoints import final_checkpoint
@@ -106,8 +107,8 @@ def test_frame_path_folds_run_at_once_with_the_same_models(synth_store, tmp_path
     assert ray.cluster_resources()["CPU"] == 2 and fold_slots(cfg, 5) == 2 and fold_slots(cfg, 1) == 1
     assert fold_slots(cfg.model_copy(update={"fold_slots": 1}), 5) == 1
     assert fold_slots(cfg.model_copy(update={"cpus_per_worker": 1.0}), 5) == 1
-    run(cfg, "0,1", tmp_path / "together")
-    run(cfg.model_copy(update={"fold_slots": 1}), "1", tmp_path / "alone")
+    run(cfg, Store(cfg.store), "0,1", tmp_path / "together")
+    run(cfg.model_copy(update={"fold_slots": 1}), Store(cfg.store), "1", tmp_path / "alone")
     assert_same_models((synth_store, tmp_path / "together"), (synth_store, fold0, tmp_path / "alone"), 0.0)
 
 
@@ -117,11 +118,12 @@ def check_pooled_report(store: str, out) -> None:
     from ray_ser.train.pooled import pooled_predictions
     from ray_ser.train.reader import PooledFrames
 
-    fm = load_fold_model(fold_checkpoints(out)[0], store=store)
+    opened = Store(store)
+    fm = load_fold_model(fold_checkpoints(out)[0], store=opened)
     conditions = ["clean", "5dB"]
-    reads = PooledFrames.read(store, "tiny", fm.plan.read_layers, fm.plan.test, conditions)
-    mine = pooled_predictions(fm, reads, conditions).sort("utt_id", "condition")
-    theirs = predict_fold(store, fold_checkpoints(out)[0], conditions=conditions).sort("utt_id", "condition")
+    reads = PooledFrames.read(opened, "tiny", fm.plan.read_layers, fm.plan.test, conditions)
+    mine = pooled_predictions(fm, opened, reads, conditions).sort("utt_id", "condition")
+    theirs = predict_fold(opened, fold_checkpoints(out)[0], conditions=conditions).sort("utt_id", "condition")
     assert mine["utt_id"].to_list() == theirs["utt_id"].to_list() and len(mine) == 2 * len(fm.plan.test)
     p = np.stack(mine["probs"].to_list())
     p = p if fm.temperature is None else scale(p, fm.temperature)

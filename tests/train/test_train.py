@@ -41,9 +41,9 @@ def test_reader_yields_no_test_speaker_and_joins_labels(synth_store):
     from ray_ser.train.reader import frames_dataset
 
     cfg = small_cfg(synth_store, keep_ratio=0.6, n_clusters=4)
-    a = resolve_assignment(cfg)
+    a = resolve_assignment(cfg, Store(cfg.store))
     assert a.description.startswith("loso") and len(a.fold_ids) == 6
-    plan, labels, centroids = planned_fold(cfg, a, 2)
+    plan, labels, centroids = planned_fold(cfg, Store(cfg.store), a, 2)
     test_spk = set(a.speakers_of(2))
     speaker = dict(zip(a.utt_ids, a.speakers))
     assert not {speaker[u] for u in plan.inner + plan.val} & test_spk
@@ -51,7 +51,7 @@ def test_reader_yields_no_test_speaker_and_joins_labels(synth_store):
     assert plan.input_dim == 19 and len(plan.keep) == 19  # 0.6 of 32 dims
     mask = np.zeros(32, bool)
     mask[plan.keep] = True
-    ds = frames_dataset(synth_store, "tiny", 1, plan.inner, labels, conditions=["clean", "5dB"], mask=mask,
+    ds = frames_dataset(Store(synth_store), "tiny", 1, plan.inner, labels, conditions=["clean", "5dB"], mask=mask,
                         centroids=centroids)
     rows = ds.take_all()
     assert len(rows) == 2 * len(plan.inner)
@@ -91,8 +91,8 @@ def _scramble(uri: str, utts: list[str]) -> None:
 
 def test_fold_mask_centroids_and_split_ignore_the_test_fold(synth_store, tmp_path):
     cfg = small_cfg(synth_store, keep_ratio=0.6)
-    a = resolve_assignment(cfg)
-    before = planned_fold(cfg, a, 3)[0]
+    a = resolve_assignment(cfg, Store(cfg.store))
+    before = planned_fold(cfg, Store(cfg.store), a, 3)[0]
     cents = ensure_centroids(synth_store, "tiny", 1, 4, a, 3)
     copy = str(tmp_path / "store")
     shutil.copytree(synth_store, copy)
@@ -102,7 +102,7 @@ def test_fold_mask_centroids_and_split_ignore_the_test_fold(synth_store, tmp_pat
     ss.write_saliency(copy, df, ss.layer_ranking(df), info["assignment"])
     shutil.rmtree(Path(copy) / "centroids__tiny.lance", ignore_errors=True)
     shutil.rmtree(Path(copy) / "fold_plans__tiny.lance", ignore_errors=True)  # rebuilt from the scrambled copy
-    after = planned_fold(small_cfg(copy, keep_ratio=0.6), a, 3)[0]
+    after = planned_fold(small_cfg(copy, keep_ratio=0.6), Store(copy), a, 3)[0]
     assert (after.inner, after.val, after.keep) == (before.inner, before.val, before.keep)
     np.testing.assert_array_equal(ensure_centroids(copy, "tiny", 1, 4, a, 3), cents)
     # ...while fold 0's mask, which saw fold 3's speakers, moves
@@ -117,7 +117,7 @@ def test_two_worker_run_learns_and_writes_a_loadable_checkpoint(synth_store, tmp
 
     out = tmp_path / "run"
     cfg = small_cfg(synth_store, epochs=6, num_workers=2, lr=3e-3, adv_weight=0.01, pooling="attention")
-    summaries = run(cfg, "0", out)
+    summaries = run(cfg, Store(cfg.store), "0", out)
     assert [s["fold"] for s in summaries] == [0]
     epochs = pl.read_parquet(out / "epochs.parquet")
     assert epochs.columns == ["fold", "epoch", "split", "metric", "value"]
@@ -127,14 +127,15 @@ def test_two_worker_run_learns_and_writes_a_loadable_checkpoint(synth_store, tmp
     assert any((out / "tensorboard" / "fold_0").glob("events.out.tfevents.*"))
     path = fold_checkpoints(out)[0]
     fm = load_fold_model(path)
-    assert fm.plan.fold == 0 and fm.plan.layer == 1 and fm.plan.n_domains == 4 and fm.plan.fold_id == resolve_assignment(cfg).id
+    assert fm.plan.fold == 0 and fm.plan.layer == 1 and fm.plan.n_domains == 4
+    assert fm.plan.fold_id == resolve_assignment(cfg, Store(cfg.store)).id
     labels = load_labels(synth_store, fm.plan.test)
-    batch = frames_dataset(synth_store, "tiny", 1, fm.plan.test, labels).take_batch(64, batch_format="numpy")
+    batch = frames_dataset(Store(synth_store), "tiny", 1, fm.plan.test, labels).take_batch(64, batch_format="numpy")
     x = collate(batch)
     with torch.no_grad():
         probs = torch.softmax(fm.module(x["x"], x["lengths"])["logits"], -1)
     assert probs.shape == (len(fm.plan.test), 3) and torch.allclose(probs.sum(-1), torch.ones(len(fm.plan.test)))
-    again = run(cfg, "0", out)  # finished folds are not retrained
+    again = run(cfg, Store(cfg.store), "0", out)  # finished folds are not retrained
     assert again[0].get("skipped") is True
 
 
@@ -168,17 +169,17 @@ def test_several_layers_are_read_side_by_side(synth_store):
     from ray_ser.train.reader import frame_stats, frames_dataset, load_labels
 
     cfg = small_cfg(synth_store, layers=[1, 2], keep_ratio=0.6, arch="mlp", mlp_hidden=0)
-    a = resolve_assignment(cfg)
-    plan, labels, _ = planned_fold(cfg, a, 2)
+    a = resolve_assignment(cfg, Store(cfg.store))
+    plan, labels, _ = planned_fold(cfg, Store(cfg.store), a, 2)
     assert plan.read_layers == [1, 2] and plan.input_dim == 2 * 19 and len(plan.norm_mean) == 38
     one = {l: ss.saliency_mask(synth_store, "tiny", l, 0.6, fold=2, fold_id=a.id) for l in (1, 2)}
     assert plan.keep == np.flatnonzero(one[1]).tolist() + (np.flatnonzero(one[2]) + 32).tolist()
     utts = plan.val
     both = {(r["utt_id"], r["condition"]): r for r in
-            frames_dataset(synth_store, "tiny", [1, 2], utts, labels, conditions=["clean", "5dB"]).take_all()}
+            frames_dataset(Store(synth_store), "tiny", [1, 2], utts, labels, conditions=["clean", "5dB"]).take_all()}
     assert len(both) == 2 * len(utts)
     for layer, lo in ((1, 0), (2, 32)):
-        for r in frames_dataset(synth_store, "tiny", layer, utts, labels, conditions=["clean", "5dB"]).take_all():
+        for r in frames_dataset(Store(synth_store), "tiny", layer, utts, labels, conditions=["clean", "5dB"]).take_all():
             got = both[(r["utt_id"], r["condition"])]
             np.testing.assert_array_equal(got["x"][:, lo:lo + 32], r["x"])
             assert got["label_index"] == r["label_index"] and got["n_frames"] == r["n_frames"]
@@ -188,11 +189,11 @@ def test_several_layers_are_read_side_by_side(synth_store):
         np.testing.assert_array_equal(mean[lo:lo + 32], m1)
         np.testing.assert_array_equal(std[lo:lo + 32], s1)
     with pytest.raises(ValueError, match="one layer's k-means"):
-        planned_fold(small_cfg(synth_store, layers=[1, 2], n_clusters=4), a, 2)
+        planned_fold(small_cfg(synth_store, layers=[1, 2], n_clusters=4), Store(synth_store), a, 2)
     # no layer named: the fold's K best layers on its training speakers, in layer order
     from ray_ser.analysis.layer_selection import ranked_layers
 
-    auto = planned_fold(small_cfg(synth_store, layer=None, auto_layers=2), a, 2)[0]
+    auto = planned_fold(small_cfg(synth_store, layer=None, auto_layers=2), Store(synth_store), a, 2)[0]
     assert auto.read_layers == sorted(ranked_layers(synth_store, "tiny", a, [2], k=2)[0][2]) and auto.input_dim == 64
 
 
@@ -202,7 +203,7 @@ def test_refit_trains_on_every_training_speaker_for_the_selected_epochs(synth_st
     out = tmp_path / "run"
     cfg = small_cfg(synth_store, layer=None, layers=[1, 2], arch="mlp", mlp_hidden=0, epochs=5, patience=2,
                     lr=3e-3, refit=True, spec_augment=False)
-    summary = run(cfg, "0", out)[0]
+    summary = run(cfg, Store(cfg.store), "0", out)[0]
     info = json.loads((fold_checkpoints(out)[0] / "config.json").read_text())
     assert info["refit_epochs"] == info["best_epoch"] + 1 == summary["refit_epochs"]
     assert info["epochs_run"] == summary["epochs"] >= info["best_epoch"] + 1
@@ -212,7 +213,7 @@ def test_refit_trains_on_every_training_speaker_for_the_selected_epochs(synth_st
     assert epochs.filter(pl.col("split") == "train")["epoch"].max() == info["epochs_run"] - 1
     fm = load_fold_model(fold_checkpoints(out)[0])
     assert fm.plan.read_layers == [1, 2] and fm.plan.layers == [1, 2]
-    pred = predict_fold(synth_store, fold_checkpoints(out)[0])
+    pred = predict_fold(Store(synth_store), fold_checkpoints(out)[0])
     assert set(pred["utt_id"].to_list()) == set(fm.plan.test)
 
 
@@ -221,8 +222,8 @@ def test_refit_resumes_in_its_own_phase(synth_store):
     from ray_ser.train.plan import fold_datasets
 
     cfg = small_cfg(synth_store, arch="mlp", mlp_hidden=0, epochs=4, patience=10, refit=True, spec_augment=False)
-    plan, labels, centroids = planned_fold(cfg, resolve_assignment(cfg), 0)
-    data = fold_datasets(cfg, plan, labels, centroids)
+    plan, labels, centroids = planned_fold(cfg, Store(cfg.store), resolve_assignment(cfg, Store(cfg.store)), 0)
+    data = fold_datasets(cfg, Store(cfg.store), plan, labels, centroids)
     states: list[dict] = []
 
     class Killed(Exception):
@@ -254,8 +255,8 @@ def test_fold_datasets_are_lazy_plans_that_read_exactly_their_fold(synth_store):
     from ray_ser.train.plan import fold_datasets
 
     cfg = small_cfg(synth_store, arch="mlp", mlp_hidden=0, refit=True, conditions=["clean", "5dB"])
-    plan, labels, centroids = planned_fold(cfg, resolve_assignment(cfg), 1)
-    data = fold_datasets(cfg, plan, labels, centroids)
+    plan, labels, centroids = planned_fold(cfg, Store(cfg.store), resolve_assignment(cfg, Store(cfg.store)), 1)
+    data = fold_datasets(cfg, Store(cfg.store), plan, labels, centroids)
     assert set(data) == {"train", "val", "refit"}
     assert not any(isinstance(ds, MaterializedDataset) for ds in data.values())
     keys = lambda ds: sorted((r["utt_id"], r["condition"]) for r in ds.select_columns(["utt_id", "condition"]).iter_rows())  # noqa: E731
@@ -282,10 +283,10 @@ def test_inner_folds_choose_the_epoch_count_on_the_mean_validation_curve(synth_s
     out = tmp_path / "run"
     cfg = small_cfg(synth_store, arch="mlp", mlp_hidden=0, epochs=4, lr=3e-3, spec_augment=False, inner_folds=3)
     assert cfg.refit  # cross-validation only chooses an epoch count: the refit uses it
-    plan = planned_fold(cfg, resolve_assignment(cfg), 0)[0]
+    plan = planned_fold(cfg, Store(cfg.store), resolve_assignment(cfg, Store(cfg.store)), 0)[0]
     pool = [*plan.inner, *plan.val]
     assert len(plan.cv_val) == 3 and sorted(u for part in plan.cv_val for u in part) == sorted(pool)
-    summary = run(cfg, "0", out)[0]
+    summary = run(cfg, Store(cfg.store), "0", out)[0]
     epochs = pl.read_parquet(out / "epochs.parquet")
     uar = epochs.filter(pl.col("metric") == "uar")
     per_fold = uar.filter(pl.col("split").str.starts_with("val_r"))
@@ -299,7 +300,7 @@ def test_inner_folds_choose_the_epoch_count_on_the_mean_validation_curve(synth_s
     assert info["refit_epochs"] == info["best_epoch"] + 1 and info["best_val_score"] == pytest.approx(mean.max())
     refit = epochs.filter((pl.col("split") == "refit") & (pl.col("metric") == "loss"))
     assert refit["epoch"].to_list() == list(range(info["refit_epochs"]))
-    pred = predict_fold(synth_store, fold_checkpoints(out)[0])
+    pred = predict_fold(Store(synth_store), fold_checkpoints(out)[0])
     assert set(pred["utt_id"].to_list()) == set(plan.test)
 
 
@@ -309,11 +310,11 @@ def test_inner_folds_are_speaker_disjoint_and_resume_inside_an_inner_fold(synth_
     from ray_ser.train.reader import load_labels
 
     cfg = small_cfg(synth_store, arch="mlp", mlp_hidden=0, epochs=3, lr=3e-3, spec_augment=False, inner_folds=2)
-    plan, labels, centroids = planned_fold(cfg, resolve_assignment(cfg), 1)
+    plan, labels, centroids = planned_fold(cfg, Store(cfg.store), resolve_assignment(cfg, Store(cfg.store)), 1)
     rows = load_labels(synth_store, [u for part in plan.cv_val for u in part]).rows
     spk = [{rows[u]["speaker"] for u in part} for part in plan.cv_val]
     assert not spk[0] & spk[1] and not set(plan.test) & {u for part in plan.cv_val for u in part}
-    data = fold_datasets(cfg, plan, labels, centroids)
+    data = fold_datasets(cfg, Store(cfg.store), plan, labels, centroids)
     assert set(data) == {"pool", "refit"}
     states: list[dict] = []
 

@@ -19,6 +19,7 @@ import pytest
 from ray_ser.train.config import TrainConfig
 from ray_ser.train.plan import resolve_assignment
 from ray_ser.train.reader import READ_LOG_ENV
+from ray_ser.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACT = ["trial_id", "layer", "keep_ratio", "n_clusters", "adv_weight", "lr", "pooling", "target", "val_uar",
@@ -52,7 +53,7 @@ def test_search_writes_trials_tensorboard_and_a_config_the_train_job_takes(synth
     events = list((out / "search").rglob("events.out.tfevents.*"))
     assert len(events) >= 4  # one per trial
     # the search never read a speaker of the held-out folds, on which the chosen config is then scored
-    a = resolve_assignment(TrainConfig(store=synth_store, model="tiny"))
+    a = resolve_assignment(TrainConfig(store=synth_store, model="tiny"), Store(synth_store))
     read = set(log.read_text().split())
     assert read and not read & set(a.test_utts(0) + a.test_utts(1))
     search = json.loads((out / "search.json").read_text())
@@ -129,7 +130,7 @@ def test_a_pooled_search_scores_its_trials_as_the_frame_path_does(synth_store, t
                              grace_period=2, seed=3, held_out_folds=[0, 1], search_folds=2, layers=[1, 2],
                              max_concurrent=1, reuse_actors=reuse)
         out = tmp_path / f"{pooled}_{reuse}"
-        trials[pooled, reuse] = run_search(opts, out).sort("lr")
+        trials[pooled, reuse] = run_search(opts, Store(opts.base.store), out).sort("lr")
         pids[pooled, reuse] = trial_pids(out / "search")
     assert sum("read once" in r.getMessage() for r in caplog.records) == 2  # the pooled searches only
     # one process ran both trials of a reusing search; a fresh search started one per trial
