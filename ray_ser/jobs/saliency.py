@@ -258,7 +258,7 @@ def write_run_plans(train, store: Store) -> list[int]:
     from ray_ser.train.plan import resolve_assignment, select_folds
 
     try:
-        assignment = resolve_assignment(train, Store(train.store))
+        assignment = resolve_assignment(train, store)
         spec = train.outer_folds
         folds = [] if spec.strip().lower() == "none" else select_folds(spec, assignment)
         built = write_fold_plans(train.plan_spec(), assignment, folds, rebuild=True,  # made from what it just wrote
