@@ -118,7 +118,7 @@ class PlanMissing(KeyError):
 
 
 # ---- the layers a fold reads -----------------------------------------------------------------------
-def framed_layers(store: Store | str, model: str, condition: str = "clean") -> list[int]:
+def framed_layers(store: str | Store, model: str, condition: str = "clean") -> list[int]:
     """Every layer of ``model`` stored with frames, in layer order: the stored layers, less those the extraction's
     ``frame_layers`` left without frames (its recorded options)."""
     from ray_ser.analysis.saliency_store import layers_of

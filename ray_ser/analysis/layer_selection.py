@@ -485,7 +485,7 @@ class StoredLayers(abc.Mapping):
     every layer of a large model at MSP-Podcast's size (25 x 150,000 x 1,024 floats, 15 GB) never sits in one
     process; a caller that needs a layer twice keeps it itself."""
 
-    def __init__(self, store: Store | str, model: str, condition: str, layers: Sequence[int], utt_ids: Sequence[str]):
+    def __init__(self, store: str | Store, model: str, condition: str, layers: Sequence[int], utt_ids: Sequence[str]):
         self.store, self.model, self.condition = store, model, condition
         self.layers, self.utt_ids = [int(k) for k in layers], list(utt_ids)
 
@@ -501,7 +501,7 @@ class StoredLayers(abc.Mapping):
         return len(self.layers)
 
 
-def load_layer_data(store: Store | str, model: str, condition: str = "clean", folds: str | int = "auto", seed: int = 0,
+def load_layer_data(store: str | Store, model: str, condition: str = "clean", folds: str | int = "auto", seed: int = 0,
                     layers: Sequence[int] | None = None, assignment=None) -> tuple[LayerData, dict[int, np.ndarray]]:
     """(LayerData, {layer: (n, N) mean vectors}, read a layer at a time: :class:`StoredLayers`) of the labelled
     utterances of ``model``/``condition``:
@@ -532,7 +532,7 @@ def load_layer_data(store: Store | str, model: str, condition: str = "clean", fo
     return data, StoredLayers(store, model, condition, layers, utt_ids)
 
 
-def layer_scores(store: Store | str, model: str, fold: int, condition: str = "clean",
+def layer_scores(store: str | Store, model: str, fold: int, condition: str = "clean",
                  criterion: str = DEFAULT_CRITERION, *, folds: str | int = "auto", seed: int = 0) -> dict[int, float]:
     """{layer: ``criterion`` score} on the training speakers of outer fold ``fold`` of the saliency's
     folds (``fold=-1``: every speaker); higher is better (the rows of a ``layer_rank`` table)."""
@@ -540,14 +540,14 @@ def layer_scores(store: Store | str, model: str, fold: int, condition: str = "cl
     return scores_from_arrays(layers, data, fold, criterion_for(data, criterion), seed)
 
 
-def choose_layer(store: Store | str, model: str, fold: int, condition: str = "clean",
+def choose_layer(store: str | Store, model: str, fold: int, condition: str = "clean",
                  criterion: str = DEFAULT_CRITERION, *, folds: str | int = "auto", seed: int = 0) -> int:
     """The pipeline's automatic layer: the layer ``criterion`` ranks first on the training speakers of
     outer fold ``fold`` of the saliency's folds (``fold=-1``: every speaker, for new speakers only)."""
     return pick(layer_scores(store, model, fold, condition, criterion, folds=folds, seed=seed))
 
 
-def choose_layers(store: Store | str, model: str, folds_to_choose: Sequence[int] | None = None,
+def choose_layers(store: str | Store, model: str, folds_to_choose: Sequence[int] | None = None,
                   condition: str = "clean", criterion: str = DEFAULT_CRITERION, *, folds: str | int = "auto",
                   seed: int = 0, assignment=None) -> dict[int, int]:
     """{outer fold: :func:`choose_layer`} for several folds (default: every outer fold and -1), reading the
@@ -562,7 +562,7 @@ def best_first(scores: Mapping[int, float]) -> list[int]:
     return sorted(scores, key=lambda k: (-(scores[k] if np.isfinite(scores[k]) else -np.inf), k))
 
 
-def layer_rank_rows(store: Store | str, model: str, condition: str = "clean", criterion: str = DEFAULT_CRITERION,
+def layer_rank_rows(store: str | Store, model: str, condition: str = "clean", criterion: str = DEFAULT_CRITERION,
                     folds_to_score: Sequence[int] | None = None, *, folds: str | int = "auto",
                     seed: int = 0, assignment=None) -> pl.DataFrame:
     """Rows for ``layer_rank__<model>``: fold, layer, layer_score, layer_rank (0 = the layer
@@ -579,7 +579,7 @@ def layer_rank_rows(store: Store | str, model: str, condition: str = "clean", cr
                                       "layer_rank": pl.Int32, "criterion": pl.Utf8}, orient="row")
 
 
-def write_layer_rank(store: Store | str, model: str, condition: str, assignment, criterion: str = DEFAULT_CRITERION,
+def write_layer_rank(store: str | Store, model: str, condition: str, assignment, criterion: str = DEFAULT_CRITERION,
                      *, folds: str | int = "auto", seed: int = 0) -> pl.DataFrame:
     """Score every layer under ``criterion`` on each outer fold's training speakers of ``assignment`` (and
     fold -1) and replace that criterion's rows of ``layer_rank__<model>`` with them (one commit); the rows
@@ -595,7 +595,7 @@ def write_layer_rank(store: Store | str, model: str, condition: str, assignment,
     return rows
 
 
-def stored_layers(store: Store | str, model: str, assignment, folds_wanted: Sequence[int], condition: str = "clean",
+def stored_layers(store: str | Store, model: str, assignment, folds_wanted: Sequence[int], condition: str = "clean",
                   criterion: str = DEFAULT_CRITERION, k: int = 1) -> dict[int, list[int]] | None:
     """{fold: its ``k`` best layers, best first} from ``layer_rank__<model>`` rows of ``criterion`` made with
     ``assignment``; None when the table, the criterion, the assignment or any wanted fold is missing there."""
@@ -615,7 +615,7 @@ def stored_layers(store: Store | str, model: str, assignment, folds_wanted: Sequ
     return {int(f): found[int(f)] for f in folds_wanted}
 
 
-def ranked_layers(store: Store | str, model: str, assignment, folds_wanted: Sequence[int], k: int = 1,
+def ranked_layers(store: str | Store, model: str, assignment, folds_wanted: Sequence[int], k: int = 1,
                   condition: str = "clean", criterion: str = DEFAULT_CRITERION,
                   seed: int = 0) -> tuple[dict[int, list[int]], str]:
     """({fold: its ``k`` best layers, best first}, where from): the stored ranking of ``criterion`` under
@@ -635,7 +635,7 @@ def ranked_layers(store: Store | str, model: str, assignment, folds_wanted: Sequ
             f"computed ({criterion} on each fold's training speakers)")
 
 
-def layers_for_folds(store: Store | str, model: str, assignment, folds_wanted: Sequence[int], condition: str = "clean",
+def layers_for_folds(store: str | Store, model: str, assignment, folds_wanted: Sequence[int], condition: str = "clean",
                      criterion: str = DEFAULT_CRITERION, seed: int = 0) -> tuple[dict[int, int], str]:
     """({fold: layer}, where from) for the pipeline's automatic layer: each fold's best layer by
     :func:`ranked_layers`."""
@@ -643,7 +643,7 @@ def layers_for_folds(store: Store | str, model: str, assignment, folds_wanted: S
     return {f: v[0] for f, v in ranked.items()}, source
 
 
-def layer_prior(store: Store | str, model: str, assignment, condition: str = "clean",
+def layer_prior(store: str | Store, model: str, assignment, condition: str = "clean",
                 criterion: str = DEFAULT_CRITERION, seed: int = 0) -> list[int]:
     """Every layer, best first, by ``criterion`` on all speakers of ``assignment`` (for a search: its pool,
     so no held-out speaker is scored): the order the Tune search starts from."""
@@ -727,7 +727,7 @@ def summarise(scores: pl.DataFrame, probe_uar: Mapping[int, float]) -> pl.DataFr
                                      "regret_mean": pl.Float64, "pick_mean": pl.Int32, "picks": pl.Utf8})
 
 
-def study(store: Store | str, model: str, condition: str = "clean", criteria: Sequence[str] | None = None,
+def study(store: str | Store, model: str, condition: str = "clean", criteria: Sequence[str] | None = None,
           folds: str | int = "auto", seed: int = 0, progress: Callable[[str], None] | None = None) -> StudyResult:
     """:func:`study_arrays` on the stored mean vectors of ``model``/``condition`` with the saliency's folds."""
     data, layers = load_layer_data(store, model, condition, folds, seed)
