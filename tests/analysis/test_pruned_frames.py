@@ -70,3 +70,19 @@ def test_pruned_frames_take_width_over_dim_of_the_layer_they_came_from(pruned):
     full = Store(uri).embeddings("tiny").to_lance().to_table(columns=["frames"], filter="layer = 1")
     small = Store(uri).open(info.table).to_lance().to_table(columns=["frames"])
     assert frames(small) * DIM == frames(full) * info.width
+
+
+def test_prune_job_runs_from_a_config_and_the_open_store(pruned, capsys):
+    """``jobs/prune_frames.run(cfg, store)``: the stage contract's typed result, the same table as the function's."""
+    from ray_ser.config import ConfigError, ExperimentConfig
+    from ray_ser.jobs import prune_frames
+
+    uri, info, _ = pruned
+    cfg = ExperimentConfig(store={"uri": uri}, extract={"model": "tiny", "model_key": "tiny"},
+                           analysis={"prune": {"layer": 1, "keep_ratio": 0.6}})
+    result = prune_frames.run(cfg, Store(uri))
+    assert (result.table, result.rows, result.width, result.kept_per_fold) == \
+        (info.table, info.rows, info.width, info.kept_per_fold)
+    assert result["table"] == "pruned__tiny_L1_keep0.6" and f'"rows": {info.rows}' in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="analysis.prune.layer"):
+        prune_frames.run(ExperimentConfig(store={"uri": uri}), Store(uri))
