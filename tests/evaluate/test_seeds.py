@@ -50,7 +50,7 @@ def test_train_seeds_trains_each_seed_into_its_folder(monkeypatch, tmp_path):
     from ray_ser.train import driver
 
     calls = []
-    monkeypatch.setattr(driver, "run", lambda cfg, folds, out, on_fold=None: calls.append((cfg.seed, str(out))) or
+    monkeypatch.setattr(driver, "run", lambda cfg, store, folds, out, on_fold=None: calls.append((cfg.seed, str(out))) or
                         [{"fold": 0}])
     monkeypatch.setattr("ray_ser.runtime.init_ray", lambda *a, **k: None)
     out = tmp_path / "run"
