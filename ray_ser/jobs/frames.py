@@ -92,6 +92,7 @@ def run(cfg: ExperimentConfig, store: Store, plans: bool = False) -> FramesResul
 
 
 def stage(args: argparse.Namespace, store: Store, fold_seed: int, plans_of: ExperimentConfig | None = None) -> FramesResult:
+    """The stage on the console: the clusters, then (``plans_of``) that config's fold plans."""
     with console.stage(f"frames {args.model}: k-means, k = {','.join(map(str, args.k))}"):
         result = cluster(args, store, fold_seed)
         if plans_of is not None:
