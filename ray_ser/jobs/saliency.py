@@ -254,7 +254,6 @@ def write_run_plans(train, store: Store) -> list[int]:
     from ray_ser.analysis.fold_plans import write_fold_plans
     from ray_ser.train.checkpoints import FINAL
     from ray_ser.train.driver import final_config
-    from ray_ser.store import Store
     from ray_ser.train.plan import resolve_assignment, select_folds
 
     try:
