@@ -1,4 +1,5 @@
-"""jobs/extract.py as users run it: submitted with `ray job submit` to a `ray start --head` cluster, and killed."""
+"""jobs/extract.py as users run it: submitted with `ray job submit` to a `ray start --head` cluster, and killed (both
+write modes: the driver commits, or the model actors write fragments). One cluster serves the whole module."""
 
 from __future__ import annotations
 
@@ -104,30 +105,44 @@ def test_ray_job_submit_fills_the_store(cluster, corpora, tiny_model_dir, tmp_pa
 
 
 def test_killed_driver_then_rerun_loses_and_duplicates_nothing(cluster, corpora, tiny_model_dir, tmp_path):
+    killed_then_rerun(cluster, corpora, tiny_model_dir, tmp_path, ["clean", "25dB", "15dB", "5dB"])
+
+
+def test_killed_fragment_writing_run_resumes_without_loss_or_duplicates(cluster, corpora, tiny_model_dir, tmp_path):
+    """Write mode "fragments": the driver dies between commits, the actors mid-write; whole utterances only."""
+    killed_at = killed_then_rerun(cluster, corpora, tiny_model_dir, tmp_path, ["clean", "5dB"],
+                                  "--write-mode", "fragments")
+    assert killed_at % 3 == 0
+
+
+KILL_LIMIT = 24
+"""Utterances of a killed run: the kill comes at its first committed rows, so more only lengthen the re-run."""
+
+
+def killed_then_rerun(cluster, corpora, model_dir, tmp_path, conds: list[str], *flags: str) -> int:
+    """Run jobs/extract.py on the cluster, SIGKILL its process group once the table has rows, re-run it to the end
+    and check every (utterance, condition, layer) row is stored once; returns the rows the kill left."""
     uri = str(tmp_path / "store")
-    conds = ["clean", "25dB", "15dB", "5dB"]
     cmd = [sys.executable, str(PROJECT / "jobs" / "extract.py"), "--corpus", "emodb", "--data-root", str(corpora),
-           "--limit", "60", "--model", str(tiny_model_dir), "--model-key", "tiny", "--store", uri,
-           "--conditions", ",".join(conds), "--batch-size", "2", "--commit-seconds", "0"]
+           "--limit", str(KILL_LIMIT), "--model", str(model_dir), "--model-key", "tiny", "--store", uri,
+           "--conditions", ",".join(conds), "--batch-size", "2", "--commit-seconds", "0", *flags]
     env = {**os.environ, "RAY_ADDRESS": cluster["gcs"], "RAY_AUTH_MODE": "token"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     name = table_name("tiny")
     deadline = time.time() + 300
-    rows = 0
     while time.time() < deadline and proc.poll() is None:
         store = Store(uri) if Path(uri).exists() else None
-        if store is not None and store.has(name):
-            rows = store.open(name).count_rows()
-            if rows > 0:
-                break
+        if store is not None and store.has(name) and store.open(name).count_rows() > 0:
+            break
         time.sleep(0.2)
     assert proc.poll() is None, "the extraction finished before it could be killed: give it more work"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-run, between or during commits
     proc.wait()
     killed_at = Store(uri).open(name).count_rows()
-    assert 0 < killed_at < 60 * len(conds) * 3
+    assert 0 < killed_at < KILL_LIMIT * len(conds) * 3
 
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-4000:]
-    utts = build_manifest("emodb", corpora).spread(60)
+    utts = build_manifest("emodb", corpora).spread(KILL_LIMIT)
     assert_exactly_once(store_rows(uri, "tiny"), utts.column("utt_id"), conds, num_layers=3)
+    return killed_at
