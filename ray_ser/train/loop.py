@@ -86,13 +86,13 @@ def evaluate_batches(model, batches: Iterator[dict], device, target: str) -> tup
             losses.append(float(loss))
             weights.append(len(batch["lengths"]))
             if "logits" in out:
-                outs["probs"].append(torch.softmax(out["logits"].float(), -1).cpu().numpy())
+                outs["probs"].append(torch.softmax(out["logits"].float(), -1))
             if "dims" in out:
-                outs["dims"].append(out["dims"].float().cpu().numpy())
-            outs["label_index"].append(batch["label_index"].cpu().numpy())
-            outs["dims_true"].append(batch["dims"].cpu().numpy())
-            outs["dims_mask"].append(batch["dims_mask"].cpu().numpy())
-    stacked = {k: np.concatenate(v) for k, v in outs.items() if v}
+                outs["dims"].append(out["dims"].float())
+            outs["label_index"].append(batch["label_index"])
+            outs["dims_true"].append(batch["dims"])
+            outs["dims_mask"].append(batch["dims_mask"])
+    stacked = {k: torch.cat(v).cpu().numpy() for k, v in outs.items() if v}  # one copy each, not one per batch
     metrics = {"loss": float(np.average(losses, weights=weights)) if losses else float("nan")}
     y = stacked.get("label_index")
     if "probs" in stacked and y is not None and (y >= 0).any():
