@@ -86,13 +86,13 @@ def evaluate_batches(model, batches: Iterator[dict], device, target: str) -> tup
             losses.append(float(loss))
             weights.append(len(batch["lengths"]))
             if "logits" in out:
-                outs["probs"].append(torch.softmax(out["logits"].float(), -1).cpu().numpy())
+                outs["probs"].append(torch.softmax(out["logits"].float(), -1))
             if "dims" in out:
-                outs["dims"].append(out["dims"].float().cpu().numpy())
-            outs["label_index"].append(batch["label_index"].cpu().numpy())
-            outs["dims_true"].append(batch["dims"].cpu().numpy())
-            outs["dims_mask"].append(batch["dims_mask"].cpu().numpy())
-    stacked = {k: np.concatenate(v) for k, v in outs.items() if v}
+                outs["dims"].append(out["dims"].float())
+            outs["label_index"].append(batch["label_index"])
+            outs["dims_true"].append(batch["dims"])
+            outs["dims_mask"].append(batch["dims_mask"])
+    stacked = {k: torch.cat(v).cpu().numpy() for k, v in outs.items() if v}  # one copy each, not one per batch
     metrics = {"loss": float(np.average(losses, weights=weights)) if losses else float("nan")}
     y = stacked.get("label_index")
     if "probs" in stacked and y is not None and (y >= 0).any():
@@ -114,20 +114,20 @@ def epoch_batches(source, cfg: TrainConfig, epoch: int, train: bool, device=None
     :class:`~ray_ser.train.reader.ShardCache`, kept across epochs) holds a small shard in memory after one read;
     ``only``: the utt_ids to keep (an inner fold's part of the shard); ``corpus_counts`` (training utterances per
     corpus) with ``cfg.balance == "corpus"``: the epoch's corpus-balanced draw (:func:`balanced_draw`)."""
-    from ray_ser.train.reader import ShardCache, bucketed, collate
+    from ray_ser.train.reader import ShardCache, bucketed
 
     bs = cfg.batch_size
     cache = cache or ShardCache(0)
     if not train:
         for b in cache.chunks(source, bs, only=only):
-            yield collate(b, device)
+            yield cache.collate(b, device)
         return
     rng = np.random.default_rng([cfg.seed, epoch])
     chunks = cache.chunks(source, bs * 8 * max(1, len(cfg.conditions)), rng, only=only)
     if cfg.balance == "corpus" and corpus_counts and len(corpus_counts) > 1:
         chunks = balanced_draw(chunks, corpus_counts, cfg.seed, epoch)
     for b in bucketed(chunks, bs, rng, epoch, cfg.seed, cfg.conditions):
-        yield collate(b, device)
+        yield cache.collate(b, device)
 
 
 def balanced_draw(chunks: Iterator[dict], corpus_counts: dict[str, int], seed: int, epoch: int) -> Iterator[dict]:

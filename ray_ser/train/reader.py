@@ -396,11 +396,14 @@ class ShardCache:
     (:func:`mean_frames`), for a model that sees nothing else: the same inputs for ~T times less memory and
     collate work per epoch."""
 
-    def __init__(self, max_bytes: int, mean_frames: bool = False):
+    def __init__(self, max_bytes: int, mean_frames: bool = False, dense: bool = True):
         self.max_bytes = int(max_bytes)
         self.mean_frames = mean_frames
         self.rows: dict | None = None
         self.streaming = self.max_bytes <= 0
+        self.dense = dense
+        self._dense: DenseRows | None = None
+        self._keys: dict | None = None
 
     def _read(self, source, chunk_rows: int) -> Iterator[dict]:
         chunks = source.iter_batches(batch_size=chunk_rows, batch_format="numpy")
@@ -427,6 +430,10 @@ class ShardCache:
                     break
             else:
                 self.rows = _as_row_views(in_key_order(_concat(parts))) if parts else {}
+                if self.dense and DenseRows.fits(self.rows):
+                    self._dense = DenseRows(self.rows)
+                    self._keys = {**{k: self.rows[k] for k in DenseRows.KEYS if k in self.rows},
+                                  "_row": np.arange(len(self.rows["utt_id"]))}
         if stream is not None:
             if only is not None:
                 stream = (part for part in (take_rows(c, _in(c["utt_id"], only)) for c in stream) if len(part["utt_id"]))
@@ -435,8 +442,52 @@ class ShardCache:
         ids = self.rows.get("utt_id", ())
         rows = np.arange(len(ids)) if only is None else _in(ids, only)
         order = rows if rng is None else rows[rng.permutation(len(rows))]
+        table = self.rows if self._keys is None else self._keys  # dense rows: their keys and positions only
         for start in range(0, len(order), chunk_rows):
-            yield take_rows(self.rows, order[start:start + chunk_rows])
+            yield take_rows(table, order[start:start + chunk_rows])
+
+    def collate(self, batch: dict, device=None) -> dict:
+        """A batch of :meth:`chunks` collated: gathered from the dense tensors by row position (``_row``) when the
+        cache holds one-frame rows, else :func:`collate`."""
+        if "_row" in batch and self._dense is not None:
+            return self._dense.take(batch["_row"], device)
+        return collate(batch, device)
+
+
+class DenseRows:
+    """A cached shard whose rows are one frame each (mean frames: the pooled path, or an MLP's frame-path cache)
+    collated once into tensors, so a batch is an index into them: the same tensors :func:`collate` builds from
+    those rows (float32 frames, lengths 1, targets), without per-row Python per batch."""
+
+    KEYS = ("utt_id", "condition", "corpus", "n_frames")
+    """The columns the epoch's draw reads (shuffle, corpus balance, condition pick, length buckets)."""
+
+    def __init__(self, rows: dict):
+        self.tensors = collate({k: v for k, v in rows.items() if k not in self.KEYS}, None)
+        self.tensors["x"] = self.tensors["x"].float()
+        self.on: dict = {}
+
+    @staticmethod
+    def fits(rows: dict) -> bool:
+        """Rows this class collates as :func:`collate` would: one frame each of one width, no frame-cluster ids."""
+        xs = rows.get("x")
+        if not rows or xs is None or "frame_ids" in rows or len(xs) == 0 or xs.dtype != object:
+            return False
+        shapes = {getattr(a, "shape", None) for a in xs}
+        return len(shapes) == 1 and len(next(iter(shapes)) or ()) == 2 and next(iter(shapes))[0] == 1
+
+    def take(self, rows: np.ndarray, device=None) -> dict:
+        """The batch of positions ``rows``, on ``device`` (the tensors are moved there once)."""
+        import torch
+
+        key = "cpu" if device is None else str(torch.device(device))
+        if key not in self.on:
+            self.on[key] = self.tensors if key == "cpu" else {k: v.to(device) for k, v in self.tensors.items()}
+        tensors = self.on[key]
+        idx = torch.from_numpy(np.asarray(rows, np.int64))
+        if key != "cpu":
+            idx = idx.to(device)
+        return {k: v.index_select(0, idx) for k, v in tensors.items()}
 
 
 class InMemorySource:

@@ -25,26 +25,41 @@ def run_dir(synth_store, tmp_path_factory) -> Path:
     return _write_run(tmp_path_factory.mktemp("run"), synth_store, seed=0)
 
 
+def _folds(synth_store: str, n: int) -> list[int]:
+    """The first ``n`` outer folds of the synthetic store's fold assignment."""
+    from ray_ser.train.config import TrainConfig
+    from ray_ser.train.plan import resolve_assignment
+
+    return resolve_assignment(TrainConfig(store=synth_store, model="tiny"), Store(synth_store)).fold_ids[:n]
+
+
 @pytest.fixture(scope="module")
 def run_dir_b(synth_store, tmp_path_factory) -> Path:
-    """The same folds as ``run_dir``, other weights: a second ensemble member."""
-    return _write_run(tmp_path_factory.mktemp("run_b"), synth_store, seed=100)
+    """Two of ``run_dir``'s folds, other weights: a second ensemble member of those folds, and a run that predicts
+    other rows than the whole of ``run_dir``."""
+    return _write_run(tmp_path_factory.mktemp("runs") / "run_b", synth_store, seed=100, folds=_folds(synth_store, 2))
 
 
 @pytest.fixture(scope="module")
 def predicted(synth_store, run_dir):
-    """``predict_run`` of ``run_dir``, once for the ensemble tests (frames are immutable, so sharing is safe)."""
+    """``predict_run`` of ``run_dir``, once for the module (frames are immutable, so sharing is safe)."""
     from ray_ser.evaluate.predict import predict_run
 
-    return predict_run(Store(synth_store), run_dir)
+    return predict_run(Store(synth_store), run_dir, by=["gender"])
 
 
-def test_out_of_fold_predictions_cover_each_utterance_and_condition_once(synth_store, run_dir):
+@pytest.fixture(scope="module")
+def predicted_b(synth_store, run_dir_b):
     from ray_ser.evaluate.predict import predict_run
+
+    return predict_run(Store(synth_store), run_dir_b)
+
+
+def test_out_of_fold_predictions_cover_each_utterance_and_condition_once(synth_store, predicted):
     from ray_ser.train.config import TrainConfig
     from ray_ser.train.plan import resolve_assignment
 
-    pred, categories, config = predict_run(Store(synth_store), run_dir, by=["gender"])
+    pred, categories, config = predicted  # predict_run(store, run_dir, by=["gender"])
     a = resolve_assignment(TrainConfig(store=synth_store, model="tiny"), Store(synth_store))
     assert categories == ["calm", "excited", "sad"] and config["fold_id"] == a.id
     keys = pred.select("utt_id", "condition").rows()
@@ -97,17 +112,17 @@ def test_evaluate_job_writes_predictions_metrics_and_report(synth_store, run_dir
     assert result["predictions"].height == 2 * 72
 
 
-def test_an_ensemble_averages_its_members_probabilities_row_by_row(synth_store, run_dir, run_dir_b, predicted):
+def test_an_ensemble_averages_its_members_probabilities_row_by_row(run_dir, run_dir_b, predicted, predicted_b):
     import numpy as np
 
-    from ray_ser.evaluate.predict import ensemble_predictions, predict_run
+    from ray_ser.evaluate.predict import ensemble_predictions
 
-    a = predicted
-    b = predict_run(Store(synth_store), run_dir_b)
+    b = predicted_b
+    a = (predicted[0].filter(pl.col("fold").is_in(b[0]["fold"].unique().to_list())), *predicted[1:])  # b's folds
     pred, categories, config = ensemble_predictions([a, b])
     keys = ["fold", "condition", "utt_id"]
     pa, pb = a[0].sort(keys), b[0].sort(keys)
-    assert pred.select(keys).equals(pa.select(keys))
+    assert pred.select(keys).equals(pa.select(keys)) and pred.height == 2 * 24  # two folds' speakers, 2 conditions
     mean = (np.asarray(pa["probs"].to_list()) + np.asarray(pb["probs"].to_list())) / 2
     assert np.abs(np.asarray(pa["probs"].to_list()) - np.asarray(pb["probs"].to_list())).max() > 1e-3  # members differ
     np.testing.assert_allclose(np.asarray(pred["probs"].to_list()), mean, atol=1e-6)
@@ -118,36 +133,31 @@ def test_an_ensemble_averages_its_members_probabilities_row_by_row(synth_store, 
     assert ensemble_predictions([a])[0] is a[0]
 
 
-def test_an_ensemble_refuses_runs_that_predict_other_rows(synth_store, predicted, tmp_path):
-    from ray_ser.evaluate.predict import ensemble_predictions, predict_run
-    from ray_ser.train.config import TrainConfig
-    from ray_ser.train.plan import resolve_assignment
+def test_an_ensemble_refuses_runs_that_predict_other_rows(predicted, predicted_b):
+    from ray_ser.evaluate.predict import ensemble_predictions
 
-    folds = resolve_assignment(TrainConfig(store=synth_store, model="tiny"), Store(synth_store)).fold_ids
-    partial = _write_run(tmp_path / "partial", synth_store, seed=7, folds=folds[:1])
-    with pytest.raises(ValueError, match="partial: predicts other"):
-        ensemble_predictions([predicted, predict_run(Store(synth_store), partial)])
+    with pytest.raises(ValueError, match="run_b: predicts other"):  # two of the six folds against all six
+        ensemble_predictions([predicted, predicted_b])
     a = predicted
     other = (a[0], ["x", "y", "z"], a[2])
     with pytest.raises(ValueError, match="categories"):
         ensemble_predictions([a, other])
 
 
-def test_evaluate_job_scores_several_runs_as_one_ensemble(synth_store, tmp_path):
+def test_evaluate_job_scores_several_runs_as_one_ensemble(synth_store, run_dir_b, tmp_path):
     from ray_ser.jobs import evaluate as job
     from ray_ser.train.config import TrainConfig
     from ray_ser.train.plan import resolve_assignment
 
     a = resolve_assignment(TrainConfig(store=synth_store, model="tiny"), Store(synth_store))
-    folds = a.fold_ids[:3]  # three of the six folds: the job's ensemble path needs no more, and predicts half as much
-    run_a, run_b = (_write_run(tmp_path / name, synth_store, seed=seed, folds=folds)
-                    for name, seed in (("run_a", 0), ("run_b", 100)))
+    folds = a.fold_ids[:2]  # run_dir_b's two folds: the job's ensemble path needs no more, and predicts a third
+    run_a = _write_run(tmp_path / "run_a", synth_store, seed=0, folds=folds)
     out = tmp_path / "eval"
-    result = job.main(["--store", synth_store, "--run", str(run_a), "--run", str(run_b), "--out", str(out),
+    result = job.main(["--store", synth_store, "--run", str(run_a), "--run", str(run_dir_b), "--out", str(out),
                        "--n-boot", "20"])
     pred = pl.read_parquet(out / "predictions.parquet")
     tested = [u for u, f in a.fold_of().items() if f in folds]
-    assert pred.height == result["predictions"].height == 2 * len(tested) and len(tested) == 36
+    assert pred.height == result["predictions"].height == 2 * len(tested) and len(tested) == 24
     assert set(pred["utt_id"].to_list()) == set(tested)
     assert pred["run"].unique().to_list() == ["run_a+run_b"]
     m = pl.read_parquet(out / "metrics.parquet")
