@@ -19,9 +19,11 @@ pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def linear_cfg(uri: str, **kw) -> TrainConfig:
-    base = dict(store=uri, model="tiny", layers=[1, 2], arch="mlp", mlp_hidden=0, spec_augment=False, epochs=5,
+    """3 epochs (and a refit of up to 3) each; the frame path checkpoints once, at the end (what a fold learns does
+    not depend on how often it is checkpointed)."""
+    base = dict(store=uri, model="tiny", layers=[1, 2], arch="mlp", mlp_hidden=0, spec_augment=False, epochs=3,
                 patience=5, batch_size=8, lr=3e-3, weight_decay=1e-3, refit=True, cpus_per_worker=0.5,
-                checkpoint_every_s=0)
+                checkpoint_every_s=3600)
     return TrainConfig(**{**base, **kw})
 
 
@@ -39,6 +41,15 @@ def frame_fold0(synth_store, local_ray, tmp_path_factory):
     compare a pooled or a concurrent run with it."""
     cfg = linear_cfg(synth_store, pooled=False)
     out = tmp_path_factory.mktemp("frame_fold0")
+    return cfg, out, run(cfg, Store(cfg.store), "0", out)
+
+
+@pytest.fixture(scope="module")
+def pooled_fold0(synth_store, local_ray, tmp_path_factory):
+    """(config, run folder, summaries) of fold 0 trained on the pooled path, shared by the pooled-vs-frame test and
+    the folds-at-once test (as its fold 0 trained alone)."""
+    cfg = linear_cfg(synth_store)
+    out = tmp_path_factory.mktemp("pooled_fold0")
     return cfg, out, run(cfg, Store(cfg.store), "0", out)
 
 
@@ -61,34 +72,40 @@ def test_pooled_folds_learn_the_frame_path_models(synth_store, tmp_path, scaler,
     """Same seed, same fold: the same predictions to float tolerance (the per-corpus scaler's frame path rounds
     each standardised frame to float16 before the mean; the pooled path scales the mean)."""
     cfg = linear_cfg(synth_store, scaler=scaler, keep_ratio=keep_ratio)
-    pooled = run(cfg, Store(cfg.store), "0", tmp_path / "pooled")
-    if scaler == "global":  # the shared frame-path run of this config
+    if scaler == "global":  # the shared pooled and frame-path runs of this config
+        shared, pooled_dir, pooled = request.getfixturevalue("pooled_fold0")
+        assert shared == cfg
         shared, frames_dir, frames = request.getfixturevalue("frame_fold0")
         assert shared == cfg.model_copy(update={"pooled": False})
     else:
+        pooled_dir = tmp_path / "pooled"
+        pooled = run(cfg, Store(cfg.store), "0", pooled_dir)
         frames_dir = tmp_path / "frames"
         frames = run(cfg.model_copy(update={"pooled": False}), Store(cfg.store), "0", frames_dir)
     assert pooled[0]["compute_s"] > 0 and frames[0]["compute_s"] > 0
     assert [s["best_epoch"] for s in pooled] == [s["best_epoch"] for s in frames]
-    assert_same_models((synth_store, tmp_path / "pooled"), (synth_store, frames_dir), atol)
+    assert_same_models((synth_store, pooled_dir), (synth_store, frames_dir), atol)
     if scaler == "global":  # the train job's pooled test report predicts as the evaluation does
-        check_pooled_report(synth_store, tmp_path / "pooled")
-    ea = pl.read_parquet(tmp_path / "pooled" / "epochs.parquet")
+        check_pooled_report(synth_store, pooled_dir)
+    ea = pl.read_parquet(pooled_dir / "epochs.parquet")
     eb = pl.read_parquet(frames_dir / "epochs.parquet")
     assert ea.drop("value").equals(eb.drop("value"))
     np.testing.assert_allclose(ea["value"].to_numpy(), eb["value"].to_numpy(), atol=max(atol, 1e-4), rtol=1e-3)
 
 
-def test_folds_trained_at_once_match_folds_trained_one_by_one(synth_store, tmp_path):
-    """Two outer folds and the final model (its inner folds) trained at once, against each trained alone."""
+def test_folds_trained_at_once_match_folds_trained_one_by_one(synth_store, tmp_path, pooled_fold0):
+    """Two outer folds and the final model (its inner folds) trained at once, against each trained alone (fold 0
+    alone is the shared pooled run)."""
     cfg = linear_cfg(synth_store, final=True, final_inner_folds=2)
+    shared, fold0, _ = pooled_fold0
+    assert shared == cfg.model_copy(update={"final": False, "final_inner_folds": shared.final_inner_folds})
     together = run(cfg, Store(cfg.store), "0,1", tmp_path / "together")
     assert sorted(s["fold"] for s in together[:-1]) == [0, 1] and together[-1]["fold"] < 0
-    for s in together[:-1]:
-        run(cfg.model_copy(update={"final": False}), Store(cfg.store), str(s["fold"]), tmp_path / "alone")
+    run(cfg.model_copy(update={"final": False}), Store(cfg.store), "1", tmp_path / "alone")
     run(cfg.model_copy(update={"outer_folds": "none"}), Store(cfg.store), None, tmp_path / "alone")
-    assert sorted(fold_checkpoints(tmp_path / "alone")) == sorted(fold_checkpoints(tmp_path / "together"))
-    assert_same_models((synth_store, tmp_path / "together"), (synth_store, tmp_path / "alone"), 0.0)
+    alone = {**fold_checkpoints(fold0), **fold_checkpoints(tmp_path / "alone")}
+    assert sorted(fold_checkpoints(fold0)) == [0] and sorted(alone) == sorted(fold_checkpoints(tmp_path / "together"))
+    assert_same_models((synth_store, tmp_path / "together"), (synth_store, fold0, tmp_path / "alone"), 0.0)
     from ray_ser.train.checkpoints import final_checkpoint
     import json
 
