@@ -175,7 +175,7 @@ def registered_checkpoints(out: Path) -> list:
 
 
 def test_several_layers_are_read_side_by_side(synth_store):
-    from ray_ser.train.reader import frame_stats, frames_dataset, load_labels
+    from ray_ser.train.reader import frame_stats, frames_dataset
 
     cfg = small_cfg(synth_store, layers=[1, 2], keep_ratio=0.6, arch="mlp", mlp_hidden=0)
     a = resolve_assignment(cfg, Store(cfg.store))
