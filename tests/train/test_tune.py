@@ -86,7 +86,9 @@ def test_killed_search_resumes_with_all_trials(synth_store, tmp_path):
     """A linear model's search (the pooled path: mean frames read once per search, trials fitted in memory)."""
     out = tmp_path / "search"
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
-    args = tune_args(synth_store, out, "--max-concurrent", "1", "--arch", "mlp", samples=4)
+    # 20 epochs a trial (the first one runs them all: nothing to stop it against), so the kill at a trial's second
+    # epoch lands mid-search however fast a pooled epoch is
+    args = tune_args(synth_store, out, "--max-concurrent", "1", "--arch", "mlp", "--max-epochs", "20", samples=4)
     proc = subprocess.Popen(args, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
 
@@ -98,7 +100,7 @@ def test_killed_search_resumes_with_all_trials(synth_store, tmp_path):
         return n
 
     while time.time() < deadline and finished() < 1 and proc.poll() is None:
-        time.sleep(2)
+        time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert finished() >= 1 and not (out / "trials.parquet").exists()
