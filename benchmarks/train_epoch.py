@@ -17,6 +17,7 @@ Ends with one line ``train_epoch frame_s <x> pooled_s <y> ratio <r>`` (medians o
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -114,8 +115,6 @@ def main() -> None:
         first, rest = timed_epochs(inner_runner(cfg, plan, frames, ShardCache(0)), args.frame_stream - 1)
         stream = [first, *rest]
         print("frame, no cache: epochs " + " ".join(f"{t:.2f}" for t in stream))
-    import os
-
     print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     frame_s, pooled_s = statistics.median(frame_times), statistics.median(pooled_times)
     print(f"train_epoch frame_s {frame_s:.4f} pooled_s {pooled_s:.4f} ratio {frame_s / pooled_s:.1f}")

@@ -474,7 +474,10 @@ class DenseRows:
         if not rows or xs is None or "frame_ids" in rows or len(xs) == 0 or xs.dtype != object:
             return False
         shapes = {getattr(a, "shape", None) for a in xs}
-        return len(shapes) == 1 and len(next(iter(shapes)) or ()) == 2 and next(iter(shapes))[0] == 1
+        if len(shapes) != 1:
+            return False
+        (shape,) = shapes
+        return shape is not None and len(shape) == 2 and shape[0] == 1
 
     def take(self, rows: np.ndarray, device=None) -> dict:
         """The batch of positions ``rows``, on ``device`` (the tensors are moved there once)."""
