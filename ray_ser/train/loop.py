@@ -68,9 +68,17 @@ def _val_score(metrics: dict[str, float]) -> float:
     return float(np.mean(cccs)) if cccs else -metrics["loss"]
 
 
-def evaluate_batches(model, batches: Iterator[dict], device, target: str) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+EVAL_ROWS = 4096
+"""Rows per forward pass when a validation split is held as dense one-frame rows (the pooled path)."""
+
+
+def evaluate_batches(model, batches: Iterator[dict], device, target: str,
+                     loss_rows: int | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """(metrics, outputs) of ``model`` over collated batches: mean loss, UAR, CCC per dimension; outputs hold
-    ``probs``, ``dims``, ``label_index``, ``dims_true``, ``dims_mask`` stacked in batch order."""
+    ``probs``, ``dims``, ``label_index``, ``dims_true``, ``dims_mask`` stacked in batch order. ``loss_rows``: the
+    loss is the size-weighted mean of the losses of consecutive slices of this many rows (the training batch
+    size), whatever the size of the batches passed through the model, so one large forward pass reports the loss
+    that batches of that size would."""
     import torch
     from sklearn.metrics import balanced_accuracy_score
 
@@ -82,9 +90,14 @@ def evaluate_batches(model, batches: Iterator[dict], device, target: str) -> tup
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
             out = model(batch["x"], batch["lengths"])
-            loss, _ = multitask_loss(out, batch, target="pdf" if target == "pdf" else "onehot")
-            losses.append(float(loss))
-            weights.append(len(batch["lengths"]))
+            n = len(batch["lengths"])
+            step = loss_rows or n
+            for s in range(0, n, step):
+                o, b = (out, batch) if step >= n else ({k: v[s:s + step] for k, v in out.items()},
+                                                       {k: v[s:s + step] for k, v in batch.items()})
+                loss, _ = multitask_loss(o, b, target="pdf" if target == "pdf" else "onehot")
+                losses.append(float(loss))
+                weights.append(len(b["lengths"]))
             if "logits" in out:
                 outs["probs"].append(torch.softmax(out["logits"].float(), -1))
             if "dims" in out:
@@ -119,7 +132,7 @@ def epoch_batches(source, cfg: TrainConfig, epoch: int, train: bool, device=None
     bs = cfg.batch_size
     cache = cache or ShardCache(0)
     if not train:
-        for b in cache.chunks(source, bs, only=only):
+        for b in cache.chunks(source, bs, only=only, dense_rows=EVAL_ROWS):
             yield cache.collate(b, device)
         return
     rng = np.random.default_rng([cfg.seed, epoch])
@@ -245,7 +258,7 @@ class EpochRunner:
             val_metrics, val_out = evaluate_batches(
                 self.net, epoch_batches(self.val_source, cfg, epoch, False, self.device, self.caches["val"],
                                         self.subsets.get("val")),
-                self.device, cfg.target)
+                self.device, cfg.target, loss_rows=cfg.batch_size)
             score = _val_score(val_metrics)
         if score > st["best_score"]:
             st.update(best_score=score, best_epoch=epoch, bad_epochs=0,

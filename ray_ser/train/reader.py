@@ -410,11 +410,12 @@ class ShardCache:
         return (mean_frames(c) for c in chunks) if self.mean_frames else chunks
 
     def chunks(self, source, chunk_rows: int, rng: np.random.Generator | None = None,
-               only: frozenset | None = None) -> Iterator[dict]:
+               only: frozenset | None = None, dense_rows: int | None = None) -> Iterator[dict]:
         """The shard's rows in chunks of ``chunk_rows``: all rows permuted by ``rng`` (in stored order when None);
         ``only``: just the rows of these utt_ids (one cache then serves every inner fold). The first call reads
         ``source`` once, whole, before yielding, so an epoch's order never depends on whether the cache was warm
-        (a resumed run draws the same batches as an uninterrupted one)."""
+        (a resumed run draws the same batches as an uninterrupted one). ``dense_rows``: the chunk size instead when
+        the rows are held dense (an evaluation pass then takes a few large batches, not many small ones)."""
         stream = None
         if self.streaming:
             stream = self._read(source, chunk_rows)
@@ -443,6 +444,8 @@ class ShardCache:
         rows = np.arange(len(ids)) if only is None else _in(ids, only)
         order = rows if rng is None else rows[rng.permutation(len(rows))]
         table = self.rows if self._keys is None else self._keys  # dense rows: their keys and positions only
+        if dense_rows and self._dense is not None:
+            chunk_rows = max(chunk_rows, dense_rows)
         for start in range(0, len(order), chunk_rows):
             yield take_rows(table, order[start:start + chunk_rows])
 

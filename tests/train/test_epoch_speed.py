@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ray_ser.train.config import TrainConfig
-from ray_ser.train.loop import epoch_batches, fit_fold
+from ray_ser.train.loop import EVAL_ROWS, build_fold_model, epoch_batches, evaluate_batches, fit_fold
 from ray_ser.train.reader import DenseRows, InMemorySource, ShardCache, collate, ragged
 from ray_ser.train.synthetic_fold import synthetic_fold
 
@@ -77,18 +77,40 @@ def test_dense_batches_train_the_same_model(balance, conditions, inner_folds, mo
 
 
 def test_a_dense_batch_is_the_collated_batch():
-    """Every batch of an epoch (training draw and validation order) equals the generic collate of the same rows."""
+    """Every training batch of an epoch equals the generic collate of the same rows; the validation pass is one
+    dense batch (up to ``EVAL_ROWS`` rows) holding the generic batches' rows in their order."""
     cfg, plan, train, *_ = fold(True, ["clean", "5dB"], False)
     dense, generic = ShardCache(1 << 30, dense=True), ShardCache(1 << 30, dense=False)
     for epoch in range(2):
-        for is_train in (True, False):
-            a = list(epoch_batches(train, cfg, epoch, is_train, cache=dense, corpus_counts={"a": 60, "b": 30}))
-            b = list(epoch_batches(train, cfg, epoch, is_train, cache=generic, corpus_counts={"a": 60, "b": 30}))
-            assert len(a) == len(b) > 3 and dense._dense is not None and generic._dense is None
-            for x, y in zip(a, b):
-                assert x.keys() == y.keys()
-                for k in x:
-                    assert x[k].dtype == y[k].dtype and torch.equal(x[k], y[k]), k
+        a = list(epoch_batches(train, cfg, epoch, True, cache=dense, corpus_counts={"a": 60, "b": 30}))
+        b = list(epoch_batches(train, cfg, epoch, True, cache=generic, corpus_counts={"a": 60, "b": 30}))
+        assert len(a) == len(b) > 3 and dense._dense is not None and generic._dense is None
+        for x, y in zip(a, b):
+            assert x.keys() == y.keys()
+            for k in x:
+                assert x[k].dtype == y[k].dtype and torch.equal(x[k], y[k]), k
+    (whole,) = epoch_batches(train, cfg, 0, False, cache=dense)
+    parts = list(epoch_batches(train, cfg, 0, False, cache=generic))
+    assert len(parts) > 3 and all(len(p["lengths"]) <= cfg.batch_size for p in parts)
+    assert whole.keys() == parts[0].keys() and len(whole["lengths"]) == len(train.rows["utt_id"]) < EVAL_ROWS
+    for k in whole:
+        assert whole[k].dtype == parts[0][k].dtype and torch.equal(whole[k], torch.cat([p[k] for p in parts])), k
+
+
+def test_one_validation_pass_reports_the_batches_loss_and_outputs():
+    """The loss of one large forward pass, taken over slices of the batch size, is the per-batch loss bit for bit;
+    the outputs are the same rows."""
+    cfg, plan, train, *_ = fold(False, ["clean"], False)
+    torch.manual_seed(0)
+    model = build_fold_model(plan)
+    dense, generic = ShardCache(1 << 30, dense=True), ShardCache(1 << 30, dense=False)
+    whole = evaluate_batches(model, epoch_batches(train, cfg, 0, False, cache=dense), "cpu", cfg.target,
+                             loss_rows=cfg.batch_size)
+    batched = evaluate_batches(model, epoch_batches(train, cfg, 0, False, cache=generic), "cpu", cfg.target)
+    assert whole[0] == batched[0] and set(whole[0]) == {"loss", "uar", "ccc_valence", "ccc_arousal", "ccc_dominance"}
+    assert whole[1].keys() == batched[1].keys()
+    for k in whole[1]:
+        np.testing.assert_array_equal(whole[1][k], batched[1][k])
 
 
 def test_only_one_frame_rows_are_dense():

@@ -70,25 +70,37 @@ def _valid_pdf_rows(pdf: Tensor) -> Tensor:
     return torch.isfinite(pdf).all(1) & (pdf >= 0).all(1) & (pdf.sum(1) > 0)
 
 
+def _pdf_rows(logits: Tensor, pdf: Tensor) -> tuple[Tensor, Tensor] | None:
+    """(logits, PDF renormalised to sum 1) of the rows with a PDF; None when no row has one. A batch whose rows
+    all have one (the usual case) is used as it is, without a masked copy of each tensor (same values)."""
+    rows = _valid_pdf_rows(pdf)
+    if bool(rows.all()):
+        return logits, pdf / pdf.sum(1, keepdim=True)
+    if not bool(rows.any()):
+        return None
+    p = pdf[rows]
+    return logits[rows], p / p.sum(1, keepdim=True)
+
+
 def soft_cross_entropy(logits: Tensor, pdf: Tensor) -> Tensor:
     """-sum_c p_c log softmax(logits)_c, mean over the rows with a PDF (rows renormalised to sum 1).
 
     Rows whose PDF is all zero or has a NaN are ignored (utterances without a soft target).
     """
-    rows = _valid_pdf_rows(pdf)
-    if not bool(rows.any()):
+    kept = _pdf_rows(logits, pdf)
+    if kept is None:
         return _zero(logits)
-    p = pdf[rows] / pdf[rows].sum(1, keepdim=True)
-    return -(p * F.log_softmax(logits[rows], dim=1)).sum(1).mean()
+    logits, p = kept
+    return -(p * F.log_softmax(logits, dim=1)).sum(1).mean()
 
 
 def kl_divergence(logits: Tensor, pdf: Tensor) -> Tensor:
     """KL(p || softmax(logits)), mean over rows with a PDF; soft CE minus the target's entropy (same gradient)."""
-    rows = _valid_pdf_rows(pdf)
-    if not bool(rows.any()):
+    kept = _pdf_rows(logits, pdf)
+    if kept is None:
         return _zero(logits)
-    p = pdf[rows] / pdf[rows].sum(1, keepdim=True)
-    return (torch.special.xlogy(p, p) - p * F.log_softmax(logits[rows], dim=1)).sum(1).mean()
+    logits, p = kept
+    return (torch.special.xlogy(p, p) - p * F.log_softmax(logits, dim=1)).sum(1).mean()
 
 
 def masked_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:

@@ -96,6 +96,9 @@ def test_soft_cross_entropy_ignores_rows_without_pdf():
     keep = torch.tensor([0, 2, 3, 5])
     torch.testing.assert_close(soft_cross_entropy(logits, pdf), F.cross_entropy(logits[keep], probs[keep]))
     assert soft_cross_entropy(logits, torch.zeros(6, 4)).item() == 0.0
+    x = logits.clone().requires_grad_()
+    soft_cross_entropy(x, pdf).backward()  # the rows without a PDF get no gradient
+    assert (x.grad[[1, 4]] == 0).all() and (x.grad[keep] != 0).any(1).all()
 
 
 def test_kl_divergence_matches_scipy():
