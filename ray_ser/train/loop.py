@@ -95,7 +95,7 @@ def evaluate_batches(model, batches: Iterator[dict], device, target: str,
             for s in range(0, n, step):
                 o, b = (out, batch) if step >= n else ({k: v[s:s + step] for k, v in out.items()},
                                                        {k: v[s:s + step] for k, v in batch.items()})
-                loss, _ = multitask_loss(o, b, target="pdf" if target == "pdf" else "onehot")
+                loss, _ = multitask_loss(o, b, target="pdf" if target == "pdf" else "onehot", connect_all=False)
                 losses.append(float(loss))
                 weights.append(len(b["lengths"]))
             if "logits" in out:
@@ -243,7 +243,8 @@ class EpochRunner:
             if self.aug is not None:
                 batch["x"] = self.aug.train()(batch["x"], batch["lengths"])
             out = self.model(batch["x"], batch["lengths"])
-            loss, parts = multitask_loss(out, batch, target=cfg.target, weights=self.weights)
+            loss, parts = multitask_loss(out, batch, target=cfg.target, weights=self.weights,
+                                         connect_all=self.model is not self.net)
             self.opt.zero_grad()
             loss.backward()
             self.opt.step()

@@ -17,6 +17,8 @@ from ray_ser.train.nn.losses import (
 )
 
 TARGETS = ("pdf", "kl", "onehot")
+HEAD_OUTPUT = {"categorical": "logits", "dimensional": "dims", "domain": "domain_logits", "cluster": "frame_logits"}
+"""The model output each head's loss reads."""
 
 
 @dataclass
@@ -38,12 +40,15 @@ def multitask_loss(
     batch: Mapping[str, Tensor],
     target: str = "pdf",
     weights: LossWeights | None = None,
+    connect_all: bool = True,
 ) -> tuple[Tensor, dict[str, float]]:
     """Total loss and the unweighted loss of each head used ({"categorical", "dimensional", "domain", "cluster"}).
 
     ``target``: "pdf" = soft cross-entropy on batch["pdf"], "kl" = KL to it, "onehot" = cross-entropy on
-    batch["label_index"] (-100 ignored). A head is skipped when the model lacks it or the batch lacks its target
-    (its output still enters the total times 0, so DDP needs no find_unused_parameters).
+    batch["label_index"] (-100 ignored). A head is skipped when the model lacks it or the batch lacks its target.
+    Every output enters the total times 0 (so DDP needs no find_unused_parameters, and a skipped head's weights get
+    zero gradients) unless ``connect_all`` is False and every head has its loss: a model outside DDP then saves
+    those ops, with the same total and gradients.
     """
     if target not in TARGETS:
         raise ValueError(f"multitask_loss: unknown target {target!r}; expected one of {TARGETS}")
@@ -65,9 +70,12 @@ def multitask_loss(
         losses["domain"] = masked_cross_entropy(outputs["domain_logits"], batch["domain"].to(dev))
     if "frame_logits" in outputs and "frame_ids" in batch:
         losses["cluster"] = frame_cluster_loss(outputs["frame_logits"], batch["frame_ids"].to(dev))
-    total = sum(o.sum() for o in outputs.values()) * 0.0  # every output in the graph: DDP sees all parameters used
+    total = None
+    idle = set(outputs) - {"embedding"} - {HEAD_OUTPUT[name] for name in losses}
+    if connect_all or idle or not losses:  # every output in the graph: DDP sees all parameters used, and a head
+        total = sum(o.sum() for o in outputs.values()) * 0.0  # without a target gets zero gradients (weight decay)
     for name, loss in losses.items():
-        total = total + getattr(w, name) * loss
+        total = getattr(w, name) * loss if total is None else total + getattr(w, name) * loss
     parts = {name: float(loss.detach()) for name, loss in losses.items()}
     parts["total"] = float(total.detach())
     return total, parts

@@ -72,3 +72,24 @@ def test_every_parameter_gets_a_gradient_when_targets_are_missing():
     total.backward()
     assert set(parts) == {"categorical", "total"}
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("target", ["onehot", "pdf"])
+def test_outside_ddp_the_total_and_gradients_are_the_same(target):
+    """connect_all=False (a model outside DDP) leaves out the zero term: the same total and gradients, bit for bit;
+    a head without its target still enters the graph (its weights get zero gradients, as with connect_all)."""
+    outputs, batch = make(2)
+    runs = []
+    for connect in (True, False):
+        outs = {k: v.detach().clone().requires_grad_() for k, v in outputs.items()}
+        total, parts = multitask_loss(outs, batch, target=target, connect_all=connect)
+        total.backward()
+        runs.append((total.detach(), parts, {k: v.grad for k, v in outs.items()}))
+    (t1, p1, g1), (t2, p2, g2) = runs
+    assert torch.equal(t1, t2) and p1 == p2 and set(p1) == {"categorical", "dimensional", "domain", "cluster", "total"}
+    assert g1["embedding"] is not None and g2["embedding"] is None  # the zero term is what left out
+    assert all(torch.equal(g1[k], g2[k]) for k in g1 if k != "embedding")
+    outs = {k: v.detach().clone().requires_grad_() for k, v in outputs.items()}
+    total, _ = multitask_loss(outs, {"pdf": batch["pdf"]}, connect_all=False)
+    total.backward()
+    assert all(v.grad is not None for v in outs.values()) and not outs["dims"].grad.any()
