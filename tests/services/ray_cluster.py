@@ -47,9 +47,11 @@ START_TIMEOUT = 180.0
 # for up to 30 s (Ray 2.60); with the whole group signalled at once the GCS is already gone and every stop would sit
 # out those 30 s, so no drain. The GCS declares a node dead after `failure_threshold` failed health checks every
 # `period`: 1 s x 5 finds a SIGKILLed worker in ~6 s instead of ~17 s (a refused connection fails at once; the 10 s
-# RPC timeout, for a hung node, stays).
+# RPC timeout, for a hung node, stays). The job's working-dir package, uploaded by the first `ray job submit` and
+# reused by every later one, is pinned in the GCS for 600 s by default: a module running longer under load had a
+# job fail with "Failed to download runtime_env file package", so it is pinned for an hour.
 NODE_ENV = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "RAY_health_check_period_ms": "1000",
-            "RAY_health_check_failure_threshold": "5"}
+            "RAY_health_check_failure_threshold": "5", "RAY_RUNTIME_ENV_TEMPORARY_REFERENCE_EXPIRATION_S": "3600"}
 
 
 def free_port() -> int:
