@@ -102,8 +102,9 @@ def test_fragments_mode_extracts_once_and_a_rerun_adds_nothing(pipeline, rgw):
 def test_tune_keeps_its_state_on_the_bucket_and_resumes(pipeline, rgw):
     assert pipeline["done"].returncode == 0
     out = rgw.uri("runs", "onbucket", "search")
-    args = ["tune", "--config", str(pipeline["config"]), "--out", out, "--num-samples", "2", "--max-epochs", "1",
-            "--held-out-folds", "0", "--search-folds", "1", "--cpus-per-trial", "0.5", "--max-concurrent", "2"]
+    # one trial of one epoch: the state on the bucket and the resume from it are what this checks, not the search
+    args = ["tune", "--config", str(pipeline["config"]), "--out", out, "--num-samples", "1", "--max-epochs", "1",
+            "--held-out-folds", "0", "--search-folds", "1", "--cpus-per-trial", "0.5", "--max-concurrent", "1"]
     first = ray_ser(*args, cwd=pipeline["cwd"])
     assert first.returncode == 0, first.stderr[-4000:]
     files = listing(rgw, "runs", "onbucket", "search")
