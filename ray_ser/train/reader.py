@@ -414,8 +414,9 @@ class ShardCache:
         """The shard's rows in chunks of ``chunk_rows``: all rows permuted by ``rng`` (in stored order when None);
         ``only``: just the rows of these utt_ids (one cache then serves every inner fold). The first call reads
         ``source`` once, whole, before yielding, so an epoch's order never depends on whether the cache was warm
-        (a resumed run draws the same batches as an uninterrupted one). ``dense_rows``: the chunk size instead when
-        the rows are held dense (an evaluation pass then takes a few large batches, not many small ones)."""
+        (a resumed run draws the same batches as an uninterrupted one). ``dense_rows``: about the chunk size instead (the
+        multiple of ``chunk_rows`` at or below it) when the rows are held dense, so an evaluation pass takes a few
+        large batches, not many small ones, each made of whole small ones."""
         stream = None
         if self.streaming:
             stream = self._read(source, chunk_rows)
@@ -444,8 +445,8 @@ class ShardCache:
         rows = np.arange(len(ids)) if only is None else _in(ids, only)
         order = rows if rng is None else rows[rng.permutation(len(rows))]
         table = self.rows if self._keys is None else self._keys  # dense rows: their keys and positions only
-        if dense_rows and self._dense is not None:
-            chunk_rows = max(chunk_rows, dense_rows)
+        if dense_rows and self._dense is not None:  # a multiple of chunk_rows: each chunk holds whole batches
+            chunk_rows = max(chunk_rows, dense_rows // chunk_rows * chunk_rows)
         for start in range(0, len(order), chunk_rows):
             yield take_rows(table, order[start:start + chunk_rows])
 

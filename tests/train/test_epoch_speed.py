@@ -123,3 +123,22 @@ def test_only_one_frame_rows_are_dense():
     assert t["x"].dtype == torch.float32 and all(torch.equal(t[k], ref[k]) for k in ref)
     assert not DenseRows.fits({**rows, "x": ragged([np.zeros((2, 4)), np.zeros((1, 4))])})
     assert not DenseRows.fits({**rows, "frame_ids": ragged([np.zeros(1), np.zeros(1)])})
+
+
+def test_large_dense_chunks_hold_whole_batches(monkeypatch):
+    """A validation split larger than one dense chunk: each chunk is a multiple of the batch size, so its loss slices
+    are the generic batches (here 90 rows, chunks of 21 // 8 * 8 = 16 rows, batch 8)."""
+    import ray_ser.train.loop as loop
+
+    cfg, plan, train, *_ = fold(False, ["clean"], False)
+    monkeypatch.setattr(loop, "EVAL_ROWS", 21)
+    dense = ShardCache(1 << 30, dense=True)
+    sizes = [len(b["lengths"]) for b in epoch_batches(train, cfg, 0, False, cache=dense)]
+    assert sizes == [16] * 5 + [10] and cfg.batch_size == 8
+    torch.manual_seed(0)
+    model = build_fold_model(plan)
+    whole = evaluate_batches(model, epoch_batches(train, cfg, 0, False, cache=dense), "cpu", cfg.target,
+                             loss_rows=cfg.batch_size)
+    batched = evaluate_batches(model, epoch_batches(train, cfg, 0, False, cache=ShardCache(1 << 30, dense=False)),
+                               "cpu", cfg.target)
+    assert whole[0] == batched[0]
