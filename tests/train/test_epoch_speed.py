@@ -97,13 +97,21 @@ def test_a_dense_batch_is_the_collated_batch():
         assert whole[k].dtype == parts[0][k].dtype and torch.equal(whole[k], torch.cat([p[k] for p in parts])), k
 
 
-def test_one_validation_pass_reports_the_batches_loss_and_outputs():
-    """The loss of one large forward pass, taken over slices of the batch size, is the per-batch loss bit for bit;
-    the outputs are the same rows."""
+@pytest.mark.parametrize("eval_rows,sizes", [(None, [90]), (21, [16] * 5 + [10])])
+def test_one_validation_pass_reports_the_batches_loss_and_outputs(eval_rows, sizes, monkeypatch):
+    """The loss of large forward passes, taken over slices of the batch size, is the per-batch loss bit for bit; the
+    outputs are the same rows. A split larger than one dense chunk (``EVAL_ROWS`` 21, batch 8) is cut into chunks of
+    whole batches (21 // 8 * 8 = 16 rows), so the slices are still the batches."""
+    import ray_ser.train.loop as loop
+
+    if eval_rows is not None:
+        monkeypatch.setattr(loop, "EVAL_ROWS", eval_rows)
     cfg, plan, train, *_ = fold(False, ["clean"], False)
+    dense, generic = ShardCache(1 << 30, dense=True), ShardCache(1 << 30, dense=False)
+    assert [len(b["lengths"]) for b in epoch_batches(train, cfg, 0, False, cache=dense)] == sizes
+    assert cfg.batch_size == 8
     torch.manual_seed(0)
     model = build_fold_model(plan)
-    dense, generic = ShardCache(1 << 30, dense=True), ShardCache(1 << 30, dense=False)
     whole = evaluate_batches(model, epoch_batches(train, cfg, 0, False, cache=dense), "cpu", cfg.target,
                              loss_rows=cfg.batch_size)
     batched = evaluate_batches(model, epoch_batches(train, cfg, 0, False, cache=generic), "cpu", cfg.target)
@@ -124,21 +132,3 @@ def test_only_one_frame_rows_are_dense():
     assert not DenseRows.fits({**rows, "x": ragged([np.zeros((2, 4)), np.zeros((1, 4))])})
     assert not DenseRows.fits({**rows, "frame_ids": ragged([np.zeros(1), np.zeros(1)])})
 
-
-def test_large_dense_chunks_hold_whole_batches(monkeypatch):
-    """A validation split larger than one dense chunk: each chunk is a multiple of the batch size, so its loss slices
-    are the generic batches (here 90 rows, chunks of 21 // 8 * 8 = 16 rows, batch 8)."""
-    import ray_ser.train.loop as loop
-
-    cfg, plan, train, *_ = fold(False, ["clean"], False)
-    monkeypatch.setattr(loop, "EVAL_ROWS", 21)
-    dense = ShardCache(1 << 30, dense=True)
-    sizes = [len(b["lengths"]) for b in epoch_batches(train, cfg, 0, False, cache=dense)]
-    assert sizes == [16] * 5 + [10] and cfg.batch_size == 8
-    torch.manual_seed(0)
-    model = build_fold_model(plan)
-    whole = evaluate_batches(model, epoch_batches(train, cfg, 0, False, cache=dense), "cpu", cfg.target,
-                             loss_rows=cfg.batch_size)
-    batched = evaluate_batches(model, epoch_batches(train, cfg, 0, False, cache=ShardCache(1 << 30, dense=False)),
-                               "cpu", cfg.target)
-    assert whole[0] == batched[0]
